@@ -1,0 +1,204 @@
+"""Audio I/O through ffmpeg: probe, decode to float32 stereo 44.1 kHz, encode stems.
+
+Every ffmpeg call runs with a timeout and an argument list (never a shell), and
+decoding is capped at the duration limit, so a tiny file that claims or decodes to
+hours cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
+
+SAMPLE_RATE = 44100
+CHANNELS = 2
+_BYTES_PER_FRAME = 4 * CHANNELS
+# A file whose decode falls this short of its declared length is called truncated.
+_TRUNCATION_TOLERANCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What ffprobe says about an input before any decoding."""
+
+    duration_s: float | None
+    container: str
+    codec: str
+    has_video: bool
+    title: str | None = None
+    artist: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """An encoding target: name doubles as the file extension."""
+
+    name: str
+    bitrate_kbps: int | None = None
+    bit_depth: int = 16
+
+    @property
+    def ext(self) -> str:
+        return self.name
+
+    @property
+    def lossless(self) -> bool:
+        return self.name in ("flac", "wav")
+
+    def codec_args(self) -> list[str]:
+        kbps = f"{self.bitrate_kbps or 320}k"
+        if self.name == "mp3":
+            return ["-c:a", "libmp3lame", "-b:a", kbps, "-id3v2_version", "3"]
+        if self.name == "m4a":
+            return ["-c:a", "aac", "-b:a", kbps, "-movflags", "+faststart"]
+        if self.name == "opus":
+            return ["-c:a", "libopus", "-b:a", f"{min(self.bitrate_kbps or 192, 256)}k", "-f", "ogg"]
+        if self.name == "flac":
+            return ["-c:a", "flac"] + (["-sample_fmt", "s32"] if self.bit_depth == 24 else ["-sample_fmt", "s16"])
+        if self.name == "wav":
+            return ["-c:a", "pcm_s24le" if self.bit_depth == 24 else "pcm_s16le"]
+        raise ValueError(f"unknown output format {self.name!r}")
+
+
+FORMAT_NAMES: tuple[str, ...] = ("mp3", "m4a", "flac", "wav", "opus")
+
+
+@dataclass(frozen=True)
+class Tags:
+    title: str | None = None
+    artist: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def ffmpeg_args(self) -> list[str]:
+        pairs = {"title": self.title, "artist": self.artist, **self.extra}
+        args: list[str] = []
+        for key, value in pairs.items():
+            if value:
+                args += ["-metadata", f"{key}={value}"]
+        return args
+
+
+def _run(cmd: list[str], timeout_s: float, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CorruptAudio("Reading this file took too long; it may be damaged.", detail=str(exc)) from exc
+
+
+def check_size(path: Path, max_bytes: int) -> int:
+    """Refuse empty and oversized inputs before ffmpeg sees them."""
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyInput("The file is empty.")
+    if size > max_bytes:
+        raise TooLarge(
+            f"The file is {size / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
+            "Send a compressed version (MP3, for example) or a shorter excerpt."
+        )
+    return size
+
+
+def _tag(tags: dict[str, str], name: str) -> str | None:
+    for key, value in tags.items():
+        if key.lower() == name and value.strip():
+            return value.strip()
+    return None
+
+
+def probe(path: Path, timeout_s: float = 60) -> AudioInfo:
+    """Read container metadata; raise NotAudio if there is no audio stream at all."""
+    proc = _run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout_s
+    )
+    if proc.returncode != 0:
+        raise NotAudio("That doesn't look like an audio or video file I can read.", detail=proc.stderr.decode()[-500:])
+    data = json.loads(proc.stdout or b"{}")
+    streams = data.get("streams", [])
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not audio:
+        raise NotAudio("That file has no audio track.")
+    fmt = data.get("format", {})
+    duration = fmt.get("duration") or audio[0].get("duration")
+    tags = {**audio[0].get("tags", {}), **fmt.get("tags", {})}
+    return AudioInfo(
+        duration_s=float(duration) if duration not in (None, "N/A") else None,
+        container=fmt.get("format_name", "unknown"),
+        codec=audio[0].get("codec_name", "unknown"),
+        has_video=any(s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+                      for s in streams),
+        title=_tag(tags, "title"),
+        artist=_tag(tags, "artist"),
+    )
+
+
+def too_long_error(duration_s: float, max_duration_s: float) -> TooLong:
+    return TooLong(
+        f"That is {_clock(duration_s)} long; the limit is {_clock(max_duration_s)}. "
+        "Send a shorter excerpt."
+    )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def check_duration(info: AudioInfo, max_duration_s: float) -> None:
+    if info.duration_s is not None and info.duration_s > max_duration_s:
+        raise too_long_error(info.duration_s, max_duration_s)
+
+
+def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600) -> np.ndarray:
+    """Decode the first audio stream to float32 of shape (2, samples) at 44.1 kHz.
+
+    Decoding stops just past the limit, so a file whose header understates its
+    length is still refused without decoding all of it.
+    """
+    cap_s = max_duration_s + 1
+    proc = _run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+         "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", "-f", "f32le", "pipe:1"],
+        timeout_s,
+    )
+    frames = len(proc.stdout) // _BYTES_PER_FRAME
+    if frames == 0:
+        raise NotAudio("I couldn't decode any audio from that file.", detail=proc.stderr.decode()[-500:])
+    duration = frames / SAMPLE_RATE
+    if duration > max_duration_s:
+        raise too_long_error(info.duration_s or duration, max_duration_s)
+    if info.duration_s is not None and info.duration_s - duration > _TRUNCATION_TOLERANCE_S:
+        raise CorruptAudio(
+            f"The file seems truncated or damaged: it should last {_clock(info.duration_s)} "
+            f"but only {_clock(duration)} could be read."
+        )
+    pcm = np.frombuffer(proc.stdout[: frames * _BYTES_PER_FRAME], dtype=np.float32)
+    return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
+
+
+def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = None,
+           timeout_s: float = 600) -> Path:
+    """Encode float32 (2, samples) audio to `dest` in `fmt`."""
+    pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE),
+           "-ac", str(wav.shape[0]), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(),
+           str(dest)]
+    proc = _run(cmd, timeout_s, stdin=pcm)
+    if proc.returncode != 0:
+        dest.unlink(missing_ok=True)
+        raise RuntimeError(f"ffmpeg failed to encode {dest.name}: {proc.stderr.decode()[-500:]}")
+    return dest
+
+
+def load_audio(path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600) -> tuple[np.ndarray, AudioInfo]:
+    """Size check, probe, duration check, then decode: the order that refuses early."""
+    check_size(path, max_bytes)
+    info = probe(path, timeout_s)
+    check_duration(info, max_duration_s)
+    return decode(path, info, max_duration_s, timeout_s), info

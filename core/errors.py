@@ -1,0 +1,102 @@
+"""Typed failures that carry a message fit to show a user in chat."""
+
+from __future__ import annotations
+
+
+class StembotError(Exception):
+    """Base of every failure a user can be told about.
+
+    `code` is stable and machine-readable (it travels in job results);
+    `user_message` is what a frontend says in chat.
+    """
+
+    code = "error"
+    retryable = False
+
+    def __init__(self, user_message: str, *, detail: str | None = None) -> None:
+        super().__init__(detail or user_message)
+        self.user_message = user_message
+        self.detail = detail
+
+
+class InvalidStemSpec(StembotError):
+    code = "invalid_stems"
+
+
+class InvalidCommand(StembotError):
+    code = "invalid_command"
+
+
+class EmptyInput(StembotError):
+    code = "empty_input"
+
+
+class NotAudio(StembotError):
+    code = "not_audio"
+
+
+class CorruptAudio(StembotError):
+    code = "corrupt_audio"
+
+
+class TooLong(StembotError):
+    code = "too_long"
+
+
+class TooLarge(StembotError):
+    code = "too_large"
+
+
+class LinkRefused(StembotError):
+    code = "link_refused"
+
+
+class DownloadFailed(StembotError):
+    code = "download_failed"
+    retryable = True
+
+
+class QueueFull(StembotError):
+    code = "queue_full"
+    retryable = True
+
+
+class RateLimited(StembotError):
+    code = "rate_limited"
+    retryable = True
+
+
+class Cancelled(StembotError):
+    code = "cancelled"
+
+    def __init__(self, user_message: str = "Cancelled.") -> None:
+        super().__init__(user_message)
+
+
+class WorkerFailed(StembotError):
+    code = "worker_failed"
+    retryable = True
+
+
+class ModelUnavailable(StembotError):
+    code = "model_unavailable"
+
+
+ERRORS_BY_CODE: dict[str, type[StembotError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidStemSpec,
+        InvalidCommand,
+        EmptyInput,
+        NotAudio,
+        CorruptAudio,
+        TooLong,
+        TooLarge,
+        LinkRefused,
+        DownloadFailed,
+        QueueFull,
+        RateLimited,
+        WorkerFailed,
+        ModelUnavailable,
+    )
+}

@@ -1,0 +1,123 @@
+"""The job model shared by frontends, the queue client and the worker."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from core.audio import OutputFormat
+from core.errors import ERRORS_BY_CODE, StembotError, WorkerFailed
+from core.settings import AudioFormatName
+from core.stems import StemSelection, parse_stems
+
+
+class Stage(StrEnum):
+    queued = "queued"
+    downloading = "downloading"
+    separating = "separating"
+    encoding = "encoding"
+    uploading = "uploading"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Stage.done, Stage.failed, Stage.cancelled)
+
+
+class Requester(BaseModel):
+    """Who asked, so a reply can find its way back. Ids are strings on every platform."""
+
+    platform: Literal["cli", "telegram", "discord", "test"] = "cli"
+    chat_id: str | None = None
+    user_id: str | None = None
+    message_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.chat_id}:{self.user_id}:{self.message_id}"
+
+
+class InputRef(BaseModel):
+    """Where the input bytes live (an artifact key) and what to call the song."""
+
+    artifact_key: str
+    sha256: str
+    filename: str
+    size_bytes: int
+    title: str | None = None
+    artist: str | None = None
+
+
+class SeparationRequest(BaseModel):
+    input: InputRef
+    stems: str = Field(description="canonical stem spec, see core.stems")
+    model: str
+    format: AudioFormatName = "mp3"
+    bitrate_kbps: int | None = None
+    bit_depth: Literal[16, 24] = 16
+    requester: Requester = Field(default_factory=Requester)
+
+    @property
+    def selection(self) -> StemSelection:
+        return parse_stems(self.stems)
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return OutputFormat(self.format, self.bitrate_kbps, self.bit_depth)
+
+    def content_key(self) -> str:
+        """Identical work gets an identical key: used as the arq job id for dedupe and caching."""
+        parts = [self.input.sha256, self.model, self.stems, self.format, str(self.bitrate_kbps), str(self.bit_depth)]
+        return "sep-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def model_for(selection: StemSelection, model: str, six_stem_model: str) -> str:
+    """Guitar and piano exist only in the six-stem model."""
+    return six_stem_model if selection.six_stems else model
+
+
+class Progress(BaseModel):
+    job_id: str
+    stage: Stage
+    percent: float = 0.0
+    queue_position: int | None = None
+    eta_s: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: StembotError) -> ErrorInfo:
+        return cls(code=exc.code, message=exc.user_message)
+
+    def to_exception(self) -> StembotError:
+        return ERRORS_BY_CODE.get(self.code, WorkerFailed)(self.message)
+
+
+class StemArtifact(BaseModel):
+    stem: str
+    artifact_key: str
+    filename: str
+    format: str
+    size_bytes: int
+    duration_s: float
+
+
+class JobResult(BaseModel):
+    job_id: str
+    status: Literal["done", "failed", "cancelled"]
+    model: str
+    stems: list[StemArtifact] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    audio_seconds: float = 0.0
+    finished_at: float = Field(default_factory=time.time)

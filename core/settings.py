@@ -1,0 +1,89 @@
+"""Configuration, read from `STEMBOT_*` environment variables and an optional `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
+
+
+class Settings(BaseSettings):
+    """Every knob stembot has. The README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STEMBOT_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    # Queue and storage
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue and artifacts")
+    queue_name: str = Field("stembot:queue", description="arq queue name")
+    key_prefix: str = Field("stembot:", description="prefix of every stembot key in Redis")
+    result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results and inputs are kept")
+    max_queue: int = Field(200, ge=1, description="queued jobs above which new requests are refused")
+
+    # Separation
+    model: str = Field("htdemucs", description="demucs model for 4-stem requests")
+    six_stem_model: str = Field("htdemucs_6s", description="demucs model for guitar/piano requests")
+    model_repo: Path | None = Field(None, description="local demucs model repo; unset = official download")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    overlap: float = Field(0.25, ge=0.0, lt=1.0, description="overlap between model segments")
+    shifts: int = Field(1, ge=0, le=10, description="random time-shift passes averaged (demucs default 1)")
+
+    # Limits
+    max_duration_s: float = Field(20 * 60, gt=0, description="longest input accepted, seconds")
+    max_input_mb: float = Field(100, gt=0, description="largest input accepted, MB")
+    ffmpeg_timeout_s: float = Field(600, gt=0, description="kill ffmpeg/ffprobe after this long")
+    download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
+    allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
+
+    # Worker
+    job_timeout_s: int = Field(3600, ge=10, description="a single job is killed after this long")
+    job_heartbeat_s: float = Field(15, gt=0, description="how often a running job proves it is alive")
+    max_tries: int = Field(3, ge=1, description="tries per job, counting crashes of a worker")
+    worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (one per GPU)")
+
+    # Output defaults
+    default_format: AudioFormatName = Field("mp3", description="output format when none is asked")
+    mp3_bitrate_kbps: int = Field(320, ge=32, le=320, description="default mp3/m4a/opus bitrate")
+
+    # Frontends
+    telegram_token: SecretStr | None = Field(None, description="Telegram bot token")
+    telegram_api_url: str = Field("https://api.telegram.org/bot", description="Bot API base URL")
+    telegram_file_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file URL")
+    telegram_local_mode: bool = Field(False, description="the Bot API server is self-hosted (2 GB files)")
+    discord_token: SecretStr | None = Field(None, description="Discord bot token")
+
+    @field_validator("model_repo")
+    @classmethod
+    def _repo_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory (a demucs model repo with .th and .yaml files)")
+        return value
+
+    @property
+    def max_input_bytes(self) -> int:
+        return int(self.max_input_mb * 1024 * 1024)
+
+    @property
+    def in_progress_ttl_s(self) -> float:
+        """How long a crashed worker can hold a job before another worker takes it over."""
+        return self.job_heartbeat_s * 4
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, named as the operator wrote it (STEMBOT_...)."""
+    lines = []
+    for item in error.errors():
+        name = "STEMBOT_" + "_".join(str(p) for p in item["loc"]).upper()
+        lines.append(f"{name}: {item['msg']}")
+    return "Invalid configuration:\n  " + "\n  ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

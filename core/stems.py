@@ -1,0 +1,139 @@
+"""The stem request grammar: what a user may type after `/split` or `--stems`.
+
+Pure functions only; tested by tables in tests/test_stems.py.
+
+    vocals                one file with the vocals
+    vocals drums          two files
+    drums+bass            one file, drums and bass mixed together
+    karaoke               one file with everything but the vocals
+    all | 4               drums, bass, other, vocals as four files
+    6                     the six-stem model: adds guitar and piano
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from core.errors import InvalidStemSpec
+
+FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+SIX_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals", "guitar", "piano")
+SIX_ONLY = frozenset(SIX_STEMS) - frozenset(FOUR_STEMS)
+
+INSTRUMENTAL = "instrumental"
+
+# Words a user may type, mapped to canonical names. "instrumental" is not a source of
+# any model: it resolves to "every source but vocals" once the model is known.
+ALIASES: dict[str, str] = {
+    "vocals": "vocals",
+    "vocal": "vocals",
+    "voice": "vocals",
+    "vox": "vocals",
+    "acapella": "vocals",
+    "drums": "drums",
+    "drum": "drums",
+    "bass": "bass",
+    "other": "other",
+    "guitar": "guitar",
+    "guitars": "guitar",
+    "piano": "piano",
+    "keys": "piano",
+    "karaoke": INSTRUMENTAL,
+    "instrumental": INSTRUMENTAL,
+    "no_vocals": INSTRUMENTAL,
+    "novocals": INSTRUMENTAL,
+    "accompaniment": INSTRUMENTAL,
+}
+GROUPS: dict[str, tuple[str, ...]] = {"all": FOUR_STEMS, "4": FOUR_STEMS, "6": SIX_STEMS, "all6": SIX_STEMS}
+VALID_WORDS: tuple[str, ...] = tuple(sorted(set(ALIASES) | set(GROUPS)))
+DEFAULT_SPEC = "all"
+
+
+@dataclass(frozen=True)
+class StemOutput:
+    """One file the user gets back: a single source or several mixed together."""
+
+    name: str
+    sources: frozenset[str]
+
+
+@dataclass(frozen=True)
+class StemSelection:
+    """The resolved request: which files to produce, and whether it needs six stems."""
+
+    outputs: tuple[StemOutput, ...]
+    six_stems: bool
+
+    @property
+    def spec(self) -> str:
+        """Canonical text form; equal selections have equal specs (used in cache keys)."""
+        return " ".join(o.name for o in self.outputs)
+
+    @property
+    def sources_needed(self) -> frozenset[str]:
+        return frozenset().union(*(o.sources for o in self.outputs))
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in re.split(r"[\s,;]+", text.strip().lower()) if t]
+
+
+def _unknown(word: str) -> InvalidStemSpec:
+    close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
+    return InvalidStemSpec(
+        f'Unknown stem "{word}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
+        "karaoke (or instrumental), all, 6, and combos such as drums+bass."
+    )
+
+
+def _canonical_parts(token: str) -> list[str]:
+    """Canonical names in one token; a combo token such as `drums+bass` has several."""
+    parts = [p for p in token.split("+") if p]
+    if not parts:
+        raise _unknown(token)
+    names: list[str] = []
+    for part in parts:
+        if part in GROUPS:
+            if len(parts) > 1:
+                raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{token}".')
+            names.extend(GROUPS[part])
+        elif part in ALIASES:
+            names.append(ALIASES[part])
+        else:
+            raise _unknown(part)
+    return names
+
+
+def _resolve(names: list[str], sources: tuple[str, ...]) -> frozenset[str]:
+    resolved: set[str] = set()
+    for name in names:
+        resolved |= set(sources) - {"vocals"} if name == INSTRUMENTAL else {name}
+    return frozenset(resolved)
+
+
+def _output_name(names: list[str], sources: frozenset[str], model_sources: tuple[str, ...]) -> str:
+    if INSTRUMENTAL in names and sources == frozenset(model_sources) - {"vocals"}:
+        return INSTRUMENTAL
+    return "+".join(s for s in model_sources if s in sources)
+
+
+def parse_stems(text: str | None) -> StemSelection:
+    """Parse a stem spec; raise InvalidStemSpec with a helpful message on bad input."""
+    tokens = _tokens(text or DEFAULT_SPEC) or [DEFAULT_SPEC]
+    per_token = [(tok, _canonical_parts(tok)) for tok in tokens]
+    six = any(set(names) & SIX_ONLY or tok in ("6", "all6") for tok, names in per_token)
+    model_sources = SIX_STEMS if six else FOUR_STEMS
+
+    outputs: list[StemOutput] = []
+    for tok, names in per_token:
+        if tok in GROUPS:
+            group = model_sources if tok == "all" else GROUPS[tok]
+            singles = [StemOutput(s, frozenset({s})) for s in group]
+        else:
+            sources = _resolve(names, model_sources)
+            singles = [StemOutput(_output_name(names, sources, model_sources), sources)]
+        outputs.extend(o for o in singles if o not in outputs)
+    return StemSelection(outputs=tuple(outputs), six_stems=six)

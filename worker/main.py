@@ -1,0 +1,52 @@
+"""arq `WorkerSettings` for stembot, built from `core.settings.Settings`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import func
+from arq.worker import Worker
+
+from core.queue import SEPARATE_FUNCTION, QueueClient, redis_settings
+from core.settings import Settings, get_settings
+from worker.engine import Engine
+from worker.tasks import separate
+
+log = logging.getLogger(__name__)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx.get("settings") or get_settings()
+    ctx["queue"] = QueueClient(ctx["redis"], settings)
+    engine = Engine(settings)
+    # Load the default model before taking jobs, so the first user does not wait for it.
+    engine.models.get(settings.model)
+    ctx["engine"] = engine
+
+
+def create_worker(settings: Settings, **overrides: Any) -> Worker:
+    """An arq Worker configured from stembot settings; overrides go straight to arq."""
+    options: dict[str, Any] = {
+        "functions": [func(separate, name=SEPARATE_FUNCTION, timeout=settings.job_timeout_s,  # type: ignore[arg-type]
+                           keep_result=settings.result_ttl_s, max_tries=settings.max_tries)],
+        "on_startup": startup,
+        "redis_settings": redis_settings(settings),
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.job_timeout_s,
+        "keep_result": settings.result_ttl_s,
+        "max_tries": settings.max_tries,
+        "health_check_interval": 30,
+        "health_check_key": f"{settings.key_prefix}health:{settings.queue_name}",
+        "poll_delay": 0.25,
+        "ctx": {"settings": settings},
+    }
+    options.update(overrides)
+    return Worker(**options)
+
+
+def run_worker(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("stembot worker on %s, queue %s", settings.redis_url, settings.queue_name)
+    create_worker(settings).run()

@@ -1,0 +1,53 @@
+"""Loading demucs models once per process, from a local repo or the official download."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+from demucs.apply import BagOfModels
+from demucs.pretrained import ModelLoadingError, get_model
+
+from core.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("STEMBOT_DEVICE=cuda, but no CUDA device is available.")
+    return torch.device(device)
+
+
+def load_model(name: str, repo: Path | None, device: torch.device) -> BagOfModels:
+    """Load `name` as a bag of models on `device`; repo=None downloads official weights."""
+    try:
+        model = get_model(name, repo=repo)
+    except (ModelLoadingError, SystemExit, OSError, ValueError) as exc:
+        where = f"the local repo {repo}" if repo else "the official download"
+        raise ModelUnavailable(f"The model {name!r} is not available from {where}.", detail=repr(exc)) from exc
+    if not isinstance(model, BagOfModels):
+        model = BagOfModels([model])
+    model.to(device).eval()
+    log.info("loaded model %s (%s) on %s", name, ", ".join(model.sources), device)
+    return model
+
+
+class ModelCache:
+    """Keeps every model this process has used warm; loading takes seconds, a job may take less."""
+
+    def __init__(self, repo: Path | None, device: torch.device) -> None:
+        self.repo = repo
+        self.device = device
+        self._models: dict[str, BagOfModels] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> BagOfModels:
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = load_model(name, self.repo, self.device)
+            return self._models[name]

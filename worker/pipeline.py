@@ -1,0 +1,76 @@
+"""One song through decode → separate → mix → encode, shared by the CLI and the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from core.audio import SAMPLE_RATE, OutputFormat, Tags, encode, load_audio
+from core.errors import Cancelled
+from core.jobs import Stage
+from core.naming import stem_filename
+from core.settings import Settings
+from core.stems import INSTRUMENTAL, StemOutput, StemSelection
+from worker.separator import Separator, StopFn
+
+Reporter = Callable[[Stage, float], None]
+InstrumentalMethod = Literal["subtract", "sum"]
+# Measured on the shared multitrack clips (README, "Karaoke"): subtracting the separated
+# vocals from the mixture keeps more of the accompaniment than summing the other stems.
+INSTRUMENTAL_METHOD: InstrumentalMethod = "subtract"
+
+
+@dataclass(frozen=True)
+class StemFile:
+    output: StemOutput
+    path: Path
+    duration_s: float
+
+
+@dataclass
+class SeparationOutcome:
+    files: list[StemFile]
+    audio_seconds: float
+    title: str
+    artist: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def render_output(output: StemOutput, sources: dict[str, np.ndarray], mixture: np.ndarray,
+                  method: InstrumentalMethod = INSTRUMENTAL_METHOD) -> np.ndarray:
+    """The audio of one requested file: a source, a mix of sources, or the instrumental."""
+    if output.name == INSTRUMENTAL and method == "subtract":
+        return mixture - sources["vocals"]
+    return np.sum([sources[s] for s in sorted(output.sources)], axis=0).astype(np.float32)
+
+
+def separate_file(input_path: Path, out_dir: Path, song: str, selection: StemSelection, fmt: OutputFormat,
+                  separator: Separator, settings: Settings, report: Reporter | None = None,
+                  should_stop: StopFn | None = None) -> SeparationOutcome:
+    """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
+    say: Reporter = report or (lambda stage, pct: None)
+    t0 = time.perf_counter()
+    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    t1 = time.perf_counter()
+    say(Stage.separating, 0.0)
+    sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
+    t2 = time.perf_counter()
+    title = info.title or song
+    files = []
+    for i, output in enumerate(selection.outputs):
+        say(Stage.encoding, 100.0 * i / len(selection.outputs))
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        audio = render_output(output, sources, wav)
+        path = out_dir / stem_filename(song, output.name, fmt.ext)
+        encode(audio, path, fmt, Tags(title=f"{title} — {output.name}", artist=info.artist,
+                                      extra={"album": title}), settings.ffmpeg_timeout_s)
+        files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
+    t3 = time.perf_counter()
+    return SeparationOutcome(files=files, audio_seconds=wav.shape[-1] / SAMPLE_RATE, title=title, artist=info.artist,
+                             timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2})

@@ -1,0 +1,171 @@
+"""The arq job: fetch the input, separate it off the event loop, store the stems.
+
+While the model runs, a supervisor loop on the event loop publishes progress, polls
+the cancel flag and keeps arq's in-progress key alive with a short TTL, so a worker
+that dies mid-job releases the job to another worker within `4 × job_heartbeat_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from arq.constants import in_progress_key_prefix
+
+from core.artifacts import ArtifactMissing
+from core.errors import Cancelled, StembotError, WorkerFailed
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
+from core.naming import song_name
+from core.queue import QueueClient
+from worker.engine import Engine
+from worker.pipeline import separate_file
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_SUPERVISE_INTERVAL_S = 0.5
+
+
+class JobRun:
+    """State of one running job: its latest progress and its stop flag, shared with the thread."""
+
+    def __init__(self, queue: QueueClient, job_id: str) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        self.stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._latest = Progress(job_id=job_id, stage=Stage.downloading)
+        self._dirty = asyncio.Event()
+
+    def report(self, stage: Stage, percent: float) -> None:
+        """Thread-safe: called from the separation thread once per segment."""
+        self._loop.call_soon_threadsafe(self._update, stage, percent)
+
+    def _update(self, stage: Stage, percent: float) -> None:
+        same_stage = stage == self._latest.stage
+        if same_stage and percent <= self._latest.percent:
+            return
+        self._latest = Progress(job_id=self.job_id, stage=stage, percent=round(percent, 1))
+        self._dirty.set()
+
+    async def _publish(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self.queue.set_progress(self._latest)
+
+    async def _supervise(self) -> None:
+        settings = self.queue.settings
+        ttl_ms = int(settings.in_progress_ttl_s * 1000)
+        beat_every = max(1, int(settings.job_heartbeat_s / _SUPERVISE_INTERVAL_S))
+        tick = 0
+        while True:
+            if tick % beat_every == 0:
+                await self.queue.pool.pexpire(in_progress_key_prefix + self.job_id, ttl_ms)
+            if await self.queue.pool.exists(self.queue.keys.cancel(self.job_id)):
+                self.stop.set()
+            tick += 1
+            await asyncio.sleep(_SUPERVISE_INTERVAL_S)
+
+    @contextlib.asynccontextmanager
+    async def supervised(self) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._publish())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def in_thread(self, fn: Callable[[], T]) -> T:
+        """Run blocking work in a thread; if this task is cancelled, stop the thread and wait for it."""
+        future = self._loop.run_in_executor(None, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.stop.set()
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+
+async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt: str) -> list[StemArtifact]:
+    artifacts = []
+    for f in files:
+        data = f.path.read_bytes()
+        key = f"result:{job_id}:{f.output.name}.{fmt}"
+        await queue.store.put(key, data, queue.settings.result_ttl_s)
+        artifacts.append(StemArtifact(stem=f.output.name, artifact_key=key, filename=f.path.name, format=fmt,
+                                      size_bytes=len(data), duration_s=f.duration_s))
+    return artifacts
+
+
+async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
+    queue = run.queue
+    settings = queue.settings
+    selection = request.selection
+    run.report(Stage.downloading, 0)
+    try:
+        data = await queue.store.get(request.input.artifact_key)
+    except ArtifactMissing as exc:
+        raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
+    song = song_name(request.input.filename)
+    with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
+        in_path = Path(tmp) / "input"
+        in_path.write_bytes(data)
+        del data
+        separator = await run.in_thread(lambda: engine.separator(model_for(selection, request.model,
+                                                                            settings.six_stem_model)))
+        outcome = await run.in_thread(lambda: separate_file(
+            in_path, Path(tmp), song, selection, request.output_format, separator, settings,
+            report=run.report, should_stop=run.stop.is_set))
+        run.report(Stage.uploading, 0)
+        stems = await _store_outputs(queue, job_id, outcome.files, request.format)
+    return JobResult(job_id=job_id, status="done", model=request.model, stems=stems,
+                     timings=outcome.timings, audio_seconds=outcome.audio_seconds)
+
+
+async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """arq entry point; always returns a JobResult as a dict, never raises for a bad song."""
+    job_id: str = ctx["job_id"]
+    queue: QueueClient = ctx["queue"]
+    request = SeparationRequest.model_validate(payload)
+    started = time.monotonic()
+    run = JobRun(queue, job_id)
+    if await queue.pool.exists(queue.keys.cancel(job_id)):
+        result = JobResult(job_id=job_id, status="cancelled", model=request.model)
+    else:
+        async with run.supervised():
+            try:
+                result = await _execute(run, ctx["engine"], request, job_id)
+            except Cancelled:
+                result = JobResult(job_id=job_id, status="cancelled", model=request.model)
+            except StembotError as exc:
+                result = JobResult(job_id=job_id, status="failed", model=request.model,
+                                   error=ErrorInfo.from_exception(exc))
+            except Exception:  # a bug or a broken host: tell the user, keep the worker alive
+                log.exception("job %s failed", job_id)
+                err = WorkerFailed("Something went wrong while separating this song. Please try again later.")
+                result = JobResult(job_id=job_id, status="failed", model=request.model,
+                                   error=ErrorInfo.from_exception(err))
+    result.timings["total"] = time.monotonic() - started
+    await queue.set_progress(Progress(job_id=job_id, stage=Stage(result.status),
+                                       percent=100.0 if result.status == "done" else 0.0))
+    if result.status == "done":
+        await _record_job_seconds(queue, result.timings["total"])
+    log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])
+    return result.model_dump(mode="json")
+
+
+async def _record_job_seconds(queue: QueueClient, seconds: float) -> None:
+    """An exponential moving average of job time, for queue ETAs."""
+    key = queue.keys.job_seconds()
+    old = await queue.pool.get(key)
+    avg = seconds if old is None else 0.8 * float(old) + 0.2 * seconds
+    await queue.pool.set(key, f"{avg:.3f}")
