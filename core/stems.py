@@ -82,7 +82,10 @@ def _tokens(text: str) -> list[str]:
 
 def _unknown(word: str) -> InvalidStemSpec:
     close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6)
-    hint = f' Did you mean "{close[0]}"?' if close else ""
+    suggestion = ALIASES.get(close[0], close[0]) if close else None
+    if suggestion == INSTRUMENTAL:
+        suggestion = "karaoke"
+    hint = f' Did you mean "{suggestion}"?' if suggestion else ""
     return InvalidStemSpec(
         f'Unknown stem "{word}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
         "karaoke (or instrumental), all, 6, and combos such as drums+bass."

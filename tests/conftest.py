@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.helpers import MODELS, ROCK, SHARED, WorkerProcess, make_clip, stembot_env, write_tiny_repo
+
+TEST_REDIS_DB = int(os.environ.get("STEMBOT_TEST_REDIS_DB", "13"))
+TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    assert SHARED.is_dir(), f"the shared test data must sit beside the repo at {SHARED}"
+    assert MODELS.is_dir(), f"missing {MODELS}"
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_repo(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Redis db of the tests' own, emptied before each test that uses it."""
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.close()
+
+
+@pytest.fixture
+def work_tmp(tmp_path: Path) -> Path:
+    """TMPDIR for subprocesses, so a test can assert that nothing was left behind."""
+    path = tmp_path / "worker-tmp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def tiny_env(tiny_repo: Path, redis_url: str, work_tmp: Path) -> dict[str, str]:
+    return stembot_env(STEMBOT_MODEL_REPO=str(tiny_repo), STEMBOT_REDIS_URL=redis_url, TMPDIR=str(work_tmp),
+                       STEMBOT_DEVICE="cpu", STEMBOT_JOB_HEARTBEAT_S="1", STEMBOT_ALLOW_PRIVATE_URLS="true")
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+    yield workers
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def rock_short(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 s of the MUSDB18 sample, as FLAC."""
+    return make_clip(ROCK / "mixture.flac", tmp_path_factory.mktemp("clips") / "rock.flac", seconds=3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def queue_client(redis_url: str) -> AsyncIterator[object]:
+    from core.queue import QueueClient
+    from core.settings import Settings
+
+    client = await QueueClient.connect(Settings(redis_url=redis_url))
+    yield client
+    await client.close()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+__all__ = ["free_port", "subprocess", "wait_for"]

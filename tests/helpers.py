@@ -1,0 +1,115 @@
+"""Shared test helpers: shared-data paths, ffmpeg clip making, tiny demucs repos, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models" / "htdemucs"
+MULTITRACK = SHARED / "audio" / "multitrack"
+SONGS = SHARED / "audio" / "songs"
+ROCK = MULTITRACK / "musdb18_7s_Music_Delta_-_80s_Rock"
+RATE = 44100
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_clip(src: Path, dest: Path, seconds: float | None = None, extra: tuple[str, ...] = ()) -> Path:
+    """Convert (and optionally cut) `src` into `dest`, the format following dest's suffix."""
+    cut = ("-t", str(seconds)) if seconds else ()
+    ffmpeg("-i", str(src), *cut, *extra, str(dest))
+    return dest
+
+
+def read_audio(path: Path) -> np.ndarray:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(RATE), "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T.copy()
+
+
+def write_tiny_repo(repo: Path, segment_s: float = 2.0) -> Path:
+    """A demucs local model repo with the htdemucs architecture at toy size and random weights.
+
+    Real loading code, real model class, fast forward passes: for plumbing tests of
+    the queue, formats and the six-stem path, whose weights are not available here.
+    """
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, sources, sig in (("htdemucs", ["drums", "bass", "other", "vocals"], "0000aaaa"),
+                               ("htdemucs_6s", ["drums", "bass", "other", "vocals", "guitar", "piano"], "0000bbbb")):
+        torch.manual_seed(0)
+        kwargs = dict(channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=segment_s,
+                      bottom_channels=0)
+        model = HTDemucs(sources, **kwargs)
+        package = {"klass": HTDemucs, "args": (sources,), "kwargs": kwargs,
+                   "state": model.state_dict(), "training_args": {}}
+        torch.save(package, repo / f"{sig}.th")
+        (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
+    return repo
+
+
+def stembot_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEMBOT_")}
+    env.update(overrides)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_stembot(*args: str, env: Mapping[str, str], timeout: float = 300, cwd: Path | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], env=dict(env), capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+class WorkerProcess:
+    """`stembot worker` in a subprocess, its log in a file, killed or stopped by the test."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "core.cli", "worker"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Starting worker" in self.log() or "redis_version" in self.log():
+                return
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            time.sleep(0.2)
+        raise TimeoutError(self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,165 @@
+"""`stembot separate`: the whole in-process pipeline, on real music.
+
+The SDR tests use the real htdemucs weights from ../shared; the format and stem-spec
+matrix uses a toy-size htdemucs (random weights) so that it stays fast.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.sdr import sdr, sdr_many
+from core.cli import main
+from tests.helpers import MODELS, ROCK, make_clip, read_audio, run_stembot, stembot_env
+from tests.test_audio import INPUTS
+
+STEMS4 = ("drums", "bass", "other", "vocals")
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    """Reference demucs: apply_model on the clip, normalised as `demucs.separate` does."""
+    from demucs.apply import apply_model
+    from demucs.pretrained import get_model
+
+    model = get_model("htdemucs", repo=MODELS)
+    mix = torch.from_numpy(read_audio(ROCK / "mixture.flac"))
+    ref = mix.mean(0)
+    random.seed(1234)  # a different shift than stembot's: the comparison must hold regardless
+    out = apply_model(model, ((mix - ref.mean()) / ref.std())[None], shifts=1, overlap=0.25)[0]
+    out = out * ref.std() + ref.mean()
+    return {name: out[i].numpy() for i, name in enumerate(model.sources)} | {"mixture": mix.numpy()}
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict[str, np.ndarray]:
+    return {name: read_audio(ROCK / f"{name}.flac") for name in STEMS4}
+
+
+@pytest.fixture
+def real_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("STEMBOT_MODEL_REPO", str(MODELS))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return tmp_path / "tmp"
+
+
+@pytest.fixture
+def tiny_model(monkeypatch: pytest.MonkeyPatch, tiny_repo: Path, tmp_path: Path) -> Path:
+    monkeypatch.setenv("STEMBOT_MODEL_REPO", str(tiny_repo))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return tmp_path / "tmp"
+
+
+def test_vocals_sdr_equals_reference(real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray],
+                                     truth: dict[str, np.ndarray]) -> None:
+    """The issue's definition of done: mp3 vocals within 0.1 dB of reference demucs."""
+    out = tmp_path / "out"
+    assert main(["separate", str(ROCK / "mixture.flac"), "--stems", "vocals", "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["mixture.vocals.mp3"]
+    ours = sdr(truth["vocals"], read_audio(out / "mixture.vocals.mp3"))
+    ref = sdr(truth["vocals"], reference["vocals"])
+    assert ref > 12, ref  # the shared README reports 14.4 dB for this clip
+    assert abs(ours - ref) <= 0.1, (ours, ref)
+    assert list(real_model.iterdir()) == []
+
+
+def test_every_stem_sdr_equals_reference(real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray],
+                                         truth: dict[str, np.ndarray]) -> None:
+    out = tmp_path / "out"
+    assert main(["separate", str(ROCK / "mixture.flac"), "--stems", "all", "--format", "flac", "-o", str(out)]) == 0
+    ours = sdr_many(truth, {s: read_audio(out / f"mixture.{s}.flac") for s in STEMS4})
+    ref = sdr_many(truth, {s: reference[s] for s in STEMS4})
+    for stem in STEMS4:
+        assert abs(ours[stem] - ref[stem]) <= 0.1, (stem, ours[stem], ref[stem])
+
+
+def test_karaoke_method_is_the_better_one(reference: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
+    """The instrumental is mixture minus vocals because it scores higher than summing the stems."""
+    from core.stems import parse_stems
+    from worker.pipeline import INSTRUMENTAL_METHOD, render_output
+
+    target = truth["drums"] + truth["bass"] + truth["other"]
+    output = parse_stems("karaoke").outputs[0]
+    scores = {m: sdr(target, render_output(output, reference, reference["mixture"], m))  # type: ignore[arg-type]
+              for m in ("subtract", "sum")}
+    assert max(scores, key=scores.__getitem__) == INSTRUMENTAL_METHOD, scores
+
+
+@pytest.mark.parametrize(("name", "extra"), INPUTS)
+def test_every_input_format(tiny_model: Path, tmp_path: Path, name: str, extra: tuple[str, ...]) -> None:
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / name, seconds=3, extra=extra)
+    out = tmp_path / "out"
+    assert main(["separate", str(clip), "--stems", "vocals", "-o", str(out)]) == 0
+    song = name.rsplit(".", 1)[0]
+    produced = read_audio(out / f"{song}.vocals.mp3")
+    assert abs(produced.shape[1] / 44100 - 3.0) < 0.1
+    assert list(tiny_model.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "m4a", "flac", "wav", "opus"])
+def test_every_output_format(tiny_model: Path, tmp_path: Path, rock_short: Path, fmt: str) -> None:
+    out = tmp_path / "out"
+    assert main(["separate", str(rock_short), "--stems", "karaoke drums+bass", "--format", fmt, "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"rock.instrumental.{fmt}", f"rock.drums+bass.{fmt}"])
+    for path in out.iterdir():
+        assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
+
+
+@pytest.mark.parametrize(("spec", "files"), [
+    ("all", ["drums", "bass", "other", "vocals"]),
+    ("vocals drums", ["vocals", "drums"]),
+    ("karaoke", ["instrumental"]),
+    ("drums+bass vocals", ["drums+bass", "vocals"]),
+    ("guitar piano", ["guitar", "piano"]),
+    ("6", ["drums", "bass", "other", "vocals", "guitar", "piano"]),
+])
+def test_stem_specs(tiny_model: Path, tmp_path: Path, rock_short: Path, spec: str, files: list[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["separate", str(rock_short), "--stems", spec, "--format", "wav", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"rock.{f}.wav" for f in files)
+
+
+def test_mixes_are_sums_of_sources(tiny_model: Path, tmp_path: Path, rock_short: Path) -> None:
+    """drums+bass is drums plus bass; the instrumental is the mixture minus the vocals."""
+    out = tmp_path / "out"
+    assert main(["separate", str(rock_short), "--stems", "all drums+bass karaoke", "--format", "wav",
+                 "--bit-depth", "24", "-o", str(out)]) == 0
+    got = {p.name.split(".")[1]: read_audio(p) for p in out.iterdir()}
+    mixture = read_audio(rock_short)
+    np.testing.assert_allclose(got["drums+bass"], got["drums"] + got["bass"], atol=1e-4)
+    np.testing.assert_allclose(got["instrumental"], np.clip(mixture - got["vocals"], -1, 1), atol=1e-4)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "The file is empty"),
+    (b"hello, this is a text file\n" * 50, "doesn't look like an audio"),
+])
+def test_bad_input_exits_with_a_message(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        content: bytes, message: str) -> None:
+    bad = tmp_path / "song.mp3"
+    bad.write_bytes(content)
+    assert main(["separate", str(bad), "-o", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tiny_model.iterdir()) == []
+
+
+def test_unknown_stem_word(tiny_model: Path, rock_short: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["separate", str(rock_short), "--stems", "vocls"]) == 2
+    assert 'Did you mean "vocals"' in capsys.readouterr().err
+
+
+def test_subprocess_help_and_bad_setting() -> None:
+    """The console entry point, as an operator meets it."""
+    ok = run_stembot("separate", "--help", env=stembot_env())
+    assert ok.returncode == 0 and "--stems" in ok.stdout
+    bad = run_stembot("separate", "x.mp3", env=stembot_env(STEMBOT_DEVICE="tpu", STEMBOT_MAX_DURATION_S="-1"))
+    assert bad.returncode == 2
+    assert "STEMBOT_DEVICE" in bad.stderr and "STEMBOT_MAX_DURATION_S" in bad.stderr
