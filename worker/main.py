@@ -11,6 +11,7 @@ from arq.worker import Worker
 from core.queue import SEPARATE_FUNCTION, QueueClient, redis_settings
 from core.settings import Settings, get_settings
 from worker.engine import Engine
+from worker.scratch import remove_orphans
 from worker.tasks import separate
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
+    for orphan in remove_orphans():
+        log.info("removed %s, left by a worker that died", orphan)
     ctx["queue"] = QueueClient(ctx["redis"], settings)
     engine = Engine(settings)
     # Load the default model before taking jobs, so the first user does not wait for it.

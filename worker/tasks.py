@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from core.naming import song_name
 from core.queue import QueueClient
 from worker.engine import Engine
 from worker.pipeline import separate_file
+from worker.scratch import job_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,7 +116,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
     except ArtifactMissing as exc:
         raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
     song = song_name(request.input.filename)
-    with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
+    with job_dir() as tmp:
         in_path = Path(tmp) / "input"
         in_path.write_bytes(data)
         del data
