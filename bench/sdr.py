@@ -12,8 +12,7 @@ def sdr(reference: np.ndarray, estimate: np.ndarray, rate: int = RATE) -> float:
     return sdr_many({"s": reference}, {"s": estimate}, rate)["s"]
 
 
-def sdr_many(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray],
-             rate: int = RATE) -> dict[str, float]:
+def sdr_many(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray], rate: int = RATE) -> dict[str, float]:
     """SDR per stem, each stem scored on its own against its reference (as museval does per target)."""
     import museval
 

@@ -113,9 +113,7 @@ def _tag(tags: dict[str, str], name: str) -> str | None:
 
 def probe(path: Path, timeout_s: float = 60) -> AudioInfo:
     """Read container metadata; raise NotAudio if there is no audio stream at all."""
-    proc = _run(
-        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout_s
-    )
+    proc = _run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout_s)
     if proc.returncode != 0:
         raise NotAudio("That doesn't look like an audio or video file I can read.", detail=proc.stderr.decode()[-500:])
     data = json.loads(proc.stdout or b"{}")
@@ -130,24 +128,25 @@ def probe(path: Path, timeout_s: float = 60) -> AudioInfo:
         duration_s=float(duration) if duration not in (None, "N/A") else None,
         container=fmt.get("format_name", "unknown"),
         codec=audio[0].get("codec_name", "unknown"),
-        has_video=any(s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
-                      for s in streams),
+        has_video=any(
+            s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic") for s in streams
+        ),
         title=_tag(tags, "title"),
         artist=_tag(tags, "artist"),
     )
 
 
 def too_long_error(duration_s: float, max_duration_s: float) -> TooLong:
-    return TooLong(
-        f"That is {_clock(duration_s)} long; the limit is {_clock(max_duration_s)}. "
-        "Send a shorter excerpt."
-    )
+    return TooLong(f"That is {_clock(duration_s)} long; the limit is {_clock(max_duration_s)}. Send a shorter excerpt.")
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    seconds = round(seconds)
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def check_duration(info: AudioInfo, max_duration_s: float) -> None:
@@ -163,8 +162,28 @@ def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float 
     """
     cap_s = max_duration_s + 1
     proc = _run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-         "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", "-f", "f32le", "pipe:1"],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-sn",
+            "-dn",
+            "-ac",
+            str(CHANNELS),
+            "-ar",
+            str(SAMPLE_RATE),
+            "-t",
+            f"{cap_s:.3f}",
+            "-f",
+            "f32le",
+            "pipe:1",
+        ],
         timeout_s,
     )
     frames = len(proc.stdout) // _BYTES_PER_FRAME
@@ -182,13 +201,27 @@ def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float 
     return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
 
 
-def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = None,
-           timeout_s: float = 600) -> Path:
+def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = None, timeout_s: float = 600) -> Path:
     """Encode float32 (2, samples) audio to `dest` in `fmt`."""
     pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE),
-           "-ac", str(wav.shape[0]), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(),
-           str(dest)]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "f32le",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-ac",
+        str(wav.shape[0]),
+        "-i",
+        "pipe:0",
+        *fmt.codec_args(),
+        *(tags or Tags()).ffmpeg_args(),
+        str(dest),
+    ]
     proc = _run(cmd, timeout_s, stdin=pcm)
     if proc.returncode != 0:
         dest.unlink(missing_ok=True)
@@ -196,7 +229,9 @@ def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = N
     return dest
 
 
-def load_audio(path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600) -> tuple[np.ndarray, AudioInfo]:
+def load_audio(
+    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600
+) -> tuple[np.ndarray, AudioInfo]:
     """Size check, probe, duration check, then decode: the order that refuses early."""
     check_size(path, max_bytes)
     info = probe(path, timeout_s)

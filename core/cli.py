@@ -30,9 +30,12 @@ EXIT_USER_ERROR = 2
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="audio or video file, or an http(s) link to one")
-    p.add_argument("--stems", default="all",
-                   help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, all, 6; "
-                        "several words give several files, a+b mixes them into one (default: all)")
+    p.add_argument(
+        "--stems",
+        default="all",
+        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, all, 6; "
+        "several words give several files, a+b mixes them into one (default: all)",
+    )
     p.add_argument("--format", choices=FORMAT_NAMES, default=None, help="output format (default: mp3)")
     p.add_argument("--bitrate", type=int, metavar="K", default=None, help="kbps for mp3/m4a/opus (default 320)")
     p.add_argument("--bit-depth", type=int, choices=(16, 24), default=16, help="bits for wav/flac (default 16)")
@@ -42,25 +45,41 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stembot", description="Split songs into stems (vocals, drums, bass, ...) with HTDemucs.",
-        epilog="Configuration comes from STEMBOT_* environment variables or a .env file; see the README.")
+        prog="stembot",
+        description="Split songs into stems (vocals, drums, bass, ...) with HTDemucs.",
+        epilog="Configuration comes from STEMBOT_* environment variables or a .env file; see the README.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sep = sub.add_parser("separate", help="separate a song here and now, no Redis needed",
-                         description="Separate INPUT in this process and write <song>.<stem>.<ext> files.")
+    sep = sub.add_parser(
+        "separate",
+        help="separate a song here and now, no Redis needed",
+        description="Separate INPUT in this process and write <song>.<stem>.<ext> files.",
+    )
     _add_job_options(sep)
-    enq = sub.add_parser("enqueue", help="submit a song to the worker queue, as a bot would",
-                         description="Submit INPUT through Redis; print the job id, queue position and progress.")
+    enq = sub.add_parser(
+        "enqueue",
+        help="submit a song to the worker queue, as a bot would",
+        description="Submit INPUT through Redis; print the job id, queue position and progress.",
+    )
     _add_job_options(enq)
     enq.add_argument("--wait", action="store_true", help="wait for the result and write the stems")
-    sub.add_parser("worker", help="run the arq worker that separates queued songs",
-                   description="Run a worker: loads the model once and takes jobs from Redis.")
-    sub.add_parser("telegram", help="run the Telegram bot (needs STEMBOT_TELEGRAM_TOKEN)",
-                   description="Run the Telegram frontend.")
-    sub.add_parser("discord", help="run the Discord bot (needs STEMBOT_DISCORD_TOKEN)",
-                   description="Run the Discord frontend.")
-    sub.add_parser("run", help="run Redis (if needed), a worker and every bot with a token",
-                   description="Start a local redis-server if none answers, a worker, and each frontend "
-                               "whose token is set; stop them all on Ctrl-C.")
+    sub.add_parser(
+        "worker",
+        help="run the arq worker that separates queued songs",
+        description="Run a worker: loads the model once and takes jobs from Redis.",
+    )
+    sub.add_parser(
+        "telegram", help="run the Telegram bot (needs STEMBOT_TELEGRAM_TOKEN)", description="Run the Telegram frontend."
+    )
+    sub.add_parser(
+        "discord", help="run the Discord bot (needs STEMBOT_DISCORD_TOKEN)", description="Run the Discord frontend."
+    )
+    sub.add_parser(
+        "run",
+        help="run Redis (if needed), a worker and every bot with a token",
+        description="Start a local redis-server if none answers, a worker, and each frontend "
+        "whose token is set; stop them all on Ctrl-C.",
+    )
     return parser
 
 
@@ -72,8 +91,14 @@ async def _obtain_input(source: str, workdir: Path, settings: Settings) -> tuple
     """A local path for INPUT (downloading a link) and the song's display file name."""
     if _is_url(source):
         from core.fetch import fetch_url
-        fetched = await fetch_url(source, workdir / "download", settings.max_input_bytes,
-                                  settings.download_timeout_s, settings.allow_private_urls)
+
+        fetched = await fetch_url(
+            source,
+            workdir / "download",
+            settings.max_input_bytes,
+            settings.download_timeout_s,
+            settings.allow_private_urls,
+        )
         return fetched.path, fetched.filename
     path = Path(source)
     if not path.is_file():
@@ -113,8 +138,9 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
         separator = Engine(settings).separator(model)
         bar = StageBar()
         try:
-            outcome = separate_file(path, args.output, song_name(filename), selection, fmt, separator,
-                                    settings, report=bar)
+            outcome = separate_file(
+                path, args.output, song_name(filename), selection, fmt, separator, settings, report=bar
+            )
         finally:
             bar.close()
     for f in outcome.files:
@@ -134,10 +160,14 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             data = path.read_bytes()
         ref = await queue.store_input(data, filename)
         request = SeparationRequest(
-            input=ref, stems=selection.spec,
+            input=ref,
+            stems=selection.spec,
             model=model_for(selection, args.model or settings.model, settings.six_stem_model),
-            format=args.format or settings.default_format, bitrate_kbps=args.bitrate, bit_depth=args.bit_depth,
-            requester=Requester(platform="cli"))
+            format=args.format or settings.default_format,
+            bitrate_kbps=args.bitrate,
+            bit_depth=args.bit_depth,
+            requester=Requester(platform="cli"),
+        )
         submission = await queue.submit(request)
         print(f"job {submission.job_id} {submission.state}", flush=True)
         if not args.wait:
@@ -187,8 +217,21 @@ def _run_all(settings: Settings) -> int:
             print("stembot: no Redis answers and redis-server is not installed", file=sys.stderr)
             return 1
         print(f"starting redis-server on port {url.port or 6379}")
-        children.append(subprocess.Popen([exe, "--port", str(url.port or 6379), "--bind", url.hostname or "127.0.0.1",
-                                          "--appendonly", "yes", "--save", ""]))
+        children.append(
+            subprocess.Popen(
+                [
+                    exe,
+                    "--port",
+                    str(url.port or 6379),
+                    "--bind",
+                    url.hostname or "127.0.0.1",
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                ]
+            )
+        )
     me = [sys.executable, "-m", "core.cli"]
     children.append(subprocess.Popen([*me, "worker"]))
     for name, token in (("telegram", settings.telegram_token), ("discord", settings.discord_token)):
@@ -211,8 +254,10 @@ def _run_all(settings: Settings) -> int:
 def _frontend(name: str, settings: Settings) -> int:
     if name == "telegram":
         from bots.telegram import run as run_telegram
+
         return run_telegram(settings)
     from bots.discord import run as run_discord
+
     return run_discord(settings)
 
 
@@ -230,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_enqueue(args, settings))
         if args.command == "worker":
             from worker.main import run_worker
+
             run_worker(settings)
             return 0
         if args.command == "run":

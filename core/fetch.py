@@ -52,8 +52,7 @@ async def check_url(url: str, allow_private: bool) -> None:
     if allow_private:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443,
-                                                             type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise LinkRefused(f"I couldn't find the host {parts.hostname}.") from exc
     for info in infos:
@@ -72,8 +71,7 @@ def _filename(response: httpx.Response) -> str:
 async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allow_private: bool = False) -> Fetched:
     """Download `url` to `dest`, re-checking every redirect hop and capping size and time."""
     try:
-        async with asyncio.timeout(timeout_s), httpx.AsyncClient(follow_redirects=False,
-                                                                 timeout=timeout_s) as client:
+        async with asyncio.timeout(timeout_s), httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client:
             for _ in range(_MAX_REDIRECTS + 1):
                 await check_url(url, allow_private)
                 async with client.stream("GET", url) as response:

@@ -81,14 +81,16 @@ class QueueClient:
     async def close(self) -> None:
         await self.pool.aclose()
 
-    async def store_input(self, data: bytes, filename: str, title: str | None = None,
-                          artist: str | None = None) -> InputRef:
+    async def store_input(
+        self, data: bytes, filename: str, title: str | None = None, artist: str | None = None
+    ) -> InputRef:
         digest = hashlib.sha256(data).hexdigest()
         key = f"input:{digest}"
         if not await self.store.touch(key, self.settings.result_ttl_s):
             await self.store.put(key, data, self.settings.result_ttl_s)
-        return InputRef(artifact_key=key, sha256=digest, filename=filename, size_bytes=len(data),
-                        title=title, artist=artist)
+        return InputRef(
+            artifact_key=key, sha256=digest, filename=filename, size_bytes=len(data), title=title, artist=artist
+        )
 
     async def submit(self, request: SeparationRequest) -> Submission:
         job_id = request.content_key()
@@ -98,8 +100,11 @@ class QueueClient:
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
         job = await self.pool.enqueue_job(
-            SEPARATE_FUNCTION, request.model_dump(mode="json"), _job_id=job_id,
-            _queue_name=self.settings.queue_name, _expires=self.settings.result_ttl_s,
+            SEPARATE_FUNCTION,
+            request.model_dump(mode="json"),
+            _job_id=job_id,
+            _queue_name=self.settings.queue_name,
+            _expires=self.settings.result_ttl_s,
         )
         await self._add_waiter(job_id, request.requester)
         if job is None:
@@ -115,10 +120,9 @@ class QueueClient:
         if result is None:
             return None
         reusable = (
-            result.status == "done" and await self.store.exists(*(s.artifact_key for s in result.stems))
-            == len(result.stems)
-        ) or (result.status == "failed" and result.error is not None
-              and not result.error.to_exception().retryable)
+            result.status == "done"
+            and await self.store.exists(*(s.artifact_key for s in result.stems)) == len(result.stems)
+        ) or (result.status == "failed" and result.error is not None and not result.error.to_exception().retryable)
         if reusable:
             return result
         await self.pool.delete(result_key_prefix + job_id, self.keys.progress(job_id), self.keys.cancel(job_id))
@@ -126,12 +130,13 @@ class QueueClient:
 
     async def _add_waiter(self, job_id: str, requester: Requester) -> None:
         key = self.keys.waiters(job_id)
-        await self.pool.sadd(key, requester.key)
+        await self.pool.sadd(key, requester.key)  # type: ignore[misc]
         await self.pool.expire(key, self.settings.result_ttl_s)
 
     async def set_progress(self, progress: Progress) -> None:
-        await self.pool.set(self.keys.progress(progress.job_id), progress.model_dump_json(),
-                            ex=self.settings.result_ttl_s)
+        await self.pool.set(
+            self.keys.progress(progress.job_id), progress.model_dump_json(), ex=self.settings.result_ttl_s
+        )
 
     async def position(self, job_id: str) -> int | None:
         """1 = next to start, 0 = running now, None = not in the queue."""
@@ -175,15 +180,18 @@ class QueueClient:
     async def status(self, job_id: str) -> JobStatus:
         return await Job(job_id, self.pool, _queue_name=self.settings.queue_name).status()
 
-    async def watch(self, job_id: str, interval_s: float = 0.5,
-                    timeout_s: float | None = None) -> AsyncIterator[Progress]:
+    async def watch(
+        self, job_id: str, interval_s: float = 0.5, timeout_s: float | None = None
+    ) -> AsyncIterator[Progress]:
         """Yield each new progress state until the job ends; the last one is final."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last: tuple[Stage, float, int | None] | None = None
         while True:
             result = await self.result(job_id)
             if result is not None:
-                yield Progress(job_id=job_id, stage=Stage(result.status), percent=100.0 if result.status == "done" else 0)
+                yield Progress(
+                    job_id=job_id, stage=Stage(result.status), percent=100.0 if result.status == "done" else 0
+                )
                 return
             progress = await self.progress(job_id)
             if progress is None and await self.status(job_id) == JobStatus.not_found:
@@ -213,8 +221,8 @@ class QueueClient:
         Returns True when the job itself was told to stop.
         """
         if requester is not None:
-            await self.pool.srem(self.keys.waiters(job_id), requester.key)
-            if await self.pool.scard(self.keys.waiters(job_id)) > 0:
+            await self.pool.srem(self.keys.waiters(job_id), requester.key)  # type: ignore[misc]
+            if await self.pool.scard(self.keys.waiters(job_id)) > 0:  # type: ignore[misc]
                 return False
         if await self.result(job_id) is not None:
             return False

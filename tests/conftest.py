@@ -45,8 +45,14 @@ def work_tmp(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_env(tiny_repo: Path, redis_url: str, work_tmp: Path) -> dict[str, str]:
-    return stembot_env(STEMBOT_MODEL_REPO=str(tiny_repo), STEMBOT_REDIS_URL=redis_url, TMPDIR=str(work_tmp),
-                       STEMBOT_DEVICE="cpu", STEMBOT_JOB_HEARTBEAT_S="1", STEMBOT_ALLOW_PRIVATE_URLS="true")
+    return stembot_env(
+        STEMBOT_MODEL_REPO=str(tiny_repo),
+        STEMBOT_REDIS_URL=redis_url,
+        TMPDIR=str(work_tmp),
+        STEMBOT_DEVICE="cpu",
+        STEMBOT_JOB_HEARTBEAT_S="1",
+        STEMBOT_ALLOW_PRIVATE_URLS="true",
+    )
 
 
 @pytest.fixture

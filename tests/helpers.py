@@ -34,8 +34,11 @@ def make_clip(src: Path, dest: Path, seconds: float | None = None, extra: tuple[
 
 
 def read_audio(path: Path) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(RATE), "-"],
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(RATE), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T.copy()
 
 
@@ -49,14 +52,22 @@ def write_tiny_repo(repo: Path, segment_s: float = 2.0) -> Path:
     from demucs.htdemucs import HTDemucs
 
     repo.mkdir(parents=True, exist_ok=True)
-    for name, sources, sig in (("htdemucs", ["drums", "bass", "other", "vocals"], "0000aaaa"),
-                               ("htdemucs_6s", ["drums", "bass", "other", "vocals", "guitar", "piano"], "0000bbbb")):
+    for name, sources, sig in (
+        ("htdemucs", ["drums", "bass", "other", "vocals"], "0000aaaa"),
+        ("htdemucs_6s", ["drums", "bass", "other", "vocals", "guitar", "piano"], "0000bbbb"),
+    ):
         torch.manual_seed(0)
-        kwargs = dict(channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=segment_s,
-                      bottom_channels=0)
+        kwargs = dict(
+            channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=segment_s, bottom_channels=0
+        )
         model = HTDemucs(sources, **kwargs)
-        package = {"klass": HTDemucs, "args": (sources,), "kwargs": kwargs,
-                   "state": model.state_dict(), "training_args": {}}
+        package = {
+            "klass": HTDemucs,
+            "args": (sources,),
+            "kwargs": kwargs,
+            "state": model.state_dict(),
+            "training_args": {},
+        }
         torch.save(package, repo / f"{sig}.th")
         (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
     return repo
@@ -69,10 +80,17 @@ def stembot_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def run_stembot(*args: str, env: Mapping[str, str], timeout: float = 300, cwd: Path | None = None
-                ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], env=dict(env), capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd or ROOT)
+def run_stembot(
+    *args: str, env: Mapping[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+    )
 
 
 class WorkerProcess:
@@ -85,8 +103,9 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "core.cli", "worker"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -21,12 +21,30 @@ INPUTS = [
     ("song.opus", ("-c:a", "libopus")),
     ("song.flac", ()),
     ("song.wav", ()),
-    ("clip.mp4", ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "libx264",
-                  "-pix_fmt", "yuv420p", "-c:a", "aac")),
-    ("clip.webm", ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "libvpx",
-                   "-c:a", "libopus")),
-    ("clip.mov", ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "mpeg4",
-                  "-c:a", "pcm_s16le")),
+    (
+        "clip.mp4",
+        (
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ),
+    ),
+    (
+        "clip.webm",
+        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "libvpx", "-c:a", "libopus"),
+    ),
+    (
+        "clip.mov",
+        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "mpeg4", "-c:a", "pcm_s16le"),
+    ),
 ]
 
 
@@ -46,9 +64,18 @@ def test_mono_is_duplicated(tmp_path: Path) -> None:
     np.testing.assert_array_equal(wav[0], wav[1])
 
 
-@pytest.mark.parametrize("fmt", [OutputFormat("mp3", 192), OutputFormat("m4a", 160), OutputFormat("flac"),
-                                 OutputFormat("flac", bit_depth=24), OutputFormat("wav"),
-                                 OutputFormat("wav", bit_depth=24), OutputFormat("opus", 128)])
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        OutputFormat("mp3", 192),
+        OutputFormat("m4a", 160),
+        OutputFormat("flac"),
+        OutputFormat("flac", bit_depth=24),
+        OutputFormat("wav"),
+        OutputFormat("wav", bit_depth=24),
+        OutputFormat("opus", 128),
+    ],
+)
 def test_encodes_every_output_format_with_tags(tmp_path: Path, fmt: OutputFormat) -> None:
     source = read_audio(ROCK / "mixture.flac")[:, : 44100 * 2]
     dest = encode(source, tmp_path / f"out.{fmt.ext}", fmt, Tags(title="Rock — vocals", artist="Music Delta"))
@@ -62,7 +89,7 @@ def test_encodes_every_output_format_with_tags(tmp_path: Path, fmt: OutputFormat
     if fmt.lossless:
         assert np.abs(back[:, :n] - source[:, :n]).max() < 1e-3
     else:
-        corr = np.corrcoef(back[0, 4096:n - 4096], source[0, 4096:n - 4096])[0, 1]
+        corr = np.corrcoef(back[0, 4096 : n - 4096], source[0, 4096 : n - 4096])[0, 1]
         assert corr > 0.9
 
 
@@ -122,8 +149,21 @@ def test_over_duration_refused_from_probe(tmp_path: Path) -> None:
 def test_decode_stops_at_the_limit_when_the_header_has_no_duration(tmp_path: Path) -> None:
     # raw ADTS AAC carries no duration: probe cannot refuse it, the capped decode must
     path = tmp_path / "long.aac"
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "120", "-c:a", "aac", "-b:a", "32k",
-           "-f", "adts", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "120",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "32k",
+        "-f",
+        "adts",
+        str(path),
+    )
     info = probe(path)
     with pytest.raises(TooLong):
         decode(path, info.__class__(None, info.container, info.codec, False), 30)

@@ -18,14 +18,16 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 s of a real song: long enough to cancel or kill a worker mid-job with the toy model."""
-    return make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg",
-                     tmp_path_factory.mktemp("long") / "fishin.mp3", seconds=60)
+    return make_clip(
+        SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path_factory.mktemp("long") / "fishin.mp3", seconds=60
+    )
 
 
 async def _request(queue: QueueClient, clip: Path, stems: str = "vocals", user: str = "u1") -> SeparationRequest:
     ref = await queue.store_input(clip.read_bytes(), clip.name)
-    return SeparationRequest(input=ref, stems=stems, model="htdemucs", format="mp3",
-                             requester=Requester(platform="test", user_id=user))
+    return SeparationRequest(
+        input=ref, stems=stems, model="htdemucs", format="mp3", requester=Requester(platform="test", user_id=user)
+    )
 
 
 def _worker(env: dict[str, str], tmp_path: Path, workers: list[WorkerProcess], name: str = "w1") -> WorkerProcess:
@@ -39,8 +41,9 @@ def _jobs_started(worker: WorkerProcess, job_id: str) -> int:
     return sum(1 for line in worker.log().splitlines() if f"{job_id}:separate(" in line and "→" in line)
 
 
-async def _wait_stage(queue: QueueClient, job_id: str, stage: Stage, min_percent: float = 0,
-                      timeout: float = 60) -> Progress:
+async def _wait_stage(
+    queue: QueueClient, job_id: str, stage: Stage, min_percent: float = 0, timeout: float = 60
+) -> Progress:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         p = await queue.progress(job_id)
@@ -50,9 +53,14 @@ async def _wait_stage(queue: QueueClient, job_id: str, stage: Stage, min_percent
     raise TimeoutError(f"{job_id} never reached {stage} {min_percent}%")
 
 
-async def test_round_trip_with_progress(queue_client: QueueClient, tiny_env: dict[str, str], tmp_path: Path,
-                                        rock_short: Path, worker_factory: list[WorkerProcess],
-                                        work_tmp: Path) -> None:
+async def test_round_trip_with_progress(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    rock_short: Path,
+    worker_factory: list[WorkerProcess],
+    work_tmp: Path,
+) -> None:
     queue = queue_client
     submission = await queue.submit(await _request(queue, rock_short, "vocals karaoke"))
     assert submission.state == "queued"
@@ -77,8 +85,13 @@ async def test_round_trip_with_progress(queue_client: QueueClient, tiny_env: dic
     assert list(work_tmp.iterdir()) == []
 
 
-async def test_dedupe_and_cache(queue_client: QueueClient, tiny_env: dict[str, str], tmp_path: Path,
-                                rock_short: Path, worker_factory: list[WorkerProcess]) -> None:
+async def test_dedupe_and_cache(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    rock_short: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
     queue = queue_client
     first = await queue.submit(await _request(queue, rock_short, user="alice"))
     second = await queue.submit(await _request(queue, rock_short, user="bob"))
@@ -98,9 +111,13 @@ async def test_dedupe_and_cache(queue_client: QueueClient, tiny_env: dict[str, s
     assert _jobs_started(worker, first.job_id) == 1
 
 
-async def test_expired_artifacts_are_recomputed(queue_client: QueueClient, tiny_env: dict[str, str],
-                                                tmp_path: Path, rock_short: Path,
-                                                worker_factory: list[WorkerProcess]) -> None:
+async def test_expired_artifacts_are_recomputed(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    rock_short: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
     queue = queue_client
     worker = _worker(tiny_env, tmp_path, worker_factory)
     job = await queue.submit(await _request(queue, rock_short))
@@ -112,9 +129,14 @@ async def test_expired_artifacts_are_recomputed(queue_client: QueueClient, tiny_
     assert _jobs_started(worker, job.job_id) == 2
 
 
-async def test_cancel_mid_job_stops_the_work(queue_client: QueueClient, tiny_env: dict[str, str], tmp_path: Path,
-                                             long_clip: Path, worker_factory: list[WorkerProcess],
-                                             work_tmp: Path) -> None:
+async def test_cancel_mid_job_stops_the_work(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    long_clip: Path,
+    worker_factory: list[WorkerProcess],
+    work_tmp: Path,
+) -> None:
     queue = queue_client
     _worker(tiny_env, tmp_path, worker_factory)
     request = await _request(queue, long_clip)
@@ -140,8 +162,13 @@ async def test_cancel_waits_for_every_requester(queue_client: QueueClient, rock_
     assert await queue.cancel(job.job_id, bob.requester) is True
 
 
-async def test_cancel_before_start(queue_client: QueueClient, tiny_env: dict[str, str], tmp_path: Path,
-                                   rock_short: Path, worker_factory: list[WorkerProcess]) -> None:
+async def test_cancel_before_start(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    rock_short: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
     queue = queue_client
     request = await _request(queue, rock_short)
     job = await queue.submit(request)
@@ -150,10 +177,14 @@ async def test_cancel_before_start(queue_client: QueueClient, tiny_env: dict[str
     assert (await queue.wait_result(job.job_id, timeout_s=60)).status == "cancelled"
 
 
-async def test_killed_worker_does_not_leave_the_job_stuck(queue_client: QueueClient, tiny_env: dict[str, str],
-                                                          tmp_path: Path, long_clip: Path,
-                                                          worker_factory: list[WorkerProcess],
-                                                          work_tmp: Path) -> None:
+async def test_killed_worker_does_not_leave_the_job_stuck(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    long_clip: Path,
+    worker_factory: list[WorkerProcess],
+    work_tmp: Path,
+) -> None:
     queue = queue_client
     first = _worker(tiny_env, tmp_path, worker_factory, "w1")
     job = await queue.submit(await _request(queue, long_clip))
@@ -193,17 +224,30 @@ async def test_queue_cap(redis_url: str, rock_short: Path) -> None:
         await queue.close()
 
 
-def test_enqueue_cli_wait(tiny_env: dict[str, str], tmp_path: Path, rock_short: Path,
-                          worker_factory: list[WorkerProcess]) -> None:
+def test_enqueue_cli_wait(
+    tiny_env: dict[str, str], tmp_path: Path, rock_short: Path, worker_factory: list[WorkerProcess]
+) -> None:
     _worker(tiny_env, tmp_path, worker_factory)
     out = tmp_path / "out"
-    done = run_stembot("enqueue", str(rock_short), "--stems", "drums bass", "--format", "flac", "--wait",
-                       "-o", str(out), env=tiny_env, timeout=120)
+    done = run_stembot(
+        "enqueue",
+        str(rock_short),
+        "--stems",
+        "drums bass",
+        "--format",
+        "flac",
+        "--wait",
+        "-o",
+        str(out),
+        env=tiny_env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("job sep-") and lines[0].endswith("queued")
     assert any(line.startswith("separating") for line in lines)
     assert sorted(p.name for p in out.iterdir()) == ["rock.bass.flac", "rock.drums.flac"]
-    again = run_stembot("enqueue", str(rock_short), "--stems", "drums bass", "--format", "flac",
-                        env=tiny_env, timeout=60)
+    again = run_stembot(
+        "enqueue", str(rock_short), "--stems", "drums bass", "--format", "flac", env=tiny_env, timeout=60
+    )
     assert again.stdout.split()[:3] == ["job", lines[0].split()[1], "cached"]

@@ -58,8 +58,9 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch, tiny_repo: Path, tmp_path: Path)
     return tmp_path / "tmp"
 
 
-def test_vocals_sdr_equals_reference(real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray],
-                                     truth: dict[str, np.ndarray]) -> None:
+def test_vocals_sdr_equals_reference(
+    real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray], truth: dict[str, np.ndarray]
+) -> None:
     """The issue's definition of done: mp3 vocals within 0.1 dB of reference demucs."""
     out = tmp_path / "out"
     assert main(["separate", str(ROCK / "mixture.flac"), "--stems", "vocals", "-o", str(out)]) == 0
@@ -71,8 +72,9 @@ def test_vocals_sdr_equals_reference(real_model: Path, tmp_path: Path, reference
     assert list(real_model.iterdir()) == []
 
 
-def test_every_stem_sdr_equals_reference(real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray],
-                                         truth: dict[str, np.ndarray]) -> None:
+def test_every_stem_sdr_equals_reference(
+    real_model: Path, tmp_path: Path, reference: dict[str, np.ndarray], truth: dict[str, np.ndarray]
+) -> None:
     out = tmp_path / "out"
     assert main(["separate", str(ROCK / "mixture.flac"), "--stems", "all", "--format", "flac", "-o", str(out)]) == 0
     ours = sdr_many(truth, {s: read_audio(out / f"mixture.{s}.flac") for s in STEMS4})
@@ -88,8 +90,10 @@ def test_karaoke_method_is_the_better_one(reference: dict[str, np.ndarray], trut
 
     target = truth["drums"] + truth["bass"] + truth["other"]
     output = parse_stems("karaoke").outputs[0]
-    scores = {m: sdr(target, render_output(output, reference, reference["mixture"], m))  # type: ignore[arg-type]
-              for m in ("subtract", "sum")}
+    scores = {
+        m: sdr(target, render_output(output, reference, reference["mixture"], m))  # type: ignore[arg-type]
+        for m in ("subtract", "sum")
+    }
     assert max(scores, key=scores.__getitem__) == INSTRUMENTAL_METHOD, scores
 
 
@@ -113,14 +117,17 @@ def test_every_output_format(tiny_model: Path, tmp_path: Path, rock_short: Path,
         assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
 
 
-@pytest.mark.parametrize(("spec", "files"), [
-    ("all", ["drums", "bass", "other", "vocals"]),
-    ("vocals drums", ["vocals", "drums"]),
-    ("karaoke", ["instrumental"]),
-    ("drums+bass vocals", ["drums+bass", "vocals"]),
-    ("guitar piano", ["guitar", "piano"]),
-    ("6", ["drums", "bass", "other", "vocals", "guitar", "piano"]),
-])
+@pytest.mark.parametrize(
+    ("spec", "files"),
+    [
+        ("all", ["drums", "bass", "other", "vocals"]),
+        ("vocals drums", ["vocals", "drums"]),
+        ("karaoke", ["instrumental"]),
+        ("drums+bass vocals", ["drums+bass", "vocals"]),
+        ("guitar piano", ["guitar", "piano"]),
+        ("6", ["drums", "bass", "other", "vocals", "guitar", "piano"]),
+    ],
+)
 def test_stem_specs(tiny_model: Path, tmp_path: Path, rock_short: Path, spec: str, files: list[str]) -> None:
     out = tmp_path / "out"
     assert main(["separate", str(rock_short), "--stems", spec, "--format", "wav", "-o", str(out)]) == 0
@@ -130,20 +137,39 @@ def test_stem_specs(tiny_model: Path, tmp_path: Path, rock_short: Path, spec: st
 def test_mixes_are_sums_of_sources(tiny_model: Path, tmp_path: Path, rock_short: Path) -> None:
     """drums+bass is drums plus bass; the instrumental is the mixture minus the vocals."""
     out = tmp_path / "out"
-    assert main(["separate", str(rock_short), "--stems", "all drums+bass karaoke", "--format", "wav",
-                 "--bit-depth", "24", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "separate",
+                str(rock_short),
+                "--stems",
+                "all drums+bass karaoke",
+                "--format",
+                "wav",
+                "--bit-depth",
+                "24",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = {p.name.split(".")[1]: read_audio(p) for p in out.iterdir()}
     mixture = read_audio(rock_short)
     np.testing.assert_allclose(got["drums+bass"], got["drums"] + got["bass"], atol=1e-4)
     np.testing.assert_allclose(got["instrumental"], np.clip(mixture - got["vocals"], -1, 1), atol=1e-4)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "The file is empty"),
-    (b"hello, this is a text file\n" * 50, "doesn't look like an audio"),
-])
-def test_bad_input_exits_with_a_message(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        content: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "The file is empty"),
+        (b"hello, this is a text file\n" * 50, "doesn't look like an audio"),
+    ],
+)
+def test_bad_input_exits_with_a_message(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
     bad = tmp_path / "song.mp3"
     bad.write_bytes(content)
     assert main(["separate", str(bad), "-o", str(tmp_path / "out")]) == 2

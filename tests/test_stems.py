@@ -26,8 +26,11 @@ CASES: list[tuple[str | None, list[tuple[str, frozenset[str]]], bool]] = [
     ("6", [(s, F({s})) for s in ("drums", "bass", "other", "vocals", "guitar", "piano")], True),
     ("guitar", [("guitar", F({"guitar"}))], True),
     ("piano vocals", [("piano", F({"piano"})), ("vocals", F({"vocals"}))], True),
-    ("karaoke guitar", [("instrumental", F({"drums", "bass", "other", "guitar", "piano"})),
-                        ("guitar", F({"guitar"}))], True),
+    (
+        "karaoke guitar",
+        [("instrumental", F({"drums", "bass", "other", "guitar", "piano"})), ("guitar", F({"guitar"}))],
+        True,
+    ),
     ("vocals vocals", [("vocals", F({"vocals"}))], False),
     ("vocals all", [(s, F({s})) for s in ("vocals", "drums", "bass", "other")], False),
     ("drums+drums", [("drums", F({"drums"}))], False),
@@ -41,13 +44,16 @@ def test_parse(text: str | None, expected: list[tuple[str, frozenset[str]]], six
     assert selection.six_stems is six
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("vocls", 'Did you mean "vocals"'),
-    ("drumz", 'Did you mean "drums"'),
-    ("kazoo", "Valid: vocals"),
-    ("drums+all", "cannot be part of a combo"),
-    ("+", "Unknown stem"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("vocls", 'Did you mean "vocals"'),
+        ("drumz", 'Did you mean "drums"'),
+        ("kazoo", "Valid: vocals"),
+        ("drums+all", "cannot be part of a combo"),
+        ("+", "Unknown stem"),
+    ],
+)
 def test_errors(text: str, fragment: str) -> None:
     with pytest.raises(InvalidStemSpec) as err:
         parse_stems(text)

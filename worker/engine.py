@@ -16,5 +16,6 @@ class Engine:
         self.models = ModelCache(settings.model_repo, self.device)
 
     def separator(self, model_name: str) -> Separator:
-        return DemucsSeparator(self.models.get(model_name), self.device, shifts=self.settings.shifts,
-                               overlap=self.settings.overlap)
+        return DemucsSeparator(
+            self.models.get(model_name), self.device, shifts=self.settings.shifts, overlap=self.settings.overlap
+        )

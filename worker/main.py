@@ -31,8 +31,15 @@ async def startup(ctx: dict[str, Any]) -> None:
 def create_worker(settings: Settings, **overrides: Any) -> Worker:
     """An arq Worker configured from stembot settings; overrides go straight to arq."""
     options: dict[str, Any] = {
-        "functions": [func(separate, name=SEPARATE_FUNCTION, timeout=settings.job_timeout_s,  # type: ignore[arg-type]
-                           keep_result=settings.result_ttl_s, max_tries=settings.max_tries)],
+        "functions": [
+            func(
+                separate,
+                name=SEPARATE_FUNCTION,
+                timeout=settings.job_timeout_s,  # type: ignore[arg-type]
+                keep_result=settings.result_ttl_s,
+                max_tries=settings.max_tries,
+            )
+        ],
         "on_startup": startup,
         "redis_settings": redis_settings(settings),
         "queue_name": settings.queue_name,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 from demucs.apply import BagOfModels
-from demucs.pretrained import ModelLoadingError, get_model
+from demucs.pretrained import get_model
+from demucs.repo import ModelLoadingError
 
 from core.errors import ModelUnavailable
 

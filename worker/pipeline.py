@@ -41,17 +41,29 @@ class SeparationOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def render_output(output: StemOutput, sources: dict[str, np.ndarray], mixture: np.ndarray,
-                  method: InstrumentalMethod = INSTRUMENTAL_METHOD) -> np.ndarray:
+def render_output(
+    output: StemOutput,
+    sources: dict[str, np.ndarray],
+    mixture: np.ndarray,
+    method: InstrumentalMethod = INSTRUMENTAL_METHOD,
+) -> np.ndarray:
     """The audio of one requested file: a source, a mix of sources, or the instrumental."""
     if output.name == INSTRUMENTAL and method == "subtract":
-        return mixture - sources["vocals"]
-    return np.sum([sources[s] for s in sorted(output.sources)], axis=0).astype(np.float32)
+        return np.asarray(mixture - sources["vocals"], dtype=np.float32)
+    return np.asarray(np.sum([sources[s] for s in sorted(output.sources)], axis=0), dtype=np.float32)
 
 
-def separate_file(input_path: Path, out_dir: Path, song: str, selection: StemSelection, fmt: OutputFormat,
-                  separator: Separator, settings: Settings, report: Reporter | None = None,
-                  should_stop: StopFn | None = None) -> SeparationOutcome:
+def separate_file(
+    input_path: Path,
+    out_dir: Path,
+    song: str,
+    selection: StemSelection,
+    fmt: OutputFormat,
+    separator: Separator,
+    settings: Settings,
+    report: Reporter | None = None,
+    should_stop: StopFn | None = None,
+) -> SeparationOutcome:
     """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
     say: Reporter = report or (lambda stage, pct: None)
     t0 = time.perf_counter()
@@ -68,9 +80,19 @@ def separate_file(input_path: Path, out_dir: Path, song: str, selection: StemSel
             raise Cancelled()
         audio = render_output(output, sources, wav)
         path = out_dir / stem_filename(song, output.name, fmt.ext)
-        encode(audio, path, fmt, Tags(title=f"{title} — {output.name}", artist=info.artist,
-                                      extra={"album": title}), settings.ffmpeg_timeout_s)
+        encode(
+            audio,
+            path,
+            fmt,
+            Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title}),
+            settings.ffmpeg_timeout_s,
+        )
         files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
     t3 = time.perf_counter()
-    return SeparationOutcome(files=files, audio_seconds=wav.shape[-1] / SAMPLE_RATE, title=title, artist=info.artist,
-                             timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2})
+    return SeparationOutcome(
+        files=files,
+        audio_seconds=wav.shape[-1] / SAMPLE_RATE,
+        title=title,
+        artist=info.artist,
+        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2},
+    )

@@ -32,7 +32,7 @@ def remove_orphans(root: Path | None = None) -> list[Path]:
     """Delete job directories left by dead processes; return what was removed."""
     removed = []
     for path in Path(root or tempfile.gettempdir()).glob(f"{_PREFIX}*"):
-        pid = path.name[len(_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -23,8 +23,9 @@ class Separator(Protocol):
     @property
     def sources(self) -> tuple[str, ...]: ...
 
-    def separate(self, wav: np.ndarray, progress: ProgressFn | None = None,
-                 should_stop: StopFn | None = None) -> dict[str, np.ndarray]: ...
+    def separate(
+        self, wav: np.ndarray, progress: ProgressFn | None = None, should_stop: StopFn | None = None
+    ) -> dict[str, np.ndarray]: ...
 
 
 # apply_model draws its random time shift from the global `random` module: seeding it
@@ -35,8 +36,9 @@ _SEED_LOCK = threading.Lock()
 class DemucsSeparator:
     """The reference engine: demucs' own `apply_model`, with progress and cancel per segment."""
 
-    def __init__(self, model: BagOfModels, device: torch.device, shifts: int = 1,
-                 overlap: float = 0.25, seed: int = 0) -> None:
+    def __init__(
+        self, model: BagOfModels, device: torch.device, shifts: int = 1, overlap: float = 0.25, seed: int = 0
+    ) -> None:
         self.model = model
         self.device = device
         self.shifts = shifts
@@ -55,8 +57,9 @@ class DemucsSeparator:
         padded = length + (int(0.5 * rate) if self.shifts else 0)
         return len(self.model.models) * max(self.shifts, 1) * -(-padded // stride)
 
-    def separate(self, wav: np.ndarray, progress: ProgressFn | None = None,
-                 should_stop: StopFn | None = None) -> dict[str, np.ndarray]:
+    def separate(
+        self, wav: np.ndarray, progress: ProgressFn | None = None, should_stop: StopFn | None = None
+    ) -> dict[str, np.ndarray]:
         mix = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         # demucs normalises by the mixture's statistics, as `demucs.separate` does.
         ref = mix.mean(0)
@@ -74,7 +77,14 @@ class DemucsSeparator:
 
         with _SEED_LOCK:
             random.seed(self.seed)
-            out = apply_model(self.model, ((mix - mean) / std)[None], shifts=self.shifts, split=True,
-                              overlap=self.overlap, device=self.device, callback=on_segment)
+            out = apply_model(
+                self.model,
+                ((mix - mean) / std)[None],
+                shifts=self.shifts,
+                split=True,
+                overlap=self.overlap,
+                device=self.device,
+                callback=on_segment,
+            )
         out = out[0] * std + mean
         return {name: out[i].numpy() for i, name in enumerate(self.sources)}

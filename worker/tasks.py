@@ -101,8 +101,16 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt:
         data = f.path.read_bytes()
         key = f"result:{job_id}:{f.output.name}.{fmt}"
         await queue.store.put(key, data, queue.settings.result_ttl_s)
-        artifacts.append(StemArtifact(stem=f.output.name, artifact_key=key, filename=f.path.name, format=fmt,
-                                      size_bytes=len(data), duration_s=f.duration_s))
+        artifacts.append(
+            StemArtifact(
+                stem=f.output.name,
+                artifact_key=key,
+                filename=f.path.name,
+                format=fmt,
+                size_bytes=len(data),
+                duration_s=f.duration_s,
+            )
+        )
     return artifacts
 
 
@@ -120,15 +128,32 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         in_path = Path(tmp) / "input"
         in_path.write_bytes(data)
         del data
-        separator = await run.in_thread(lambda: engine.separator(model_for(selection, request.model,
-                                                                            settings.six_stem_model)))
-        outcome = await run.in_thread(lambda: separate_file(
-            in_path, Path(tmp), song, selection, request.output_format, separator, settings,
-            report=run.report, should_stop=run.stop.is_set))
+        separator = await run.in_thread(
+            lambda: engine.separator(model_for(selection, request.model, settings.six_stem_model))
+        )
+        outcome = await run.in_thread(
+            lambda: separate_file(
+                in_path,
+                Path(tmp),
+                song,
+                selection,
+                request.output_format,
+                separator,
+                settings,
+                report=run.report,
+                should_stop=run.stop.is_set,
+            )
+        )
         run.report(Stage.uploading, 0)
         stems = await _store_outputs(queue, job_id, outcome.files, request.format)
-    return JobResult(job_id=job_id, status="done", model=request.model, stems=stems,
-                     timings=outcome.timings, audio_seconds=outcome.audio_seconds)
+    return JobResult(
+        job_id=job_id,
+        status="done",
+        model=request.model,
+        stems=stems,
+        timings=outcome.timings,
+        audio_seconds=outcome.audio_seconds,
+    )
 
 
 async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -147,16 +172,19 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
             except Cancelled:
                 result = JobResult(job_id=job_id, status="cancelled", model=request.model)
             except StembotError as exc:
-                result = JobResult(job_id=job_id, status="failed", model=request.model,
-                                   error=ErrorInfo.from_exception(exc))
+                result = JobResult(
+                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(exc)
+                )
             except Exception:  # a bug or a broken host: tell the user, keep the worker alive
                 log.exception("job %s failed", job_id)
                 err = WorkerFailed("Something went wrong while separating this song. Please try again later.")
-                result = JobResult(job_id=job_id, status="failed", model=request.model,
-                                   error=ErrorInfo.from_exception(err))
+                result = JobResult(
+                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(err)
+                )
     result.timings["total"] = time.monotonic() - started
-    await queue.set_progress(Progress(job_id=job_id, stage=Stage(result.status),
-                                       percent=100.0 if result.status == "done" else 0.0))
+    await queue.set_progress(
+        Progress(job_id=job_id, stage=Stage(result.status), percent=100.0 if result.status == "done" else 0.0)
+    )
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
     log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])
