@@ -98,10 +98,15 @@ def check_size(path: Path, max_bytes: int) -> int:
         raise EmptyInput("The file is empty.")
     if size > max_bytes:
         raise TooLarge(
-            f"The file is {size / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
+            f"The file is {megabytes(size)}; the limit is {megabytes(max_bytes)}. "
             "Send a compressed version (MP3, for example) or a shorter excerpt."
         )
     return size
+
+
+def megabytes(n: int) -> str:
+    mb = n / 1e6
+    return f"{mb:.1f} MB" if mb < 10 else f"{mb:.0f} MB"
 
 
 def _tag(tags: dict[str, str], name: str) -> str | None:

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
+from core.audio import megabytes
 from core.errors import DownloadFailed, LinkRefused, TooLarge
 
 _MAX_REDIRECTS = 5
@@ -98,7 +99,7 @@ async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allo
 
 
 def _too_large(max_bytes: int) -> TooLarge:
-    return TooLarge(f"That download is larger than the {max_bytes / 1e6:.0f} MB limit.")
+    return TooLarge(f"That download is larger than the {megabytes(max_bytes)} limit.")
 
 
 async def _stream_to(response: httpx.Response, dest: Path, max_bytes: int) -> int:

@@ -251,3 +251,61 @@ def test_enqueue_cli_wait(
         "enqueue", str(rock_short), "--stems", "drums bass", "--format", "flac", env=tiny_env, timeout=60
     )
     assert again.stdout.split()[:3] == ["job", lines[0].split()[1], "cached"]
+
+
+async def test_bad_input_through_the_worker(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+    work_tmp: Path,
+) -> None:
+    queue = queue_client
+    worker = _worker(tiny_env, tmp_path, worker_factory)
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("not a song\n" * 100)
+    job = await queue.submit(await _request(queue, bad))
+    result = await queue.wait_result(job.job_id, timeout_s=60)
+    assert result.status == "failed" and result.error is not None
+    assert result.error.code == "not_audio"
+    assert "doesn't look like an audio" in result.error.message
+    assert worker.proc is not None and worker.proc.poll() is None  # the worker lives on
+    assert list(work_tmp.iterdir()) == []
+    # a deterministic refusal is cached: the same bytes are not retried
+    assert (await queue.submit(await _request(queue, bad))).state == "cached"
+
+
+def test_run_starts_redis_and_a_worker(tiny_env: dict[str, str], tmp_path: Path) -> None:
+    """`stembot run` on a box where no Redis answers: it starts one, and a worker, and stops both."""
+    import signal
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    env = tiny_env | {"STEMBOT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    try:
+        client = redis.Redis(port=port)
+        wait_for(lambda: _pings(client), timeout=30)
+        wait_for(lambda: client.exists("stembot:health:stembot:queue"), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not _pings(redis.Redis(port=port))
+    assert "starting redis-server" in (tmp_path / "run.log").read_text()
+
+
+def _pings(client: object) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except redis.exceptions.ConnectionError:
+        return False

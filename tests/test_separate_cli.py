@@ -7,6 +7,7 @@ matrix uses a toy-size htdemucs (random weights) so that it stays fast.
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from bench.sdr import sdr, sdr_many
 from core.cli import main
-from tests.helpers import MODELS, ROCK, make_clip, read_audio, run_stembot, stembot_env
+from tests.helpers import MODELS, ROCK, SONGS, ffmpeg, make_clip, read_audio, run_stembot, stembot_env
 from tests.test_audio import INPUTS
 
 STEMS4 = ("drums", "bass", "other", "vocals")
@@ -160,21 +161,43 @@ def test_mixes_are_sums_of_sources(tiny_model: Path, tmp_path: Path, rock_short:
     np.testing.assert_allclose(got["instrumental"], np.clip(mixture - got["vocals"], -1, 1), atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"", "The file is empty"),
-        (b"hello, this is a text file\n" * 50, "doesn't look like an audio"),
-    ],
-)
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
+    """name → (file, expected message fragment, extra settings)."""
+    whole = (SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3").read_bytes()
+    files = {
+        "empty": b"",
+        "random": np.random.default_rng(1).bytes(50_000),
+        "text": b"hello, this is a text file\n" * 50,
+        "truncated": whole[: len(whole) // 4],
+    }
+    for name, content in files.items():
+        (tmp / f"{name}.mp3").write_bytes(content)
+    silent = tmp / "silence.opus"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "300", "-c:a", "libopus", "-b:a", "6k", str(silent))
+    return {
+        "empty": (tmp / "empty.mp3", "The file is empty", {}),
+        "random": (tmp / "random.mp3", "couldn't decode any audio|doesn't look like an audio", {}),
+        "text": (tmp / "text.mp3", "doesn't look like an audio", {}),
+        "truncated": (tmp / "truncated.mp3", "truncated or damaged", {}),
+        "over-duration": (silent, "the limit is 1:00", {"STEMBOT_MAX_DURATION_S": "60"}),
+        "over-size": (ROCK / "mixture.flac", r"the limit is 0\.1 MB", {"STEMBOT_MAX_INPUT_MB": "0.1"}),
+    }
+
+
+BAD = ["empty", "random", "text", "truncated", "over-duration", "over-size"]
+
+
+@pytest.mark.parametrize("case", BAD)
 def test_bad_input_exits_with_a_message(
-    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    bad = tmp_path / "song.mp3"
-    bad.write_bytes(content)
-    assert main(["separate", str(bad), "-o", str(tmp_path / "out")]) == 2
-    assert message in capsys.readouterr().err
+    path, message, env = _bad_inputs(tmp_path)[case]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["separate", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert list(tiny_model.iterdir()) == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_unknown_stem_word(tiny_model: Path, rock_short: Path, capsys: pytest.CaptureFixture[str]) -> None:
