@@ -242,3 +242,16 @@ def load_audio(
     info = probe(path, timeout_s)
     check_duration(info, max_duration_s)
     return decode(path, info, max_duration_s, timeout_s), info
+
+
+def inspect_bytes(data: bytes, max_bytes: int, max_duration_s: float, timeout_s: float = 60) -> AudioInfo:
+    """Frontends' early check before queueing: size, audio stream, declared duration."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="stembot-probe-") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        check_size(Path(tmp.name), max_bytes)
+        info = probe(Path(tmp.name), timeout_s)
+    check_duration(info, max_duration_s)
+    return info

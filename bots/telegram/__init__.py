@@ -1,12 +1,17 @@
-"""The Telegram frontend (not built yet: see the issue tracker)."""
+"""The Telegram frontend (python-telegram-bot). Started by `stembot telegram`."""
 
 from __future__ import annotations
 
-import sys
+import logging
 
 from core.settings import Settings
 
 
 def run(settings: Settings) -> int:
-    print("stembot: the Telegram frontend is not implemented yet", file=sys.stderr)
-    return 1
+    from bots.telegram.app import build_application
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL, and Bot API URLs contain the token
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    build_application(settings).run_polling()
+    return 0

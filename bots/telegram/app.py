@@ -1,0 +1,41 @@
+"""Build the python-telegram-bot Application from settings."""
+
+from __future__ import annotations
+
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
+
+from bots.telegram.handlers import COMMANDS, register
+from bots.telegram.service import TelegramService
+from core.queue import QueueClient
+from core.settings import Settings
+
+
+def build_application(settings: Settings) -> Application:  # type: ignore[type-arg]
+    if settings.telegram_token is None:
+        raise ValueError("STEMBOT_TELEGRAM_TOKEN is not set")
+
+    async def on_start(app: Application) -> None:  # type: ignore[type-arg]
+        service = TelegramService(settings, await QueueClient.connect(settings))
+        app.bot_data["service"] = service
+        await app.bot.set_my_commands(COMMANDS)
+        service.start(app.bot)
+
+    async def on_stop(app: Application) -> None:  # type: ignore[type-arg]
+        service: TelegramService | None = app.bot_data.get("service")
+        if service is not None:
+            await service.stop()
+            await service.queue.close()
+
+    app = (
+        ApplicationBuilder()
+        .token(settings.telegram_token.get_secret_value())
+        .base_url(settings.telegram_api_url)
+        .base_file_url(settings.telegram_file_url)
+        .local_mode(settings.telegram_local_mode)
+        .rate_limiter(AIORateLimiter(max_retries=3))  # Telegram's flood limits and 429 retry_after
+        .post_init(on_start)
+        .post_shutdown(on_stop)
+        .build()
+    )
+    register(app)
+    return app

@@ -1,0 +1,29 @@
+"""`/split [stems] [format] [link]`: the words a chat user types, parsed the same on every platform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.audio import FORMAT_NAMES
+from core.fetch import find_url
+from core.stems import StemSelection, parse_stems
+
+
+@dataclass(frozen=True)
+class SplitCommand:
+    selection: StemSelection | None  # None: the user named no stems (ask, or use their default)
+    format: str | None
+    url: str | None
+
+
+def parse_split(text: str) -> SplitCommand:
+    """Parse everything after `/split`; raise InvalidStemSpec for unknown words."""
+    url = find_url(text)
+    words = [w for w in (text.replace(url, " ") if url else text).split() if w]
+    formats = [w.lower() for w in words if w.lower() in FORMAT_NAMES]
+    stems = [w for w in words if w.lower() not in FORMAT_NAMES]
+    return SplitCommand(
+        selection=parse_stems(" ".join(stems)) if stems else None,
+        format=formats[-1] if formats else None,
+        url=url,
+    )

@@ -1,0 +1,68 @@
+"""Which chat waits for which job, kept in Redis so a restarted bot still delivers.
+
+A frontend records a `Delivery` when it submits a job, and its delivery loop walks the
+pending ones. `claim` is a SET NX: of two bot processes (or a bot before and after a
+restart) only one sends a result.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+
+
+class Delivery(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    platform: str
+    job_id: str
+    chat_id: str
+    user_id: str
+    status_message_id: str | None = None
+    reply_to_message_id: str | None = None
+    song: str = "song"
+    format: str = "mp3"
+    created_at: float = Field(default_factory=time.time)
+    last_status: str = ""
+    last_edit_at: float = 0.0
+
+
+class DeliveryBook:
+    def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: int = 86400) -> None:
+        self.redis = redis
+        self.platform = platform
+        self._pending = f"{prefix}{platform}:pending"
+        self._record = f"{prefix}{platform}:delivery:"
+        self._claim = f"{prefix}{platform}:delivered:"
+        self.ttl_s = ttl_s
+
+    async def add(self, delivery: Delivery) -> None:
+        await self.save(delivery)
+        await self.redis.sadd(self._pending, delivery.id)  # type: ignore[misc]
+
+    async def save(self, delivery: Delivery) -> None:
+        await self.redis.set(self._record + delivery.id, delivery.model_dump_json(), ex=self.ttl_s)
+
+    async def pending(self) -> list[Delivery]:
+        ids = [i.decode() for i in await self.redis.smembers(self._pending)]  # type: ignore[misc]
+        out = []
+        for delivery_id in sorted(ids):
+            raw = await self.redis.get(self._record + delivery_id)
+            if raw is None:
+                await self.redis.srem(self._pending, delivery_id)  # type: ignore[misc]
+            else:
+                out.append(Delivery.model_validate_json(raw))
+        return out
+
+    async def for_user(self, user_id: str) -> list[Delivery]:
+        return [d for d in await self.pending() if d.user_id == user_id]
+
+    async def claim(self, delivery: Delivery) -> bool:
+        """True for exactly one caller per delivery: that caller sends the result."""
+        return bool(await self.redis.set(self._claim + delivery.id, b"1", nx=True, ex=self.ttl_s))
+
+    async def finish(self, delivery: Delivery) -> None:
+        await self.redis.srem(self._pending, delivery.id)  # type: ignore[misc]
+        await self.redis.delete(self._record + delivery.id)

@@ -1,0 +1,138 @@
+"""The Telegram bot through real python-telegram-bot, over HTTP to a local Bot API test server,
+with a real Redis and a real `stembot worker`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from telegram.ext import Application
+
+from bench.sdr import sdr
+from core.settings import Settings
+from tests.botapi import BotApiServer
+from tests.helpers import MODELS, ROCK, WorkerProcess, make_clip, read_audio, stembot_env
+
+pytestmark = pytest.mark.timeout(300)
+ALICE = {"id": 42, "is_bot": False, "first_name": "Alice"}
+DM = {"id": 42, "type": "private"}
+GROUP = {"id": -100, "type": "supergroup", "title": "band"}
+
+
+@pytest.fixture
+async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
+    server = BotApiServer()
+    await server.start(unused_tcp_port)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+    from bots.telegram.app import build_application
+
+    settings = Settings(
+        redis_url=redis_url,
+        telegram_token="123:TEST",
+        telegram_api_url=f"{botapi.url}/bot",
+        telegram_file_url=f"{botapi.url}/file/bot",
+    )
+    app = build_application(settings)
+    await app.initialize()
+    assert app.post_init is not None
+    await app.post_init(app)
+    await app.start()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0.0, timeout=1)
+    yield app
+    await app.updater.stop()
+    await app.stop()
+    assert app.post_shutdown is not None
+    await app.post_shutdown(app)
+    await app.shutdown()
+
+
+def _audio(botapi: BotApiServer, clip: Path, **extra: Any) -> dict[str, Any]:
+    file_id = botapi.add_file(clip.read_bytes(), clip.name)
+    return {
+        "file_id": file_id,
+        "file_unique_id": f"u-{file_id}",
+        "duration": 3,
+        "file_name": clip.name,
+        "mime_type": "audio/flac",
+        "file_size": clip.stat().st_size,
+        **extra,
+    }
+
+
+@pytest.fixture
+def real_worker(redis_url: str, work_tmp: Path, tmp_path: Path) -> AsyncIterator[WorkerProcess]:
+    env = stembot_env(
+        STEMBOT_MODEL_REPO=str(MODELS), STEMBOT_REDIS_URL=redis_url, TMPDIR=str(work_tmp), STEMBOT_DEVICE="cpu"
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    worker.wait_ready()
+    yield worker  # type: ignore[misc]
+    worker.stop()
+
+
+async def test_dm_audio_keyboard_vocals(
+    botapi: BotApiServer,
+    bot: Application,
+    real_worker: WorkerProcess,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / "Rock Song.flac", seconds=4)
+    song = botapi.message(DM, ALICE, audio=_audio(botapi, clip, title="Rock Song", performer="Music Delta"))
+    offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
+    buttons = [b["callback_data"] for row in offer[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    assert "split|vocals|mp3" in buttons and "split|karaoke|mp3" in buttons and "fmt|flac" in buttons
+    keyboard_msg = offer[0].result | {"reply_to_message": song}
+    botapi.press(keyboard_msg, ALICE, "split|vocals|mp3")
+    sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert sent[0].params["title"] == "Rock Song — vocals"
+    edits = [c.params["text"] for c in botapi.sent("editMessageText")]
+    assert any("queued" in t or "separating" in t for t in edits)
+    assert edits[-1].endswith("done.")
+    out = tmp_path / "vocals.mp3"
+    out.write_bytes(sent[0].files["audio"])
+    truth = read_audio(ROCK / "vocals.flac")[:, : 4 * 44100]
+    assert sdr(truth, read_audio(out)) > 10
+
+
+async def test_split_caption_in_group_gives_a_media_group(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    real_worker: WorkerProcess,
+    tmp_path: Path,
+) -> None:
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / "rock.flac", seconds=3)
+    botapi.message(GROUP, ALICE, document=_audio(botapi, clip), caption="/split@stembot_test_bot drums bass flac")
+    group = await botapi.wait_for(lambda: botapi.sent("sendMediaGroup"), timeout=120)
+    media = group[0].params["media"]
+    assert [m["type"] for m in media] == ["document", "document"]
+    assert sorted(group[0].files) == sorted(m["media"].removeprefix("attach://") for m in media)
+
+
+async def test_split_reply_and_errors(botapi: BotApiServer, bot: Application, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    botapi.message(GROUP, ALICE, text="/split karaok", entities=[{"type": "bot_command", "offset": 0, "length": 6}])
+    err = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "Did you mean" in c.params["text"]])
+    assert '"karaoke"' in err[0].params["text"]
+    botapi.message(GROUP, ALICE, text="/split vocals", entities=[{"type": "bot_command", "offset": 0, "length": 6}])
+    await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "Reply to a message" in c.params["text"]])
+    text = tmp_path / "notes.txt"
+    text.write_text("not a song\n" * 50)
+    doc = _audio(botapi, text, mime_type="audio/mpeg")
+    botapi.message(DM, ALICE, document=doc, caption="/split vocals")
+    await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if "audio" in c.params["text"]], timeout=60
+    )
+
+
+async def test_help(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    botapi.message(DM, ALICE, text="/help", entities=[{"type": "bot_command", "offset": 0, "length": 5}])
+    reply = await botapi.wait_for(lambda: botapi.sent("sendMessage"))
+    assert "/split karaoke" in reply[0].params["text"]
+    assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == ["split", "cancel", "help"]
