@@ -162,6 +162,8 @@ class BotApiServer:
         offset = int(params.get("offset", 0) or 0)
         timeout = float(params.get("timeout", 0) or 0)
         deadline = time.monotonic() + timeout
+        # as Telegram does: an offset confirms, and forgets, every update before it
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
         while True:
             fresh = [u for u in self._updates if u["update_id"] >= offset]
             if fresh or time.monotonic() >= deadline:

@@ -29,8 +29,7 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
     await server.stop()
 
 
-@pytest.fixture
-async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+async def start_bot(botapi: BotApiServer, redis_url: str) -> Application:  # type: ignore[type-arg]
     from bots.telegram.app import build_application
 
     settings = Settings(
@@ -46,12 +45,22 @@ async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application
     await app.start()
     assert app.updater is not None
     await app.updater.start_polling(poll_interval=0.0, timeout=1)
-    yield app
+    return app
+
+
+async def stop_bot(app: Application) -> None:  # type: ignore[type-arg]
+    assert app.updater is not None and app.post_shutdown is not None
     await app.updater.stop()
     await app.stop()
-    assert app.post_shutdown is not None
     await app.post_shutdown(app)
     await app.shutdown()
+
+
+@pytest.fixture
+async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+    app = await start_bot(botapi, redis_url)
+    yield app
+    await stop_bot(app)
 
 
 def _audio(botapi: BotApiServer, clip: Path, **extra: Any) -> dict[str, Any]:
@@ -136,3 +145,41 @@ async def test_help(botapi: BotApiServer, bot: Application) -> None:  # type: ig
     reply = await botapi.wait_for(lambda: botapi.sent("sendMessage"))
     assert "/split karaoke" in reply[0].params["text"]
     assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == ["split", "cancel", "help"]
+
+
+async def test_restarted_bot_delivers_exactly_once(
+    botapi: BotApiServer, redis_url: str, tiny_env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """The job finishes while no bot runs; two bots start afterwards; the user gets one reply."""
+    import asyncio
+
+    first = await start_bot(botapi, redis_url)
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / "rock.flac", seconds=3)
+    botapi.message(DM, ALICE, audio=_audio(botapi, clip), caption="/split vocals")
+    service = first.bot_data["service"]
+    await botapi.wait_for(lambda: botapi.sent("sendMessage"))
+    pending = []
+    for _ in range(100):
+        pending = await service.book.pending()
+        if pending:
+            break
+        await asyncio.sleep(0.1)
+    assert len(pending) == 1
+    await stop_bot(first)
+    worker = WorkerProcess(tiny_env, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    from core.queue import QueueClient
+
+    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    assert (await queue.wait_result(pending[0].job_id, timeout_s=120)).status == "done"
+    await queue.close()
+    assert botapi.sent("sendAudio") == []
+    second, third = await start_bot(botapi, redis_url), await start_bot(botapi, redis_url)
+    try:
+        await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=30)
+        await asyncio.sleep(3)
+    finally:
+        await stop_bot(second)
+        await stop_bot(third)
+    assert len(botapi.sent("sendAudio")) == 1
