@@ -141,6 +141,7 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
             outcome = separate_file(
                 path, args.output, song_name(filename), selection, fmt, separator, settings, report=bar
             )
+            bar(Stage.done, 100.0)
         finally:
             bar.close()
     for f in outcome.files:
