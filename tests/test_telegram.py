@@ -102,9 +102,9 @@ async def test_dm_audio_keyboard_vocals(
     botapi.press(keyboard_msg, ALICE, "split|vocals|mp3")
     sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
     assert sent[0].params["title"] == "Rock Song — vocals"
+    await botapi.wait_for(lambda: botapi.sent("editMessageText")[-1].params["text"].endswith("done."))
     edits = [c.params["text"] for c in botapi.sent("editMessageText")]
     assert any("queued" in t or "separating" in t for t in edits)
-    assert edits[-1].endswith("done.")
     out = tmp_path / "vocals.mp3"
     out.write_bytes(sent[0].files["audio"])
     truth = read_audio(ROCK / "vocals.flac")[:, : 4 * 44100]
