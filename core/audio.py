@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,24 +235,25 @@ def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = N
     return dest
 
 
-def load_audio(
-    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600
-) -> tuple[np.ndarray, AudioInfo]:
-    """Size check, probe, duration check, then decode: the order that refuses early."""
+def inspect(path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 60) -> AudioInfo:
+    """Size check, probe, duration check: everything that refuses before decoding."""
     check_size(path, max_bytes)
     info = probe(path, timeout_s)
     check_duration(info, max_duration_s)
+    return info
+
+
+def load_audio(
+    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600
+) -> tuple[np.ndarray, AudioInfo]:
+    """Inspect, then decode: the order that refuses early."""
+    info = inspect(path, max_bytes, max_duration_s, timeout_s)
     return decode(path, info, max_duration_s, timeout_s), info
 
 
 def inspect_bytes(data: bytes, max_bytes: int, max_duration_s: float, timeout_s: float = 60) -> AudioInfo:
-    """Frontends' early check before queueing: size, audio stream, declared duration."""
-    import tempfile
-
+    """Frontends' early check before queueing, on bytes they hold in memory."""
     with tempfile.NamedTemporaryFile(prefix="stembot-probe-") as tmp:
         tmp.write(data)
         tmp.flush()
-        check_size(Path(tmp.name), max_bytes)
-        info = probe(Path(tmp.name), timeout_s)
-    check_duration(info, max_duration_s)
-    return info
+        return inspect(Path(tmp.name), max_bytes, max_duration_s, timeout_s)

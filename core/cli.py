@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from core.audio import FORMAT_NAMES, OutputFormat, check_size
 from core.errors import StembotError
-from core.jobs import Progress, Requester, SeparationRequest, Stage, model_for
+from core.jobs import Requester, SeparationRequest, Stage, describe_progress, model_for
 from core.naming import song_name
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
@@ -177,7 +177,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"queue position {progress.queue_position}", flush=True)
             return 0
         async for progress in queue.watch(submission.job_id):
-            print(_progress_line(progress), flush=True)
+            print(describe_progress(progress), flush=True)
         result = await queue.wait_result(submission.job_id)
         if result.status != "done":
             msg = result.error.message if result.error else result.status
@@ -191,13 +191,6 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         await queue.close()
-
-
-def _progress_line(p: Progress) -> str:
-    if p.stage == Stage.queued:
-        eta = f", about {p.eta_s:.0f} s" if p.eta_s else ""
-        return f"queued (position {p.queue_position}{eta})" if p.queue_position else "queued"
-    return f"{p.stage.value} {p.percent:.0f}%"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -13,6 +13,8 @@ import uuid
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
+from core.jobs import Requester
+
 
 class Delivery(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -21,12 +23,21 @@ class Delivery(BaseModel):
     chat_id: str
     user_id: str
     status_message_id: str | None = None
-    reply_to_message_id: str | None = None
     song: str = "song"
     format: str = "mp3"
     created_at: float = Field(default_factory=time.time)
     last_status: str = ""
     last_edit_at: float = 0.0
+
+    @property
+    def requester(self) -> Requester:
+        """The identity this chat submitted with; cancel must present the same one."""
+        return Requester(
+            platform=self.platform,
+            chat_id=self.chat_id,
+            user_id=self.user_id,  # type: ignore[arg-type]
+            message_id=self.status_message_id,
+        )
 
 
 class DeliveryBook:
@@ -45,15 +56,19 @@ class DeliveryBook:
     async def save(self, delivery: Delivery) -> None:
         await self.redis.set(self._record + delivery.id, delivery.model_dump_json(), ex=self.ttl_s)
 
+    async def get(self, delivery_id: str) -> Delivery | None:
+        raw = await self.redis.get(self._record + delivery_id)
+        return None if raw is None else Delivery.model_validate_json(raw)
+
     async def pending(self) -> list[Delivery]:
         ids = [i.decode() for i in await self.redis.smembers(self._pending)]  # type: ignore[misc]
         out = []
         for delivery_id in sorted(ids):
-            raw = await self.redis.get(self._record + delivery_id)
-            if raw is None:
+            delivery = await self.get(delivery_id)
+            if delivery is None:
                 await self.redis.srem(self._pending, delivery_id)  # type: ignore[misc]
             else:
-                out.append(Delivery.model_validate_json(raw))
+                out.append(delivery)
         return out
 
     async def for_user(self, user_id: str) -> list[Delivery]:

@@ -112,6 +112,14 @@ class StemArtifact(BaseModel):
     duration_s: float
 
 
+def describe_progress(progress: Progress) -> str:
+    """`queued (position 2, about 30 s)`, `separating 45%`: the same words on every frontend."""
+    if progress.stage == Stage.queued:
+        eta = f", about {progress.eta_s:.0f} s" if progress.eta_s else ""
+        return f"queued (position {progress.queue_position}{eta})" if progress.queue_position else "queued"
+    return f"{progress.stage.value} {progress.percent:.0f}%"
+
+
 class JobResult(BaseModel):
     job_id: str
     status: Literal["done", "failed", "cancelled"]
@@ -121,3 +129,6 @@ class JobResult(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     audio_seconds: float = 0.0
     finished_at: float = Field(default_factory=time.time)
+
+    def final_progress(self) -> Progress:
+        return Progress(job_id=self.job_id, stage=Stage(self.status), percent=100.0 if self.status == "done" else 0.0)

@@ -189,9 +189,7 @@ class QueueClient:
         while True:
             result = await self.result(job_id)
             if result is not None:
-                yield Progress(
-                    job_id=job_id, stage=Stage(result.status), percent=100.0 if result.status == "done" else 0
-                )
+                yield result.final_progress()
                 return
             progress = await self.progress(job_id)
             if progress is None and await self.status(job_id) == JobStatus.not_found:

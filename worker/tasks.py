@@ -182,9 +182,7 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
                     job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(err)
                 )
     result.timings["total"] = time.monotonic() - started
-    await queue.set_progress(
-        Progress(job_id=job_id, stage=Stage(result.status), percent=100.0 if result.status == "done" else 0.0)
-    )
+    await queue.set_progress(result.final_progress())
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
     log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])

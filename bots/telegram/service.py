@@ -13,7 +13,7 @@ from telegram.error import BadRequest, TelegramError
 from core.audio import inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import StembotError, TooLarge
-from core.jobs import Progress, Requester, SeparationRequest, Stage, StemArtifact, model_for
+from core.jobs import Progress, SeparationRequest, Stage, StemArtifact, describe_progress, model_for
 from core.naming import song_name
 from core.queue import QueueClient
 from core.settings import Settings
@@ -41,11 +41,9 @@ def has_audio(message: Message | None) -> bool:
 
 def status_text(progress: Progress | None, song: str) -> str:
     if progress is None or progress.stage == Stage.queued:
-        pos = progress.queue_position if progress else None
-        eta = f", about {progress.eta_s:.0f} s" if progress and progress.eta_s else ""
-        return f"⏳ {song}: queued" + (f" (position {pos}{eta})" if pos else "")
+        return f"⏳ {song}: {describe_progress(progress or Progress(job_id='', stage=Stage.queued))}"
     if progress.stage == Stage.separating:
-        return f"🎛 {song}: separating {progress.percent:.0f}%"
+        return f"🎛 {song}: {describe_progress(progress)}"
     return f"🎛 {song}: {progress.stage.value}…"
 
 
@@ -99,26 +97,23 @@ class TelegramService:
             self.settings.ffmpeg_timeout_s,
         )
         ref = await self.queue.store_input(data, filename, title or info.title, artist or info.artist)
-        requester = Requester(
-            platform="telegram", chat_id=str(chat_id), user_id=str(user_id), message_id=str(status.message_id)
-        )
-        request = SeparationRequest(
-            input=ref,
-            stems=selection.spec,
-            format=fmt,
-            model=model_for(selection, self.settings.model, self.settings.six_stem_model),
-            requester=requester,
-        )
-        submission = await self.queue.submit(request)
         delivery = Delivery(
             platform="telegram",
-            job_id=submission.job_id,
+            job_id="",
             chat_id=str(chat_id),
             user_id=str(user_id),
             status_message_id=str(status.message_id),
             song=song_name(filename),
             format=fmt,
         )
+        request = SeparationRequest(
+            input=ref,
+            stems=selection.spec,
+            format=fmt,  # type: ignore[arg-type]
+            model=model_for(selection, self.settings.model, self.settings.six_stem_model),
+            requester=delivery.requester,
+        )
+        delivery.job_id = (await self.queue.submit(request)).job_id
         await self.book.add(delivery)
         return delivery
 
@@ -214,22 +209,16 @@ class TelegramService:
             log.exception("edit failed")
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
-        for delivery in await self.book.pending():
-            if delivery.id == delivery_id:
-                if delivery.user_id != str(user_id):
-                    return "Only the person who asked can cancel this."
-                requester = Requester(
-                    platform="telegram",
-                    chat_id=delivery.chat_id,
-                    user_id=delivery.user_id,
-                    message_id=delivery.status_message_id,
-                )
-                if not await self.queue.cancel(delivery.job_id, requester):
-                    # others still want this job: only this chat stops waiting
-                    await self.book.finish(delivery)
-                    return "Cancelled."
-                return "Cancelling…"
-        return "That job has already finished."
+        delivery = await self.book.get(delivery_id)
+        if delivery is None:
+            return "That job has already finished."
+        if delivery.user_id != str(user_id):
+            return "Only the person who asked can cancel this."
+        if not await self.queue.cancel(delivery.job_id, delivery.requester):
+            # others still want this job: only this chat stops waiting
+            await self.book.finish(delivery)
+            return "Cancelled."
+        return "Cancelling…"
 
 
 def user_error(exc: StembotError) -> str:
