@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "telegram", help="run the Telegram bot (needs STEMBOT_TELEGRAM_TOKEN)", description="Run the Telegram frontend."
     )
     sub.add_parser(
-        "discord", help="run the Discord bot (needs STEMBOT_DISCORD_TOKEN)", description="Run the Discord frontend."
+        "discord",
+        help="the Discord bot (not built yet: exits with a message)",
+        description="Run the Discord frontend (not built yet).",
     )
     sub.add_parser(
         "run",
