@@ -28,6 +28,9 @@ class Delivery(BaseModel):
     created_at: float = Field(default_factory=time.time)
     last_status: str = ""
     last_edit_at: float = 0.0
+    upload_limit: int | None = None  # bytes per upload on this chat's platform
+    note: str | None = None  # told to the user with the result (e.g. a format fallback)
+    extra: dict[str, str] = Field(default_factory=dict)  # platform-specific reply details
 
     @property
     def requester(self) -> Requester:

@@ -66,6 +66,16 @@ class RateLimited(StembotError):
     retryable = True
 
 
+class TooManyJobs(StembotError):
+    code = "too_many_jobs"
+    retryable = True
+
+
+class QuotaExceeded(StembotError):
+    code = "quota_exceeded"
+    retryable = True
+
+
 class Cancelled(StembotError):
     code = "cancelled"
 

@@ -24,3 +24,8 @@ def song_name(filename: str | None, fallback: str = "song") -> str:
 def stem_filename(song: str, stem: str, ext: str) -> str:
     """`<song>.<stem>.<ext>`, as the CLI writes files."""
     return f"{song}.{stem}.{ext}"
+
+
+def chat_filename(song: str, stem: str, ext: str) -> str:
+    """`<song> - <stem>.<ext>`, as the bots upload files."""
+    return f"{song} - {stem}.{ext}"

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     ffmpeg_timeout_s: float = Field(600, gt=0, description="kill ffmpeg/ffprobe after this long")
     download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
+    max_jobs_per_user: int = Field(1, ge=1, description="songs one user may have in progress at once")
+    daily_minutes_per_user: float = Field(120, gt=0, description="minutes of audio one user may split per day")
 
     # Worker
     job_timeout_s: int = Field(3600, ge=10, description="a single job is killed after this long")
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
     telegram_file_url: str = Field("https://api.telegram.org/file/bot", description="Bot API file URL")
     telegram_local_mode: bool = Field(False, description="the Bot API server is self-hosted (2 GB files)")
     discord_token: SecretStr | None = Field(None, description="Discord bot token")
+    discord_sync_commands: bool = Field(True, description="publish the slash commands to Discord at start")
+    discord_max_upload_mb: float | None = Field(
+        None, gt=0, description="cap on Discord uploads below what Discord allows (MiB); unset = Discord's limit"
+    )
+    delivery_poll_s: float = Field(1.0, gt=0, description="how often the bots look for progress and results")
 
     @field_validator("model_repo")
     @classmethod

@@ -102,7 +102,9 @@ async def test_dm_audio_keyboard_vocals(
     botapi.press(keyboard_msg, ALICE, "split|vocals|mp3")
     sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
     assert sent[0].params["title"] == "Rock Song — vocals"
-    await botapi.wait_for(lambda: botapi.sent("editMessageText")[-1].params["text"].endswith("done."))
+    await botapi.wait_for(
+        lambda: botapi.sent("editMessageText")[-1].params["text"].startswith("✅ Rock Song: vocals (htdemucs")
+    )
     edits = [c.params["text"] for c in botapi.sent("editMessageText")]
     assert any("queued" in t or "separating" in t for t in edits)
     out = tmp_path / "vocals.mp3"
@@ -144,7 +146,7 @@ async def test_help(botapi: BotApiServer, bot: Application) -> None:  # type: ig
     botapi.message(DM, ALICE, text="/help", entities=[{"type": "bot_command", "offset": 0, "length": 5}])
     reply = await botapi.wait_for(lambda: botapi.sent("sendMessage"))
     assert "/split karaoke" in reply[0].params["text"]
-    assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == ["split", "cancel", "help"]
+    assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == ["split", "settings", "status", "cancel", "help"]
 
 
 async def test_restarted_bot_delivers_exactly_once(

@@ -8,11 +8,17 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bots.telegram import texts
 from bots.telegram.service import TelegramService, has_audio, user_error
 from core.commands import parse_split
+from core.desk import Song, status_line
 from core.errors import StembotError
+from core.fetch import find_url
+from core.links import fetch_song
+from core.prefs import UserPrefs
 from core.stems import StemSelection, parse_stems
 
 COMMANDS = [
     BotCommand("split", "split a song: /split vocals, /split karaoke, /split drums bass"),
+    BotCommand("settings", "your default stems and format"),
+    BotCommand("status", "your jobs and the queue"),
     BotCommand("cancel", "stop your running jobs"),
     BotCommand("help", "how to use the bot"),
 ]
@@ -26,8 +32,11 @@ def _service(context: ContextTypes.DEFAULT_TYPE) -> TelegramService:
     return service
 
 
-def keyboard(fmt: str) -> InlineKeyboardMarkup:
-    rows = [[InlineKeyboardButton(label, callback_data=f"split|{spec}|{fmt}")] for label, spec in texts.CHOICES]
+def keyboard(fmt: str, preferred: str | None = None) -> InlineKeyboardMarkup:
+    rows = [
+        [InlineKeyboardButton(("• " if spec == preferred else "") + label, callback_data=f"split|{spec}|{fmt}")]
+        for label, spec in texts.CHOICES
+    ]
     rows.append(
         [InlineKeyboardButton(("• " if f == fmt else "") + f.upper(), callback_data=f"fmt|{f}") for f in texts.FORMATS]
     )
@@ -39,31 +48,52 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await update.effective_message.reply_text(texts.HELP)
 
 
+async def _prefs(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> UserPrefs:
+    return await _service(context).prefs.get(f"telegram:{user_id}")
+
+
 async def offer_keyboard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A song in a DM: ask what to extract."""
+    """A song or a bare link in a DM: ask what to extract."""
     message = update.effective_message
-    assert message is not None
+    assert message is not None and update.effective_user is not None
+    prefs = await _prefs(context, update.effective_user.id)
+    fmt = prefs.format or _service(context).settings.default_format
     await message.reply_text(
-        texts.PICK,
-        reply_markup=keyboard(_service(context).settings.default_format),
-        reply_to_message_id=message.message_id,
+        texts.PICK, reply_markup=keyboard(fmt, prefs.stems), reply_to_message_id=message.message_id
     )
 
 
 async def _start(
     context: ContextTypes.DEFAULT_TYPE,
-    source: Message,
+    source: Message | str,
     selection: StemSelection,
     fmt: str | None,
     user_id: int,
     status: Message,
 ) -> None:
+    """Get the song (a message's file or a link) and queue it; any refusal ends up in `status`."""
     service = _service(context)
     try:
-        data, name, title, artist = await service.download(source)
-        await service.submit(context.bot, source.chat_id, user_id, data, name, selection, fmt, status, title, artist)
+        if isinstance(source, str):
+            song: Song = await fetch_song(source, service.settings)
+        else:
+            song = await service.download(source)
+        await service.submit(song, selection, fmt, user_id, status)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
+
+
+def _source(message: Message) -> Message | str | None:
+    """Where the song is: this message's file, a link in it, or the message it replies to."""
+    if has_audio(message):
+        return message
+    url = find_url(message.text or message.caption or "")
+    if url is not None:
+        return url
+    reply = message.reply_to_message
+    if reply is not None and has_audio(reply):
+        return reply
+    return find_url(reply.text or reply.caption or "") if reply is not None else None
 
 
 async def split_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -76,16 +106,14 @@ async def split_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     except StembotError as exc:
         await message.reply_text(user_error(exc))
         return
-    selection = command.selection or parse_stems(None)
-    source = message if has_audio(message) else message.reply_to_message
-    if command.url is not None:
-        await message.reply_text("⚠️ Links are not supported yet; send the file itself.")
-        return
-    if source is None or not has_audio(source):
+    prefs = await _prefs(context, update.effective_user.id)
+    selection = command.selection or parse_stems(prefs.stems)
+    source = _source(message)
+    if source is None:
         await message.reply_text(texts.NO_AUDIO)
         return
     status = await message.reply_text("⏳ Getting the file…", reply_to_message_id=message.message_id)
-    await _start(context, source, selection, command.format, update.effective_user.id, status)
+    await _start(context, source, selection, command.format or prefs.format, update.effective_user.id, status)
 
 
 async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -93,8 +121,9 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert query is not None and query.data is not None and isinstance(query.message, Message)
     _, spec, fmt = query.data.split("|")
     await query.answer()
-    source = query.message.reply_to_message
-    if source is None or not has_audio(source):
+    reply = query.message.reply_to_message
+    source = _source(reply) if reply is not None else None
+    if source is None:
         await query.message.edit_text(texts.NO_AUDIO)
         return
     await query.message.edit_text("⏳ Getting the file…")
@@ -117,11 +146,61 @@ async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert update.effective_message is not None and update.effective_user is not None
+    count = await _service(context).desk.cancel_all(str(update.effective_user.id))
+    await update.effective_message.reply_text(f"Cancelling {count} job(s)." if count else "Nothing to cancel.")
+
+
+async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Your jobs with their progress, and how long the queue is."""
+    assert update.effective_message is not None and update.effective_user is not None
     service = _service(context)
-    mine = await service.book.for_user(str(update.effective_user.id))
-    for delivery in mine:
-        await service.cancel(delivery.id, update.effective_user.id)
-    await update.effective_message.reply_text(f"Cancelling {len(mine)} job(s)." if mine else "Nothing to cancel.")
+    lines = [
+        status_line(await service.queue.progress(d.job_id), d.song)
+        for d in await service.book.for_user(str(update.effective_user.id))
+    ]
+    queued = await service.queue.pool.zcard(service.settings.queue_name)
+    mine = "\n".join(lines) if lines else "You have no jobs running."
+    await update.effective_message.reply_text(f"{mine}\nSongs in the queue: {queued}.")
+
+
+def settings_markup(prefs: UserPrefs, default_format: str) -> InlineKeyboardMarkup:
+    fmt = prefs.format or default_format
+    rows = [
+        [InlineKeyboardButton(("• " if spec == prefs.stems else "") + label, callback_data=f"set|stems|{spec}")]
+        for label, spec in texts.CHOICES
+    ]
+    rows.append(
+        [
+            InlineKeyboardButton(("• " if f == fmt else "") + f.upper(), callback_data=f"set|format|{f}")
+            for f in texts.FORMATS
+        ]
+    )
+    return InlineKeyboardMarkup(rows)
+
+
+def describe_prefs(prefs: UserPrefs, default_format: str) -> str:
+    stems = prefs.stems or "ask me (in DMs) / vocals (with /split)"
+    return f"Your defaults:\nStems: {stems}\nFormat: {prefs.format or default_format}\nTap to change."
+
+
+async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    assert update.effective_message is not None and update.effective_user is not None
+    prefs = await _prefs(context, update.effective_user.id)
+    default = _service(context).settings.default_format
+    await update.effective_message.reply_text(
+        describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default)
+    )
+
+
+async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    assert query is not None and query.data is not None and isinstance(query.message, Message)
+    _, field, value = query.data.split("|")
+    service = _service(context)
+    prefs = await service.prefs.update(f"telegram:{query.from_user.id}", **{field: value})
+    await query.answer("Saved.")
+    default = service.settings.default_format
+    await query.message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default))
 
 
 def register(app: Application) -> None:  # type: ignore[type-arg]
@@ -129,7 +208,13 @@ def register(app: Application) -> None:  # type: ignore[type-arg]
     app.add_handler(CommandHandler("split", split_command))
     app.add_handler(MessageHandler(MEDIA & filters.CaptionRegex(r"^/split(@\w+)?(\s|$)"), split_command))
     app.add_handler(CommandHandler("cancel", cancel_command))
+    app.add_handler(CommandHandler("status", status_command))
+    app.add_handler(CommandHandler("settings", settings_command))
     app.add_handler(MessageHandler(filters.ChatType.PRIVATE & MEDIA, offer_keyboard))
+    app.add_handler(
+        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & filters.Regex(r"https?://"), offer_keyboard)
+    )
     app.add_handler(CallbackQueryHandler(on_choice, pattern=r"^split\|"))
     app.add_handler(CallbackQueryHandler(on_format, pattern=r"^fmt\|"))
     app.add_handler(CallbackQueryHandler(on_cancel, pattern=r"^cancel\|"))
+    app.add_handler(CallbackQueryHandler(on_setting, pattern=r"^set\|(stems|format)\|"))

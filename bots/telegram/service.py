@@ -1,28 +1,41 @@
-"""The Telegram bot's work, kept apart from handlers: submit jobs, follow them, deliver stems."""
+"""The Telegram bot's work, kept apart from handlers: get songs in, follow jobs, send stems.
+
+What is not Telegram-specific (checks, limits, queueing, status words, fitting files
+to the upload limit) lives in `core.desk.JobDesk`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import time
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAudio, InputMediaDocument, Message
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaAudio,
+    InputMediaDocument,
+    Message,
+)
+from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
-from core.audio import inspect_bytes, megabytes
-from core.deliveries import Delivery, DeliveryBook
+from core.audio import megabytes
+from core.deliveries import Delivery
+from core.desk import Finished, JobDesk, Song, StatusUpdate, outcome_line
 from core.errors import StembotError, TooLarge
-from core.jobs import Progress, SeparationRequest, Stage, StemArtifact, describe_progress, model_for
-from core.naming import song_name
+from core.jobs import JobResult
+from core.prefs import PrefsStore
 from core.queue import QueueClient
 from core.settings import Settings
 from core.stems import StemSelection
 
 log = logging.getLogger(__name__)
 GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
-EDIT_EVERY_S = 3.0
-POLL_EVERY_S = 1.0
+UPLOAD_LIMIT = 50 * 1000 * 1000  # the cloud Bot API's upload limit
+LOCAL_UPLOAD_LIMIT = 2000 * 1000 * 1000  # a self-hosted Bot API server's
 AUDIO_FORMATS = ("mp3", "m4a")
 
 
@@ -39,27 +52,30 @@ def has_audio(message: Message | None) -> bool:
     return _attachment(message) is not None
 
 
-def status_text(progress: Progress | None, song: str) -> str:
-    if progress is None or progress.stage == Stage.queued:
-        return f"⏳ {song}: {describe_progress(progress or Progress(job_id='', stage=Stage.queued))}"
-    if progress.stage == Stage.separating:
-        return f"🎛 {song}: {describe_progress(progress)}"
-    return f"🎛 {song}: {progress.stage.value}…"
-
-
 def cancel_markup(delivery_id: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel|{delivery_id}")]])
+
+
+def user_error(exc: StembotError) -> str:
+    return f"⚠️ {exc.user_message}"
 
 
 class TelegramService:
     def __init__(self, settings: Settings, queue: QueueClient) -> None:
         self.settings = settings
         self.queue = queue
-        self.book = DeliveryBook(queue.pool, "telegram", settings.key_prefix, settings.result_ttl_s)
+        self.desk = JobDesk(settings, queue, "telegram")
+        self.book = self.desk.book
+        self.prefs = PrefsStore(queue.pool, settings.key_prefix)
         self._loop_task: asyncio.Task[None] | None = None
+        self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
 
-    async def download(self, message: Message) -> tuple[bytes, str, str | None, str | None]:
-        """The bytes, file name, title and performer of a message's audio."""
+    @property
+    def upload_limit(self) -> int:
+        return LOCAL_UPLOAD_LIMIT if self.settings.telegram_local_mode else UPLOAD_LIMIT
+
+    async def download(self, message: Message) -> Song:
+        """A message's audio, refused early when Telegram would not hand it to a bot."""
         item = _attachment(message)
         size = getattr(item, "file_size", None) or 0
         if not self.settings.telegram_local_mode and size > GET_FILE_LIMIT:
@@ -71,51 +87,21 @@ class TelegramService:
             raise TooLarge(f"That file is {megabytes(size)}; the limit is {megabytes(self.settings.max_input_bytes)}.")
         file = await item.get_file()  # type: ignore[attr-defined]
         data = bytes(await file.download_as_bytearray())
-        kind = type(item).__name__.lower()
-        name = getattr(item, "file_name", None) or getattr(item, "title", None) or kind
-        return data, name, getattr(item, "title", None), getattr(item, "performer", None)
+        name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
+        return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
     async def submit(
-        self,
-        bot: Bot,
-        chat_id: int,
-        user_id: int,
-        data: bytes,
-        filename: str,
-        selection: StemSelection,
-        fmt: str | None,
-        status: Message,
-        title: str | None = None,
-        artist: str | None = None,
+        self, song: Song, selection: StemSelection, fmt: str | None, user_id: int, status: Message
     ) -> Delivery:
-        fmt = fmt or self.settings.default_format
-        info = await asyncio.to_thread(
-            inspect_bytes,
-            data,
-            self.settings.max_input_bytes,
-            self.settings.max_duration_s,
-            self.settings.ffmpeg_timeout_s,
-        )
-        ref = await self.queue.store_input(data, filename, title or info.title, artist or info.artist)
         delivery = Delivery(
             platform="telegram",
             job_id="",
-            chat_id=str(chat_id),
+            chat_id=str(status.chat_id),
             user_id=str(user_id),
             status_message_id=str(status.message_id),
-            song=song_name(filename),
-            format=fmt,
         )
-        request = SeparationRequest(
-            input=ref,
-            stems=selection.spec,
-            format=fmt,  # type: ignore[arg-type]
-            model=model_for(selection, self.settings.model, self.settings.six_stem_model),
-            requester=delivery.requester,
-        )
-        delivery.job_id = (await self.queue.submit(request)).job_id
-        await self.book.add(delivery)
-        return delivery
+        accepted = await self.desk.accept(song, selection, fmt, delivery, self.upload_limit)
+        return accepted.delivery
 
     def start(self, bot: Bot) -> None:
         self._loop_task = asyncio.create_task(self._run(bot))
@@ -133,68 +119,65 @@ class TelegramService:
                     await self.advance(bot, delivery)
             except Exception:  # keep delivering whatever one delivery did
                 log.exception("delivery loop")
-            await asyncio.sleep(POLL_EVERY_S)
+            await asyncio.sleep(self.settings.delivery_poll_s)
 
     async def advance(self, bot: Bot, delivery: Delivery) -> None:
         """Move one delivery on: edit its status, or send its result once."""
-        result = await self.queue.result(delivery.job_id)
-        if result is None:
-            progress = await self.queue.progress(delivery.job_id)
-            text = status_text(progress, delivery.song)
-            if text != delivery.last_status and time.time() - delivery.last_edit_at >= EDIT_EVERY_S:
-                await self._edit(bot, delivery, text, cancel_markup(delivery.id))
-                delivery.last_status, delivery.last_edit_at = text, time.time()
-                await self.book.save(delivery)
-            return
-        if not await self.book.claim(delivery):
-            return
-        try:
-            if result.status == "done":
-                await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
-                try:
-                    await self.send_stems(bot, delivery, result.stems)
-                except TelegramError as exc:  # too big, chat gone, ...: say so rather than go quiet
-                    log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
-                    await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
-                    return
-                await self._edit(bot, delivery, f"✅ {delivery.song}: done.", None)
-            elif result.status == "cancelled":
-                await self._edit(bot, delivery, f"✖️ {delivery.song}: cancelled.", None)
-            else:
-                message = result.error.message if result.error else "Separation failed."
-                await self._edit(bot, delivery, f"⚠️ {delivery.song}: {message}", None)
-        finally:
-            await self.book.finish(delivery)
+        step = await self.desk.step(delivery)
+        if isinstance(step, StatusUpdate):
+            await self._edit(bot, delivery, step.text, cancel_markup(delivery.id))
+        elif isinstance(step, Finished):
+            try:
+                await self.finish(bot, delivery, step.result)
+            finally:
+                await self.book.finish(delivery)
 
-    async def send_stems(self, bot: Bot, delivery: Delivery, stems: list[StemArtifact]) -> None:
-        files = []
-        for stem in stems:
-            data = await self.queue.fetch(stem)
-            files.append((stem, data))
+    async def finish(self, bot: Bot, delivery: Delivery, result: JobResult) -> None:
+        if result.status != "done":
+            await self._edit(bot, delivery, outcome_line(result, delivery.song), None)
+            return
+        await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
+        try:
+            await self.send_stems(bot, delivery, result)
+        except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
+            log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
+            await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
+            return
+        note = f"\n{delivery.note}" if delivery.note else ""
+        await self._edit(bot, delivery, outcome_line(result, delivery.song) + note, None)
+
+    async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> None:
+        """Upload the stems, or re-send the file_ids Telegram gave for the same job before."""
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
-        if len(files) == 1:
-            stem, data = files[0]
+        cached = await self.queue.pool.get(self._file_ids + result.job_id)
+        items: list[tuple[str, str | bytes, str]] = (
+            [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
+            if cached
+            else [(u.filename, u.data, u.title) for u in await self.desk.files(delivery, result)]
+        )
+        await bot.send_chat_action(chat, ChatAction.UPLOAD_DOCUMENT if not as_audio else ChatAction.UPLOAD_VOICE)
+        sent: list[Message] = []
+        for start in range(0, len(items), 10):
+            sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio)
+        file_ids = [_file_id(m) for m in sent]
+        if not cached and all(file_ids):
+            record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
+            await self.queue.pool.set(self._file_ids + result.job_id, json.dumps(record), ex=self.settings.result_ttl_s)
+
+    async def _send_batch(
+        self, bot: Bot, chat: int, batch: list[tuple[str, str | bytes, str]], as_audio: bool
+    ) -> list[Message]:
+        if len(batch) == 1:
+            name, media, title = batch[0]
             if as_audio:
-                await bot.send_audio(
-                    chat,
-                    data,
-                    filename=stem.filename,
-                    title=f"{delivery.song} — {stem.stem}",
-                    performer=None,
-                )
-            else:
-                await bot.send_document(chat, data, filename=stem.filename)
-            return
-        for start in range(0, len(files), 10):
-            batch = files[start : start + 10]
-            media = [
-                InputMediaAudio(data, filename=s.filename, title=f"{delivery.song} — {s.stem}")
-                if as_audio
-                else InputMediaDocument(data, filename=s.filename)
-                for s, data in batch
-            ]
-            await bot.send_media_group(chat, media)
+                return [await bot.send_audio(chat, media, filename=name, title=title, read_timeout=120)]
+            return [await bot.send_document(chat, media, filename=name, read_timeout=120)]
+        group = [
+            InputMediaAudio(media, filename=name, title=title) if as_audio else InputMediaDocument(media, filename=name)
+            for name, media, title in batch
+        ]
+        return list(await bot.send_media_group(chat, group, read_timeout=120))
 
     async def _edit(self, bot: Bot, delivery: Delivery, text: str, markup: InlineKeyboardMarkup | None) -> None:
         if delivery.status_message_id is None:
@@ -209,17 +192,9 @@ class TelegramService:
             log.exception("edit failed")
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
-        delivery = await self.book.get(delivery_id)
-        if delivery is None:
-            return "That job has already finished."
-        if delivery.user_id != str(user_id):
-            return "Only the person who asked can cancel this."
-        if not await self.queue.cancel(delivery.job_id, delivery.requester):
-            # others still want this job: only this chat stops waiting
-            await self.book.finish(delivery)
-            return "Cancelled."
-        return "Cancelling…"
+        return await self.desk.cancel(delivery_id, str(user_id))
 
 
-def user_error(exc: StembotError) -> str:
-    return f"⚠️ {exc.user_message}"
+def _file_id(message: Message) -> str | None:
+    item = message.audio or message.document
+    return item.file_id if item is not None else None

@@ -1,19 +1,22 @@
 """What the Telegram bot says."""
 
 HELP = """\
-Send me a song (audio file, voice note or video) and I split it into stems.
+Send me a song (audio file, voice note, video or a link) and I split it into stems.
 
-In this chat: just send the file and pick what you want.
+In this chat: just send the file or link and pick what you want.
 Anywhere, also in groups: reply to a message with audio with
 /split vocals — the singing only
 /split karaoke — everything but the vocals
 /split drums bass — two files
 /split drums+bass flac — one file, drums and bass mixed, as FLAC
 /split all — drums, bass, other, vocals
+/split vocals https://example.com/song.mp3 — from a link (direct audio links and sites yt-dlp knows)
 
 Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6.
 Formats: mp3 (default), flac, wav, m4a, opus.
-/cancel stops your running jobs."""
+/settings sets your default stems and format.
+/status shows your jobs and the queue; /cancel stops your running jobs.
+Files over 20 MB: send them as MP3 or as a link."""
 
 PICK = "What should I extract?"
 NO_AUDIO = "Reply to a message that has audio, or send /split as the caption of a file."

@@ -1,0 +1,182 @@
+"""What every chat frontend does with a song, whatever the platform.
+
+`JobDesk.accept` checks a song and the user's limits, stores it and queues the job;
+`JobDesk.step` tells a delivery loop what to do next for one waiting chat (edit the
+status, or deliver a result it alone has claimed); `JobDesk.files` turns a finished
+job into uploads that fit the platform's limit. Frontends only render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from arq.jobs import JobStatus
+
+from core.audio import inspect_bytes
+from core.deliveries import Delivery, DeliveryBook
+from core.errors import WorkerFailed
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
+from core.limits import UsageMeter, check_user
+from core.naming import chat_filename, song_name
+from core.queue import QueueClient
+from core.settings import Settings
+from core.stems import StemSelection
+from core.uploads import fit_stem, plan_upload
+
+EDIT_EVERY_S = 3.0
+# A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
+LOST_AFTER_S = 120.0
+
+
+@dataclass(frozen=True)
+class Song:
+    data: bytes
+    filename: str
+    title: str | None = None
+    artist: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    delivery: Delivery
+    state: Literal["queued", "joined", "cached"]
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: JobResult
+
+
+@dataclass(frozen=True)
+class Upload:
+    stem: str
+    filename: str
+    data: bytes
+    title: str
+
+
+def status_line(progress: Progress | None, song: str) -> str:
+    """`⏳ Song: queued (position 2, about 30 s)`, `🎛 Song: separating 45%`."""
+    if progress is None or progress.stage == Stage.queued:
+        return f"⏳ {song}: {describe_progress(progress or Progress(job_id='', stage=Stage.queued))}"
+    if progress.stage == Stage.separating:
+        return f"🎛 {song}: {describe_progress(progress)}"
+    return f"🎛 {song}: {progress.stage.value}…"
+
+
+def outcome_line(result: JobResult, song: str) -> str:
+    if result.status == "done":
+        took = result.timings.get("total")
+        timing = f" in {took:.0f} s" if took else ""
+        stems = ", ".join(s.stem for s in result.stems)
+        return f"✅ {song}: {stems} ({result.model}{timing})."
+    if result.status == "cancelled":
+        return f"✖️ {song}: cancelled."
+    return f"⚠️ {song}: {result.error.message if result.error else 'Separation failed.'}"
+
+
+class JobDesk:
+    def __init__(self, settings: Settings, queue: QueueClient, platform: str) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.book = DeliveryBook(queue.pool, platform, settings.key_prefix, settings.result_ttl_s)
+        self.usage = UsageMeter(queue.pool, settings.key_prefix)
+
+    async def accept(
+        self,
+        song: Song,
+        selection: StemSelection,
+        fmt: str | None,
+        delivery: Delivery,
+        upload_limit: int | None = None,
+    ) -> Accepted:
+        """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse."""
+        s = self.settings
+        info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, s.max_duration_s, 60)
+        duration = info.duration_s or 0.0
+        user = f"{self.book.platform}:{delivery.user_id}"
+        running = len(await self.book.for_user(delivery.user_id))
+        check_user(running, await self.usage.used_s(user), duration, s.max_jobs_per_user, s.daily_minutes_per_user)
+        fmt = fmt or s.default_format
+        ref = await self.queue.store_input(
+            song.data, song.filename, song.title or info.title, song.artist or info.artist
+        )
+        delivery.song = song_name(song.title or song.filename)
+        delivery.format = fmt
+        delivery.upload_limit = upload_limit
+        delivery.note = plan_upload(fmt, duration, upload_limit, s.mp3_bitrate_kbps).note
+        request = SeparationRequest(
+            input=ref,
+            stems=selection.spec,
+            format=fmt,  # type: ignore[arg-type]
+            model=model_for(selection, s.model, s.six_stem_model),
+            requester=delivery.requester,
+        )
+        submission = await self.queue.submit(request)
+        delivery.job_id = submission.job_id
+        await self.book.add(delivery)
+        if submission.state != "cached":
+            await self.usage.add(user, duration)
+        return Accepted(delivery, submission.state)
+
+    async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
+        """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
+        result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+        if result is None:
+            text = status_line(await self.queue.progress(delivery.job_id), delivery.song)
+            if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
+                return None
+            delivery.last_status, delivery.last_edit_at = text, time.time()
+            await self.book.save(delivery)
+            return StatusUpdate(text)
+        if not await self.book.claim(delivery):
+            return None
+        return Finished(result)
+
+    async def _lost(self, delivery: Delivery) -> JobResult | None:
+        """A failed result for a job that vanished, so no chat waits forever."""
+        if time.time() - delivery.created_at < LOST_AFTER_S:
+            return None
+        if await self.queue.status(delivery.job_id) != JobStatus.not_found:
+            return None
+        err = WorkerFailed("The job was lost before it could finish. Please send the song again.")
+        return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
+
+    async def files(self, delivery: Delivery, result: JobResult) -> list[Upload]:
+        """Every stem of a finished job as uploads within the delivery's limit (parts if need be)."""
+        uploads = []
+        for stem in result.stems:
+            data = await self.queue.fetch(stem)
+            name = chat_filename(delivery.song, stem.stem, stem.format)
+            pieces = await asyncio.to_thread(
+                fit_stem, data, name, stem.duration_s, delivery.upload_limit, self.settings.mp3_bitrate_kbps
+            )
+            title = f"{delivery.song} — {stem.stem}"
+            uploads += [Upload(stem.stem, filename, piece, title) for filename, piece in pieces]
+        return uploads
+
+    async def cancel(self, delivery_id: str, user_id: str) -> str:
+        """Withdraw one user's request; the job stops when nobody else waits for it."""
+        delivery = await self.book.get(delivery_id)
+        if delivery is None:
+            return "That job has already finished."
+        if delivery.user_id != user_id:
+            return "Only the person who asked can cancel this."
+        if not await self.queue.cancel(delivery.job_id, delivery.requester):
+            await self.book.finish(delivery)
+            return "Cancelled."
+        return "Cancelling…"
+
+    async def cancel_all(self, user_id: str) -> int:
+        mine = await self.book.for_user(user_id)
+        for delivery in mine:
+            await self.cancel(delivery.id, user_id)
+        return len(mine)
