@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "discord",
-        help="the Discord bot (not built yet: exits with a message)",
-        description="Run the Discord frontend (not built yet).",
+        help="the Discord bot (needs STEMBOT_DISCORD_TOKEN)",
+        description="Run the Discord frontend: /split, the Split stems and Karaoke message menus, /stembot config.",
     )
     sub.add_parser(
         "run",

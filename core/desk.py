@@ -97,10 +97,15 @@ class JobDesk:
         fmt: str | None,
         delivery: Delivery,
         upload_limit: int | None = None,
+        max_duration_s: float | None = None,
     ) -> Accepted:
-        """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse."""
+        """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse.
+
+        `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
+        """
         s = self.settings
-        info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, s.max_duration_s, 60)
+        longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
+        info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, longest, 60)
         duration = info.duration_s or 0.0
         user = f"{self.book.platform}:{delivery.user_id}"
         running = len(await self.book.for_user(delivery.user_id))

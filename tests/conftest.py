@@ -96,3 +96,24 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1):  # type: ig
 
 
 __all__ = ["free_port", "subprocess", "wait_for"]
+
+
+@pytest.fixture
+def real_worker(redis_url: str, work_tmp: Path, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A `stembot worker` with the shared htdemucs weights, for SDR checks through a bot."""
+    env = stembot_env(
+        STEMBOT_MODEL_REPO=str(MODELS), STEMBOT_REDIS_URL=redis_url, TMPDIR=str(work_tmp), STEMBOT_DEVICE="cpu"
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    worker.wait_ready()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def tiny_worker(tiny_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A `stembot worker` with the toy model: fast, for plumbing tests."""
+    worker = WorkerProcess(tiny_env, tmp_path / "tiny-worker.log").start()
+    worker.wait_ready()
+    yield worker
+    worker.stop()

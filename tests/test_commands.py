@@ -30,3 +30,14 @@ def test_parse_split(text: str, spec: str | None, fmt: str | None, url: str | No
 def test_unknown_word_is_an_error() -> None:
     with pytest.raises(InvalidStemSpec, match='Did you mean "karaoke"'):
         parse_split("karaok flac")
+
+
+def test_readme_documents_every_setting() -> None:
+    """The README's configuration table mirrors `Settings`."""
+    from pathlib import Path
+
+    from core.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`STEMBOT_{name.upper()}`" not in readme]
+    assert missing == []

@@ -13,7 +13,7 @@ from telegram.ext import Application
 from bench.sdr import sdr
 from core.settings import Settings
 from tests.botapi import BotApiServer
-from tests.helpers import MODELS, ROCK, WorkerProcess, make_clip, read_audio, stembot_env
+from tests.helpers import ROCK, WorkerProcess, make_clip, read_audio
 
 pytestmark = pytest.mark.timeout(300)
 ALICE = {"id": 42, "is_bot": False, "first_name": "Alice"}
@@ -76,17 +76,6 @@ def _audio(botapi: BotApiServer, clip: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def real_worker(redis_url: str, work_tmp: Path, tmp_path: Path) -> AsyncIterator[WorkerProcess]:
-    env = stembot_env(
-        STEMBOT_MODEL_REPO=str(MODELS), STEMBOT_REDIS_URL=redis_url, TMPDIR=str(work_tmp), STEMBOT_DEVICE="cpu"
-    )
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
-    worker.wait_ready()
-    yield worker  # type: ignore[misc]
-    worker.stop()
-
-
 async def test_dm_audio_keyboard_vocals(
     botapi: BotApiServer,
     bot: Application,
@@ -146,7 +135,13 @@ async def test_help(botapi: BotApiServer, bot: Application) -> None:  # type: ig
     botapi.message(DM, ALICE, text="/help", entities=[{"type": "bot_command", "offset": 0, "length": 5}])
     reply = await botapi.wait_for(lambda: botapi.sent("sendMessage"))
     assert "/split karaoke" in reply[0].params["text"]
-    assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == ["split", "settings", "status", "cancel", "help"]
+    assert [c["command"] for c in botapi.sent("setMyCommands")[0].params["commands"]] == [
+        "split",
+        "settings",
+        "status",
+        "cancel",
+        "help",
+    ]
 
 
 async def test_restarted_bot_delivers_exactly_once(

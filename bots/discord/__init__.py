@@ -1,12 +1,26 @@
-"""The Discord frontend (not built yet: see the issue tracker)."""
+"""The Discord frontend (discord.py). Started by `stembot discord`."""
 
 from __future__ import annotations
 
-import sys
+import logging
+from typing import TYPE_CHECKING
 
-from core.settings import Settings
+from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from bots.discord.bot import StembotBot
+
+
+def create_bot(settings: Settings | None = None) -> StembotBot:
+    """The configured client with its commands registered; it connects only when started."""
+    from bots.discord.bot import StembotBot
+
+    return StembotBot(settings or get_settings())
 
 
 def run(settings: Settings) -> int:
-    print("stembot: the Discord frontend is not implemented yet", file=sys.stderr)
-    return 1
+    if settings.discord_token is None:
+        print("stembot: STEMBOT_DISCORD_TOKEN is not set")
+        return 2
+    create_bot(settings).run(settings.discord_token.get_secret_value(), log_level=logging.INFO)
+    return 0

@@ -1,0 +1,67 @@
+"""The discord.py client: commands registered, delivery loop on a timer, nothing else."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import tasks
+
+from bots.discord.commands import on_cancel, register
+from bots.discord.service import CANCEL_PREFIX, DiscordService
+from core.queue import QueueClient
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StembotBot(discord.Client):
+    """Slash commands and context menus need no privileged intents (no message content)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(intents=discord.Intents.default())
+        self.settings = settings
+        self.tree: app_commands.CommandTree[StembotBot] = app_commands.CommandTree(self)
+        register(self.tree)
+        self._service: DiscordService | None = None
+        self.deliver.change_interval(seconds=settings.delivery_poll_s)
+
+    @property
+    def service(self) -> DiscordService:
+        if self._service is None:
+            raise RuntimeError("the bot is not started: its queue connection opens in setup_hook")
+        return self._service
+
+    async def setup_hook(self) -> None:
+        self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
+        if self.settings.discord_sync_commands:
+            await self.tree.sync()
+        self.deliver.start()
+
+    async def close(self) -> None:
+        self.deliver.cancel()
+        if self._service is not None:
+            await self._service.queue.close()
+            self._service = None
+        await super().close()
+
+    @tasks.loop(seconds=1.0)
+    async def deliver(self) -> None:
+        """Walk every pending delivery: status edits, then each result exactly once."""
+        for delivery in await self.service.book.pending():
+            try:
+                await self.service.advance(self, delivery)
+            except Exception:  # one broken delivery must not stop the others
+                log.exception("delivery %s", delivery.id)
+
+    @deliver.error
+    async def _deliver_failed(self, error: BaseException) -> None:
+        log.exception("delivery loop", exc_info=error)
+        self.deliver.restart()
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        data: dict[str, object] = dict(interaction.data or {})
+        custom_id = data.get("custom_id", "")
+        if interaction.type == discord.InteractionType.component and str(custom_id).startswith(CANCEL_PREFIX):
+            await on_cancel(interaction, str(custom_id).removeprefix(CANCEL_PREFIX))

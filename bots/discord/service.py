@@ -1,0 +1,194 @@
+"""The Discord bot's work, kept apart from commands: get songs in, follow jobs, send stems.
+
+Replies go through the interaction's webhook (application id + token, kept in the
+delivery record), so a restarted bot can still edit the "thinking…" message. The token
+lives 15 minutes; a result that comes later is posted in the channel (or, for private
+requests and channels the bot cannot post in, by DM) with a mention of the requester.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import timedelta
+
+import discord
+
+from bots.discord import texts
+from bots.discord.guilds import GuildConfigStore
+from core.deliveries import Delivery
+from core.desk import Finished, JobDesk, Song, StatusUpdate, Upload, outcome_line
+from core.errors import NotAudio, TooLarge
+from core.fetch import find_url
+from core.jobs import JobResult
+from core.links import fetch_song
+from core.queue import QueueClient
+from core.settings import Settings
+from core.stems import StemSelection
+from core.uploads import pack
+
+log = logging.getLogger(__name__)
+CANCEL_PREFIX = "stembot:cancel:"
+# Stop using the token a little before Discord does, so a slow upload does not straddle it.
+TOKEN_MARGIN = timedelta(seconds=60)
+MAX_FILES = 10
+
+
+def is_song_attachment(attachment: discord.Attachment) -> bool:
+    kind = (attachment.content_type or "").split(";")[0]
+    if kind:
+        return kind.startswith(("audio/", "video/")) or kind == "application/ogg"
+    ext = attachment.filename.rpartition(".")[2].lower()
+    return ext in {"mp3", "flac", "wav", "ogg", "oga", "opus", "m4a", "aac", "wma", "aiff", "mp4", "mkv", "webm", "mov"}
+
+
+def song_in(message: discord.Message) -> discord.Attachment | str | None:
+    """A message's first song attachment, else the first link in it."""
+    for attachment in message.attachments:
+        if is_song_attachment(attachment):
+            return attachment
+    return find_url(message.content)
+
+
+def cancel_view(delivery_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(
+        discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=CANCEL_PREFIX + delivery_id)
+    )
+    return view
+
+
+def upload_limit(interaction: discord.Interaction, settings: Settings) -> int:
+    """The smallest of the interaction's limit, the server's (used after the token expires) and the operator's cap."""
+    limits = [interaction.filesize_limit]
+    if isinstance(interaction.guild, discord.Guild):
+        limits.append(interaction.guild.filesize_limit)
+    if settings.discord_max_upload_mb is not None:
+        limits.append(int(settings.discord_max_upload_mb * 1024 * 1024))
+    return min(limits)
+
+
+class DiscordService:
+    def __init__(self, settings: Settings, queue: QueueClient) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.desk = JobDesk(settings, queue, "discord")
+        self.book = self.desk.book
+        self.guilds = GuildConfigStore(queue.pool, settings.key_prefix)
+
+    async def song(self, source: discord.Attachment | str) -> Song:
+        if isinstance(source, str):
+            return await fetch_song(source, self.settings)
+        if not is_song_attachment(source):
+            raise NotAudio(texts.NOT_AUDIO)
+        if source.size > self.settings.max_input_bytes:
+            raise TooLarge(f"That file is too large; the limit is {self.settings.max_input_mb:g} MB.")
+        return Song(await source.read(), source.filename)
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        source: discord.Attachment | str,
+        selection: StemSelection,
+        fmt: str | None,
+        private: bool,
+    ) -> Delivery:
+        """Queue a song for an interaction that has already been deferred, and show its status."""
+        config = await self.guilds.get(interaction.guild_id)
+        original = await interaction.original_response()
+        delivery = Delivery(
+            platform="discord",
+            job_id="",
+            chat_id=str(interaction.channel_id),
+            user_id=str(interaction.user.id),
+            status_message_id=str(original.id),
+            extra={
+                "app_id": str(interaction.application_id),
+                "token": interaction.token,
+                "token_expires_at": str((interaction.expires_at - TOKEN_MARGIN).timestamp()),
+                "private": "1" if private else "",
+                "mention": interaction.user.mention,
+            },
+        )
+        max_s = config.max_minutes * 60 if config.max_minutes else None
+        song = await self.song(source)
+        accepted = await self.desk.accept(
+            song, selection, fmt or config.format, delivery, upload_limit(interaction, self.settings), max_s
+        )
+        state = {"cached": "found in the cache", "joined": "already being split"}.get(accepted.state, "queued")
+        note = f"\n{delivery.note}" if delivery.note else ""
+        await interaction.edit_original_response(
+            content=f"⏳ {delivery.song}: {state}…{note}", view=cancel_view(delivery.id)
+        )
+        return delivery
+
+    # --- the delivery loop ---------------------------------------------------------------
+    async def advance(self, client: discord.Client, delivery: Delivery) -> None:
+        step = await self.desk.step(delivery)
+        if isinstance(step, StatusUpdate):
+            await self._edit(client, delivery, step.text, cancel_view(delivery.id))
+        elif isinstance(step, Finished):
+            try:
+                await self.finish(client, delivery, step.result)
+            finally:
+                await self.book.finish(delivery)
+
+    async def finish(self, client: discord.Client, delivery: Delivery, result: JobResult) -> None:
+        outcome = outcome_line(result, delivery.song) + (f"\n{delivery.note}" if delivery.note else "")
+        if result.status != "done":
+            await self._edit(client, delivery, outcome, None)
+            if not self._token_alive(delivery):
+                await self._post(client, delivery, f"{delivery.extra.get('mention', '')} {outcome}", [])
+            return
+        uploads = await self.desk.files(delivery, result)
+        await self._edit(client, delivery, outcome, None)
+        batches = pack([len(u.data) for u in uploads], delivery.upload_limit, MAX_FILES)
+        for number, batch in enumerate(batches):
+            files = [uploads[i] for i in batch]
+            text = f"{delivery.extra.get('mention', '')} {outcome}" if number == 0 else ""
+            await self._post(client, delivery, text.strip(), files)
+
+    def _token_alive(self, delivery: Delivery) -> bool:
+        expires = float(delivery.extra.get("token_expires_at") or 0)
+        return discord.utils.utcnow().timestamp() < expires
+
+    def _webhook(self, client: discord.Client, delivery: Delivery) -> discord.Webhook:
+        return discord.Webhook.partial(int(delivery.extra["app_id"]), delivery.extra["token"], client=client)
+
+    async def _edit(self, client: discord.Client, delivery: Delivery, text: str, view: discord.ui.View | None) -> None:
+        if not self._token_alive(delivery) or delivery.status_message_id is None:
+            return
+        try:
+            await self._webhook(client, delivery).edit_message(
+                int(delivery.status_message_id), content=text, view=view or discord.ui.View()
+            )
+        except discord.HTTPException as exc:  # deleted, or the token died early
+            log.info("edit of %s failed: %s", delivery.id, exc)
+
+    async def _post(self, client: discord.Client, delivery: Delivery, text: str, uploads: list[Upload]) -> None:
+        """A follow-up while the token lives; afterwards the channel, or a DM for private requests."""
+        private = bool(delivery.extra.get("private"))
+        if self._token_alive(delivery):
+            files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
+            await self._webhook(client, delivery).send(
+                content=text or discord.utils.MISSING, files=files, ephemeral=private
+            )
+            return
+        if not private:
+            try:
+                channel = client.get_channel(int(delivery.chat_id)) or await client.fetch_channel(int(delivery.chat_id))
+                files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
+                await channel.send(content=text or None, files=files)  # type: ignore[union-attr]
+                return
+            except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
+                log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
+        user = await client.fetch_user(int(delivery.user_id))
+        files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
+        await user.send(content=text or None, files=files)
+
+    async def cancel(self, delivery_id: str, user_id: int) -> str:
+        return await self.desk.cancel(delivery_id, str(user_id))
+
+
+def _buffer(upload: Upload) -> io.BytesIO:
+    return io.BytesIO(upload.data)

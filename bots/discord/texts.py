@@ -1,0 +1,34 @@
+"""What the Discord bot says."""
+
+HELP = """\
+**stembot** splits a song into stems.
+
+`/split file:<song> stems:vocals` — the singing only
+`/split file:<song> stems:karaoke` — everything but the vocals
+`/split url:<link> stems:drums bass format:flac` — from a link, two files
+`/split … stems:drums+bass` — one file with drums and bass mixed
+`/split … private:True` — only you see the result
+
+Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**.
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6. Formats: mp3, flac, wav.
+Files that would not fit Discord's upload limit come at a lower bitrate, or in numbered parts.
+Server admins: `/stembot config` sets the channels I answer in, the default format and the longest song."""
+
+NO_SONG = "Attach a song (`file`) or give a link (`url`)."
+NOT_AUDIO = "That attachment is not audio or video. Send an audio file (mp3, flac, wav, ogg, m4a…) or a video."
+NO_SONG_IN_MESSAGE = "That message has no audio or video attachment and no link."
+PICK = "What should I extract?"
+
+# (label, stem spec) offered by autocomplete and the picker
+CHOICES: list[tuple[str, str]] = [
+    ("Vocals", "vocals"),
+    ("Karaoke (instrumental)", "karaoke"),
+    ("Drums", "drums"),
+    ("Bass", "bass"),
+    ("Other", "other"),
+    ("All 4 stems", "all"),
+    ("Guitar", "guitar"),
+    ("Piano", "piano"),
+    ("All 6 stems", "6"),
+]
+FORMATS = ["mp3", "flac", "wav"]

@@ -1,0 +1,244 @@
+"""The Discord bot through real discord.py, driven by simcord (an in-process Discord double on a
+virtual clock), with a real Redis and real `stembot worker` processes.
+
+Workers run in real time while simcord's clock is virtual: `drive` moves the clock a second
+at a time (so the bot's delivery loop runs) and gives the worker real time in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import simcord
+from aiohttp import web
+
+from bench.sdr import sdr
+from bots.discord import create_bot
+from core.settings import Settings
+from tests.helpers import ROCK, WorkerProcess, make_clip, read_audio
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    return Settings(redis_url=redis_url, allow_private_urls=True, **overrides)
+
+
+@pytest.fixture
+async def env(redis_url: str) -> AsyncIterator[simcord.Env]:
+    """As simcord's own `simcord_env` fixture, with stembot's test settings."""
+    env = simcord.Env(create_bot(make_settings(redis_url)))
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def drive(env: simcord.Env, until: Callable[[], Any], timeout: float = 120, step_s: float = 1.0) -> Any:
+    """Advance the virtual clock in steps while real workers run, until `until()` is truthy."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = until()
+        if found:
+            return found
+        await env.advance_time(step_s)
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the bot never did that:\n" + env.transcript()[-3000:])
+
+
+def files_of(result: simcord.InteractionResult) -> list[discord.Attachment]:
+    return [a for message in result.followups for a in message.attachments]
+
+
+def edits(env: simcord.Env) -> list[str]:
+    """The contents the bot gave to message edits, in order."""
+    out = []
+    for entry in env.http_requests:
+        body = entry.json if isinstance(entry.json, dict) else {}
+        if entry.method == "PATCH" and "content" in body:
+            out.append(str(body["content"]))
+    return out
+
+
+def server_with_member(env: simcord.Env, name: str = "alice") -> tuple[Any, Any, Any]:
+    guild = env.create_guild("band")
+    channel = guild.create_text_channel("music")
+    return guild, channel, guild.add_member(env.create_user(name))
+
+
+async def test_split_vocals_attachment_gives_the_vocals(
+    env: simcord.Env, real_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    _, channel, alice = server_with_member(env)
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / "Rock Song.flac", seconds=4)
+    result = await alice.slash(channel, "split", file=(clip.name, clip.read_bytes()), stems="vocals")
+    first = [e.json for e in env.http_requests if e.path.endswith("/callback")]
+    assert first == [{"type": 5}]  # deferred ("thinking…") within Discord's 3 s
+    files = await drive(env, lambda: files_of(result), timeout=180)
+    assert [f.filename for f in files] == ["Rock Song - vocals.mp3"]
+    assert any("queued" in t or "separating" in t for t in edits(env)), edits(env)
+    assert result.response is not None and result.response.content.startswith("✅ Rock Song: vocals (htdemucs")
+    out = tmp_path / "vocals.mp3"
+    out.write_bytes(await files[0].read())
+    truth = read_audio(ROCK / "vocals.flac")[:, : 4 * 44100]
+    assert sdr(truth, read_audio(out)) > 10
+
+
+async def test_karaoke_context_menu_on_a_message_with_a_song(
+    env: simcord.Env, tiny_worker: WorkerProcess, rock_short: Path, tmp_path: Path
+) -> None:
+    _, channel, alice = server_with_member(env)
+    message = await alice.send(channel, "my song", attachments=[("take 1.flac", rock_short.read_bytes())])
+    result = await alice.context_menu(channel, "Karaoke", message)
+    files = await drive(env, lambda: files_of(result))
+    assert [f.filename for f in files] == ["take 1 - instrumental.mp3"]
+    out = tmp_path / "inst.mp3"
+    out.write_bytes(await files[0].read())
+    assert read_audio(out).shape[1] == pytest.approx(3 * 44100, abs=2048)
+
+
+async def test_split_stems_menu_opens_a_picker(env: simcord.Env, tiny_worker: WorkerProcess, rock_short: Path) -> None:
+    _, channel, alice = server_with_member(env)
+    message = await alice.send(channel, "", attachments=[("song.flac", rock_short.read_bytes())])
+    picker = await alice.context_menu(channel, "Split stems", message)
+    assert picker.response is not None and picker.response.content == "What should I extract?"
+    chosen = await alice.select(picker.response.message, ["drums"])
+    files = await drive(env, lambda: files_of(chosen))
+    assert [f.filename for f in files] == ["song - drums.mp3"]
+
+
+@pytest.fixture
+async def song_server(unused_tcp_port: int, rock_short: Path) -> AsyncIterator[str]:
+    async def song(request: web.Request) -> web.Response:
+        return web.Response(body=rock_short.read_bytes(), content_type="audio/flac")
+
+    app = web.Application()
+    app.add_routes([web.get("/Linked Song.flac", song)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    yield f"http://127.0.0.1:{unused_tcp_port}"
+    await runner.cleanup()
+
+
+async def test_url_option_fetches_the_song(env: simcord.Env, tiny_worker: WorkerProcess, song_server: str) -> None:
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(
+        channel, "split", url=f"{song_server}/Linked%20Song.flac", stems="drums+bass", format="flac"
+    )
+    files = await drive(env, lambda: files_of(result))
+    assert [f.filename for f in files] == ["Linked Song - drums+bass.flac"]
+
+
+async def test_private_links_are_refused_by_default(redis_url: str, song_server: str) -> None:
+    settings = Settings(redis_url=redis_url)  # production default: no private addresses
+    async with simcord.run(create_bot(settings)) as env:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(channel, "split", url=f"{song_server}/Linked%20Song.flac")
+        assert result.response is not None
+        assert "private or local address" in result.response.content
+
+
+async def test_small_upload_limit_gives_lower_bitrate_parts(
+    redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+) -> None:
+    limit = 20 * 1024  # a 3 s stem at 96 kbps is ~36 KB: two parts
+    settings = make_settings(redis_url, discord_max_upload_mb=limit / 1024 / 1024)
+    async with simcord.run(create_bot(settings)) as env:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(
+            channel, "split", file=("long.flac", rock_short.read_bytes()), stems="vocals", format="wav"
+        )
+        files = await drive(env, lambda: files_of(result))
+        assert [f.filename for f in files] == ["long - vocals (part 1 of 2).mp3", "long - vocals (part 2 of 2).mp3"]
+        assert all(f.size <= limit for f in files)
+        assert result.response is not None and "WAV would be too big" in result.response.content
+        for message in result.followups:
+            assert sum(a.size for a in message.attachments) <= limit
+
+
+async def test_cancel_only_by_the_requester(
+    env: simcord.Env, tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    guild, channel, alice = server_with_member(env)
+    bob = guild.add_member(env.create_user("bob"))
+    result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals")
+    assert result.response is not None
+    refused = await bob.click(result.response.message, label="Cancel")
+    assert refused.response is not None and refused.response.content == "Only the person who asked can cancel this."
+    accepted = await alice.click(result.response.message, label="Cancel")
+    assert accepted.response is not None and accepted.response.content == "Cancelling…"
+    worker_factory.append(WorkerProcess(tiny_env, tmp_path / "w.log").start())  # it finds the job cancelled
+    await drive(env, lambda: result.response is not None and "cancelled" in result.response.content)
+    assert files_of(result) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("notes.txt", b"just text", "not audio or video"),
+        ("fake.mp3", b"\x00" * 2048, "doesn't look like an audio or video file"),
+    ],
+)
+async def test_bad_attachments_get_a_clear_message(env: simcord.Env, name: str, data: bytes, expected: str) -> None:
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(channel, "split", file=(name, data))
+    assert result.response is not None
+    assert result.response.content.startswith("⚠️") and expected in result.response.content.lower()
+
+
+async def test_over_duration_is_refused(redis_url: str, rock_short: Path) -> None:
+    async with simcord.run(create_bot(make_settings(redis_url, max_duration_s=2))) as env:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
+        assert result.response is not None and "the limit is 0:02" in result.response.content
+
+
+async def test_missing_song_and_bad_stems(env: simcord.Env) -> None:
+    _, channel, alice = server_with_member(env)
+    nothing = await alice.slash(channel, "split", stems="vocals")
+    assert nothing.ephemeral and nothing.response is not None and "Attach a song" in nothing.response.content
+    typo = await alice.slash(channel, "split", url="https://example.com/a.mp3", stems="vocalz")
+    assert typo.response is not None and "Did you mean" in typo.response.content
+
+
+async def test_result_after_the_token_expired_goes_to_the_channel(
+    redis_url: str, tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    async with simcord.run(create_bot(make_settings(redis_url, delivery_poll_s=60))) as env:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(channel, "split", file=("late.flac", rock_short.read_bytes()), stems="bass")
+        await env.advance_time(16 * 60)  # no worker yet: the job waits past the token's 15 minutes
+        worker_factory.append(WorkerProcess(tiny_env, tmp_path / "w.log").start())
+
+        def delivered() -> list[discord.Message]:
+            return [m for m in channel.history() if m.attachments]
+
+        posted = await drive(env, delivered, step_s=30)
+        assert posted[0].attachments[0].filename == "late - bass.mp3"
+        assert alice.mention in posted[0].content
+        assert files_of(result) == []
+
+
+async def test_server_config_limits_channels(env: simcord.Env, rock_short: Path) -> None:
+    guild = env.create_guild("band", owner=env.create_user("owner"))
+    music, chat = guild.create_text_channel("music"), guild.create_text_channel("chat")
+    owner = guild.add_member(guild.owner)
+    shown = await owner.slash(music, "stembot config", channel=music, default_format="flac", max_minutes=5)
+    assert shown.response is not None and "flac" in shown.response.content
+    refused = await owner.slash(chat, "split", file=("song.flac", rock_short.read_bytes()))
+    assert refused.response is not None and "only answer in" in refused.response.content
+
+
+async def test_help_and_registered_commands(env: simcord.Env) -> None:
+    _, channel, alice = server_with_member(env)
+    reply = await alice.slash(channel, "help")
+    assert reply.ephemeral and reply.response is not None and "/split" in reply.response.content
+    assert {"split", "help"} <= set(alice.available_commands(channel))
