@@ -13,7 +13,7 @@ from telegram.ext import Application
 from bench.sdr import sdr
 from core.settings import Settings
 from tests.botapi import BotApiServer
-from tests.helpers import ROCK, WorkerProcess, make_clip, read_audio
+from tests.helpers import ROCK, WorkerProcess, ffmpeg, make_clip, read_audio
 
 pytestmark = pytest.mark.timeout(300)
 ALICE = {"id": 42, "is_bot": False, "first_name": "Alice"}
@@ -29,7 +29,7 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
     await server.stop()
 
 
-async def start_bot(botapi: BotApiServer, redis_url: str) -> Application:  # type: ignore[type-arg]
+async def start_bot(botapi: BotApiServer, redis_url: str, **overrides: Any) -> Application:  # type: ignore[type-arg]
     from bots.telegram.app import build_application
 
     settings = Settings(
@@ -37,6 +37,7 @@ async def start_bot(botapi: BotApiServer, redis_url: str) -> Application:  # typ
         telegram_token="123:TEST",
         telegram_api_url=f"{botapi.url}/bot",
         telegram_file_url=f"{botapi.url}/file/bot",
+        **overrides,
     )
     app = build_application(settings)
     await app.initialize()
@@ -180,3 +181,193 @@ async def test_restarted_bot_delivers_exactly_once(
         await stop_bot(second)
         await stop_bot(third)
     assert len(botapi.sent("sendAudio")) == 1
+
+
+def _command(text: str) -> dict[str, Any]:
+    word = text.split()[0]
+    return {"text": text, "entities": [{"type": "bot_command", "offset": 0, "length": len(word)}]}
+
+
+def _texts(botapi: BotApiServer, *methods: str) -> list[str]:
+    return [c.params.get("text", "") for c in botapi.sent(*methods)]
+
+
+async def test_voice_note_in_a_dm_gets_the_keyboard_and_karaoke(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    voice = tmp_path / "voice.ogg"
+    ffmpeg("-i", str(rock_short), "-c:a", "libopus", "-b:a", "48k", str(voice))
+    file_id = botapi.add_file(voice.read_bytes(), "voice.ogg")
+    note = {"file_id": file_id, "file_unique_id": "v1", "duration": 3, "mime_type": "audio/ogg", "file_size": 9000}
+    song = botapi.message(DM, ALICE, voice=note)
+    offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
+    botapi.press(offer[0].result | {"reply_to_message": song}, ALICE, "split|karaoke|mp3")
+    sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert sent[0].params["title"] == "voice — instrumental"
+    assert botapi.sent("sendChatAction")[0].params["action"] == "upload_voice"
+
+
+async def test_video_with_a_split_caption(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    video = tmp_path / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:d=3", "-i", str(rock_short), "-shortest", str(video))
+    file_id = botapi.add_file(video.read_bytes(), "clip.mp4")
+    clip = {
+        "file_id": file_id,
+        "file_unique_id": "c1",
+        "width": 64,
+        "height": 64,
+        "duration": 3,
+        "file_name": "clip.mp4",
+        "mime_type": "video/mp4",
+        "file_size": video.stat().st_size,
+    }
+    botapi.message(DM, ALICE, video=clip, caption="/split drums")
+    sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert sent[0].params["title"] == "clip — drums"
+
+
+async def test_link_to_a_file_on_localhost(
+    botapi: BotApiServer, redis_url: str, tiny_worker: WorkerProcess, rock_short: Path, unused_tcp_port_factory: Any
+) -> None:
+    from aiohttp import web
+
+    async def song(request: web.Request) -> web.Response:
+        return web.Response(body=rock_short.read_bytes(), content_type="audio/flac")
+
+    app = web.Application()
+    app.add_routes([web.get("/Linked.flac", song)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = unused_tcp_port_factory()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bot = await start_bot(botapi, redis_url, allow_private_urls=True)
+    try:
+        botapi.message(DM, ALICE, **_command(f"/split bass http://127.0.0.1:{port}/Linked.flac"))
+        sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+        assert sent[0].params["title"] == "Linked — bass"
+    finally:
+        await stop_bot(bot)
+        await runner.cleanup()
+
+
+async def test_private_links_refused_by_default(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    botapi.message(DM, ALICE, **_command("/split vocals http://127.0.0.1:9/song.mp3"))
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "private or local" in t])
+
+
+async def test_file_over_the_getfile_limit(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    big = {
+        "file_id": "big",
+        "file_unique_id": "big",
+        "duration": 600,
+        "mime_type": "audio/flac",
+        "file_name": "big.flac",
+        "file_size": 21 * 1000 * 1000,
+    }
+    botapi.message(DM, ALICE, audio=big, caption="/split vocals")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "at most 20 MB" in t])
+    assert botapi.sent("getFile") == []
+
+
+async def test_garbage_with_an_audio_mime_type(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    file_id = botapi.add_file(b"\x00not audio" * 100, "x.mp3")
+    doc = {
+        "file_id": file_id,
+        "file_unique_id": "x",
+        "file_name": "x.mp3",
+        "mime_type": "audio/mpeg",
+        "file_size": 1100,
+    }
+    botapi.message(DM, ALICE, document=doc, caption="/split vocals")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "doesn't look like an audio" in t])
+
+
+async def test_over_duration(botapi: BotApiServer, redis_url: str, rock_short: Path) -> None:
+    bot = await start_bot(botapi, redis_url, max_duration_s=2)
+    try:
+        botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "the limit is 0:02" in t])
+    finally:
+        await stop_bot(bot)
+
+
+async def test_cancel_button_stops_the_job(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,  # type: ignore[type-arg]
+    worker_factory: list[WorkerProcess],
+) -> None:
+    status = botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    service = bot.bot_data["service"]
+    import asyncio
+
+    pending = []
+
+    for _ in range(100):
+        pending = await service.book.pending()
+        if pending:
+            break
+        await asyncio.sleep(0.1)
+    [delivery] = pending
+    bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+    botapi.press(status, bob, f"cancel|{delivery.id}")
+    botapi.press(status, ALICE, f"cancel|{delivery.id}")
+    answers = await botapi.wait_for(
+        lambda: len(botapi.sent("answerCallbackQuery")) == 2 and botapi.sent("answerCallbackQuery")
+    )
+    assert [a.params["text"] for a in answers] == ["Only the person who asked can cancel this.", "Cancelling…"]
+    worker_factory.append(WorkerProcess(tiny_env, tmp_path / "w.log").start())
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "cancelled" in t], timeout=120)
+    assert botapi.sent("sendAudio") == []
+
+
+async def test_repeat_is_answered_from_the_cache_with_file_ids(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,  # type: ignore[type-arg]
+) -> None:
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
+    uploaded_id = first[0].result["audio"]["file_id"]
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    both = await botapi.wait_for(lambda: len(botapi.sent("sendAudio")) == 2 and botapi.sent("sendAudio"), timeout=60)
+    assert both[1].params["audio"] == uploaded_id and both[1].files == {}
+    assert tiny_worker.log().count("separate(") == 1
+
+
+async def test_settings_preselect_the_keyboard(
+    botapi: BotApiServer,
+    bot: Application,
+    rock_short: Path,  # type: ignore[type-arg]
+) -> None:
+    botapi.message(DM, ALICE, **_command("/settings"))
+    shown = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("sendMessage") if "Your defaults" in c.params["text"]]
+    )
+    botapi.press(shown[0].result, ALICE, "set|format|flac")
+    botapi.press(shown[0].result, ALICE, "set|stems|karaoke")
+    await botapi.wait_for(
+        lambda: [t for t in _texts(botapi, "editMessageText") if "Format: flac" in t and "karaoke" in t]
+    )
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short))
+    offer = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("sendMessage") if "What should I" in c.params["text"]]
+    )
+    labels = [b["text"] for row in offer[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    assert "• FLAC" in labels and "• Karaoke (instrumental)" in labels
+    botapi.message(DM, ALICE, **_command("/status"))
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if "Songs in the queue: 0" in t])
