@@ -18,7 +18,7 @@ _DAY_S = 86400
 def check_user(running: int, used_s: float, duration_s: float, max_jobs: int, daily_minutes: float) -> None:
     """Raise the error a user should see, or nothing when the song may start."""
     if running >= max_jobs:
-        noun = "song" if max_jobs == 1 else f"{max_jobs} songs"
+        noun = "a song" if max_jobs == 1 else f"{max_jobs} songs"
         raise TooManyJobs(f"You already have {noun} in progress. Wait for it to finish, or /cancel it.")
     if used_s + duration_s > daily_minutes * 60:
         left = max(0.0, daily_minutes * 60 - used_s) / 60

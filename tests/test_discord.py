@@ -242,3 +242,37 @@ async def test_help_and_registered_commands(env: simcord.Env) -> None:
     reply = await alice.slash(channel, "help")
     assert reply.ephemeral and reply.response is not None and "/split" in reply.response.content
     assert {"split", "help"} <= set(alice.available_commands(channel))
+
+
+async def test_split_in_a_dm_with_the_bot(env: simcord.Env, tiny_worker: WorkerProcess, rock_short: Path) -> None:
+    alice = env.create_user("alice")
+    result = await alice.slash("split", file=("dm song.flac", rock_short.read_bytes()), stems="other")
+    files = await drive(env, lambda: files_of(result))
+    assert [f.filename for f in files] == ["dm song - other.mp3"]
+
+
+async def test_restarted_bot_still_delivers_once(
+    env: simcord.Env,
+    redis_url: str,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals")
+    await env.restart_bot(create_bot(make_settings(redis_url)))  # the job has not run yet
+    worker_factory.append(WorkerProcess(tiny_env, tmp_path / "w.log").start())
+    files = await drive(env, lambda: files_of(result))
+    for _ in range(5):  # more delivery rounds must not send it again
+        await env.advance_time(1)
+    assert [f.filename for f in files_of(result)] == [f.filename for f in files] == ["song - vocals.mp3"]
+
+
+async def test_one_song_at_a_time_per_user(env: simcord.Env, rock_short: Path, tmp_path: Path) -> None:
+    _, channel, alice = server_with_member(env)
+    first = await alice.slash(channel, "split", file=("one.flac", rock_short.read_bytes()), stems="vocals")
+    assert first.response is not None and "queued" in first.response.content
+    other = make_clip(ROCK / "mixture.flac", tmp_path / "two.flac", seconds=2)
+    second = await alice.slash(channel, "split", file=("two.flac", other.read_bytes()), stems="vocals")
+    assert second.response is not None and "already have a song in progress" in second.response.content

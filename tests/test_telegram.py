@@ -371,3 +371,16 @@ async def test_settings_preselect_the_keyboard(
     assert "• FLAC" in labels and "• Karaoke (instrumental)" in labels
     botapi.message(DM, ALICE, **_command("/status"))
     await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if "Songs in the queue: 0" in t])
+
+
+async def test_split_karaoke_as_a_reply_in_a_group(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,  # type: ignore[type-arg]
+) -> None:
+    bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+    song = botapi.message(GROUP, bob, audio=_audio(botapi, rock_short, title="Demo"))
+    botapi.message(GROUP, ALICE, reply_to_message=song, **_command("/split@stembot_test_bot karaoke"))
+    sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert sent[0].params["title"] == "Demo — instrumental" and sent[0].params["chat_id"] == GROUP["id"]
