@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,3 +259,109 @@ def inspect_bytes(data: bytes, max_bytes: int, max_duration_s: float, timeout_s:
         tmp.write(data)
         tmp.flush()
         return inspect(Path(tmp.name), max_bytes, max_duration_s, timeout_s)
+
+
+# --- streaming: songs longer than memory should hold --------------------------------------
+
+
+def _decode_cmd(path: Path, cap_s: float) -> list[str]:
+    return [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", "-f", "f32le", "pipe:1",
+    ]  # fmt: skip
+
+
+def stream_decode(
+    path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600, block_s: float = 10.0
+) -> Iterator[np.ndarray]:
+    """Decode in (2, n) float32 blocks, with `decode`'s limits: duration cap, truncation check, timeout."""
+    proc = subprocess.Popen(_decode_cmd(path, max_duration_s + 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(timeout_s, proc.kill)
+    watchdog.start()
+    frames = 0
+    block_bytes = int(block_s * SAMPLE_RATE) * _BYTES_PER_FRAME
+    try:
+        assert proc.stdout is not None
+        while raw := proc.stdout.read(block_bytes):
+            n = len(raw) // _BYTES_PER_FRAME
+            frames += n
+            if frames / SAMPLE_RATE > max_duration_s:
+                raise too_long_error(info.duration_s or frames / SAMPLE_RATE, max_duration_s)
+            yield np.frombuffer(raw[: n * _BYTES_PER_FRAME], dtype=np.float32).reshape(n, CHANNELS).T
+        if proc.wait() != 0 and not watchdog.is_alive():
+            raise CorruptAudio("Reading this file took too long; it may be damaged.")
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
+    if frames == 0:
+        raise NotAudio("I couldn't decode any audio from that file.", detail=stderr)
+    if info.duration_s is not None and info.duration_s - frames / SAMPLE_RATE > _TRUNCATION_TOLERANCE_S:
+        raise CorruptAudio(
+            f"The file seems truncated or damaged: it should last {_clock(info.duration_s)} "
+            f"but only {_clock(frames / SAMPLE_RATE)} could be read."
+        )
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """What a first pass over a song finds: its length and the statistics demucs normalises by."""
+
+    frames: int
+    mean: float
+    std: float
+
+
+def stream_stats(blocks: Iterator[np.ndarray]) -> StreamStats:
+    """Length, and mean and (unbiased) std of the mono mixture, in float64 across blocks."""
+    n, s1, s2 = 0, 0.0, 0.0
+    for block in blocks:
+        mono = block.astype(np.float64).mean(0)
+        n += mono.size
+        s1 += float(mono.sum())
+        s2 += float(np.square(mono).sum())
+    mean = s1 / max(n, 1)
+    var = (s2 - n * mean * mean) / max(n - 1, 1)
+    return StreamStats(n, mean, float(np.sqrt(max(var, 0.0))) + 1e-8)
+
+
+class AudioWriter:
+    """Encode float32 (2, n) blocks to `dest` as they come (ffmpeg reading stdin)."""
+
+    def __init__(self, dest: Path, fmt: OutputFormat, tags: Tags | None = None, timeout_s: float = 600) -> None:
+        self.dest = dest
+        self.timeout_s = timeout_s
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the encoder)
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
+        cmd += ["-ac", str(CHANNELS), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(), str(dest)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.frames = 0
+
+    def write(self, block: np.ndarray) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(np.ascontiguousarray(np.clip(block, -1.0, 1.0).T, dtype=np.float32).tobytes())
+        self.frames += block.shape[-1]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            code = self.proc.wait(self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise RuntimeError(f"ffmpeg took too long to encode {self.dest.name}") from None
+        if code != 0:
+            self._log.seek(0)
+            self.dest.unlink(missing_ok=True)
+            raise RuntimeError(f"ffmpeg failed to encode {self.dest.name}: {self._log.read().decode()[-500:]}")
+        self._log.close()
+
+    def abort(self) -> None:
+        """Stop and leave nothing behind (a cancelled or failed job)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.dest.unlink(missing_ok=True)

@@ -129,7 +129,7 @@ class StageBar:
 
 def _separate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.engine import Engine
-    from worker.pipeline import separate_file
+    from worker.pipeline import needed_sources, separate_file
 
     selection = parse_stems(args.stems)
     fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
@@ -137,7 +137,7 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
         path, filename = asyncio.run(_obtain_input(args.input, Path(tmp), settings))
-        separator = Engine(settings).separator(model)
+        separator = Engine(settings).separator(model, needed_sources(selection))
         bar = StageBar()
         try:
             outcome = separate_file(

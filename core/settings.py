@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     model_repo: Path | None = Field(None, description="local demucs model repo; unset = official download")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
     overlap: float = Field(0.25, ge=0.0, lt=1.0, description="overlap between model segments")
-    shifts: int = Field(1, ge=0, le=10, description="random time-shift passes averaged (demucs default 1)")
+    shifts: int = Field(1, ge=0, le=10, description="random time-shift passes averaged (reference engine)")
+    engine: Literal["windowed", "reference"] = Field(
+        "windowed", description="windowed: stembot's streaming engine; reference: demucs' apply_model"
+    )
+    engine_overlap_s: float = Field(0.25, ge=0, le=3, description="windowed engine: least overlap between windows")
+    engine_batch_size: int = Field(1, ge=1, le=64, description="windowed engine: windows per forward pass (GPU: 4-16)")
+    engine_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="windowed engine: autocast precision (bf16/fp16 for GPUs)"
+    )
 
     # Limits
     max_duration_s: float = Field(20 * 60, gt=0, description="longest input accepted, seconds")

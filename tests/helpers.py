@@ -70,6 +70,24 @@ def write_tiny_repo(repo: Path, segment_s: float = 2.0) -> Path:
         }
         torch.save(package, repo / f"{sig}.th")
         (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
+    # htdemucs_ft's shape: four specialists, each weighing in on one source only
+    sources = ["drums", "bass", "other", "vocals"]
+    sigs = []
+    for i in range(4):
+        torch.manual_seed(10 + i)
+        model = HTDemucs(sources, **kwargs)
+        sig = f"0000ccc{i}"
+        package = {
+            "klass": HTDemucs,
+            "args": (sources,),
+            "kwargs": kwargs,
+            "state": model.state_dict(),
+            "training_args": {},
+        }
+        torch.save(package, repo / f"{sig}.th")
+        sigs.append(sig)
+    weights = [[1.0 if j == i else 0.0 for j in range(4)] for i in range(4)]
+    (repo / "htdemucs_ft.yaml").write_text(yaml.safe_dump({"models": sigs, "weights": weights}))
     return repo
 
 

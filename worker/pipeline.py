@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from core.audio import SAMPLE_RATE, OutputFormat, Tags, encode, load_audio
+from core.audio import (
+    SAMPLE_RATE,
+    AudioInfo,
+    AudioWriter,
+    OutputFormat,
+    Tags,
+    encode,
+    inspect,
+    load_audio,
+    stream_decode,
+    stream_stats,
+)
 from core.errors import Cancelled
 from core.jobs import Stage
 from core.naming import stem_filename
 from core.settings import Settings
 from core.stems import INSTRUMENTAL, StemOutput, StemSelection
 from worker.separator import Separator, StopFn
+from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
 InstrumentalMethod = Literal["subtract", "sum"]
@@ -53,6 +65,18 @@ def render_output(
     return np.asarray(np.sum([sources[s] for s in sorted(output.sources)], axis=0), dtype=np.float32)
 
 
+def needed_sources(selection: StemSelection, method: InstrumentalMethod = INSTRUMENTAL_METHOD) -> set[str]:
+    """The sources a request's outputs are made of (karaoke by subtraction needs only vocals)."""
+    needed: set[str] = set()
+    for output in selection.outputs:
+        needed |= {"vocals"} if output.name == INSTRUMENTAL and method == "subtract" else set(output.sources)
+    return needed
+
+
+def _tags(title: str, output: StemOutput, info: AudioInfo) -> Tags:
+    return Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title})
+
+
 def separate_file(
     input_path: Path,
     out_dir: Path,
@@ -65,6 +89,8 @@ def separate_file(
     should_stop: StopFn | None = None,
 ) -> SeparationOutcome:
     """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
+    if isinstance(separator, WindowedSeparator):
+        return stream_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
     t0 = time.perf_counter()
     wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
@@ -80,13 +106,7 @@ def separate_file(
             raise Cancelled()
         audio = render_output(output, sources, wav)
         path = out_dir / stem_filename(song, output.name, fmt.ext)
-        encode(
-            audio,
-            path,
-            fmt,
-            Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title}),
-            settings.ffmpeg_timeout_s,
-        )
+        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s)
         files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
     t3 = time.perf_counter()
     return SeparationOutcome(
@@ -95,4 +115,65 @@ def separate_file(
         title=title,
         artist=info.artist,
         timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2},
+    )
+
+
+def stream_file(
+    input_path: Path,
+    out_dir: Path,
+    song: str,
+    selection: StemSelection,
+    fmt: OutputFormat,
+    separator: WindowedSeparator,
+    settings: Settings,
+    report: Reporter | None = None,
+    should_stop: StopFn | None = None,
+) -> SeparationOutcome:
+    """`separate_file` in bounded memory: decode, separate and encode block by block.
+
+    A first decoding pass measures the song (length, and the statistics the model is
+    normalised by); the second feeds the engine, whose finished output goes straight
+    into one ffmpeg encoder per requested file.
+    """
+    say: Reporter = report or (lambda stage, pct: None)
+    t0 = time.perf_counter()
+    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+
+    def blocks() -> Iterator[np.ndarray]:
+        return stream_decode(input_path, info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+
+    stats = stream_stats(blocks())
+    t1 = time.perf_counter()
+    title = info.title or song
+    paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
+    writers = [
+        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
+        for p, o in zip(paths, selection.outputs, strict=True)
+    ]
+
+    def emit(sources: np.ndarray, mix: np.ndarray) -> None:
+        named = {name: sources[i] for i, name in enumerate(separator.sources)}
+        for writer, output in zip(writers, selection.outputs, strict=True):
+            writer.write(render_output(output, named, mix))
+
+    try:
+        say(Stage.separating, 0.0)
+        separator.separate_stream(
+            blocks(), stats.frames, stats.mean, stats.std, emit, lambda f: say(Stage.separating, 100.0 * f), should_stop
+        )
+        say(Stage.encoding, 100.0)
+        for writer in writers:
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    t2 = time.perf_counter()
+    seconds = stats.frames / SAMPLE_RATE
+    return SeparationOutcome(
+        files=[StemFile(o, p, seconds) for o, p in zip(selection.outputs, paths, strict=True)],
+        audio_seconds=seconds,
+        title=title,
+        artist=info.artist,
+        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": 0.0},
     )

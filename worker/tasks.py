@@ -24,7 +24,7 @@ from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, 
 from core.naming import song_name
 from core.queue import QueueClient
 from worker.engine import Engine
-from worker.pipeline import separate_file
+from worker.pipeline import needed_sources, separate_file
 from worker.scratch import job_dir
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         in_path.write_bytes(data)
         del data
         separator = await run.in_thread(
-            lambda: engine.separator(model_for(selection, request.model, settings.six_stem_model))
+            lambda: engine.separator(
+                model_for(selection, request.model, settings.six_stem_model), needed_sources(selection)
+            )
         )
         outcome = await run.in_thread(
             lambda: separate_file(
