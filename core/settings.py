@@ -15,7 +15,7 @@ AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
 class Settings(BaseSettings):
     """Every knob stembot has. The README's configuration table mirrors this class."""
 
-    model_config = SettingsConfigDict(env_prefix="STEMBOT_", env_file=".env", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="STEMBOT_", env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=())
 
     # Queue and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue and artifacts")

@@ -1,0 +1,79 @@
+"""Peak memory of `stembot separate` against input length: it must not grow with the song.
+
+Makes an N-minute input (a real song looped, MP3), runs `stembot separate --stems all` on
+it in a child process and reads the child's peak RSS. Last line:
+    minutes=<longest> peak_rss_mb=<max over runs> growth_mb=<longest run - shortest run>
+
+Run: python bench/long_file.py [--minutes 1 4 60] [--model-repo PATH] [--engine windowed|reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.helpers import MODELS, SONGS
+
+SOURCE = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
+
+
+def make_input(minutes: float, dest: Path) -> Path:
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SOURCE), "-t", str(minutes * 60)]
+        + ["-c:a", "libmp3lame", "-b:a", "128k", str(dest)],
+        check=True,
+    )
+    return dest
+
+
+def run(minutes: float, args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
+    song = make_input(minutes, tmp / f"song-{minutes:g}min.mp3")
+    env = os.environ | {
+        "STEMBOT_MAX_DURATION_S": str(minutes * 60 + 60),
+        "STEMBOT_ENGINE": args.engine,
+        "STEMBOT_DEVICE": "cpu",
+    }
+    if args.model_repo:
+        env["STEMBOT_MODEL_REPO"] = str(args.model_repo)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "core.cli", "separate", str(song), "--stems", "all", "-o", str(tmp / "out")],
+        check=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:
+        print(f"  (peak RSS of this run is not above an earlier run's {before / 1024:.0f} MB)")
+    return seconds, peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 4])
+    parser.add_argument("--model-repo", type=Path, default=MODELS if MODELS.exists() else None)
+    parser.add_argument("--engine", default="windowed", choices=["windowed", "reference"])
+    args = parser.parse_args()
+    peaks = []
+    with tempfile.TemporaryDirectory(prefix="stembot-long-") as tmp:
+        for minutes in sorted(args.minutes):
+            seconds, peak = run(minutes, args, Path(tmp))
+            peaks.append(peak)
+            print(f"{minutes:g} min: {seconds:.0f} s, peak RSS {peak:.0f} MB (engine {args.engine})", flush=True)
+    print(f"minutes={max(args.minutes):g} peak_rss_mb={max(peaks):.0f} growth_mb={peaks[-1] - peaks[0]:.0f}")
+
+
+if __name__ == "__main__":
+    main()

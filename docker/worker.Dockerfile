@@ -1,0 +1,17 @@
+# The GPU worker: CUDA runtime, torch's CUDA build (pip takes it on Linux), demucs, ffmpeg.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ENV DEBIAN_FRONTEND=noninteractive PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-pip ffmpeg \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md LICENSE ./
+COPY core core
+COPY bots bots
+COPY worker worker
+RUN pip3 install --no-cache-dir '.[worker]'
+# demucs caches downloaded weights under $TORCH_HOME: a volume, so they download once.
+ENV TORCH_HOME=/models STEMBOT_DEVICE=cuda
+VOLUME ["/models"]
+ENTRYPOINT ["stembot"]
+CMD ["worker"]
