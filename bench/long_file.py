@@ -26,11 +26,8 @@ SOURCE = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
 
 
 def make_input(minutes: float, dest: Path) -> Path:
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SOURCE), "-t", str(minutes * 60)]
-        + ["-c:a", "libmp3lame", "-b:a", "128k", str(dest)],
-        check=True,
-    )
+    loop = ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SOURCE), "-t", str(minutes * 60)]
+    subprocess.run([*loop, "-c:a", "libmp3lame", "-b:a", "128k", str(dest)], check=True)
     return dest
 
 

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from arq.constants import in_progress_key_prefix
 from arq.jobs import JobStatus
 
+from core.admin import Counters, Gate
 from core.audio import inspect_bytes
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import WorkerFailed
@@ -89,6 +91,11 @@ class JobDesk:
         self.queue = queue
         self.book = DeliveryBook(queue.pool, platform, settings.key_prefix, settings.result_ttl_s)
         self.usage = UsageMeter(queue.pool, settings.key_prefix)
+        self.gate = Gate(queue.pool, settings)
+        self.counters = Counters(queue.pool, settings.key_prefix)
+
+    def user_key(self, user_id: str) -> str:
+        return f"{self.book.platform}:{user_id}"
 
     async def accept(
         self,
@@ -104,12 +111,15 @@ class JobDesk:
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
         s = self.settings
+        user = self.user_key(delivery.user_id)
+        await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
         info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, longest, 60)
         duration = info.duration_s or 0.0
-        user = f"{self.book.platform}:{delivery.user_id}"
-        running = len(await self.book.for_user(delivery.user_id))
-        check_user(running, await self.usage.used_s(user), duration, s.max_jobs_per_user, s.daily_minutes_per_user)
+        if not self.gate.is_admin(user):
+            running = len(await self.book.for_user(delivery.user_id))
+            used = await self.usage.used_s(user)
+            check_user(running, used, duration, s.max_jobs_per_user, s.daily_minutes_per_user)
         fmt = fmt or s.default_format
         ref = await self.queue.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
@@ -130,7 +140,28 @@ class JobDesk:
         await self.book.add(delivery)
         if submission.state != "cached":
             await self.usage.add(user, duration)
+        await self.counters.add("requests")
+        await self.counters.add(f"requests_{self.book.platform}")
+        if submission.state == "cached":
+            await self.counters.add("cache_hits")
         return Accepted(delivery, submission.state)
+
+    async def stats_text(self) -> str:
+        """What `/stats` shows an operator."""
+        pool, prefix = self.queue.pool, self.settings.key_prefix
+        running = len([k async for k in pool.scan_iter(match=in_progress_key_prefix + "*")])
+        workers = len([k async for k in pool.scan_iter(match=f"{prefix}workers:*")])
+        queued = max(0, await pool.zcard(self.settings.queue_name) - running)
+        day = await self.counters.today()
+        requests, hits = day.get("requests", 0), day.get("cache_hits", 0)
+        ratio = f" ({100 * hits / requests:.0f}%)" if requests else ""
+        return (
+            f"Queue: {queued} waiting, {running} running. Workers alive: {workers}.\n"
+            f"Today: {requests:.0f} requests (Telegram {day.get('requests_telegram', 0):.0f}, "
+            f"Discord {day.get('requests_discord', 0):.0f}), {hits:.0f} from the cache{ratio}; "
+            f"jobs done {day.get('jobs_done', 0):.0f}, failed {day.get('jobs_failed', 0):.0f}, "
+            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio."
+        )
 
     async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
         """The next thing to tell this chat, or None (nothing new, or another process delivers)."""

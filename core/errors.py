@@ -76,6 +76,10 @@ class QuotaExceeded(StembotError):
     retryable = True
 
 
+class Banned(StembotError):
+    code = "banned"
+
+
 class Cancelled(StembotError):
     code = "cancelled"
 

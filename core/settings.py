@@ -15,7 +15,9 @@ AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
 class Settings(BaseSettings):
     """Every knob stembot has. The README's configuration table mirrors this class."""
 
-    model_config = SettingsConfigDict(env_prefix="STEMBOT_", env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="STEMBOT_", env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=()
+    )
 
     # Queue and storage
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue and artifacts")
@@ -48,6 +50,9 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
     max_jobs_per_user: int = Field(1, ge=1, description="songs one user may have in progress at once")
     daily_minutes_per_user: float = Field(120, gt=0, description="minutes of audio one user may split per day")
+    user_rate: str = Field("6/minute", description="requests one user may make (limits notation, e.g. 6/minute)")
+    chat_rate: str = Field("20/minute", description="requests one chat or channel may make")
+    admins: str = Field("", description="comma-separated admins as platform:user_id (telegram:42,discord:1234)")
 
     # Worker
     job_timeout_s: int = Field(3600, ge=10, description="a single job is killed after this long")
@@ -77,6 +82,18 @@ class Settings(BaseSettings):
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a directory (a demucs model repo with .th and .yaml files)")
         return value
+
+    @field_validator("user_rate", "chat_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def admin_keys(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.admins.split(",") if a.strip())
 
     @property
     def max_input_bytes(self) -> int:

@@ -276,3 +276,39 @@ async def test_one_song_at_a_time_per_user(env: simcord.Env, rock_short: Path, t
     other = make_clip(ROCK / "mixture.flac", tmp_path / "two.flac", seconds=2)
     second = await alice.slash(channel, "split", file=("two.flac", other.read_bytes()), stems="vocals")
     assert second.response is not None and "already have a song in progress" in second.response.content
+
+
+async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> None:
+    settings = make_settings(redis_url, admins="discord:1")
+    async with simcord.run(create_bot(settings)) as env:
+        guild = env.create_guild("band", owner=env.create_user("owner"))
+        channel = guild.create_text_channel("music")
+        owner = guild.add_member(guild.owner)
+        bob = guild.add_member(env.create_user("bob"))
+        not_operator = await owner.slash(channel, "stembot ban", user=bob)
+        assert not_operator.response is not None and "Only the bot's admins" in not_operator.response.content
+        settings_with_owner = make_settings(redis_url, admins=f"discord:{owner.id}")
+        await env.restart_bot(create_bot(settings_with_owner))
+        banned = await owner.slash(channel, "stembot ban", user=bob)
+        assert banned.response is not None and banned.response.content.startswith("Banned")
+        refused = await bob.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
+        assert refused.response is not None and "can't use this bot" in refused.response.content
+        await owner.slash(channel, "stembot unban", user=bob)
+        again = await bob.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
+        assert again.response is not None and "queued" in again.response.content
+        stats = await owner.slash(channel, "stembot stats")
+        assert stats.response is not None and "1 waiting" in stats.response.content
+        assert "Discord 1" in stats.response.content
+
+
+async def test_rate_limit_per_user(redis_url: str, rock_short: Path) -> None:
+    async with simcord.run(create_bot(make_settings(redis_url, user_rate="2/minute"))) as env:
+        _, channel, alice = server_with_member(env)
+        replies = []
+        for _ in range(3):
+            result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
+            assert result.response is not None
+            replies.append(result.response.content)
+        assert "queued" in replies[0]
+        assert "already have a song in progress" in replies[1]
+        assert "too fast" in replies[2]

@@ -384,3 +384,21 @@ async def test_split_karaoke_as_a_reply_in_a_group(
     botapi.message(GROUP, ALICE, reply_to_message=song, **_command("/split@stembot_test_bot karaoke"))
     sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
     assert sent[0].params["title"] == "Demo — instrumental" and sent[0].params["chat_id"] == GROUP["id"]
+
+
+async def test_admin_commands(botapi: BotApiServer, redis_url: str, rock_short: Path) -> None:
+    admin = {"id": 1, "is_bot": False, "first_name": "Op"}
+    bot = await start_bot(botapi, redis_url, admins="telegram:1")
+    try:
+        botapi.message(DM, ALICE, **_command("/stats"))
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if "Only the bot's admins" in t])
+        botapi.message({"id": 1, "type": "private"}, admin, **_command("/ban 42"))
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if t == "Banned telegram:42."])
+        botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "can't use this bot" in t])
+        botapi.message({"id": 1, "type": "private"}, admin, **_command("/unban 42"))
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if t == "Unbanned telegram:42."])
+        botapi.message({"id": 1, "type": "private"}, admin, **_command("/stats"))
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if t.startswith("Queue: 0 waiting")])
+    finally:
+        await stop_bot(bot)

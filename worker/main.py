@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 from arq import func
@@ -26,6 +29,24 @@ async def startup(ctx: dict[str, Any]) -> None:
     # Load the default model before taking jobs, so the first user does not wait for it.
     engine.models.get(settings.model)
     ctx["engine"] = engine
+    ctx["presence"] = asyncio.create_task(_announce(ctx["redis"], settings))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    presence = ctx.get("presence")
+    if presence is not None:
+        presence.cancel()
+
+
+async def _announce(redis: Any, settings: Settings) -> None:
+    """A key per live worker, for /stats: it expires three beats after the worker dies."""
+    key = f"{settings.key_prefix}workers:{socket.gethostname()}:{os.getpid()}"
+    while True:
+        try:
+            await redis.set(key, b"1", ex=30)
+        except Exception:  # Redis restarting: try again next beat
+            log.warning("could not announce this worker", exc_info=True)
+        await asyncio.sleep(10)
 
 
 def create_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -41,6 +62,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
             )
         ],
         "on_startup": startup,
+        "on_shutdown": shutdown,
         "redis_settings": redis_settings(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

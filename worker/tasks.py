@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
 
+from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.errors import Cancelled, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
@@ -187,6 +188,9 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     await queue.set_progress(result.final_progress())
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
+    counters = Counters(queue.pool, queue.settings.key_prefix)
+    await counters.add(f"jobs_{result.status}")
+    await counters.add("audio_minutes", result.audio_seconds / 60)
     log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])
     return result.model_dump(mode="json")
 

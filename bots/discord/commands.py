@@ -195,6 +195,35 @@ async def config(
     await interaction.response.send_message(current.describe(), ephemeral=True)
 
 
+async def _operator(interaction: discord.Interaction) -> bool:
+    """True for STEMBOT_ADMINS (bot operators, not server admins); anyone else is told no."""
+    if _service(interaction).desk.gate.is_admin(f"discord:{interaction.user.id}"):
+        return True
+    await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
+    return False
+
+
+@admin.command(name="stats", description="Queue, workers and today's numbers (bot admins)")
+async def stats(interaction: discord.Interaction) -> None:
+    if await _operator(interaction):
+        await interaction.response.send_message(await _service(interaction).desk.stats_text(), ephemeral=True)
+
+
+@admin.command(name="ban", description="Stop a user from using the bot anywhere (bot admins)")
+async def ban(interaction: discord.Interaction, user: discord.User) -> None:
+    if await _operator(interaction):
+        await _service(interaction).desk.gate.ban(f"discord:{user.id}")
+        await interaction.response.send_message(f"Banned {user.mention}.", ephemeral=True)
+
+
+@admin.command(name="unban", description="Let a banned user use the bot again (bot admins)")
+async def unban(interaction: discord.Interaction, user: discord.User) -> None:
+    if await _operator(interaction):
+        done = await _service(interaction).desk.gate.unban(f"discord:{user.id}")
+        text = f"Unbanned {user.mention}." if done else f"{user.mention} was not banned."
+        await interaction.response.send_message(text, ephemeral=True)
+
+
 async def on_cancel(interaction: discord.Interaction, delivery_id: str) -> None:
     answer = await _service(interaction).cancel(delivery_id, interaction.user.id)
     await interaction.response.send_message(answer, ephemeral=True)

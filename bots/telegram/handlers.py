@@ -203,6 +203,55 @@ async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     await query.message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default))
 
 
+async def _admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """True for STEMBOT_ADMINS; anyone else is told no."""
+    assert update.effective_message is not None and update.effective_user is not None
+    if _service(context).desk.gate.is_admin(f"telegram:{update.effective_user.id}"):
+        return True
+    await update.effective_message.reply_text("Only the bot's admins can do that.")
+    return False
+
+
+def _target(update: Update, context: ContextTypes.DEFAULT_TYPE) -> str | None:
+    """The user an admin command is about: `/ban 1234`, or /ban as a reply to their message."""
+    message = update.effective_message
+    assert message is not None
+    if context.args and context.args[0].lstrip("-").isdigit():
+        return f"telegram:{context.args[0]}"
+    author = message.reply_to_message.from_user if message.reply_to_message else None
+    return f"telegram:{author.id}" if author else None
+
+
+async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if await _admin(update, context):
+        assert update.effective_message is not None
+        await update.effective_message.reply_text(await _service(context).desk.stats_text())
+
+
+async def ban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if not await _admin(update, context):
+        return
+    assert update.effective_message is not None
+    target = _target(update, context)
+    if target is None:
+        await update.effective_message.reply_text("Use /ban <user id>, or reply to their message with /ban.")
+        return
+    await _service(context).desk.gate.ban(target)
+    await update.effective_message.reply_text(f"Banned {target}.")
+
+
+async def unban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if not await _admin(update, context):
+        return
+    assert update.effective_message is not None
+    target = _target(update, context)
+    if target is None:
+        await update.effective_message.reply_text("Use /unban <user id>, or reply to their message with /unban.")
+        return
+    done = await _service(context).desk.gate.unban(target)
+    await update.effective_message.reply_text(f"Unbanned {target}." if done else f"{target} was not banned.")
+
+
 def register(app: Application) -> None:  # type: ignore[type-arg]
     app.add_handler(CommandHandler(["start", "help"], help_command))
     app.add_handler(CommandHandler("split", split_command))
@@ -210,6 +259,9 @@ def register(app: Application) -> None:  # type: ignore[type-arg]
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("status", status_command))
     app.add_handler(CommandHandler("settings", settings_command))
+    app.add_handler(CommandHandler("stats", stats_command))
+    app.add_handler(CommandHandler("ban", ban_command))
+    app.add_handler(CommandHandler("unban", unban_command))
     app.add_handler(MessageHandler(filters.ChatType.PRIVATE & MEDIA, offer_keyboard))
     app.add_handler(
         MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & filters.Regex(r"https?://"), offer_keyboard)
