@@ -3,7 +3,9 @@
 Only http(s); every hop of a redirect chain is resolved and refused if it points at a
 loopback, private, link-local, multicast or reserved address (cloud metadata
 endpoints live there), unless `allow_private_urls` is set for tests; the body is
-streamed with a byte cap and a deadline.
+streamed with a byte cap and a deadline. The connection goes to the very address that
+was checked (httpcore with a pinned network backend), so a DNS answer that changes
+between the check and the connect (DNS rebinding) cannot smuggle a private address in.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-import httpx
+import httpcore
 
 from core.audio import megabytes
 from core.errors import DownloadFailed, LinkRefused, TooLarge
@@ -43,54 +47,91 @@ def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def check_url(url: str, allow_private: bool) -> None:
-    """Raise LinkRefused unless `url` is http(s) to a host that resolves only to public addresses."""
+async def resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def check_url(url: str, allow_private: bool) -> list[str]:
+    """The addresses `url`'s host resolves to; LinkRefused unless http(s) to public addresses only."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LinkRefused("Only http:// and https:// links are accepted.")
     if parts.username or parts.password:
         raise LinkRefused("Links with a user name or password are not accepted.")
-    if allow_private:
-        return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+        addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
         raise LinkRefused(f"I couldn't find the host {parts.hostname}.") from exc
-    for info in infos:
-        if not _is_public(ipaddress.ip_address(info[4][0])):
-            raise LinkRefused("That link points at a private or local address, which I don't fetch.")
+    if not allow_private and not all(_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
+        raise LinkRefused("That link points at a private or local address, which I don't fetch.")
+    return addresses
 
 
-def _filename(response: httpx.Response) -> str:
-    disposition = response.headers.get("content-disposition", "")
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects only to addresses already checked, whatever DNS says by then."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, str] = {}
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if host not in self.pins:
+            raise httpcore.ConnectError(f"{host} was not checked before connecting")
+        return await self._inner.connect_tcp(self.pins[host], port, timeout, local_address, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _header(response: httpcore.Response, name: str) -> str:
+    wanted = name.lower().encode()
+    return next((v.decode("latin-1") for k, v in response.headers if k.lower() == wanted), "")
+
+
+def _filename(response: httpcore.Response, url: str) -> str:
+    disposition = _header(response, "content-disposition")
     match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)", disposition, re.IGNORECASE)
     if match:
         return unquote(match.group(1))
-    return unquote(urlsplit(str(response.url)).path.rsplit("/", 1)[-1]) or "download"
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "download"
 
 
 async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allow_private: bool = False) -> Fetched:
     """Download `url` to `dest`, re-checking every redirect hop and capping size and time."""
+    backend = PinnedBackend()
     try:
-        async with asyncio.timeout(timeout_s), httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client:
+        async with asyncio.timeout(timeout_s), httpcore.AsyncConnectionPool(network_backend=backend) as pool:
             for _ in range(_MAX_REDIRECTS + 1):
-                await check_url(url, allow_private)
-                async with client.stream("GET", url) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers["location"])
+                addresses = await check_url(url, allow_private)
+                backend.pins[urlsplit(url).hostname or ""] = addresses[0]
+                async with pool.stream("GET", url, extensions={"timeout": {"connect": timeout_s}}) as response:
+                    if response.status in (301, 302, 303, 307, 308) and _header(response, "location"):
+                        url = urljoin(url, _header(response, "location"))
                         continue
-                    if response.status_code != 200:
-                        raise DownloadFailed(f"The link answered with HTTP {response.status_code}.")
-                    declared = int(response.headers.get("content-length") or 0)
-                    if declared > max_bytes:
+                    if response.status != 200:
+                        raise DownloadFailed(f"The link answered with HTTP {response.status}.")
+                    if int(_header(response, "content-length") or 0) > max_bytes:
                         raise _too_large(max_bytes)
                     size = await _stream_to(response, dest, max_bytes)
-                    return Fetched(dest, _filename(response), size)
+                    return Fetched(dest, _filename(response, url), size)
             raise LinkRefused("That link redirects too many times.")
     except TimeoutError as exc:
         dest.unlink(missing_ok=True)
         raise DownloadFailed("Downloading that link took too long.") from exc
-    except httpx.HTTPError as exc:
+    except (
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+        httpcore.TimeoutException,
+        httpcore.UnsupportedProtocol,
+    ) as exc:
         dest.unlink(missing_ok=True)
         raise DownloadFailed("I couldn't download that link.", detail=repr(exc)) from exc
     except BaseException:
@@ -102,10 +143,10 @@ def _too_large(max_bytes: int) -> TooLarge:
     return TooLarge(f"That download is larger than the {megabytes(max_bytes)} limit.")
 
 
-async def _stream_to(response: httpx.Response, dest: Path, max_bytes: int) -> int:
+async def _stream_to(response: httpcore.Response, dest: Path, max_bytes: int) -> int:
     size = 0
     with dest.open("wb") as out:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_stream():  # type: ignore[union-attr]
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(max_bytes)

@@ -96,3 +96,26 @@ async def test_redirect_loop_and_http_errors(server: str, tmp_path: Path) -> Non
 )
 def test_find_url(text: str, url: str | None) -> None:
     assert find_url(text) == url
+
+
+async def test_connection_goes_to_the_checked_address(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the fetch connects to the address the check saw, never resolving again.
+
+    `song.invalid` resolves nowhere; only the checked answer (127.0.0.1) is ever used.
+    """
+    import core.fetch
+
+    answers: list[str] = []
+
+    async def fake_resolve(host: str, port: int) -> list[str]:
+        answers.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(core.fetch, "resolve", fake_resolve)
+    port = server.rsplit(":", 1)[1]
+    got = await fetch_url(f"http://song.invalid:{port}/hop", tmp_path / "dl", 50_000_000, 10, allow_private=True)
+    assert got.filename == "Rock Song.flac" and answers == ["song.invalid", "song.invalid"]  # each hop checked once
+    with pytest.raises(LinkRefused, match="private or local"):
+        await fetch_url(f"http://song.invalid:{port}/song", tmp_path / "dl2", 50_000_000, 10)
