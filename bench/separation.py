@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sdr import sdr_many
+from core.settings import Settings
 from tests.helpers import MODELS, MULTITRACK, read_audio
 
 DEFAULT_CLIP = MULTITRACK / "cc0_everything_is_free_2_Lithium_30s"
@@ -121,7 +122,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="htdemucs")
     parser.add_argument("--model-repo", type=Path, default=MODELS if MODELS.exists() else None)
-    parser.add_argument("--overlap-s", type=float, default=0.5, help="engine's minimum window overlap")
+    parser.add_argument(
+        "--overlap-s", type=float, default=Settings().engine_overlap_s, help="engine's least window overlap (s)"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()

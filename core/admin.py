@@ -52,8 +52,9 @@ class Gate:
         if not await self._limiter.hit(self._chat_rate, "chat", chat_key):
             raise RateLimited("This chat is sending requests too fast. Wait a minute and try again.")
 
-    async def ban(self, user_key: str) -> None:
+    async def ban(self, user_key: str) -> bool:
         await self.redis.sadd(self._bans, user_key)  # type: ignore[misc]
+        return True
 
     async def unban(self, user_key: str) -> bool:
         return bool(await self.redis.srem(self._bans, user_key))  # type: ignore[misc]

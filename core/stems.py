@@ -140,3 +140,17 @@ def parse_stems(text: str | None) -> StemSelection:
             singles = [StemOutput(_output_name(names, sources, model_sources), sources)]
         outputs.extend(o for o in singles if o not in outputs)
     return StemSelection(outputs=tuple(outputs), six_stems=six)
+
+
+# What the bots offer as buttons or menu entries: (label, stem spec).
+STEM_CHOICES: list[tuple[str, str]] = [
+    ("Vocals", "vocals"),
+    ("Karaoke (instrumental)", "karaoke"),
+    ("Drums", "drums"),
+    ("Bass", "bass"),
+    ("Other", "other"),
+    ("All 4 stems", "all"),
+    ("Guitar", "guitar"),
+    ("Piano", "piano"),
+    ("All 6 stems (guitar, piano too)", "6"),
+]

@@ -52,40 +52,23 @@ def write_tiny_repo(repo: Path, segment_s: float = 2.0) -> Path:
     from demucs.htdemucs import HTDemucs
 
     repo.mkdir(parents=True, exist_ok=True)
-    for name, sources, sig in (
-        ("htdemucs", ["drums", "bass", "other", "vocals"], "0000aaaa"),
-        ("htdemucs_6s", ["drums", "bass", "other", "vocals", "guitar", "piano"], "0000bbbb"),
-    ):
-        torch.manual_seed(0)
-        kwargs = dict(
-            channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=segment_s, bottom_channels=0
-        )
+    kwargs = dict(
+        channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=segment_s, bottom_channels=0
+    )
+
+    def save(sources: list[str], sig: str, seed: int) -> str:
+        torch.manual_seed(seed)
         model = HTDemucs(sources, **kwargs)
-        package = {
-            "klass": HTDemucs,
-            "args": (sources,),
-            "kwargs": kwargs,
-            "state": model.state_dict(),
-            "training_args": {},
-        }
-        torch.save(package, repo / f"{sig}.th")
-        (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
+        package = {"klass": HTDemucs, "args": (sources,), "kwargs": kwargs, "state": model.state_dict()}
+        torch.save(package | {"training_args": {}}, repo / f"{sig}.th")
+        return sig
+
+    four = ["drums", "bass", "other", "vocals"]
+    (repo / "htdemucs.yaml").write_text(yaml.safe_dump({"models": [save(four, "0000aaaa", 0)]}))
+    six = [*four, "guitar", "piano"]
+    (repo / "htdemucs_6s.yaml").write_text(yaml.safe_dump({"models": [save(six, "0000bbbb", 0)]}))
     # htdemucs_ft's shape: four specialists, each weighing in on one source only
-    sources = ["drums", "bass", "other", "vocals"]
-    sigs = []
-    for i in range(4):
-        torch.manual_seed(10 + i)
-        model = HTDemucs(sources, **kwargs)
-        sig = f"0000ccc{i}"
-        package = {
-            "klass": HTDemucs,
-            "args": (sources,),
-            "kwargs": kwargs,
-            "state": model.state_dict(),
-            "training_args": {},
-        }
-        torch.save(package, repo / f"{sig}.th")
-        sigs.append(sig)
+    sigs = [save(four, f"0000ccc{i}", 10 + i) for i in range(4)]
     weights = [[1.0 if j == i else 0.0 for j in range(4)] for i in range(4)]
     (repo / "htdemucs_ft.yaml").write_text(yaml.safe_dump({"models": sigs, "weights": weights}))
     return repo

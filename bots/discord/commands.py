@@ -209,19 +209,23 @@ async def stats(interaction: discord.Interaction) -> None:
         await interaction.response.send_message(await _service(interaction).desk.stats_text(), ephemeral=True)
 
 
+async def _set_ban(interaction: discord.Interaction, user: discord.User, banned: bool) -> None:
+    if not await _operator(interaction):
+        return
+    gate = _service(interaction).desk.gate
+    changed = await gate.ban(f"discord:{user.id}") if banned else await gate.unban(f"discord:{user.id}")
+    text = f"{'Banned' if banned else 'Unbanned'} {user.mention}." if changed else f"{user.mention} was not banned."
+    await interaction.response.send_message(text, ephemeral=True)
+
+
 @admin.command(name="ban", description="Stop a user from using the bot anywhere (bot admins)")
 async def ban(interaction: discord.Interaction, user: discord.User) -> None:
-    if await _operator(interaction):
-        await _service(interaction).desk.gate.ban(f"discord:{user.id}")
-        await interaction.response.send_message(f"Banned {user.mention}.", ephemeral=True)
+    await _set_ban(interaction, user, banned=True)
 
 
 @admin.command(name="unban", description="Let a banned user use the bot again (bot admins)")
 async def unban(interaction: discord.Interaction, user: discord.User) -> None:
-    if await _operator(interaction):
-        done = await _service(interaction).desk.gate.unban(f"discord:{user.id}")
-        text = f"Unbanned {user.mention}." if done else f"{user.mention} was not banned."
-        await interaction.response.send_message(text, ephemeral=True)
+    await _set_ban(interaction, user, banned=False)
 
 
 async def on_cancel(interaction: discord.Interaction, delivery_id: str) -> None:

@@ -1,5 +1,7 @@
 """What the Discord bot says."""
 
+from core.stems import STEM_CHOICES
+
 HELP = """\
 **stembot** splits a song into stems.
 
@@ -19,16 +21,5 @@ NOT_AUDIO = "That attachment is not audio or video. Send an audio file (mp3, fla
 NO_SONG_IN_MESSAGE = "That message has no audio or video attachment and no link."
 PICK = "What should I extract?"
 
-# (label, stem spec) offered by autocomplete and the picker
-CHOICES: list[tuple[str, str]] = [
-    ("Vocals", "vocals"),
-    ("Karaoke (instrumental)", "karaoke"),
-    ("Drums", "drums"),
-    ("Bass", "bass"),
-    ("Other", "other"),
-    ("All 4 stems", "all"),
-    ("Guitar", "guitar"),
-    ("Piano", "piano"),
-    ("All 6 stems", "6"),
-]
+CHOICES = STEM_CHOICES  # (label, stem spec) offered by autocomplete and the picker
 FORMATS = ["mp3", "flac", "wav"]

@@ -228,28 +228,27 @@ async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         await update.effective_message.reply_text(await _service(context).desk.stats_text())
 
 
-async def ban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def _set_ban(update: Update, context: ContextTypes.DEFAULT_TYPE, banned: bool) -> None:
     if not await _admin(update, context):
         return
     assert update.effective_message is not None
+    word = "ban" if banned else "unban"
     target = _target(update, context)
     if target is None:
-        await update.effective_message.reply_text("Use /ban <user id>, or reply to their message with /ban.")
+        await update.effective_message.reply_text(f"Use /{word} <user id>, or reply to their message with /{word}.")
         return
-    await _service(context).desk.gate.ban(target)
-    await update.effective_message.reply_text(f"Banned {target}.")
+    gate = _service(context).desk.gate
+    changed = await gate.ban(target) if banned else await gate.unban(target)
+    text = f"{word.capitalize()}ned {target}." if changed else f"{target} was not banned."
+    await update.effective_message.reply_text(text)
+
+
+async def ban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await _set_ban(update, context, banned=True)
 
 
 async def unban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if not await _admin(update, context):
-        return
-    assert update.effective_message is not None
-    target = _target(update, context)
-    if target is None:
-        await update.effective_message.reply_text("Use /unban <user id>, or reply to their message with /unban.")
-        return
-    done = await _service(context).desk.gate.unban(target)
-    await update.effective_message.reply_text(f"Unbanned {target}." if done else f"{target} was not banned.")
+    await _set_ban(update, context, banned=False)
 
 
 def register(app: Application) -> None:  # type: ignore[type-arg]

@@ -1,5 +1,7 @@
 """What the Telegram bot says."""
 
+from core.stems import STEM_CHOICES
+
 HELP = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.
 
@@ -20,14 +22,6 @@ Files over 20 MB: send them as MP3 or as a link."""
 
 PICK = "What should I extract?"
 NO_AUDIO = "Reply to a message that has audio, or send /split as the caption of a file."
-"""The keyboard choices: button label → stem spec."""
-CHOICES: list[tuple[str, str]] = [
-    ("Vocals", "vocals"),
-    ("Karaoke (instrumental)", "karaoke"),
-    ("Drums", "drums"),
-    ("Bass", "bass"),
-    ("Other", "other"),
-    ("All 4", "all"),
-    ("Guitar/Piano (6 stems)", "6"),
-]
+# the keyboard leaves out single guitar/piano: the six-stem row gives both
+CHOICES = [(label, spec) for label, spec in STEM_CHOICES if spec not in ("guitar", "piano")]
 FORMATS = ["mp3", "flac", "wav"]
