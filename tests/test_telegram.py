@@ -402,3 +402,21 @@ async def test_admin_commands(botapi: BotApiServer, redis_url: str, rock_short: 
         await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if t.startswith("Queue: 0 waiting")])
     finally:
         await stop_bot(bot)
+
+
+async def test_logs_carry_neither_token_nor_audio(
+    botapi: BotApiServer, redis_url: str, rock_short: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)  # the level `stembot telegram` logs at
+    bot = await start_bot(botapi, redis_url)
+    try:
+        botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+        await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "queued" in t])
+    finally:
+        await stop_bot(bot)
+    # the stand-in Telegram server's own access log (aiohttp) is not the bot's
+    text = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    assert "Application started" in text and "123:TEST" not in text
+    assert "fLaC" not in text and rock_short.read_bytes()[:64].hex() not in text

@@ -11,7 +11,5 @@ def run(settings: Settings) -> int:
     from bots.telegram.app import build_application
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL, and Bot API URLs contain the token
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     build_application(settings).run_polling()
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
 from bots.telegram.handlers import COMMANDS, register
@@ -13,6 +15,8 @@ from core.settings import Settings
 def build_application(settings: Settings) -> Application:  # type: ignore[type-arg]
     if settings.telegram_token is None:
         raise ValueError("STEMBOT_TELEGRAM_TOKEN is not set")
+    # httpx logs every request URL at INFO, and Bot API URLs contain the token
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def on_start(app: Application) -> None:  # type: ignore[type-arg]
         service = TelegramService(settings, await QueueClient.connect(settings))
