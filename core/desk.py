@@ -16,10 +16,11 @@ from typing import Literal
 from arq.constants import in_progress_key_prefix
 from arq.jobs import JobStatus
 
+from core import metrics
 from core.admin import Counters, Gate
 from core.audio import inspect_bytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import WorkerFailed
+from core.errors import StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
@@ -110,6 +111,25 @@ class JobDesk:
 
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
+        try:
+            accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
+        except StembotError as exc:
+            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            raise
+        metrics.REQUESTS.labels(self.book.platform).inc()
+        if accepted.state == "cached":
+            metrics.CACHE_HITS.labels(self.book.platform).inc()
+        return accepted
+
+    async def _accept(
+        self,
+        song: Song,
+        selection: StemSelection,
+        fmt: str | None,
+        delivery: Delivery,
+        upload_limit: int | None,
+        max_duration_s: float | None,
+    ) -> Accepted:
         s = self.settings
         user = self.user_key(delivery.user_id)
         await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_tries: int = Field(3, ge=1, description="tries per job, counting crashes of a worker")
     worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (one per GPU)")
 
+    # Operations
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
+
     # Output defaults
     default_format: AudioFormatName = Field("mp3", description="output format when none is asked")
     mp3_bitrate_kbps: int = Field(320, ge=32, le=320, description="default mp3/m4a/opus bitrate")

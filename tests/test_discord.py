@@ -270,12 +270,21 @@ async def test_restarted_bot_still_delivers_once(
 
 
 async def test_one_song_at_a_time_per_user(env: simcord.Env, rock_short: Path, tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    requests_before = sample("stembot_requests_total", platform="discord")
+    refusals_before = sample("stembot_refusals_total", platform="discord", code="too_many_jobs")
     _, channel, alice = server_with_member(env)
     first = await alice.slash(channel, "split", file=("one.flac", rock_short.read_bytes()), stems="vocals")
     assert first.response is not None and "queued" in first.response.content
     other = make_clip(ROCK / "mixture.flac", tmp_path / "two.flac", seconds=2)
     second = await alice.slash(channel, "split", file=("two.flac", other.read_bytes()), stems="vocals")
     assert second.response is not None and "already have a song in progress" in second.response.content
+    assert sample("stembot_requests_total", platform="discord") == requests_before + 1
+    assert sample("stembot_refusals_total", platform="discord", code="too_many_jobs") == refusals_before + 1
 
 
 async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> None:

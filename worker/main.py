@@ -9,8 +9,11 @@ import socket
 from typing import Any
 
 from arq import func
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 
+from core import metrics
+from core.logs import setup_logging
 from core.queue import SEPARATE_FUNCTION, QueueClient, redis_settings
 from core.settings import Settings, get_settings
 from worker.engine import Engine
@@ -44,6 +47,9 @@ async def _announce(redis: Any, settings: Settings) -> None:
     while True:
         try:
             await redis.set(key, b"1", ex=30)
+            running = len([k async for k in redis.scan_iter(match=in_progress_key_prefix + "*")])
+            metrics.RUNNING.set(running)
+            metrics.QUEUED.set(max(0, await redis.zcard(settings.queue_name) - running))
         except Exception:  # Redis restarting: try again next beat
             log.warning("could not announce this worker", exc_info=True)
         await asyncio.sleep(10)
@@ -79,6 +85,7 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
 
 
 def run_worker(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings)
+    metrics.serve(settings.metrics_port)
     log.info("stembot worker on %s, queue %s", settings.redis_url, settings.queue_name)
     create_worker(settings).run()

@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
 
+from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.errors import Cancelled, StembotError, WorkerFailed
@@ -165,6 +167,9 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     queue: QueueClient = ctx["queue"]
     request = SeparationRequest.model_validate(payload)
     started = time.monotonic()
+    enqueued = ctx.get("enqueue_time")
+    if isinstance(enqueued, datetime):
+        metrics.QUEUE_WAIT.observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
     run = JobRun(queue, job_id)
     if await queue.pool.exists(queue.keys.cancel(job_id)):
         result = JobResult(job_id=job_id, status="cancelled", model=request.model)
@@ -188,6 +193,10 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     await queue.set_progress(result.final_progress())
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
+    metrics.JOBS.labels(result.status).inc()
+    metrics.AUDIO_MINUTES.inc(result.audio_seconds / 60)
+    if result.audio_seconds > 0:
+        metrics.SECONDS_PER_AUDIO_SECOND.observe(result.timings["total"] / result.audio_seconds)
     counters = Counters(queue.pool, queue.settings.key_prefix)
     await counters.add(f"jobs_{result.status}")
     await counters.add("audio_minutes", result.audio_seconds / 60)

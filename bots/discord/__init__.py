@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from core.settings import Settings, get_settings
@@ -22,5 +21,10 @@ def run(settings: Settings) -> int:
     if settings.discord_token is None:
         print("stembot: STEMBOT_DISCORD_TOKEN is not set")
         return 2
-    create_bot(settings).run(settings.discord_token.get_secret_value(), log_level=logging.INFO)
+    from core import metrics
+    from core.logs import setup_logging
+
+    setup_logging(settings)
+    metrics.serve(settings.metrics_port)
+    create_bot(settings).run(settings.discord_token.get_secret_value(), log_handler=None)
     return 0

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from core.settings import Settings
 
 
 def run(settings: Settings) -> int:
     from bots.telegram.app import build_application
+    from core import metrics
+    from core.logs import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings)
+    metrics.serve(settings.metrics_port)
     build_application(settings).run_polling()
     return 0

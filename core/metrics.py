@@ -1,0 +1,30 @@
+"""Prometheus metrics, shared by the worker and the bots; each process serves its own
+registry on `STEMBOT_METRICS_PORT` (0 = off)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS = Counter("stembot_requests", "songs accepted from users", ["platform"])
+CACHE_HITS = Counter("stembot_cache_hits", "requests answered from a stored result", ["platform"])
+REFUSALS = Counter("stembot_refusals", "requests refused before queueing", ["platform", "code"])
+JOBS = Counter("stembot_jobs", "jobs finished by a worker", ["status"])
+AUDIO_MINUTES = Counter("stembot_audio_minutes", "minutes of audio separated")
+QUEUE_WAIT = Histogram(
+    "stembot_queue_wait_seconds",
+    "time from enqueue to a worker starting the job",
+    buckets=(1, 5, 15, 60, 300, 900, 3600),
+)
+SECONDS_PER_AUDIO_SECOND = Histogram(
+    "stembot_separation_seconds_per_audio_second",
+    "job time divided by song length",
+    buckets=(0.01, 0.03, 0.1, 0.3, 0.5, 1, 2, 5),
+)
+QUEUED = Gauge("stembot_queue_waiting", "jobs waiting in the queue")
+RUNNING = Gauge("stembot_queue_running", "jobs running on workers")
+
+
+def serve(port: int) -> None:
+    """Start the /metrics endpoint in a thread, unless metrics are off."""
+    if port:
+        start_http_server(port)
