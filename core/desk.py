@@ -18,6 +18,7 @@ from arq.jobs import JobStatus
 
 from core import metrics
 from core.admin import Counters, Gate
+from core.artifacts import S3ArtifactStore
 from core.audio import inspect_bytes
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import StembotError, WorkerFailed
@@ -27,7 +28,7 @@ from core.naming import chat_filename, song_name
 from core.queue import QueueClient
 from core.settings import Settings
 from core.stems import StemSelection
-from core.uploads import fit_stem, plan_upload
+from core.uploads import fit_stem, needs_parts, plan_upload
 
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
@@ -64,6 +65,7 @@ class Upload:
     filename: str
     data: bytes
     title: str
+    url: str | None = None  # a download link instead of the bytes, for results too large for chat
 
 
 def status_line(progress: Progress | None, song: str) -> str:
@@ -73,6 +75,14 @@ def status_line(progress: Progress | None, song: str) -> str:
     if progress.stage == Stage.separating:
         return f"🎛 {song}: {describe_progress(progress)}"
     return f"🎛 {song}: {progress.stage.value}…"
+
+
+def links_text(uploads: list[Upload], ttl_s: int) -> str:
+    """The lines that stand for files too large for chat, or nothing."""
+    links = [f"{u.filename}: {u.url}" for u in uploads if u.url]
+    if not links:
+        return ""
+    return f"\nToo large to upload here; download within {ttl_s // 3600} h:\n" + "\n".join(links)
 
 
 def outcome_line(result: JobResult, song: str) -> str:
@@ -209,13 +219,18 @@ class JobDesk:
     async def files(self, delivery: Delivery, result: JobResult) -> list[Upload]:
         """Every stem of a finished job as uploads within the delivery's limit (parts if need be)."""
         uploads = []
+        store = self.queue.store
         for stem in result.stems:
-            data = await self.queue.fetch(stem)
             name = chat_filename(delivery.song, stem.stem, stem.format)
+            title = f"{delivery.song} — {stem.stem}"
+            if isinstance(store, S3ArtifactStore) and needs_parts(stem.duration_s, delivery.upload_limit):
+                url = await store.link(stem.artifact_key, self.settings.link_ttl_s)
+                uploads.append(Upload(stem.stem, name, b"", title, url))
+                continue
+            data = await self.queue.fetch(stem)
             pieces = await asyncio.to_thread(
                 fit_stem, data, name, stem.duration_s, delivery.upload_limit, self.settings.mp3_bitrate_kbps
             )
-            title = f"{delivery.song} — {stem.stem}"
             uploads += [Upload(stem.stem, filename, piece, title) for filename, piece in pieces]
         return uploads
 

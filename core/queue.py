@@ -19,7 +19,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
 
-from core.artifacts import ArtifactStore, RedisArtifactStore
+from core.artifacts import ArtifactStore, artifact_store_for
 from core.errors import QueueFull, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
 from core.settings import Settings
@@ -70,7 +70,7 @@ class QueueClient:
     def __init__(self, pool: ArqRedis, settings: Settings, store: ArtifactStore | None = None) -> None:
         self.pool = pool
         self.settings = settings
-        self.store = store or RedisArtifactStore(pool, settings.key_prefix)
+        self.store = store or artifact_store_for(settings, pool)
         self.keys = JobKeys(settings.key_prefix)
 
     @classmethod

@@ -25,6 +25,15 @@ class Settings(BaseSettings):
     key_prefix: str = Field("stembot:", description="prefix of every stembot key in Redis")
     result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results and inputs are kept")
     max_queue: int = Field(200, ge=1, description="queued jobs above which new requests are refused")
+    artifact_store: Literal["redis", "s3"] = Field("redis", description="where inputs and stems are kept")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO: http://minio:9000); unset = AWS")
+    s3_public_endpoint_url: str | None = Field(None, description="endpoint users can reach, for download links")
+    s3_bucket: str = Field("stembot", description="bucket for artifacts (created if missing)")
+    s3_prefix: str = Field("stembot/", description="key prefix inside the bucket")
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key")
+    link_ttl_s: int = Field(24 * 3600, ge=60, le=7 * 86400, description="how long download links work (S3 store)")
 
     # Separation
     model: str = Field("htdemucs", description="demucs model for 4-stem requests")

@@ -59,6 +59,11 @@ def plan_upload(fmt: str, duration_s: float, limit_bytes: int | None, preferred_
     return UploadPlan(fmt, MIN_KBPS, "Long song: each stem comes in numbered parts to fit the upload limit.")
 
 
+def needs_parts(duration_s: float, limit_bytes: int | None) -> bool:
+    """Even the lowest bitrate would not fit in one upload."""
+    return limit_bytes is not None and estimated_bytes("mp3", duration_s, MIN_KBPS) > limit_bytes * _HEADROOM
+
+
 def _join(*notes: str | None) -> str | None:
     text = " ".join(n for n in notes if n)
     return text or None

@@ -17,7 +17,7 @@ import discord
 from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, Upload, outcome_line
+from core.desk import Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
 from core.errors import NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
@@ -141,10 +141,12 @@ class DiscordService:
                 await self._post(client, delivery, f"{delivery.extra.get('mention', '')} {outcome}", [])
             return
         uploads = await self.desk.files(delivery, result)
+        outcome += links_text(uploads, self.settings.link_ttl_s)
+        attached = [u for u in uploads if u.url is None]
         await self._edit(client, delivery, outcome, None)
-        batches = pack([len(u.data) for u in uploads], delivery.upload_limit, MAX_FILES)
+        batches = pack([len(u.data) for u in attached], delivery.upload_limit, MAX_FILES) or [[]]
         for number, batch in enumerate(batches):
-            files = [uploads[i] for i in batch]
+            files = [attached[i] for i in batch]
             text = f"{delivery.extra.get('mention', '')} {outcome}" if number == 0 else ""
             await self._post(client, delivery, text.strip(), files)
 

@@ -24,7 +24,7 @@ from telegram.error import BadRequest, TelegramError
 
 from core.audio import megabytes
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, outcome_line
+from core.desk import Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
 from core.errors import StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
@@ -138,32 +138,40 @@ class TelegramService:
             return
         await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
         try:
-            await self.send_stems(bot, delivery, result)
+            links = await self.send_stems(bot, delivery, result)
         except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
             log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
             return
         note = f"\n{delivery.note}" if delivery.note else ""
-        await self._edit(bot, delivery, outcome_line(result, delivery.song) + note, None)
+        await self._edit(bot, delivery, outcome_line(result, delivery.song) + note + links, None)
 
-    async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> None:
-        """Upload the stems, or re-send the file_ids Telegram gave for the same job before."""
+    async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> str:
+        """Upload the stems, or re-send the file_ids Telegram gave for the same job before.
+
+        Returns the text of download links for stems too large to upload (S3 store only).
+        """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
         cached = await self.queue.pool.get(self._file_ids + result.job_id)
-        items: list[tuple[str, str | bytes, str]] = (
-            [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
-            if cached
-            else [(u.filename, u.data, u.title) for u in await self.desk.files(delivery, result)]
-        )
+        links = ""
+        if cached:
+            items: list[tuple[str, str | bytes, str]] = [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
+        else:
+            uploads = await self.desk.files(delivery, result)
+            links = links_text(uploads, self.settings.link_ttl_s)
+            items = [(u.filename, u.data, u.title) for u in uploads if u.url is None]
+        if not items:
+            return links
         await bot.send_chat_action(chat, ChatAction.UPLOAD_DOCUMENT if not as_audio else ChatAction.UPLOAD_VOICE)
         sent: list[Message] = []
         for start in range(0, len(items), 10):
             sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio)
         file_ids = [_file_id(m) for m in sent]
-        if not cached and all(file_ids):
+        if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
             await self.queue.pool.set(self._file_ids + result.job_id, json.dumps(record), ex=self.settings.result_ttl_s)
+        return links
 
     async def _send_batch(
         self, bot: Bot, chat: int, batch: list[tuple[str, str | bytes, str]], as_audio: bool

@@ -1,0 +1,93 @@
+"""The S3-compatible artifact store against moto's S3 server (no MinIO binary can be had here),
+and large results delivered as expiring links through the Discord bot and a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import simcord
+from moto.server import ThreadedMotoServer
+
+from bots.discord import create_bot
+from core.artifacts import ArtifactMissing, S3ArtifactStore
+from core.settings import Settings
+from tests.conftest import free_port
+from tests.helpers import WorkerProcess, read_audio
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_settings(s3_url: str, **more: object) -> dict[str, object]:
+    bucket = f"b{time.time_ns()}"  # a bucket per test: nothing leaks between them
+    return {
+        "artifact_store": "s3",
+        "s3_endpoint_url": s3_url,
+        "s3_bucket": bucket,
+        "s3_access_key_id": "test",
+        "s3_secret_access_key": "test",
+        **more,
+    }
+
+
+async def test_store_round_trip_expiry_and_links(s3_url: str) -> None:
+    store = S3ArtifactStore(Settings(**s3_settings(s3_url)))  # type: ignore[arg-type]
+    await store.put("a", b"stem bytes", ttl_s=60)
+    assert await store.get("a") == b"stem bytes"
+    assert await store.exists("a", "missing") == 1
+    assert await store.touch("a", ttl_s=60) and not await store.touch("missing", ttl_s=60)
+    with urllib.request.urlopen(await store.link("a", ttl_s=60), timeout=5) as response:
+        assert response.read() == b"stem bytes"
+    await store.put("short", b"x", ttl_s=1)
+    await asyncio.sleep(1.5)
+    assert await store.exists("short") == 0
+    with pytest.raises(ArtifactMissing):
+        await store.get("short")
+    await store.delete("a")
+    assert await store.exists("a") == 0
+
+
+async def test_too_large_for_chat_becomes_a_link(
+    s3_url: str,
+    redis_url: str,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    options = s3_settings(s3_url, discord_max_upload_mb=0.01)  # 10 KB: even 96 kbps needs parts
+    env = tiny_env | {f"STEMBOT_{k.upper()}": str(v) for k, v in options.items() if k != "discord_max_upload_mb"}
+    worker = WorkerProcess(env, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    settings = Settings(redis_url=redis_url, allow_private_urls=True, **options)  # type: ignore[arg-type]
+    async with simcord.run(create_bot(settings)) as env_:
+        guild = env_.create_guild("band")
+        channel = guild.create_text_channel("music")
+        alice = guild.add_member(env_.create_user("alice"))
+        result = await alice.slash(channel, "split", file=("big.flac", rock_short.read_bytes()), stems="vocals")
+        deadline = time.time() + 120
+        while "download within" not in (result.response.content if result.response else ""):
+            assert time.time() < deadline, env_.transcript()[-2000:]
+            await env_.advance_time(1)
+            await asyncio.sleep(0.1)
+        assert result.response is not None
+        link = result.response.content.split("big - vocals.mp3: ", 1)[1].split()[0]
+        assert all(not m.attachments for m in result.followups)
+    out = tmp_path / "linked.mp3"
+    with urllib.request.urlopen(link, timeout=10) as response:
+        out.write_bytes(response.read())
+    assert read_audio(out).shape[1] == pytest.approx(3 * 44100, abs=2048)
