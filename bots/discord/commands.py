@@ -103,6 +103,9 @@ async def stems_autocomplete(interaction: discord.Interaction, current: str) -> 
 
 
 async def _message_song(interaction: discord.Interaction, message: discord.Message) -> discord.Attachment | str | None:
+    """The song a message menu was opened on, if this channel is served and the message has one."""
+    if await _allowed_here(interaction) is None:
+        return None
     source = song_in(message)
     if source is None:
         await _refuse(interaction, texts.NO_SONG_IN_MESSAGE)
@@ -113,8 +116,6 @@ async def _message_song(interaction: discord.Interaction, message: discord.Messa
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def karaoke(interaction: discord.Interaction, message: discord.Message) -> None:
-    if await _allowed_here(interaction) is None:
-        return
     source = await _message_song(interaction, message)
     if source is not None:
         await _begin(interaction, source, parse_stems("karaoke"), None, False)
@@ -143,8 +144,6 @@ class StemPicker(discord.ui.View):
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def split_stems(interaction: discord.Interaction, message: discord.Message) -> None:
-    if await _allowed_here(interaction) is None:
-        return
     source = await _message_song(interaction, message)
     if source is not None:
         await interaction.response.send_message(texts.PICK, view=StemPicker(source, interaction.user.id))
