@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "discord",
-        help="the Discord bot (needs STEMBOT_DISCORD_TOKEN)",
+        help="run the Discord bot (needs STEMBOT_DISCORD_TOKEN)",
         description="Run the Discord frontend: /split, the Split stems and Karaoke message menus, /stembot config.",
     )
     sub.add_parser(
