@@ -420,3 +420,10 @@ async def test_logs_carry_neither_token_nor_audio(
     text = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
     assert "Application started" in text and "123:TEST" not in text
     assert "fLaC" not in text and rock_short.read_bytes()[:64].hex() not in text
+
+
+async def test_bare_link_in_a_dm_gets_the_keyboard(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    botapi.message(DM, ALICE, text="https://example.com/song.mp3")
+    offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
+    buttons = [b["callback_data"] for row in offer[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    assert "split|karaoke|mp3" in buttons
