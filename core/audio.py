@@ -168,43 +168,11 @@ def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float 
     Decoding stops just past the limit, so a file whose header understates its
     length is still refused without decoding all of it.
     """
-    cap_s = max_duration_s + 1
-    proc = _run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            str(path),
-            "-map",
-            "0:a:0",
-            "-vn",
-            "-sn",
-            "-dn",
-            "-ac",
-            str(CHANNELS),
-            "-ar",
-            str(SAMPLE_RATE),
-            "-t",
-            f"{cap_s:.3f}",
-            "-f",
-            "f32le",
-            "pipe:1",
-        ],
-        timeout_s,
-    )
+    proc = _run(_decode_cmd(path, max_duration_s + 1), timeout_s)
     frames = len(proc.stdout) // _BYTES_PER_FRAME
-    if frames == 0:
-        raise NotAudio("I couldn't decode any audio from that file.", detail=proc.stderr.decode()[-500:])
-    duration = frames / SAMPLE_RATE
-    if duration > max_duration_s:
-        raise too_long_error(info.duration_s or duration, max_duration_s)
-    if info.duration_s is not None and info.duration_s - duration > _TRUNCATION_TOLERANCE_S:
-        raise CorruptAudio(
-            f"The file seems truncated or damaged: it should last {_clock(info.duration_s)} "
-            f"but only {_clock(duration)} could be read."
-        )
+    if frames / SAMPLE_RATE > max_duration_s:
+        raise too_long_error(info.duration_s or frames / SAMPLE_RATE, max_duration_s)
+    _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
     pcm = np.frombuffer(proc.stdout[: frames * _BYTES_PER_FRAME], dtype=np.float32)
     return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
 
@@ -212,24 +180,7 @@ def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float 
 def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = None, timeout_s: float = 600) -> Path:
     """Encode float32 (2, samples) audio to `dest` in `fmt`."""
     pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
-    cmd = [
-        "ffmpeg",
-        "-nostdin",
-        "-v",
-        "error",
-        "-y",
-        "-f",
-        "f32le",
-        "-ar",
-        str(SAMPLE_RATE),
-        "-ac",
-        str(wav.shape[0]),
-        "-i",
-        "pipe:0",
-        *fmt.codec_args(),
-        *(tags or Tags()).ffmpeg_args(),
-        str(dest),
-    ]
+    cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0])
     proc = _run(cmd, timeout_s, stdin=pcm)
     if proc.returncode != 0:
         dest.unlink(missing_ok=True)
@@ -271,6 +222,12 @@ def _decode_cmd(path: Path, cap_s: float) -> list[str]:
     ]  # fmt: skip
 
 
+def _encode_cmd(dest: Path, fmt: OutputFormat, tags: Tags | None, channels: int = CHANNELS) -> list[str]:
+    """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt`."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
+    return [*cmd, "-ac", str(channels), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(), str(dest)]
+
+
 def stream_decode(
     path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600, block_s: float = 10.0
 ) -> Iterator[np.ndarray]:
@@ -296,6 +253,11 @@ def stream_decode(
             proc.kill()
         proc.wait()
         stderr = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
+    _check_decoded(frames, info, stderr)
+
+
+def _check_decoded(frames: int, info: AudioInfo, stderr: str) -> None:
+    """After a decode: refuse no audio at all, or far less than the header promised."""
     if frames == 0:
         raise NotAudio("I couldn't decode any audio from that file.", detail=stderr)
     if info.duration_s is not None and info.duration_s - frames / SAMPLE_RATE > _TRUNCATION_TOLERANCE_S:
@@ -334,8 +296,7 @@ class AudioWriter:
         self.dest = dest
         self.timeout_s = timeout_s
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the encoder)
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
-        cmd += ["-ac", str(CHANNELS), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(), str(dest)]
+        cmd = _encode_cmd(dest, fmt, tags)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
         self.frames = 0
 
