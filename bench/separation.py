@@ -10,7 +10,6 @@ Run: python bench/separation.py [--clip DIR | --all] [--seconds N] [--device cpu
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import threading
 import time
@@ -67,14 +66,10 @@ def timed(run: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarra
 def reference(bag: Any, wav: np.ndarray, device: str) -> dict[str, np.ndarray]:
     """What `demucs.separate` does: normalise, apply_model (shifts 1, overlap 0.25), undo."""
     import torch
-    from demucs.apply import apply_model
 
-    mix = torch.from_numpy(wav)
-    ref = mix.mean(0)
-    mean, std = ref.mean(), ref.std() + 1e-8
-    random.seed(0)
-    out = apply_model(bag, ((mix - mean) / std)[None], shifts=1, overlap=0.25, device=device)[0] * std + mean
-    return {name: out[i].numpy() for i, name in enumerate(bag.sources)}
+    from worker.separator import DemucsSeparator
+
+    return DemucsSeparator(bag, torch.device(device), shifts=1, overlap=0.25).separate(wav)
 
 
 def bench_clip(clip: Path, args: argparse.Namespace) -> dict[str, float]:

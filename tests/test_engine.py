@@ -14,7 +14,8 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 from core.errors import Cancelled
-from worker.windowed import Window, WindowedSeparator, normalisation, plan_windows
+from worker.separator import normalisation
+from worker.windowed import Window, WindowedSeparator, plan_windows
 
 RATE = 44100
 

@@ -28,6 +28,12 @@ class Separator(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
+def normalisation(wav: np.ndarray) -> tuple[float, float]:
+    """The mixture statistics demucs normalises by (as `demucs.separate` does)."""
+    ref = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).mean(0)
+    return float(ref.mean()), float(ref.std()) + 1e-8
+
+
 # apply_model draws its random time shift from the global `random` module: seeding it
 # under a lock makes a separation reproducible (same input, same stems, same cache).
 _SEED_LOCK = threading.Lock()
@@ -61,9 +67,7 @@ class DemucsSeparator:
         self, wav: np.ndarray, progress: ProgressFn | None = None, should_stop: StopFn | None = None
     ) -> dict[str, np.ndarray]:
         mix = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        # demucs normalises by the mixture's statistics, as `demucs.separate` does.
-        ref = mix.mean(0)
-        mean, std = ref.mean(), ref.std() + 1e-8
+        mean, std = normalisation(wav)
         total = self._segment_count(mix.shape[-1])
         done = 0
 

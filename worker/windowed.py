@@ -32,6 +32,7 @@ from demucs.apply import BagOfModels
 from torch import nn
 
 from core.errors import Cancelled
+from worker.separator import normalisation
 
 Layout = Literal["even", "reference"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -205,12 +206,6 @@ class WindowedSeparator:
             return torch.autocast(self.device.type, enabled=False)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
-
-
-def normalisation(wav: np.ndarray) -> tuple[float, float]:
-    """The mixture statistics demucs normalises by (as `demucs.separate` does)."""
-    ref = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).mean(0)
-    return float(ref.mean()), float(ref.std()) + 1e-8
 
 
 class _Stream:
