@@ -61,7 +61,6 @@ class Finished:
 
 @dataclass(frozen=True)
 class Upload:
-    stem: str
     filename: str
     data: bytes
     title: str
@@ -225,13 +224,13 @@ class JobDesk:
             title = f"{delivery.song} — {stem.stem}"
             if isinstance(store, S3ArtifactStore) and needs_parts(stem.duration_s, delivery.upload_limit):
                 url = await store.link(stem.artifact_key, self.settings.link_ttl_s)
-                uploads.append(Upload(stem.stem, name, b"", title, url))
+                uploads.append(Upload(name, b"", title, url))
                 continue
             data = await self.queue.fetch(stem)
             pieces = await asyncio.to_thread(
                 fit_stem, data, name, stem.duration_s, delivery.upload_limit, self.settings.mp3_bitrate_kbps
             )
-            uploads += [Upload(stem.stem, filename, piece, title) for filename, piece in pieces]
+            uploads += [Upload(filename, piece, title) for filename, piece in pieces]
         return uploads
 
     async def cancel(self, delivery_id: str, user_id: str) -> str:

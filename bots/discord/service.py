@@ -171,7 +171,7 @@ class DiscordService:
         """A follow-up while the token lives; afterwards the channel, or a DM for private requests."""
         private = bool(delivery.extra.get("private"))
         if self._token_alive(delivery):
-            files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
+            files = _files(uploads)
             await self._webhook(client, delivery).send(
                 content=text or discord.utils.MISSING, files=files, ephemeral=private
             )
@@ -179,18 +179,17 @@ class DiscordService:
         if not private:
             try:
                 channel = client.get_channel(int(delivery.chat_id)) or await client.fetch_channel(int(delivery.chat_id))
-                files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
-                await channel.send(content=text or None, files=files)  # type: ignore[union-attr]
+                await channel.send(content=text or None, files=_files(uploads))  # type: ignore[union-attr]
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
         user = await client.fetch_user(int(delivery.user_id))
-        files = [discord.File(_buffer(u), filename=u.filename) for u in uploads]
-        await user.send(content=text or None, files=files)
+        await user.send(content=text or None, files=_files(uploads))
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
         return await self.desk.cancel(delivery_id, str(user_id))
 
 
-def _buffer(upload: Upload) -> io.BytesIO:
-    return io.BytesIO(upload.data)
+def _files(uploads: list[Upload]) -> list[discord.File]:
+    """Fresh attachments each time: a send consumes them, and a fallback sends again."""
+    return [discord.File(io.BytesIO(u.data), filename=u.filename) for u in uploads]
