@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -133,3 +135,15 @@ class WorkerProcess:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+async def drive(env: Any, until: Callable[[], Any], timeout: float = 120, step_s: float = 1.0) -> Any:
+    """Advance a simcord Env's virtual clock in steps while real workers run, until `until()` is truthy."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = until()
+        if found:
+            return found
+        await env.advance_time(step_s)
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the bot never did that:\n" + env.transcript()[-3000:])

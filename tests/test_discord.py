@@ -7,9 +7,7 @@ at a time (so the bot's delivery loop runs) and gives the worker real time in be
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from aiohttp import web
 from bench.sdr import sdr
 from bots.discord import create_bot
 from core.settings import Settings
-from tests.helpers import ROCK, WorkerProcess, make_clip, read_audio
+from tests.helpers import ROCK, WorkerProcess, drive, make_clip, read_audio
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,18 +37,6 @@ async def env(redis_url: str) -> AsyncIterator[simcord.Env]:
         yield env
     finally:
         await env.shutdown()
-
-
-async def drive(env: simcord.Env, until: Callable[[], Any], timeout: float = 120, step_s: float = 1.0) -> Any:
-    """Advance the virtual clock in steps while real workers run, until `until()` is truthy."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = until()
-        if found:
-            return found
-        await env.advance_time(step_s)
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the bot never did that:\n" + env.transcript()[-3000:])
 
 
 def files_of(result: simcord.InteractionResult) -> list[discord.Attachment]:
