@@ -36,9 +36,9 @@ def is_site_link(url: str) -> bool:
 
 async def fetch_song(url: str, settings: Settings) -> Song:
     """Download the audio behind `url`; raise a StembotError a user can read."""
-    await check_url(url, settings.allow_private_urls)
     with tempfile.TemporaryDirectory(prefix="stembot-link-") as tmp:
         if is_site_link(url):
+            await check_url(url, settings.allow_private_urls)  # a direct fetch checks every hop itself
             path, title, artist = await asyncio.to_thread(_ytdlp_download, url, Path(tmp), settings)
             return Song(path.read_bytes(), path.name, title, artist)
         fetched = await fetch_url(
