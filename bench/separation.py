@@ -63,29 +63,45 @@ def timed(run: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarra
     return out, seconds, rss.peak
 
 
-def reference(bag: Any, wav: np.ndarray, device: str) -> dict[str, np.ndarray]:
+def reference(bag: Any, wav: np.ndarray, device: str, seed: int = 0) -> dict[str, np.ndarray]:
     """What `demucs.separate` does: normalise, apply_model (shifts 1, overlap 0.25), undo."""
     import torch
 
     from worker.separator import DemucsSeparator
 
-    return DemucsSeparator(bag, torch.device(device), shifts=1, overlap=0.25).separate(wav)
+    return DemucsSeparator(bag, torch.device(device), shifts=1, overlap=0.25, seed=seed).separate(wav)
+
+
+def engine_for(bag: Any, args: argparse.Namespace) -> Any:
+    import torch
+
+    from worker.compiled import native_bf16, openvino_available
+    from worker.engine import choose_backend, choose_precision
+    from worker.windowed import WindowedSeparator
+
+    backend = choose_backend(args.backend, args.device, openvino_available())
+    precision = choose_precision(args.precision, backend, backend == "openvino" and native_bf16())
+    print(f"engine: backend {backend}, precision {precision}, least overlap {args.overlap_s} s")
+    return WindowedSeparator(
+        bag,
+        torch.device(args.device),
+        overlap_s=args.overlap_s,
+        batch_size=args.batch_size,
+        precision=precision,
+        backend=backend,
+    )
 
 
 def bench_clip(clip: Path, args: argparse.Namespace) -> dict[str, float]:
     import torch
     from demucs.pretrained import get_model
 
-    from worker.windowed import WindowedSeparator
-
     wav = read_audio(clip / "mixture.flac" if clip.is_dir() else clip)
     if args.seconds:
         wav = np.ascontiguousarray(wav[:, : int(args.seconds * RATE)])
     seconds = wav.shape[-1] / RATE
     bag = get_model(args.model, repo=args.model_repo)
-    engine = WindowedSeparator(
-        bag, torch.device(args.device), overlap_s=args.overlap_s, batch_size=args.batch_size, precision=args.precision
-    )
+    engine = engine_for(bag, args)
     engine.separate(wav[:, :RATE])  # warm up both paths (allocator, kernels) outside the timings
     reference(bag, wav[:, :RATE], args.device)
     ours, t_engine, rss_engine = timed(lambda: engine.separate(wav))
@@ -101,6 +117,11 @@ def bench_clip(clip: Path, args: argparse.Namespace) -> dict[str, float]:
         deltas = [sdr_ours[s] - sdr_ref[s] for s in truths]
         for s, delta in zip(truths, deltas, strict=True):
             print(f"  SDR {s:7s} reference {sdr_ref[s]:6.2f} dB  engine {sdr_ours[s]:6.2f} dB  Δ {delta:+.2f}")
+        for seed in range(1, args.ref_seeds + 1):
+            # the reference against itself with another random shift: how much Δ is noise
+            other = sdr_many(truths, reference(bag, wav, args.device, seed))
+            noise = {s: other[s] - sdr_ref[s] for s in truths}
+            print(f"  reference seed {seed} vs seed 0: " + "  ".join(f"{s} {d:+.2f}" for s, d in noise.items()))
     return {
         "speedup": t_ref / t_engine,
         "sdr_delta_min": min(deltas),
@@ -121,7 +142,11 @@ def main() -> None:
         "--overlap-s", type=float, default=Settings().engine_overlap_s, help="engine's least window overlap (s)"
     )
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--backend", default=Settings().engine_backend, choices=["auto", "torch", "openvino"])
+    parser.add_argument("--precision", default=Settings().engine_precision, choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--ref-seeds", type=int, default=0, help="also run the reference with N other random shifts (noise floor)"
+    )
     args = parser.parse_args()
     clips = sorted(p for p in MULTITRACK.iterdir() if p.is_dir()) if args.all else [args.clip]
     results = [bench_clip(clip, args) for clip in clips]

@@ -47,8 +47,14 @@ class Settings(BaseSettings):
     )
     engine_overlap_s: float = Field(0.25, ge=0, le=3, description="windowed engine: least overlap between windows")
     engine_batch_size: int = Field(1, ge=1, le=64, description="windowed engine: windows per forward pass (GPU: 4-16)")
-    engine_precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="windowed engine: autocast precision (bf16/fp16 for GPUs)"
+    engine_backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="windowed engine: network runtime; auto = OpenVINO on a CPU when installed, else PyTorch"
+    )
+    engine_cache_dir: Path = Field(
+        Path("~/.cache/stembot/engine"), description="windowed engine: where compiled (OpenVINO) networks are kept"
+    )
+    engine_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="windowed engine: network precision; auto = bf16 on CPUs that have it natively, else fp32"
     )
 
     # Limits
@@ -95,6 +101,11 @@ class Settings(BaseSettings):
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a directory (a demucs model repo with .th and .yaml files)")
         return value
+
+    @field_validator("engine_cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @field_validator("user_rate", "chat_rate")
     @classmethod

@@ -10,8 +10,9 @@ COPY core core
 COPY bots bots
 COPY worker worker
 RUN pip3 install --no-cache-dir '.[worker]'
-# demucs caches downloaded weights under $TORCH_HOME: a volume, so they download once.
-ENV TORCH_HOME=/models STEMBOT_DEVICE=cuda
+# demucs caches downloaded weights under $TORCH_HOME, stembot its compiled networks beside
+# them: a volume, so both happen once.
+ENV TORCH_HOME=/models STEMBOT_ENGINE_CACHE_DIR=/models/stembot-engine STEMBOT_DEVICE=cuda
 VOLUME ["/models"]
 ENTRYPOINT ["stembot"]
 CMD ["worker"]

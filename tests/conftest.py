@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,11 +16,23 @@ from tests.helpers import MODELS, ROCK, SHARED, WorkerProcess, make_clip, stembo
 
 TEST_REDIS_DB = int(os.environ.get("STEMBOT_TEST_REDIS_DB", "13"))
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+_CACHE_KEY = pytest.StashKey[str]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     assert SHARED.is_dir(), f"the shared test data must sit beside the repo at {SHARED}"
     assert MODELS.is_dir(), f"missing {MODELS}"
+    # One OpenVINO conversion per model per session, shared by every worker the tests start.
+    if "STEMBOT_ENGINE_CACHE_DIR" not in os.environ:
+        created = tempfile.mkdtemp(prefix="stembot-engine-cache-")
+        os.environ["STEMBOT_ENGINE_CACHE_DIR"] = created
+        session.config.stash[_CACHE_KEY] = created
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    created = session.config.stash.get(_CACHE_KEY, None)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

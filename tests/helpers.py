@@ -77,7 +77,8 @@ def write_tiny_repo(repo: Path, segment_s: float = 2.0) -> Path:
 
 
 def stembot_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEMBOT_")}
+    # hermetic settings, except the compiled-network cache, which only saves time
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEMBOT_") or k == "STEMBOT_ENGINE_CACHE_DIR"}
     env.update(overrides)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -14,8 +14,9 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 from core.errors import Cancelled
+from worker.compiled import OpenVinoHTDemucs
 from worker.separator import normalisation
-from worker.windowed import Window, WindowedSeparator, plan_windows
+from worker.windowed import Backend, Window, WindowedSeparator, plan_windows
 
 RATE = 44100
 
@@ -68,10 +69,11 @@ def test_even_windows_cover_the_song_with_the_least_overlap() -> None:
 
 
 @pytest.mark.parametrize("seconds", [1.3, 2.0, 5.5])
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_reference_layout_equals_apply_model(bag, seconds: float, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("backend", "batch_size"), [("torch", 1), ("torch", 3), ("openvino", 1), ("openvino", 3)])
+def test_reference_layout_equals_apply_model(bag, seconds: float, backend: Backend, batch_size: int) -> None:  # type: ignore[no-untyped-def]
     wav = noise(seconds)
-    sep = WindowedSeparator(bag, torch.device("cpu"), layout="reference", batch_size=batch_size)
+    sep = WindowedSeparator(bag, torch.device("cpu"), layout="reference", batch_size=batch_size, backend=backend)
+    assert isinstance(sep.models[0], OpenVinoHTDemucs) == (backend == "openvino")
     np.testing.assert_allclose(stacked(sep, sep.separate(wav)), reference(bag, wav), atol=2e-5)
 
 
@@ -109,9 +111,10 @@ def test_even_layout_has_no_click_at_window_seams(bag) -> None:  # type: ignore[
         assert seam.max() <= typical * 1.5
 
 
-def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag, backend: Backend) -> None:  # type: ignore[no-untyped-def]
     wav = noise(9.0)
-    sep = WindowedSeparator(bag, torch.device("cpu"), batch_size=2, overlap_s=0.25)
+    sep = WindowedSeparator(bag, torch.device("cpu"), batch_size=2, overlap_s=0.25, backend=backend)
     seen: list[float] = []
     sep.separate(wav, progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == -(-len(sep.windows(wav.shape[-1])) // 2)
@@ -129,30 +132,35 @@ def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag) -> None:  
     assert calls == 1
 
 
-def test_reduced_precision_path_runs_and_stays_close(bag) -> None:  # type: ignore[no-untyped-def]
-    """The GPU's bf16 autocast path, exercised on the CPU."""
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_reduced_precision_path_runs_and_stays_close(bag, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+    """bf16: PyTorch autocast (the GPU path) and OpenVINO (the CPU default), both run here."""
     wav = noise(3.0)
     full = WindowedSeparator(bag, torch.device("cpu"))
-    half = WindowedSeparator(bag, torch.device("cpu"), precision="bf16")
+    half = WindowedSeparator(bag, torch.device("cpu"), precision="bf16", backend=backend)
     a, b = stacked(full, full.separate(wav)), stacked(half, half.separate(wav))
-    assert 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2)) > 15
+    snr = 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2))
+    assert 15 < snr < 120  # close, and not secretly the fp32 path
 
 
-def test_six_stem_model_through_the_engine(tiny_repo: Path) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_six_stem_model_through_the_engine(tiny_repo: Path, backend: Backend) -> None:
     bag6 = get_model("htdemucs_6s", repo=tiny_repo)
-    sep = WindowedSeparator(bag6, torch.device("cpu"), layout="reference")
+    sep = WindowedSeparator(bag6, torch.device("cpu"), layout="reference", backend=backend)
     wav = noise(2.5)
     out = sep.separate(wav)
     assert set(out) == {"drums", "bass", "other", "vocals", "guitar", "piano"}
     np.testing.assert_allclose(stacked(sep, out), reference(bag6, wav), atol=2e-5)
 
 
-def test_bag_of_specialists_and_the_vocals_fast_path(tiny_repo: Path) -> None:
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bag_of_specialists_and_the_vocals_fast_path(tiny_repo: Path, backend: Backend) -> None:
     """htdemucs_ft's shape: four models; karaoke runs only the vocals specialist."""
     ft = get_model("htdemucs_ft", repo=tiny_repo)
     wav = noise(2.5)
-    full = WindowedSeparator(ft, torch.device("cpu"), layout="reference")
+    full = WindowedSeparator(ft, torch.device("cpu"), layout="reference", backend=backend)
     np.testing.assert_allclose(stacked(full, full.separate(wav)), reference(ft, wav), atol=2e-5)
-    fast = WindowedSeparator(ft, torch.device("cpu"), layout="reference", needed={"vocals"})
+    fast = WindowedSeparator(ft, torch.device("cpu"), layout="reference", needed={"vocals"}, backend=backend)
+    assert fast.models[0] is full.models[3]  # prepared (compiled) once, shared
     assert len(fast.models) == 1 and len(full.models) == 4
     np.testing.assert_allclose(fast.separate(wav)["vocals"], full.separate(wav)["vocals"], atol=1e-6)

@@ -8,9 +8,25 @@ from collections.abc import Collection
 import torch
 
 from core.settings import Settings
+from worker import compiled
+from worker.compiled import Precision
 from worker.models import ModelCache, resolve_device
 from worker.separator import DemucsSeparator, Separator
-from worker.windowed import WindowedSeparator
+from worker.windowed import Backend, WindowedSeparator
+
+
+def choose_backend(setting: str, device: str, have_openvino: bool) -> Backend:
+    """`auto`: OpenVINO compiles the network on CPUs (2x faster in bf16, measured); PyTorch on GPUs."""
+    if setting == "auto":
+        return "openvino" if device == "cpu" and have_openvino else "torch"
+    return "openvino" if setting == "openvino" else "torch"
+
+
+def choose_precision(setting: str, backend: Backend, native_bf16: bool) -> Precision:
+    """`auto`: bf16 only where it is native and measured (OpenVINO on AVX-512 BF16/AMX CPUs)."""
+    if setting == "auto":
+        return "bf16" if backend == "openvino" and native_bf16 else "fp32"
+    return setting  # type: ignore[return-value]
 
 
 class Engine:
@@ -20,6 +36,9 @@ class Engine:
         self.models = ModelCache(settings.model_repo, self.device)
         self._separators: dict[tuple[str, frozenset[str] | None], Separator] = {}
         self._lock = threading.Lock()
+        self.backend = choose_backend(settings.engine_backend, self.device.type, compiled.openvino_available())
+        bf16 = self.backend == "openvino" and compiled.native_bf16()
+        self.precision = choose_precision(settings.engine_precision, self.backend, bf16)
 
     def separator(self, model_name: str, needed: Collection[str] | None = None) -> Separator:
         """A warm separator for `model_name`; `needed` lets a bag of specialists run only some."""
@@ -35,7 +54,9 @@ class Engine:
                     overlap=s.overlap,
                     overlap_s=s.engine_overlap_s,
                     batch_size=s.engine_batch_size,
-                    precision=s.engine_precision,
+                    precision=self.precision,
                     needed=needed,
+                    backend=self.backend,
+                    cache_dir=s.engine_cache_dir,
                 )
             return self._separators[key]

@@ -29,8 +29,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         log.info("removed %s, left by a worker that died", orphan)
     ctx["queue"] = QueueClient(ctx["redis"], settings)
     engine = Engine(settings)
-    # Load the default model before taking jobs, so the first user does not wait for it.
-    engine.models.get(settings.model)
+    # Load (and compile) the default model before taking jobs, so the first user does not wait.
+    await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
     ctx["presence"] = asyncio.create_task(_announce(ctx["redis"], settings))
 

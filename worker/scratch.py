@@ -28,11 +28,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_orphans(root: Path | None = None) -> list[Path]:
-    """Delete job directories left by dead processes; return what was removed."""
+def owned_dir(root: Path, prefix: str) -> Path:
+    """A new directory under `root` named for this process, for `remove_orphans` to find."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+
+
+def remove_orphans(root: Path | None = None, prefix: str = _PREFIX) -> list[Path]:
+    """Delete directories (job scratch by default) left by dead processes; return what was removed."""
     removed = []
-    for path in Path(root or tempfile.gettempdir()).glob(f"{_PREFIX}*"):
-        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+    for path in Path(root or tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -11,7 +11,8 @@ Where `demucs.apply.apply_model` spends its time and memory, and what this does 
   dropped, so memory depends on the window length, not on the song's.
 - It runs one chunk at a time. Here `batch_size` windows share a forward pass (a win on
   GPUs; on CPUs one at a time is fastest, measured), optionally under bf16/fp16 autocast.
-- Attention runs through `scaled_dot_product_attention` (same maths, fused kernel).
+- Attention runs through `scaled_dot_product_attention` (same maths, fused kernel), and on
+  CPUs the network runs compiled by OpenVINO (`worker.compiled`), in bf16 where native.
 
 `layout="reference"` reproduces apply_model's chunk positions and padding exactly, which
 is how the tests prove the windowing, weighting and streaming code equal to the reference.
@@ -19,23 +20,31 @@ is how the tests prove the windowing, weighting and streaming code equal to the 
 
 from __future__ import annotations
 
-import copy
+import logging
 import math
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from demucs.apply import BagOfModels
+from demucs.htdemucs import HTDemucs
 from torch import nn
 
 from core.errors import Cancelled
+from core.settings import Settings
+from worker.compiled import OpenVinoHTDemucs, Precision
+from worker.network import fuse_attention
 from worker.separator import normalisation
 
+log = logging.getLogger(__name__)
+
 Layout = Literal["even", "reference"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Backend = Literal["torch", "openvino"]
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]
 # Receives finished output: (sources, channels, n) separated audio and the (channels, n) mixture.
@@ -74,43 +83,33 @@ def window_weight(segment: int) -> torch.Tensor:
     return weight / weight.max()
 
 
-class _SdpaAttention(nn.Module):
-    """nn.MultiheadAttention (batch_first, no masks) through the fused SDPA kernel."""
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        self.heads = mha.num_heads
-        self.batch_first = mha.batch_first
-        self.in_proj_weight = mha.in_proj_weight
-        self.in_proj_bias = mha.in_proj_bias
-        self.out_proj = mha.out_proj
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if kwargs.get("attn_mask") is not None or kwargs.get("key_padding_mask") is not None:
-            raise ValueError("masked attention is not supported by the fused path")
-        if not self.batch_first:
-            q, k, v = (t.transpose(0, 1) for t in (q, k, v))
-        batch, tq, channels = q.shape
-        head = channels // self.heads
-        wq, wk, wv = self.in_proj_weight.chunk(3)
-        bq, bk, bv = self.in_proj_bias.chunk(3)
-
-        def heads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, w, b).view(batch, x.shape[1], self.heads, head).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(heads(q, wq, bq), heads(k, wk, bk), heads(v, wv, bv))
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, tq, channels))
-        return (out if self.batch_first else out.transpose(0, 1)), None
+# One prepared copy per (model, backend, precision): a bag's separators for different
+# requests (all stems, vocals only) share them, and OpenVINO compiles each model once.
+_prepared: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Backend, Precision, bool], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def fuse_attention(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose unmasked attention layers use SDPA; the original is untouched."""
-    fused = copy.deepcopy(model)
-    for module in list(fused.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and not getattr(module, "sparse", False):
-                setattr(module, name, _SdpaAttention(child))
-    return fused
+def prepare(model: nn.Module, backend: Backend, precision: Precision, fused: bool, cache_dir: Path) -> nn.Module:
+    """The module that runs `model`'s windows: as it is, with fused attention, or compiled."""
+    key: tuple[Backend, Precision, bool] = (backend, precision if backend == "openvino" else "fp32", fused)
+    done = _prepared.setdefault(model, {})
+    if key not in done:
+        ready = _compiled(model, precision, fused, cache_dir) if backend == "openvino" else None
+        done[key] = ready if ready is not None else (fuse_attention(model) if fused else model).eval()
+    return done[key]
+
+
+def _compiled(model: nn.Module, precision: Precision, fused: bool, cache_dir: Path) -> nn.Module | None:
+    """OpenVINO's build of `model`, or None (logged) to run it in PyTorch instead."""
+    if not isinstance(model, HTDemucs):
+        log.warning("OpenVINO runs HTDemucs models only; %s runs in PyTorch", type(model).__name__)
+        return None
+    try:
+        return OpenVinoHTDemucs(model, cache_dir, precision, fused).eval()
+    except Exception:  # a job should still get its stems, only slower
+        log.exception("could not compile the model with OpenVINO; running it in PyTorch")
+        return None
 
 
 def _blocks_from(wav: np.ndarray, size: int = 44100 * 10) -> Iterator[np.ndarray]:
@@ -132,6 +131,8 @@ class WindowedSeparator:
         precision: Precision = "fp32",
         fused_attention: bool = True,
         needed: Collection[str] | None = None,
+        backend: Backend = "torch",
+        cache_dir: Path | None = None,
     ) -> None:
         self.bag = model
         self.device = device
@@ -139,6 +140,7 @@ class WindowedSeparator:
         self.overlap = overlap
         self.batch_size = batch_size
         self.precision = precision
+        self.backend = backend
         self.samplerate = int(model.samplerate)
         self.segment = int(self.samplerate * float(model.max_allowed_segment))
         self.min_overlap = int(overlap_s * self.samplerate)
@@ -146,7 +148,10 @@ class WindowedSeparator:
         # sources a request needs: karaoke needs the vocals specialist alone.
         wanted = [i for i, name in enumerate(model.sources) if needed is None or name in needed]
         members = [(m, w) for m, w in zip(model.models, model.weights, strict=True) if any(w[i] for i in wanted)]
-        self.models = [(fuse_attention(m) if fused_attention else m).to(device).eval() for m, _ in members]
+        if backend == "openvino" and device.type != "cpu":
+            raise ValueError("the OpenVINO backend runs on the CPU")
+        cache = cache_dir or Settings().engine_cache_dir
+        self.models = [prepare(m.to(device), backend, precision, fused_attention, cache) for m, _ in members]
         self.weights = [torch.tensor(w, dtype=torch.float32) for _, w in members]
 
     @property
@@ -202,7 +207,7 @@ class WindowedSeparator:
         return (total / norm[None, :, None, None].to(total.device)).cpu()
 
     def _autocast(self) -> Any:
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.backend == "openvino":  # OpenVINO applies it itself
             return torch.autocast(self.device.type, enabled=False)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
