@@ -92,16 +92,13 @@ def engine_for(bag: Any, args: argparse.Namespace) -> Any:
     )
 
 
-def bench_clip(clip: Path, args: argparse.Namespace) -> dict[str, float]:
+def bench_clip(clip: Path, bag: Any, engine: Any, args: argparse.Namespace) -> dict[str, float]:
     import torch
-    from demucs.pretrained import get_model
 
     wav = read_audio(clip / "mixture.flac" if clip.is_dir() else clip)
     if args.seconds:
         wav = np.ascontiguousarray(wav[:, : int(args.seconds * RATE)])
     seconds = wav.shape[-1] / RATE
-    bag = get_model(args.model, repo=args.model_repo)
-    engine = engine_for(bag, args)
     engine.separate(wav[:, :RATE])  # warm up both paths (allocator, kernels) outside the timings
     reference(bag, wav[:, :RATE], args.device)
     ours, t_engine, rss_engine = timed(lambda: engine.separate(wav))
@@ -149,7 +146,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     clips = sorted(p for p in MULTITRACK.iterdir() if p.is_dir()) if args.all else [args.clip]
-    results = [bench_clip(clip, args) for clip in clips]
+    from demucs.pretrained import get_model
+
+    bag = get_model(args.model, repo=args.model_repo)
+    engine = engine_for(bag, args)
+    results = [bench_clip(clip, bag, engine, args) for clip in clips]
     total = {
         "speedup": min(r["speedup"] for r in results),
         "sdr_delta_min": min(r["sdr_delta_min"] for r in results),

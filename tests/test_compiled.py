@@ -3,8 +3,10 @@ PyTorch when compiling fails. Parity with apply_model is in test_engine (every b
 
 from __future__ import annotations
 
+import gc
 import logging
 import subprocess
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,16 @@ def test_engine_cache_dir_setting_expands_home(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("STEMBOT_ENGINE_CACHE_DIR", "~/engine")
     assert Settings().engine_cache_dir == tmp_path / "engine"
+
+
+def test_prepared_copies_are_shared_and_go_when_their_model_goes(tiny_repo: Path) -> None:
+    """Separators for different requests share one compiled copy; a dropped model frees it."""
+    bag = get_model("htdemucs", repo=tiny_repo)
+    first = WindowedSeparator(bag, torch.device("cpu"), backend="openvino")
+    second = WindowedSeparator(bag, torch.device("cpu"), backend="openvino", needed={"vocals"})
+    assert first.models[0] is second.models[0]
+    gone = weakref.ref(bag.models[0])
+    compiled_copy = weakref.ref(first.models[0])
+    del bag, first, second
+    gc.collect()
+    assert gone() is None and compiled_copy() is None

@@ -20,6 +20,7 @@ is how the tests prove the windowing, weighting and streaming code equal to the 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import weakref
@@ -83,8 +84,8 @@ def window_weight(segment: int) -> torch.Tensor:
     return weight / weight.max()
 
 
-# One prepared copy per (model, backend, precision): a bag's separators for different
-# requests (all stems, vocals only) share them, and OpenVINO compiles each model once.
+# Prepared copies per model: a bag's separators for different requests (all stems, vocals
+# only) share them, OpenVINO compiles each model once, and they go when the model goes.
 _prepared: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Backend, Precision, bool], nn.Module]] = (
     weakref.WeakKeyDictionary()
 )
@@ -95,8 +96,10 @@ def prepare(model: nn.Module, backend: Backend, precision: Precision, fused: boo
     key: tuple[Backend, Precision, bool] = (backend, precision if backend == "openvino" else "fp32", fused)
     done = _prepared.setdefault(model, {})
     if key not in done:
-        ready = _compiled(model, precision, fused, cache_dir) if backend == "openvino" else None
-        done[key] = ready if ready is not None else (fuse_attention(model) if fused else model).eval()
+        # copy.copy: a shell sharing the weights, so no value refers back to its weak key
+        shell = copy.copy(model)
+        ready = _compiled(shell, precision, fused, cache_dir) if backend == "openvino" else None
+        done[key] = ready if ready is not None else (fuse_attention(model) if fused else shell).eval()
     return done[key]
 
 
