@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,31 @@ def make_input(minutes: float, dest: Path) -> Path:
     return dest
 
 
+# `stembot separate` that writes its own peak RSS (ffmpeg and any one-off conversion child
+# have their own processes and are not counted) to $PEAK_FILE in KiB.
+MEASURED_CLI = """
+import os, resource, runpy
+try:
+    runpy.run_module("core.cli", run_name="__main__", alter_sys=True)
+finally:
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
 def run(minutes: float, args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
     song = make_input(minutes, tmp / f"song-{minutes:g}min.mp3")
     env = os.environ | {
         "STEMBOT_MAX_DURATION_S": str(minutes * 60 + 60),
         "STEMBOT_ENGINE": args.engine,
         "STEMBOT_DEVICE": "cpu",
+        "PEAK_FILE": str(tmp / "peak"),
     }
     if args.model_repo:
         env["STEMBOT_MODEL_REPO"] = str(args.model_repo)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "core.cli", "separate", str(song), "--stems", "all", "-o", str(tmp / "out")],
+        [sys.executable, "-c", MEASURED_CLI, "separate", str(song), "--stems", "all", "-o", str(tmp / "out")],
         check=True,
         env=env,
         cwd=Path(__file__).resolve().parents[1],
@@ -51,10 +62,7 @@ def run(minutes: float, args: argparse.Namespace, tmp: Path) -> tuple[float, flo
         stderr=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        print(f"  (peak RSS of this run is not above an earlier run's {before / 1024:.0f} MB)")
-    return seconds, peak / 1024
+    return seconds, int((tmp / "peak").read_text()) / 1024
 
 
 def main() -> None:
@@ -65,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     peaks = []
     with tempfile.TemporaryDirectory(prefix="stembot-long-") as tmp:
+        run(0.1, args, Path(tmp))  # warm-up: fills the compiled-network cache, untimed
         for minutes in sorted(args.minutes):
             seconds, peak = run(minutes, args, Path(tmp))
             peaks.append(peak)

@@ -7,6 +7,7 @@ import gc
 import logging
 import subprocess
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,18 @@ def test_compiled_model_runs_windows_like_the_pytorch_one(model: Any, tmp_path: 
     mix = torch.randn(3, 2, training_length(model) - 100)  # a batch, and a short last window
     with torch.inference_mode():
         torch.testing.assert_close(fast(mix), model(mix), rtol=0, atol=2e-5)
+
+
+def test_compiled_model_serves_several_threads_at_once(model: Any, tmp_path: Path) -> None:
+    """A worker with STEMBOT_WORKER_MAX_JOBS > 1 separates in several threads."""
+    fast = OpenVinoHTDemucs(model, tmp_path, "fp32")
+    mixes = [torch.randn(1, 2, training_length(model), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.inference_mode():
+        alone = [fast(m) for m in mixes]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(fast, mixes))
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_failed_compile_falls_back_to_pytorch(tiny_repo: Path, tmp_path: Path, caplog: Any) -> None:

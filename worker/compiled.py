@@ -20,6 +20,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -134,14 +135,17 @@ class OpenVinoHTDemucs(nn.Module):
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
         }
         self.compiled = _core().compile_model(str(ensure_ir(model, fused, cache_dir)), "CPU", config)
+        self._requests = threading.local()  # an infer request serves one thread at a time
 
     def _network(self, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # compiled for one window at a time: on CPUs batching windows does not pay (measured)
-        outs = [self.compiled([x[i : i + 1].numpy(), xt[i : i + 1].numpy()]) for i in range(x.shape[0])]
-        return (
-            torch.cat([torch.from_numpy(o[0].copy()) for o in outs]),
-            torch.cat([torch.from_numpy(o[1].copy()) for o in outs]),
-        )
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        outs = []
+        for i in range(x.shape[0]):  # compiled for one window: on CPUs batching does not pay (measured)
+            result = request.infer([x[i : i + 1].numpy(), xt[i : i + 1].numpy()])
+            outs.append((torch.from_numpy(result[0].copy()), torch.from_numpy(result[1].copy())))
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         return forward_around(self.model, self._network, mix.float())
