@@ -1,7 +1,7 @@
 """Peak memory of `stembot separate` against input length: it must not grow with the song.
 
 Makes an N-minute input (a real song looped, MP3), runs `stembot separate --stems all` on
-it in a child process and reads the child's peak RSS. Last line:
+it in a child process and reads that process's own peak RSS. Last line:
     minutes=<longest> peak_rss_mb=<max over runs> growth_mb=<longest run - shortest run>
 
 Run: python bench/long_file.py [--minutes 1 4 60] [--model-repo PATH] [--engine windowed|reference]

@@ -100,7 +100,9 @@ def ensure_ir(model: HTDemucs, fused: bool, cache_dir: Path) -> Path:
     try:
         torch.save(model.cpu(), work / "model.pt")
         command = [sys.executable, "-m", "worker.compiled", str(work / "model.pt"), str(work)]
-        run = subprocess.run([*command, *(["--fused"] if fused else [])], capture_output=True, text=True, check=False)
+        flags = ["--fused"] if fused else []
+        # 25 s for htdemucs here; a hung conversion must not hold the worker forever
+        run = subprocess.run([*command, *flags], capture_output=True, text=True, check=False, timeout=900)
         if run.returncode != 0:
             raise RuntimeError(f"OpenVINO conversion failed ({run.returncode}): {run.stderr[-2000:]}")
         (work / "model.pt").unlink()
