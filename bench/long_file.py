@@ -53,15 +53,17 @@ def run(minutes: float, args: argparse.Namespace, tmp: Path) -> tuple[float, flo
     if args.model_repo:
         env["STEMBOT_MODEL_REPO"] = str(args.model_repo)
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", MEASURED_CLI, "separate", str(song), "--stems", "all", "-o", str(tmp / "out")],
-        check=True,
         env=env,
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{minutes:g} min: stembot separate failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return seconds, int((tmp / "peak").read_text()) / 1024
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,37 @@ def test_subprocess_help_and_bad_setting() -> None:
     bad = run_stembot("separate", "x.mp3", env=stembot_env(STEMBOT_DEVICE="tpu", STEMBOT_MAX_DURATION_S="-1"))
     assert bad.returncode == 2
     assert "STEMBOT_DEVICE" in bad.stderr and "STEMBOT_MAX_DURATION_S" in bad.stderr
+
+
+def test_streaming_outlives_the_ffmpeg_call_limit(tiny_repo: Path, tmp_path: Path) -> None:
+    """The separating pass's decoder lives as long as the separation (20+ minutes for an
+    hour of audio): it is bounded by the job's limit, not by STEMBOT_FFMPEG_TIMEOUT_S."""
+    from demucs.pretrained import get_model
+
+    from core.audio import OutputFormat
+    from core.settings import Settings
+    from core.stems import parse_stems
+    from worker.pipeline import stream_file
+    from worker.windowed import WindowedSeparator
+
+    seconds = 25  # several decoder blocks of 10 s, read as the engine asks for them
+    clip = make_clip(SONGS / "librosa_kevin_macleod_vibe_ace.ogg", tmp_path / "song.flac", seconds=seconds)
+    separator = WindowedSeparator(get_model("htdemucs", repo=tiny_repo), torch.device("cpu"))
+    settings = Settings(ffmpeg_timeout_s=1, model_repo=tiny_repo)
+
+    def slow_engine() -> bool:  # every window takes 0.2 s: the separation takes about 3 s
+        time.sleep(0.2)
+        return False
+
+    out = stream_file(
+        clip,
+        tmp_path,
+        "song",
+        parse_stems("vocals"),
+        OutputFormat("flac"),
+        separator,
+        settings,
+        should_stop=slow_engine,
+    )
+    assert len(separator.windows(seconds * 44100)) * 0.2 > 2
+    assert read_audio(out.files[0].path).shape[-1] == seconds * 44100

@@ -139,16 +139,19 @@ def stream_file(
     t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
 
-    def blocks() -> Iterator[np.ndarray]:
-        return stream_decode(input_path, info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    # The separating pass's decoder lives as long as the separation (21 min for an hour of
+    # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
+    paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
 
-    stats = stream_stats(blocks())
+    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
+        return stream_decode(input_path, info, settings.max_duration_s, timeout_s)
+
+    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
     t1 = time.perf_counter()
     title = info.title or song
     paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
     writers = [
-        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
-        for p, o in zip(paths, selection.outputs, strict=True)
+        AudioWriter(p, fmt, _tags(title, o, info), paced_s) for p, o in zip(paths, selection.outputs, strict=True)
     ]
 
     def emit(sources: np.ndarray, mix: np.ndarray) -> None:
@@ -159,7 +162,13 @@ def stream_file(
     try:
         say(Stage.separating, 0.0)
         separator.separate_stream(
-            blocks(), stats.frames, stats.mean, stats.std, emit, lambda f: say(Stage.separating, 100.0 * f), should_stop
+            blocks(paced_s),
+            stats.frames,
+            stats.mean,
+            stats.std,
+            emit,
+            lambda f: say(Stage.separating, 100.0 * f),
+            should_stop,
         )
         say(Stage.encoding, 100.0)
         for writer in writers:
