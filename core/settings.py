@@ -60,7 +60,11 @@ class Settings(BaseSettings):
     # Limits
     max_duration_s: float = Field(20 * 60, gt=0, description="longest input accepted, seconds")
     max_input_mb: float = Field(100, gt=0, description="largest input accepted, MB")
-    ffmpeg_timeout_s: float = Field(600, gt=0, description="kill ffmpeg/ffprobe after this long")
+    ffmpeg_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="kill an ffmpeg/ffprobe call after this long (the decoder feeding a separation: the job timeout)",
+    )
     download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
     max_jobs_per_user: int = Field(1, ge=1, description="songs one user may have in progress at once")
