@@ -151,7 +151,8 @@ def stream_file(
     title = info.title or song
     paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
     writers = [
-        AudioWriter(p, fmt, _tags(title, o, info), paced_s) for p, o in zip(paths, selection.outputs, strict=True)
+        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
+        for p, o in zip(paths, selection.outputs, strict=True)
     ]
 
     def emit(sources: np.ndarray, mix: np.ndarray) -> None:
