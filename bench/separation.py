@@ -75,12 +75,10 @@ def reference(bag: Any, wav: np.ndarray, device: str, seed: int = 0) -> dict[str
 def engine_for(bag: Any, args: argparse.Namespace) -> Any:
     import torch
 
-    from worker.compiled import native_bf16, openvino_available
-    from worker.engine import choose_backend, choose_precision
+    from worker.engine import engine_choice
     from worker.windowed import WindowedSeparator
 
-    backend = choose_backend(args.backend, args.device, openvino_available())
-    precision = choose_precision(args.precision, backend, backend == "openvino" and native_bf16())
+    backend, precision = engine_choice(args.backend, args.precision, args.device)
     print(f"engine: backend {backend}, precision {precision}, least overlap {args.overlap_s} s")
     return WindowedSeparator(
         bag,

@@ -29,6 +29,13 @@ def choose_precision(setting: str, backend: Backend, native_bf16: bool) -> Preci
     return setting  # type: ignore[return-value]
 
 
+def engine_choice(backend_setting: str, precision_setting: str, device: str) -> tuple[Backend, Precision]:
+    """The backend and precision the windowed engine runs with on `device`, from the settings."""
+    backend = choose_backend(backend_setting, device, compiled.openvino_available())
+    native = backend == "openvino" and compiled.native_bf16()
+    return backend, choose_precision(precision_setting, backend, native)
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -36,9 +43,9 @@ class Engine:
         self.models = ModelCache(settings.model_repo, self.device)
         self._separators: dict[tuple[str, frozenset[str] | None], Separator] = {}
         self._lock = threading.Lock()
-        self.backend = choose_backend(settings.engine_backend, self.device.type, compiled.openvino_available())
-        bf16 = self.backend == "openvino" and compiled.native_bf16()
-        self.precision = choose_precision(settings.engine_precision, self.backend, bf16)
+        self.backend, self.precision = engine_choice(
+            settings.engine_backend, settings.engine_precision, self.device.type
+        )
 
     def separator(self, model_name: str, needed: Collection[str] | None = None) -> Separator:
         """A warm separator for `model_name`; `needed` lets a bag of specialists run only some."""
