@@ -126,15 +126,13 @@ class OpenVinoHTDemucs(nn.Module):
         cache_dir: Path,
         precision: Precision = "fp32",
         fused: bool = True,
-        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model  # its STFT and mask code; the weights used are the compiled ones
-        self.precision = precision
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         }
         self.compiled = _core().compile_model(str(ensure_ir(model, fused, cache_dir)), "CPU", config)
         self._requests = threading.local()  # an infer request serves one thread at a time
