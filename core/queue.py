@@ -18,6 +18,9 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from core.artifacts import ArtifactStore, artifact_store_for
 from core.errors import QueueFull, WorkerFailed
@@ -53,7 +56,15 @@ class Submission:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    return RedisSettings.from_dsn(settings.redis_url)
+    conf = RedisSettings.from_dsn(settings.redis_url)
+    # Every command waits out a Redis restart (about 30 s of backoff) instead of failing:
+    # otherwise a job that ends, or a worker poll that comes, while Redis is down kills the
+    # job, or the worker process with it.
+    conf.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20)
+    # redis-py adds these to the retry's errors; OSError because a refused connect reaches
+    # the retry as ConnectionRefusedError, not as redis' ConnectionError.
+    conf.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
+    return conf
 
 
 def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> JobResult:
