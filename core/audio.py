@@ -57,7 +57,9 @@ class OutputFormat:
     def codec_args(self) -> list[str]:
         kbps = f"{self.bitrate_kbps or 320}k"
         if self.name == "mp3":
-            return ["-c:a", "libmp3lame", "-b:a", kbps, "-id3v2_version", "3"]
+            # LAME's quality 7 (ffmpeg's default is 3): 2.2x less CPU, no lower SNR at these
+            # bitrates (README, "Encoding")
+            return ["-c:a", "libmp3lame", "-b:a", kbps, "-compression_level", "7", "-id3v2_version", "3"]
         if self.name == "m4a":
             return ["-c:a", "aac", "-b:a", kbps, "-movflags", "+faststart"]
         if self.name == "opus":

@@ -20,6 +20,15 @@ SECONDS_PER_AUDIO_SECOND = Histogram(
     "job time divided by song length",
     buckets=(0.01, 0.03, 0.1, 0.3, 0.5, 1, 2, 5),
 )
+# a finished job's time per stage (JobResult.timings): fetch the input, decode it, separate
+# it (the encoders run meanwhile), what encoding takes after that, store the stems
+JOB_STAGES = ("fetch", "decode", "separate", "encode", "store")
+STAGE_SECONDS = Histogram(
+    "stembot_job_stage_seconds",
+    "time a finished job spent in each stage",
+    ["stage"],
+    buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300),
+)
 QUEUED = Gauge("stembot_queue_waiting", "jobs waiting in the queue")
 RUNNING = Gauge("stembot_queue_running", "jobs running on workers")
 

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         "windowed", description="windowed: stembot's streaming engine; reference: demucs' apply_model"
     )
     engine_overlap_s: float = Field(0.25, ge=0, le=3, description="windowed engine: least overlap between windows")
-    engine_batch_size: int = Field(1, ge=1, le=64, description="windowed engine: windows per forward pass (GPU: 4-16)")
+    engine_batch_size: int = Field(
+        0, ge=0, le=64, description="windowed engine: windows per forward pass; 0 = auto: 1 on a CPU, 16 on a GPU"
+    )
     engine_backend: Literal["auto", "torch", "openvino"] = Field(
         "auto", description="windowed engine: network runtime; auto = OpenVINO on a CPU when installed, else PyTorch"
     )
@@ -54,7 +56,19 @@ class Settings(BaseSettings):
         Path("~/.cache/stembot/engine"), description="windowed engine: where compiled (OpenVINO) networks are kept"
     )
     engine_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="windowed engine: network precision; auto = bf16 on CPUs that have it natively, else fp32"
+        "auto",
+        description="windowed engine: network precision; auto = fp16 on a GPU, bf16 on CPUs that have it natively, "
+        "else fp32",
+    )
+    engine_compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "auto",
+        description="windowed engine, PyTorch backend: torch.compile mode (reduce-overhead = CUDA graphs); "
+        "auto = default on a GPU, off on a CPU",
+    )
+    engine_shared_batches: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="windowed engine: the jobs running on one model share its forward passes; "
+        "auto = on for a GPU worker running several jobs",
     )
 
     # Limits
@@ -77,7 +91,7 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(3600, ge=10, description="a single job is killed after this long")
     job_heartbeat_s: float = Field(15, gt=0, description="how often a running job proves it is alive")
     max_tries: int = Field(3, ge=1, description="tries per job, counting crashes of a worker")
-    worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (one per GPU)")
+    worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (GPU worker: 8, sharing batches)")
 
     # Operations
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)")

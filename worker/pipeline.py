@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from core.jobs import Stage
 from core.naming import stem_filename
 from core.settings import Settings
 from core.stems import INSTRUMENTAL, StemOutput, StemSelection
+from worker.encoders import ParallelWriter
+from worker.scratch import job_dir
 from worker.separator import Separator, StopFn
 from worker.windowed import WindowedSeparator
 
@@ -131,59 +134,76 @@ def stream_file(
 ) -> SeparationOutcome:
     """`separate_file` in bounded memory: decode, separate and encode block by block.
 
-    A first decoding pass measures the song (length, and the statistics the model is
-    normalised by); the second feeds the engine, whose finished output goes straight
-    into one ffmpeg encoder per requested file.
+    The song is decoded once, into raw float32 in a scratch directory, while its length and
+    the statistics the model is normalised by are measured; the separation then reads it
+    back in blocks, and its finished output goes straight into one ffmpeg encoder per
+    requested file, all of them running at once (`worker.encoders`).
     """
     say: Reporter = report or (lambda stage, pct: None)
     t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    with job_dir() as scratch:
+        raw = Path(scratch) / "decoded.f32"
+        with raw.open("wb") as sink:
+            decoded = stream_decode(input_path, info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+            stats = stream_stats(_kept(decoded, sink))
+        t1 = time.perf_counter()
+        title = info.title or song
+        paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
+        writers = [
+            ParallelWriter(AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s))
+            for p, o in zip(paths, selection.outputs, strict=True)
+        ]
 
-    # The separating pass's decoder lives as long as the separation (21 min for an hour of
-    # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
-    paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
+        def emit(sources: np.ndarray, mix: np.ndarray) -> None:
+            named = {name: sources[i] for i, name in enumerate(separator.sources)}
+            for writer, output in zip(writers, selection.outputs, strict=True):
+                writer.put(functools.partial(render_output, output, named, mix))
 
-    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
-        return stream_decode(input_path, info, settings.max_duration_s, timeout_s)
-
-    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
-    t1 = time.perf_counter()
-    title = info.title or song
-    paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
-    writers = [
-        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
-        for p, o in zip(paths, selection.outputs, strict=True)
-    ]
-
-    def emit(sources: np.ndarray, mix: np.ndarray) -> None:
-        named = {name: sources[i] for i, name in enumerate(separator.sources)}
-        for writer, output in zip(writers, selection.outputs, strict=True):
-            writer.write(render_output(output, named, mix))
-
-    try:
-        say(Stage.separating, 0.0)
-        separator.separate_stream(
-            blocks(paced_s),
-            stats.frames,
-            stats.mean,
-            stats.std,
-            emit,
-            lambda f: say(Stage.separating, 100.0 * f),
-            should_stop,
-        )
-        say(Stage.encoding, 100.0)
-        for writer in writers:
-            writer.close()
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
-    t2 = time.perf_counter()
+        try:
+            say(Stage.separating, 0.0)
+            separator.separate_stream(
+                _read_raw(raw, stats.frames),
+                stats.frames,
+                stats.mean,
+                stats.std,
+                emit,
+                lambda f: say(Stage.separating, 100.0 * f),
+                should_stop,
+            )
+            t2 = time.perf_counter()
+            say(Stage.encoding, 100.0)
+            for writer in writers:
+                writer.close()
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+    t3 = time.perf_counter()
     seconds = stats.frames / SAMPLE_RATE
     return SeparationOutcome(
         files=[StemFile(o, p, seconds) for o, p in zip(selection.outputs, paths, strict=True)],
         audio_seconds=seconds,
         title=title,
         artist=info.artist,
-        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": 0.0},
+        # the encoders run during the separation; "encode" is what they take after it
+        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2},
     )
+
+
+_BLOCK_FRAMES = SAMPLE_RATE * 10
+
+
+def _kept(blocks: Iterator[np.ndarray], sink: BinaryIO) -> Iterator[np.ndarray]:
+    """The decoder's blocks, each also written to `sink` as interleaved float32."""
+    for block in blocks:
+        sink.write(np.ascontiguousarray(block.T).tobytes())
+        yield block
+
+
+def _read_raw(path: Path, frames: int) -> Iterator[np.ndarray]:
+    """(2, n) blocks of what `_kept` wrote."""
+    with path.open("rb") as source:
+        for _ in range(0, frames, _BLOCK_FRAMES):
+            block = np.fromfile(source, np.float32, _BLOCK_FRAMES * 2)
+            yield block.reshape(-1, 2).T

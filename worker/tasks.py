@@ -122,6 +122,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
     settings = queue.settings
     selection = request.selection
     run.report(Stage.downloading, 0)
+    fetching = time.perf_counter()
     try:
         data = await queue.store.get(request.input.artifact_key)
     except ArtifactMissing as exc:
@@ -131,6 +132,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         in_path = Path(tmp) / "input"
         in_path.write_bytes(data)
         del data
+        fetched = time.perf_counter() - fetching
         separator = await run.in_thread(
             lambda: engine.separator(
                 model_for(selection, request.model, settings.six_stem_model), needed_sources(selection)
@@ -150,13 +152,15 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
             )
         )
         run.report(Stage.uploading, 0)
+        storing = time.perf_counter()
         stems = await _store_outputs(queue, job_id, outcome.files, request.format)
+        stored = time.perf_counter() - storing
     return JobResult(
         job_id=job_id,
         status="done",
         model=request.model,
         stems=stems,
-        timings=outcome.timings,
+        timings={"fetch": fetched, **outcome.timings, "store": stored},
         audio_seconds=outcome.audio_seconds,
     )
 
@@ -195,6 +199,9 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
         await _record_job_seconds(queue, result.timings["total"])
     metrics.JOBS.labels(result.status).inc()
     metrics.AUDIO_MINUTES.inc(result.audio_seconds / 60)
+    for stage in metrics.JOB_STAGES:
+        if stage in result.timings:
+            metrics.STAGE_SECONDS.labels(stage).observe(result.timings[stage])
     if result.audio_seconds > 0:
         metrics.SECONDS_PER_AUDIO_SECOND.observe(result.timings["total"] / result.audio_seconds)
     counters = Counters(queue.pool, queue.settings.key_prefix)

@@ -12,7 +12,17 @@ Where `demucs.apply.apply_model` spends its time and memory, and what this does 
 - It runs one chunk at a time. Here `batch_size` windows share a forward pass (a win on
   GPUs; on CPUs one at a time is fastest, measured), optionally under bf16/fp16 autocast.
 - Attention runs through `scaled_dot_product_attention` (same maths, fused kernel), and on
-  CPUs the network runs compiled by OpenVINO (`worker.compiled`), in bf16 where native.
+  CPUs the network runs compiled by OpenVINO (`worker.compiled`), in bf16 where native; on
+  GPUs by `torch.compile` (`worker.inductor`), in fp16 with an fp32 rerun of any batch whose
+  output is not finite.
+- The host does as little as it can: the song's input is normalised once into one buffer
+  on the model's device (windows are views of it), the overlap-add is planned up front
+  (`plan_pieces`), so samples only one window covers are written once, straight into the
+  output, and only the overlaps are weighted and summed. On a GPU all of it stays on the
+  device, and each finished stretch comes back through pinned memory in one copy, waited
+  for only after the next batch has been queued.
+- Several songs can share one `Batcher` (`worker.batcher`): each forward pass then carries
+  windows of all of them.
 
 `layout="reference"` reproduces apply_model's chunk positions and padding exactly, which
 is how the tests prove the windowing, weighting and streaming code equal to the reference.
@@ -20,10 +30,13 @@ is how the tests prove the windowing, weighting and streaming code equal to the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import logging
 import math
 import weakref
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +51,7 @@ from torch import nn
 
 from core.errors import Cancelled
 from core.settings import Settings
+from worker.batcher import Batcher
 from worker.compiled import OpenVinoHTDemucs, Precision
 from worker.network import fuse_attention
 from worker.separator import normalisation
@@ -46,6 +60,8 @@ log = logging.getLogger(__name__)
 
 Layout = Literal["even", "reference"]
 Backend = Literal["torch", "openvino"]
+# torch.compile's mode ("default", "reduce-overhead", "max-autotune"), or None: eager PyTorch
+CompileMode = str | None
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]
 # Receives finished output: (sources, channels, n) separated audio and the (channels, n) mixture.
@@ -86,20 +102,45 @@ def window_weight(segment: int) -> torch.Tensor:
 
 # Prepared copies per model: a bag's separators for different requests (all stems, vocals
 # only) share them, OpenVINO compiles each model once, and they go when the model goes.
-_prepared: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Backend, Precision, bool], nn.Module]] = (
-    weakref.WeakKeyDictionary()
-)
+_PreparedKey = tuple[Backend, Precision, bool, CompileMode, int]
+_prepared: weakref.WeakKeyDictionary[nn.Module, dict[_PreparedKey, nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def prepare(model: nn.Module, backend: Backend, precision: Precision, fused: bool, cache_dir: Path) -> nn.Module:
-    """The module that runs `model`'s windows: as it is, with fused attention, or compiled."""
-    key: tuple[Backend, Precision, bool] = (backend, precision if backend == "openvino" else "fp32", fused)
+def prepare(
+    model: nn.Module,
+    backend: Backend,
+    precision: Precision,
+    fused: bool,
+    cache_dir: Path,
+    compile_mode: CompileMode = None,
+    batch: int = 1,
+) -> nn.Module:
+    """The module that runs `model`'s windows: as it is, with fused attention, or compiled.
+
+    `compile_mode` (PyTorch backend): torch.compile the network for batches of exactly
+    `batch` windows at `precision`, compiling now; eager (logged) if that fails.
+    """
+    compiling = backend == "torch" and compile_mode is not None
+    key: _PreparedKey = (
+        backend,
+        precision if backend == "openvino" or compiling else "fp32",
+        fused,
+        compile_mode if compiling else None,
+        batch if compiling else 0,
+    )
     done = _prepared.setdefault(model, {})
     if key not in done:
-        # copy.copy: a shell sharing the weights, so no value refers back to its weak key
-        shell = copy.copy(model)
-        ready = _compiled(shell, precision, fused, cache_dir) if backend == "openvino" else None
-        done[key] = ready if ready is not None else (fuse_attention(model) if fused else shell).eval()
+        if backend == "torch" and compile_mode is not None:
+            from worker.inductor import compile_network  # torch.compile's import is slow; GPUs only
+
+            eager = prepare(model, "torch", "fp32", fused, cache_dir)
+            built = compile_network(eager, precision, batch, cache_dir, compile_mode)
+            done[key] = built if built is not None else eager
+        else:
+            # copy.copy: a shell sharing the weights, so no value refers back to its weak key
+            shell = copy.copy(model)
+            ready = _compiled(shell, precision, fused, cache_dir) if backend == "openvino" else None
+            done[key] = ready if ready is not None else (fuse_attention(model) if fused else shell).eval()
     return done[key]
 
 
@@ -136,6 +177,8 @@ class WindowedSeparator:
         needed: Collection[str] | None = None,
         backend: Backend = "torch",
         cache_dir: Path | None = None,
+        compile_mode: CompileMode = None,
+        shared_batches: bool = False,
     ) -> None:
         self.bag = model
         self.device = device
@@ -154,8 +197,24 @@ class WindowedSeparator:
         if backend == "openvino" and device.type != "cpu":
             raise ValueError("the OpenVINO backend runs on the CPU")
         cache = cache_dir or Settings().engine_cache_dir
-        self.models = [prepare(m.to(device), backend, precision, fused_attention, cache) for m, _ in members]
+        compile_mode = compile_mode if backend == "torch" else None
+        self.models = [
+            prepare(m.to(device), backend, precision, fused_attention, cache, compile_mode, batch_size)
+            for m, _ in members
+        ]
+        # A reduced-precision batch that comes out not finite runs again through these, in fp32.
+        self.fp32_models = [prepare(m, "torch", "fp32", fused_attention, cache) for m, _ in members]
+        # Compiled graphs have static shapes: every pass is padded to `batch_size` windows.
+        self.static_batch = any(m is not e for m, e in zip(self.models, self.fp32_models, strict=True))
+        if backend == "openvino":
+            self.static_batch = False
         self.weights = [torch.tensor(w, dtype=torch.float32) for _, w in members]
+        self._weights = [w.to(device)[None, :, None, None] for w in self.weights]
+        # a source no kept model weighs stays 0
+        self._norm = torch.stack(self.weights).sum(0).clamp_min(1e-8).to(device)[None, :, None, None]
+        self._plain = len(members) == 1 and all(float(x) == 1.0 for x in self.weights[0])
+        self.window_weight = window_weight(self.segment).to(device)
+        self.batcher = Batcher(self._pass, batch_size) if shared_batches else None
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -168,11 +227,10 @@ class WindowedSeparator:
         self, wav: np.ndarray, progress: ProgressFn | None = None, should_stop: StopFn | None = None
     ) -> dict[str, np.ndarray]:
         """The whole song in memory: the `Separator` interface."""
-        parts: list[np.ndarray] = []
-        self.separate_stream(
-            _blocks_from(wav), wav.shape[-1], *normalisation(wav), lambda s, _m: parts.append(s), progress, should_stop
-        )
-        out = np.concatenate(parts, axis=-1) if parts else np.zeros((len(self.sources), *wav.shape), np.float32)
+        out = np.zeros((len(self.sources), *wav.shape), np.float32)
+        if wav.shape[-1]:
+            song = _Song(self, _blocks_from(wav), wav.shape[-1], *normalisation(wav), None, into=out)
+            song.run(progress, should_stop)
         return {name: out[i] for i, name in enumerate(self.sources)}
 
     def separate_stream(
@@ -185,105 +243,276 @@ class WindowedSeparator:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> None:
-        """Separate a song that arrives as (channels, n) blocks, emitting finished output in order."""
-        stream = _Stream(iter(blocks), total, self, mean, std, emit)
-        windows = self.windows(total)
-        for first in range(0, len(windows), self.batch_size):
-            if should_stop is not None and should_stop():
-                raise Cancelled()
-            batch = windows[first : first + self.batch_size]
-            stream.run(batch, windows[first + self.batch_size] if first + self.batch_size < len(windows) else None)
-            if progress is not None:
-                progress(min(1.0, (first + len(batch)) / len(windows)))
+        """Separate a song that arrives as (channels, n) blocks, emitting finished output in order.
+
+        Each emitted array is the receiver's own (nothing here writes to it afterwards).
+        """
+        _Song(self, iter(blocks), total, mean, std, emit).run(progress, should_stop)
+
+    def forward(self, chunks: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, length) normalised input → (batch, sources, channels, length), on the device."""
+        if self.batcher is not None:
+            return self.batcher(chunks)
+        return self._pass(chunks)
 
     @torch.inference_mode()
-    def forward(self, chunks: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, segment) normalised input → (batch, sources, channels, segment)."""
+    def _pass(self, chunks: torch.Tensor) -> torch.Tensor:
+        """One forward pass; a reduced-precision result that is not finite is computed again in fp32."""
+        count = chunks.shape[0]
         chunks = chunks.to(self.device)
-        total: torch.Tensor | float = 0.0
-        for model, weight in zip(self.models, self.weights, strict=True):
-            with self._autocast():
-                out = model(chunks).float()
-            total = total + out * weight.to(out.device)[None, :, None, None]
-        assert isinstance(total, torch.Tensor)
-        norm = torch.stack(self.weights).sum(0).clamp_min(1e-8)  # a source no kept model weighs stays 0
-        return (total / norm[None, :, None, None].to(total.device)).cpu()
+        if self.static_batch and count < self.batch_size:
+            chunks = torch.cat([chunks, chunks.new_zeros((self.batch_size - count, *chunks.shape[1:]))])
+        out = self._through(self.models, chunks, self.precision)
+        if self.precision != "fp32" and self.backend == "torch" and not bool(torch.isfinite(out).all()):
+            # one sync per pass, on reduced precision only: fp16 can overflow on loud input
+            log.warning("a batch of %d windows was not finite in %s; running it again in fp32", count, self.precision)
+            out = self._through(self.fp32_models, chunks, "fp32")
+        return out[:count]
 
-    def _autocast(self) -> Any:
-        if self.precision == "fp32" or self.backend == "openvino":  # OpenVINO applies it itself
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+    def _through(self, models: list[nn.Module], chunks: torch.Tensor, precision: Precision) -> torch.Tensor:
+        if self._plain:
+            with self._autocast(precision):
+                return models[0](chunks).float()  # type: ignore[no-any-return]
+        total: torch.Tensor | None = None
+        for model, weight in zip(models, self._weights, strict=True):
+            with self._autocast(precision):
+                out = model(chunks).float()
+            out = out * weight
+            total = out if total is None else total.add_(out)
+        assert total is not None
+        return total.div_(self._norm)
+
+    def _autocast(self, precision: Precision) -> Any:
+        if precision == "fp32" or self.backend == "openvino":  # OpenVINO applies it itself
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-class _Stream:
-    """Input buffer, overlap-add accumulator and emission for one song."""
+Role = Literal["only", "first", "middle", "last"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of song samples [lo, hi) that the same windows cover, seen from one of them.
+
+    only: no other window covers it, so the output is the window's own (no weighting);
+    first / middle / last: the order in which the covering windows add their weighted
+    output; the last one divides by the summed weights (`covering`) and writes it out.
+    """
+
+    lo: int
+    hi: int
+    role: Role
+    covering: tuple[int, ...]
+
+
+def plan_pieces(windows: list[Window]) -> list[list[Piece]]:
+    """For each window (in order), the pieces its output is cut into for overlap-add."""
+    bounds = sorted({w.start for w in windows} | {w.start + w.length for w in windows})
+    stretches: list[tuple[int, int, tuple[int, ...]]] = []
+    first = 0  # windows before `first` end before the current stretch (ends never decrease)
+    for lo, hi in itertools.pairwise(bounds):
+        while windows[first].start + windows[first].length <= lo:
+            first += 1
+        covering: list[int] = []
+        for k in range(first, len(windows)):
+            if windows[k].start > lo:
+                break
+            if windows[k].start + windows[k].length >= hi:
+                covering.append(k)
+        if not covering:
+            raise ValueError(f"no window covers samples {lo}..{hi}")
+        cover = tuple(covering)
+        if stretches and stretches[-1][2] == cover and stretches[-1][1] == lo:
+            stretches[-1] = (stretches[-1][0], hi, cover)
+        else:
+            stretches.append((lo, hi, cover))
+    pieces: list[list[Piece]] = [[] for _ in windows]
+    for lo, hi, cover in stretches:
+        if len(cover) == 1:
+            pieces[cover[0]].append(Piece(lo, hi, "only", cover))
+            continue
+        for i, k in enumerate(cover):
+            role: Role = "first" if i == 0 else "last" if i == len(cover) - 1 else "middle"
+            pieces[k].append(Piece(lo, hi, role, cover))
+    return pieces
+
+
+class _Song:
+    """One song through the engine: input buffer, overlap-add and emission, on the model's device."""
 
     def __init__(
-        self, blocks: Iterator[np.ndarray], total: int, sep: WindowedSeparator, mean: float, std: float, emit: EmitFn
+        self,
+        sep: WindowedSeparator,
+        blocks: Iterator[np.ndarray],
+        total: int,
+        mean: float,
+        std: float,
+        emit: EmitFn | None,
+        into: np.ndarray | None = None,
     ) -> None:
-        self.blocks, self.total, self.sep, self.mean, self.std, self.emit = blocks, total, sep, mean, std, emit
-        channels = 2
-        self.buf = np.zeros((channels, 0), np.float32)
-        self.buf_start = 0  # song sample of buf[:, 0]
-        self.acc = torch.zeros(len(sep.sources), channels, 0)
-        self.wsum = torch.zeros(0)
-        self.done = 0  # samples emitted so far
-        self.weight = window_weight(sep.segment)
+        self.sep, self.blocks, self.total, self.mean, self.std = sep, blocks, total, mean, std
+        self.emit, self.into = emit, into
+        self.device = sep.device
+        self.cuda = sep.device.type == "cuda"
+        self.windows = sep.windows(total)
+        self.pieces = plan_pieces(self.windows) if self.windows else []
+        # where the input of windows[k:] starts: input before it is no longer needed
+        self.keep = [w.padded_start for w in self.windows] + [total]
+        for k in range(len(self.windows) - 1, -1, -1):
+            self.keep[k] = min(self.keep[k], self.keep[k + 1])
+        self.mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        span = (sep.batch_size + 1) * sep.segment + 44100 * 10
+        self.inp = torch.empty((2, span), device=self.device)  # normalised input of [inp_start, inp_end)
+        self.inp_start = self.inp_end = 0
+        self.raw: deque[tuple[int, np.ndarray]] = deque()  # the mixture as it came, for emit
+        self.acc: dict[tuple[int, int], torch.Tensor] = {}  # weighted sums of overlaps in progress
+        self.done = 0  # output samples finished
+        self.pending: tuple[Any, torch.Tensor, int, int] | None = None  # a copy to the host in flight
 
-    def _fill(self, upto: int) -> None:
-        while self.buf_start + self.buf.shape[-1] < min(upto, self.total):
-            block = next(self.blocks, None)
-            if block is None:
-                break
-            self.buf = np.concatenate([self.buf, np.asarray(block, np.float32)], axis=-1)
+    def run(self, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+        size = self.sep.batch_size
+        windows = self.windows
+        for first in range(0, len(windows), size):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            batch = list(range(first, min(first + size, len(windows))))
+            upto = windows[batch[-1] + 1].start if batch[-1] + 1 < len(windows) else self.total
+            self._batch(batch, upto)
+            if progress is not None:
+                progress(min(1.0, (batch[-1] + 1) / len(windows)))
+        self._drain()
 
-    def _input(self, window: Window) -> torch.Tensor:
-        """The model's input for one window, zero-padded where it reaches past the song."""
-        seg = self.sep.segment if self.sep.layout == "reference" or window.length == self.sep.segment else window.length
-        lo, hi = max(window.padded_start, 0), min(window.padded_start + seg, self.total)
-        piece = self.buf[:, lo - self.buf_start : hi - self.buf_start]
-        chunk = torch.from_numpy((piece - self.mean) / self.std)
-        # a song shorter than one window goes in as it is: HTDemucs pads it itself
-        return F.pad(chunk, (lo - window.padded_start, window.padded_start + seg - hi))
-
-    def run(self, batch: list[Window], following: Window | None) -> None:
-        self._fill(max(w.padded_start + self.sep.segment for w in batch))
-        inputs = [self._input(w) for w in batch]
+    def _batch(self, batch: list[int], upto: int) -> None:
+        windows = self.windows
+        inputs = [self._input(windows[k]) for k in batch]
         if len({i.shape[-1] for i in inputs}) > 1:  # unequal lengths only happen at the end
             outputs = [self.sep.forward(i[None])[0] for i in inputs]
         else:
-            outputs = list(self.sep.forward(torch.stack(inputs)))
-        for window, out in zip(batch, outputs, strict=True):
-            self._add(window, self._trim(out, window))
-        self._flush(following.start if following is not None else self.total, following)
+            stacked = inputs[0][None] if len(inputs) == 1 else torch.stack(inputs)
+            outputs = list(self.sep.forward(stacked))
+        stage = self._stage(upto - self.done)
+        for k, out in zip(batch, outputs, strict=True):
+            self._add(k, out, stage)
+        self._finish(stage, upto)
+        self._drop_input(self.keep[batch[-1] + 1])
 
-    def _trim(self, out: torch.Tensor, window: Window) -> torch.Tensor:
-        """The window's own samples of the model output (apply_model's centre trim)."""
-        skip = window.start - window.padded_start
-        return out[..., skip : skip + window.length] * self.std + self.mean
+    # --- input -------------------------------------------------------------------------
 
-    def _add(self, window: Window, out: torch.Tensor) -> None:
-        end = window.start + window.length
-        grow = end - self.done - self.acc.shape[-1]
-        if grow > 0:
-            self.acc = F.pad(self.acc, (0, grow))
-            self.wsum = F.pad(self.wsum, (0, grow))
-        weight = self.weight[: window.length]
-        lo = window.start - self.done
-        self.acc[..., lo : lo + window.length] += out * weight
-        self.wsum[lo : lo + window.length] += weight
+    def _fill(self, upto: int) -> None:
+        """Normalise blocks into the input buffer until it reaches sample `upto`."""
+        upto = min(upto, self.total)
+        while self.inp_end < upto:
+            block = next(self.blocks, None)
+            if block is None:
+                raise ValueError(f"the audio ended at sample {self.inp_end}, before its stated {self.total}")
+            block = block[:, : self.total - self.inp_end]
+            self.raw.append((self.inp_end, block))
+            n = block.shape[-1]
+            used = self.inp_end - self.inp_start
+            if used + n > self.inp.shape[-1]:
+                grown = torch.empty((2, max(self.inp.shape[-1], used + n)), device=self.device)
+                grown[:, :used] = self.inp[:, :used]
+                self.inp = grown
+            dest = self.inp[:, used : used + n]
+            if self.cuda:
+                host = torch.from_numpy(np.array(block, dtype=np.float32, order="C"))
+                torch.sub(host.to(self.device), self.mean, out=dest).div_(self.std)
+            else:
+                view = dest.numpy()
+                np.subtract(block, np.float32(self.mean), out=view)
+                np.divide(view, np.float32(self.std), out=view)
+            self.inp_end += n
 
-    def _flush(self, upto: int, following: Window | None) -> None:
-        count = upto - self.done
-        if count <= 0:
+    def _drop_input(self, keep_from: int) -> None:
+        keep_from = max(min(keep_from, self.inp_end), self.inp_start)
+        if keep_from == self.inp_start:
             return
-        sources = (self.acc[..., :count] / self.wsum[:count]).numpy()
-        mix = self.buf[:, self.done - self.buf_start : upto - self.buf_start]
-        self.emit(sources, mix)
-        self.acc, self.wsum = self.acc[..., count:], self.wsum[count:]
-        self.done = upto
-        keep_from = min(self.done, following.padded_start if following is not None else self.done)
-        keep_from = max(keep_from, self.buf_start)
-        self.buf = self.buf[:, keep_from - self.buf_start :]
-        self.buf_start = keep_from
+        live = self.inp_end - keep_from
+        fresh = torch.empty_like(self.inp)  # not in place: source and destination would overlap
+        fresh[:, :live] = self.inp[:, keep_from - self.inp_start : self.inp_end - self.inp_start]
+        self.inp, self.inp_start = fresh, keep_from
+
+    def _input(self, window: Window) -> torch.Tensor:
+        """The model's input for one window (a view where it lies inside the song), zero-padded past its ends."""
+        sep = self.sep
+        seg = sep.segment if sep.layout == "reference" or window.length == sep.segment else window.length
+        self._fill(window.padded_start + seg)
+        lo, hi = max(window.padded_start, 0), min(window.padded_start + seg, self.total)
+        piece = self.inp[:, lo - self.inp_start : hi - self.inp_start]
+        if lo == window.padded_start and hi == window.padded_start + seg:
+            return piece
+        # a song shorter than one window goes in as it is: HTDemucs pads it itself
+        return F.pad(piece, (lo - window.padded_start, window.padded_start + seg - hi))
+
+    # --- output ------------------------------------------------------------------------
+
+    def _stage(self, count: int) -> torch.Tensor:
+        """Where finished samples [done, done + count) are written: the caller's array, or a fresh one."""
+        shape = (len(self.sep.sources), 2, count)
+        if self.cuda:
+            return torch.empty(shape, device=self.device)
+        if self.into is not None:
+            return torch.from_numpy(self.into)[..., self.done : self.done + count]
+        return torch.from_numpy(np.empty(shape, np.float32))
+
+    def _add(self, k: int, out: torch.Tensor, stage: torch.Tensor) -> None:
+        window = self.windows[k]
+        weight = self.sep.window_weight
+        for p in self.pieces[k]:
+            src = out[..., p.lo - window.padded_start : p.hi - window.padded_start]
+            if p.role == "only":
+                torch.add(self.mean_t, src, alpha=self.std, out=stage[..., p.lo - self.done : p.hi - self.done])
+                continue
+            w = weight[p.lo - window.start : p.hi - window.start]
+            if p.role == "first":
+                self.acc[(p.lo, p.hi)] = src * w
+                continue
+            acc = self.acc[(p.lo, p.hi)]
+            acc.addcmul_(src, w)
+            if p.role == "last":
+                del self.acc[(p.lo, p.hi)]
+                starts = [self.windows[j].start for j in p.covering]
+                wsum = torch.stack([weight[p.lo - s : p.hi - s] for s in starts]).sum(0)
+                scale = self.std / wsum
+                torch.addcmul(self.mean_t, acc, scale, out=stage[..., p.lo - self.done : p.hi - self.done])
+
+    def _finish(self, stage: torch.Tensor, upto: int) -> None:
+        """Hand on [done, upto): on a GPU, start its copy to the host and hand on the previous stretch."""
+        start, self.done = self.done, upto
+        if not self.cuda:
+            if self.into is None:
+                self._hand_on(stage.numpy(), start, upto)
+            return
+        host = torch.empty(stage.shape, pin_memory=True)
+        host.copy_(stage, non_blocking=True)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        self._drain()
+        self.pending = (event, host, start, upto)
+
+    def _drain(self) -> None:
+        if self.pending is not None:
+            event, host, start, upto = self.pending
+            self.pending = None
+            event.synchronize()
+            if self.into is not None:
+                self.into[..., start:upto] = host.numpy()
+            else:
+                self._hand_on(host.numpy(), start, upto)
+
+    def _hand_on(self, sources: np.ndarray, start: int, upto: int) -> None:
+        assert self.emit is not None
+        self.emit(sources, self._mixture(start, upto))
+
+    def _mixture(self, start: int, upto: int) -> np.ndarray:
+        """The input as it came, for [start, upto); blocks before `upto` are then dropped."""
+        parts = []
+        for first, block in self.raw:
+            lo, hi = max(start, first), min(upto, first + block.shape[-1])
+            if lo < hi:
+                parts.append(block[:, lo - first : hi - first])
+        while self.raw and self.raw[0][0] + self.raw[0][1].shape[-1] <= upto:
+            self.raw.popleft()
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
