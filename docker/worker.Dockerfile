@@ -12,7 +12,7 @@ COPY worker worker
 RUN pip3 install --no-cache-dir '.[worker]'
 # demucs caches downloaded weights under $TORCH_HOME, stembot its compiled networks beside
 # them: a volume, so both happen once.
-ENV TORCH_HOME=/models STEMBOT_ENGINE_CACHE_DIR=/models/stembot-engine STEMBOT_DEVICE=cuda
+ENV TORCH_HOME=/models STEMBOT_ENGINE_CACHE_DIR=/models/stembot-engine STEMBOT_DEVICE=cuda STEMBOT_WORKER_MAX_JOBS=8
 VOLUME ["/models"]
 ENTRYPOINT ["stembot"]
 CMD ["worker"]

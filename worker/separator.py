@@ -29,9 +29,11 @@ class Separator(Protocol):
 
 
 def normalisation(wav: np.ndarray) -> tuple[float, float]:
-    """The mixture statistics demucs normalises by (as `demucs.separate` does)."""
-    ref = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).mean(0)
-    return float(ref.mean()), float(ref.std()) + 1e-8
+    """The mixture statistics demucs normalises by (as `demucs.separate` does: unbiased std).
+
+    In numpy: PyTorch's two threads took 6x longer on a busy 2-core host (measured)."""
+    ref = np.asarray(wav, dtype=np.float32).mean(0)
+    return float(ref.mean()), float(ref.std(ddof=1)) + 1e-8
 
 
 # apply_model draws its random time shift from the global `random` module: seeding it
