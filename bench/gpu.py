@@ -307,7 +307,7 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
             start = time.perf_counter()
             submitted = [
                 await queue.submit(
-                    SeparationRequest(input=ref, stems="all", model="htdemucs", requester=Requester(platform="bench"))
+                    SeparationRequest(input=ref, stems="all", model="htdemucs", requester=Requester(platform="test"))
                 )
                 for ref in refs
             ]
@@ -353,7 +353,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
 
     say(f"\n## job: {args.job_seconds:g} s mp3 -> four mp3 stems, network stubbed, {os.cpu_count()} cores")
     song = tmp / "song.mp3"
-    src = SONGS / "librosa_kevin_macleod_vibe_ace.ogg"
+    src = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
     ffmpeg(
         "-stream_loop",
         "-1",
@@ -379,7 +379,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         try:
             ref = await queue.store_input(song.read_bytes(), song.name)
             request = SeparationRequest(
-                input=ref, stems="drums bass other vocals", model="htdemucs", requester=Requester(platform="bench")
+                input=ref, stems="drums bass other vocals", model="htdemucs", requester=Requester(platform="test")
             )
             run = tasks.JobRun(queue, "bench-job")
             start = time.perf_counter()
