@@ -96,6 +96,13 @@ class ModelUnavailable(StembotError):
     code = "model_unavailable"
 
 
+class OutputFailed(StembotError):
+    """A stem could not be written (a full disk, an unwritable directory): the host, not the song."""
+
+    code = "output_failed"
+    retryable = True
+
+
 ERRORS_BY_CODE: dict[str, type[StembotError]] = {
     cls.code: cls
     for cls in (
@@ -112,5 +119,6 @@ ERRORS_BY_CODE: dict[str, type[StembotError]] = {
         RateLimited,
         WorkerFailed,
         ModelUnavailable,
+        OutputFailed,
     )
 }
