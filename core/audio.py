@@ -238,12 +238,19 @@ def encode(
     try:
         proc = sandbox.run(cmd, timeout_s, pcm)
     except subprocess.TimeoutExpired:
-        dest.unlink(missing_ok=True)
+        _remove(dest)
         raise RuntimeError(f"ffmpeg took too long to encode {dest.name}") from None
     if proc.returncode != 0:
-        dest.unlink(missing_ok=True)
+        _remove(dest)
         raise write_failed(dest, proc.stderr)
     return dest
+
+
+def _remove(path: Path) -> None:
+    """Delete a half-written output; never raise while cleaning up after another failure
+    (a directory in the file's place, a vanished folder)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def write_failed(dest: Path, stderr: bytes) -> OutputFailed:
@@ -434,4 +441,4 @@ class AudioWriter:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
         self._log.close()
-        self.dest.unlink(missing_ok=True)
+        _remove(self.dest)

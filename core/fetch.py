@@ -24,7 +24,7 @@ import httpcore
 
 from core.audio import megabytes
 from core.errors import DownloadFailed, LinkRefused, TooLarge
-from core.naming import NAME_MAX_BYTES, cap_bytes
+from core.naming import NAME_MAX_BYTES, cap_bytes, excerpt
 
 _MAX_REDIRECTS = 5
 _URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
@@ -63,7 +63,7 @@ async def check_url(url: str, allow_private: bool) -> list[str]:
     try:
         addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
-        raise LinkRefused(f"I couldn't find the host {parts.hostname}.") from exc
+        raise LinkRefused(f"I couldn't find the host {excerpt(parts.hostname, 80)}.") from exc
     if not allow_private and not all(_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         raise LinkRefused("That link points at a private or local address, which I don't fetch.")
     return addresses

@@ -85,3 +85,9 @@ _PART_SUFFIX_BYTES = 16
 def chat_filename(song: str, stem: str, ext: str) -> str:
     """`<song> - <stem>.<ext>`, as the bots upload files."""
     return _fit(song, f" - {stem}.{ext}", _PART_SUFFIX_BYTES)
+
+
+def excerpt(text: str, max_chars: int = 40) -> str:
+    """User text echoed in a reply, cut so that a 100 000-character word makes a short answer."""
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
