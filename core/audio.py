@@ -24,6 +24,7 @@ import numpy as np
 
 from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong
 from core.ffmpeg import DEFAULT_SANDBOX, Sandbox, as_file, refused_format
+from core.naming import cap_bytes
 
 SAMPLE_RATE = 44100
 CHANNELS = 2
@@ -146,10 +147,15 @@ def megabytes(n: int, up: bool = False) -> str:
     return f"{tenths // 10} MB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MB"
 
 
+# A tag from the user's file becomes an ffmpeg argument (at most 128 kB each) and a chat title.
+_TAG_MAX_CHARS = 200
+
+
 def _tag(tags: dict[str, str], name: str) -> str | None:
+    """A title or artist tag on one line, cut to a length a chat title and a command line take."""
     for key, value in tags.items():
         if key.lower() == name and value.strip():
-            return value.strip()
+            return cap_bytes(" ".join(value.split())[:_TAG_MAX_CHARS], 3 * _TAG_MAX_CHARS).strip()
     return None
 
 

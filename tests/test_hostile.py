@@ -21,7 +21,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from core.audio import NOT_ACCEPTED, AudioInfo, inspect, inspect_bytes, megabytes, probe, too_long_error
+from core.audio import (
+    NOT_ACCEPTED,
+    AudioInfo,
+    OutputFormat,
+    Tags,
+    encode,
+    inspect,
+    inspect_bytes,
+    megabytes,
+    probe,
+    too_long_error,
+)
 from core.audio import decode as decode_audio
 from core.cli import EXIT_USER_ERROR, main
 from core.errors import NotAudio, TooLarge, TooLong
@@ -417,6 +428,18 @@ async def test_content_disposition_names_are_capped(unused_tcp_port: int, rock_s
         await runner.cleanup()
     assert len(fetched.filename.encode()) <= NAME_MAX_BYTES
     assert fetched.filename.startswith("歌歌") and fetched.filename.endswith(".flac")
+
+
+def test_tags_from_the_file_are_cut(tmp_path: Path) -> None:
+    """A 300 kB title tag would not fit in one ffmpeg argument (128 kB) when the stems are tagged."""
+    path, meta = tmp_path / "tagged.flac", tmp_path / "meta.txt"
+    meta.write_text(";FFMETADATA1\ntitle=" + "Ω\\\n" * 100_000 + "\n")  # escaped newlines inside the value
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-f", "ffmetadata", "-i", str(meta), "-map_metadata", "1", str(path))
+    info = probe(path)
+    assert info.title is not None and len(info.title) <= 200 and "\n" not in info.title
+    wav = decode_audio(path, info, 60)
+    encode(wav, tmp_path / "out.mp3", OutputFormat("mp3"), Tags(title=info.title))
+    assert probe(tmp_path / "out.mp3").title == info.title
 
 
 # --- a deterministic failure in the worker runs once ----------------------------------------
