@@ -68,7 +68,10 @@ class Sandbox:
 
     def input_args(self, path: Path) -> list[str]:
         """ffmpeg/ffprobe options that open a user's file: whitelists, then the path."""
+        # One decoder thread: audio decoders barely use more, and a video track's decoder would
+        # start one per core, each with its stack, against the address-space limit.
         return [
+            "-threads", "1",
             "-format_whitelist", ",".join(self.formats),
             "-protocol_whitelist", _INPUT_PROTOCOLS,
             "-i", as_file(path),

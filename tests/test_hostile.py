@@ -470,6 +470,7 @@ async def test_a_deterministic_failure_runs_once(
     tmp_path: Path,
     worker_factory: list[WorkerProcess],
     queue_client: QueueClient,
+    work_tmp: Path,
 ) -> None:
     env = tiny_env | {"STEMBOT_MODEL_REPO": str(broken_repo)}
     worker = WorkerProcess(env, tmp_path / "w.log").start()
@@ -483,6 +484,9 @@ async def test_a_deterministic_failure_runs_once(
     assert result.status == "failed" and result.error is not None
     assert result.error.code == "internal_error"
     assert "go wrong the same way again" in result.error.message
+    # the failed pipeline left no decoder, encoder or scratch file behind in the live worker
+    assert _processes_mentioning(str(work_tmp)) == []
+    assert list(work_tmp.iterdir()) == []
     again = await queue.submit(request)  # the same request again: answered, not re-run
     assert again.state == "cached"
     await asyncio.sleep(2)
