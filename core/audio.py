@@ -109,15 +109,20 @@ def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio:
     text = stderr.decode(errors="replace")[-500:]
     if refused_format(text):
         return NotAudio(NOT_ACCEPTED, detail=text)
-    if "Cannot allocate memory" in text or returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if _over_limits(text, returncode):
         return NotAudio(TOO_DEMANDING, detail=text)
     return NotAudio("That doesn't look like an audio or video file I can read.", detail=text)
+
+
+def _over_limits(stderr_text: str, returncode: int) -> bool:
+    """The child ran out of the memory or CPU time its sandbox allows."""
+    return "Cannot allocate memory" in stderr_text or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
 
 
 def _sandboxed_out(stderr: bytes, returncode: int) -> bool:
     """The sandbox, not the file's content, stopped the child."""
     text = stderr.decode(errors="replace")
-    return refused_format(text) or "Cannot allocate memory" in text or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+    return refused_format(text) or _over_limits(text, returncode)
 
 
 TOO_DEMANDING = "Reading that file takes more memory or time than I allow; it isn't audio I accept."
