@@ -250,7 +250,7 @@ def encode(
         proc = sandbox.run(cmd, timeout_s, pcm)
     except subprocess.TimeoutExpired:
         _remove(dest)
-        raise RuntimeError(f"ffmpeg took too long to encode {dest.name}") from None
+        raise TimeoutError(f"ffmpeg took too long to encode {dest.name}") from None
     if proc.returncode != 0:
         _remove(dest)
         raise write_failed(dest, proc.stderr)
@@ -436,7 +436,7 @@ class AudioWriter:
             code = self.proc.wait(self.timeout_s)
         except subprocess.TimeoutExpired:
             self.abort()
-            raise RuntimeError(f"ffmpeg took too long to encode {self.dest.name}") from None
+            raise TimeoutError(f"ffmpeg took too long to encode {self.dest.name}") from None
         if code != 0:
             error = self._failure()
             self.abort()

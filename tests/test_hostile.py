@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import errno
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.audio import (
     NOT_ACCEPTED,
@@ -492,6 +494,35 @@ async def test_a_deterministic_failure_runs_once(
     await asyncio.sleep(2)
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 1, starts
+
+
+def _caused(outer: Exception, cause: BaseException) -> Exception:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "worker_failed"),
+        (OSError(errno.EMFILE, "Too many open files"), "worker_failed"),
+        (MemoryError(), "worker_failed"),
+        (TimeoutError("ffmpeg took too long to encode x.mp3"), "worker_failed"),
+        (RedisConnectionError("Connection refused"), "worker_failed"),
+        (_caused(RuntimeError("wrapped"), RedisConnectionError("gone")), "worker_failed"),
+        (AssertionError(), "internal_error"),
+        (OSError(errno.ENAMETOOLONG, "File name too long"), "internal_error"),
+        (KeyError("vocals"), "internal_error"),
+        (ValueError("bad shape"), "internal_error"),
+    ],
+)
+def test_which_failures_a_repeat_runs_again(exc: Exception, code: str) -> None:
+    from core.errors import ERRORS_BY_CODE
+    from worker.tasks import _failure
+
+    error = _failure(exc)
+    assert error.code == code
+    assert ERRORS_BY_CODE[code].retryable is (code == "worker_failed")
 
 
 # --- messages -------------------------------------------------------------------------------
