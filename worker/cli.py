@@ -13,8 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.audio import OutputFormat
+from core.audio import OutputFormat, inspect
 from core.cli import Command, add_job_options, obtain_input, writable_dir
+from core.ffmpeg import Sandbox
 from core.jobs import Stage, model_for
 from core.naming import song_name
 from core.settings import Settings
@@ -41,15 +42,18 @@ class StageBar:
 
 
 def separate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.engine import Engine
-    from worker.pipeline import needed_sources, separate_file
-
     selection = parse_stems(args.stems)
     fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
     model = model_for(selection, args.model or settings.model, settings.six_stem_model)
     writable_dir(args.output)
     with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
         path, filename = asyncio.run(obtain_input(args.input, Path(tmp), settings))
+        # Refuse a bad input before the seconds (and gigabytes) of loading a model.
+        sandbox = Sandbox.from_settings(settings)
+        inspect(path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
+        from worker.engine import Engine  # torch: only once the input passed
+        from worker.pipeline import needed_sources, separate_file
+
         separator = Engine(settings).separator(model, needed_sources(selection))
         bar = StageBar()
         try:
