@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from core.audio import (
     stream_stats,
 )
 from core.errors import Cancelled
+from core.ffmpeg import Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
 from core.settings import Settings
@@ -95,8 +97,11 @@ def separate_file(
     if isinstance(separator, WindowedSeparator):
         return stream_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
+    sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
-    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    wav, info = load_audio(
+        input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
+    )
     t1 = time.perf_counter()
     say(Stage.separating, 0.0)
     sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
@@ -109,7 +114,7 @@ def separate_file(
             raise Cancelled()
         audio = render_output(output, sources, wav)
         path = out_dir / stem_filename(song, output.name, fmt.ext)
-        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s)
+        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s, sandbox)
         files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
     t3 = time.perf_counter()
     return SeparationOutcome(
@@ -140,20 +145,20 @@ def stream_file(
     requested file, all of them running at once (`worker.encoders`).
     """
     say: Reporter = report or (lambda stage, pct: None)
+    sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
-    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
     with job_dir() as scratch:
         raw = Path(scratch) / "decoded.f32"
-        with raw.open("wb") as sink:
-            decoded = stream_decode(input_path, info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+        # Closed on the way out whatever happens, so its ffmpeg and watchdog end with this call
+        # and not whenever the garbage collector reaches a generator held by a traceback.
+        decoded = stream_decode(input_path, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox=sandbox)
+        with contextlib.closing(decoded), raw.open("wb") as sink:
             stats = stream_stats(_kept(decoded, sink))
         t1 = time.perf_counter()
         title = info.title or song
         paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
-        writers = [
-            ParallelWriter(AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s))
-            for p, o in zip(paths, selection.outputs, strict=True)
-        ]
+        writers: list[ParallelWriter] = []
 
         def emit(sources: np.ndarray, mix: np.ndarray) -> None:
             named = {name: sources[i] for i, name in enumerate(separator.sources)}
@@ -161,6 +166,9 @@ def stream_file(
                 writer.put(functools.partial(render_output, output, named, mix))
 
         try:
+            for p, o in zip(paths, selection.outputs, strict=True):
+                encoder = AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s, sandbox)
+                writers.append(ParallelWriter(encoder))
             say(Stage.separating, 0.0)
             separator.separate_stream(
                 _read_raw(raw, stats.frames),
@@ -173,11 +181,11 @@ def stream_file(
             )
             t2 = time.perf_counter()
             say(Stage.encoding, 100.0)
-            for writer in writers:
-                writer.close()
+            for parallel in writers:
+                parallel.close()
         except BaseException:
-            for writer in writers:
-                writer.abort()
+            for parallel in writers:
+                parallel.abort()
             raise
     t3 = time.perf_counter()
     seconds = stats.frames / SAMPLE_RATE
