@@ -70,7 +70,7 @@ def compile_network(
     backend = backend or COMPILER
     try:
         use_cache(cache_dir)
-        compiled = CompiledHTDemucs(model, mode, backend)
+        compiled = CompiledHTDemucs(model, mode, backend).eval()
         device = next(model.parameters()).device
         htdemucs: Any = model
         warm = torch.zeros(batch, htdemucs.audio_channels, training_length(htdemucs), device=device)
