@@ -30,6 +30,8 @@ from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import fit_stem, needs_parts, plan_upload
 
+# What a user reads when something fails that is no fault of their input (a bug, a lost host).
+SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0

@@ -24,8 +24,8 @@ from telegram.error import BadRequest, TelegramError
 
 from core.audio import megabytes
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
-from core.errors import StembotError, TooLarge
+from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
+from core.errors import DownloadFailed, StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
@@ -85,8 +85,13 @@ class TelegramService:
             )
         if size > self.settings.max_input_bytes:
             raise TooLarge(f"That file is {megabytes(size)}; the limit is {megabytes(self.settings.max_input_bytes)}.")
-        file = await item.get_file()  # type: ignore[attr-defined]
-        data = bytes(await file.download_as_bytearray())
+        try:
+            file = await item.get_file()  # type: ignore[attr-defined]
+            data = bytes(await file.download_as_bytearray())
+        except TelegramError as exc:  # too big after all, gone, Telegram down
+            raise DownloadFailed(
+                "I couldn't get that file from Telegram. Please send it again.", detail=str(exc)
+            ) from exc
         name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
         return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
@@ -116,8 +121,11 @@ class TelegramService:
         while True:
             try:
                 for delivery in await self.book.pending():
-                    await self.advance(bot, delivery)
-            except Exception:  # keep delivering whatever one delivery did
+                    try:
+                        await self.advance(bot, delivery)
+                    except Exception:  # one broken delivery must not hold up the others
+                        log.exception("delivery %s", delivery.id)
+            except Exception:  # keep delivering whatever Redis did
                 log.exception("delivery loop")
             await asyncio.sleep(self.settings.delivery_poll_s)
 
@@ -142,6 +150,10 @@ class TelegramService:
         except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
             log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
+            return
+        except Exception:  # the stems expired, a bug: one answer all the same
+            log.exception("sending stems of %s failed", delivery.job_id)
+            await self._edit(bot, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
             return
         note = f"\n{delivery.note}" if delivery.note else ""
         await self._edit(bot, delivery, outcome_line(result, delivery.song) + note + links, None)
