@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import tasks
 
-from bots.discord.commands import on_cancel, register
-from bots.discord.service import CANCEL_PREFIX, DiscordService
+from bots.discord.commands import register
+from bots.discord.service import DiscordService
 from core.queue import QueueClient
 from core.settings import Settings
 
@@ -59,9 +59,3 @@ class StembotBot(discord.Client):
     async def _deliver_failed(self, error: BaseException) -> None:
         log.exception("delivery loop", exc_info=error)
         self.deliver.restart()
-
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
-        data: dict[str, object] = dict(interaction.data or {})
-        custom_id = data.get("custom_id", "")
-        if interaction.type == discord.InteractionType.component and str(custom_id).startswith(CANCEL_PREFIX):
-            await on_cancel(interaction, str(custom_id).removeprefix(CANCEL_PREFIX))

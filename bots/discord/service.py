@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 import logging
 from datetime import timedelta
+from typing import Protocol, cast
 
 import discord
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
-from core.errors import NotAudio, TooLarge
+from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
+from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
@@ -32,6 +33,18 @@ CANCEL_PREFIX = "stembot:cancel:"
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.
 TOKEN_MARGIN = timedelta(seconds=60)
 MAX_FILES = 10
+
+
+class ServiceHost(Protocol):
+    """What commands need of the client they run on: its service (`StembotBot` is one)."""
+
+    @property
+    def service(self) -> DiscordService: ...
+
+
+def service_of(interaction: discord.Interaction) -> DiscordService:
+    """The service behind the client an interaction came to."""
+    return cast(ServiceHost, interaction.client).service
 
 
 def is_song_attachment(attachment: discord.Attachment) -> bool:
@@ -83,7 +96,11 @@ class DiscordService:
             raise NotAudio(texts.NOT_AUDIO)
         if source.size > self.settings.max_input_bytes:
             raise TooLarge(f"That file is too large; the limit is {self.settings.max_input_mb:g} MB.")
-        return Song(await source.read(), source.filename)
+        try:
+            data = await source.read()
+        except discord.HTTPException as exc:  # gone, or Discord's CDN failed
+            raise DownloadFailed("I couldn't get that file from Discord. Please send it again.") from exc
+        return Song(data, source.filename)
 
     async def start(
         self,
@@ -140,6 +157,13 @@ class DiscordService:
             if not self._token_alive(delivery):
                 await self._post(client, delivery, f"{delivery.extra.get('mention', '')} {outcome}", [])
             return
+        try:
+            await self._send(client, delivery, outcome, result)
+        except Exception:  # the stems expired, no way to post, a bug: one answer all the same
+            log.exception("sending stems of %s failed", delivery.job_id)
+            await self._edit(client, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
+
+    async def _send(self, client: discord.Client, delivery: Delivery, outcome: str, result: JobResult) -> None:
         uploads = await self.desk.files(delivery, result)
         outcome += links_text(uploads, self.settings.link_ttl_s)
         attached = [u for u in uploads if u.url is None]
