@@ -21,7 +21,7 @@ from tqdm import tqdm
 from core.audio import FORMAT_NAMES, OutputFormat, check_size
 from core.errors import StembotError
 from core.jobs import Requester, SeparationRequest, Stage, describe_progress, model_for
-from core.naming import song_name
+from core.naming import song_name, stem_filename
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 
@@ -186,8 +186,8 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             print(f"stembot: {msg}", file=sys.stderr)
             return 1
         args.output.mkdir(parents=True, exist_ok=True)
-        for stem in result.stems:
-            dest = args.output / stem.filename
+        for stem in result.stems:  # named from this input: a cached result carries no one's name
+            dest = args.output / stem_filename(song_name(filename), stem.stem, stem.format)
             dest.write_bytes(await queue.fetch(stem))
             print(dest)
         return 0

@@ -3,6 +3,7 @@ with a real Redis and a real `stembot worker`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -474,3 +475,40 @@ async def test_an_unexpected_failure_still_gets_one_answer(
     assert all(a.params["show_alert"] for a in answers)
     prefs = await bot.bot_data["service"].prefs.get("telegram:42")
     assert prefs.stems is None and prefs.format is None
+
+
+async def test_a_cached_result_carries_nothing_of_the_first_requester(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """Alice and Bob send the same bytes under different names: Bob sees only his own."""
+    from tests.test_no_leaks import tags
+
+    bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+    alice_song = _audio(botapi, rock_short, file_name="alice_secret_demo.flac", title="Alice Secret Demo")
+    botapi.message(DM, ALICE, audio=alice_song, caption="/split vocals")
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert first[0].params["title"] == "Alice Secret Demo — vocals"
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
+    botapi.message({"id": 7, "type": "private"}, bob, audio=_audio(botapi, rock_short, file_name="bob_song.flac"))
+    botapi.message(
+        {"id": 7, "type": "private"},
+        bob,
+        audio=_audio(botapi, rock_short, file_name="bob_song.flac"),
+        caption="/split vocals",
+    )
+    both = await botapi.wait_for(lambda: len(botapi.sent("sendAudio")) == 2 and botapi.sent("sendAudio"), timeout=60)
+    sent = both[1]
+    assert sent.params["chat_id"] == 7 and sent.params["title"] == "bob_song — vocals"
+    assert sent.files, "Alice's upload (her title on it) must not be re-sent to Bob"
+    assert sent.filenames == {"audio": "bob_song - vocals.mp3"}
+    out = tmp_path / "bob.mp3"
+    out.write_bytes(sent.files["audio"])
+    await botapi.wait_for(lambda: [c for c in botapi.sent("editMessageText") if c.params["text"].startswith("✅ bob")])
+    told = [c.params["text"] for c in botapi.sent("editMessageText") if c.params["chat_id"] == 7]
+    seen = json.dumps([sent.params, sent.filenames, tags(out), told], ensure_ascii=False).lower()
+    assert "alice" not in seen
+    assert tiny_worker.log().count("separate(") == 1  # still answered from the cache

@@ -24,7 +24,6 @@ from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.errors import Cancelled, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
-from core.naming import song_name
 from core.queue import QueueClient
 from worker.engine import Engine
 from worker.pipeline import needed_sources, separate_file
@@ -33,6 +32,7 @@ from worker.scratch import job_dir
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUPERVISE_INTERVAL_S = 0.5
+NEUTRAL_SONG = "song"
 
 
 class JobRun:
@@ -126,7 +126,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         data = await queue.store.get(request.input.artifact_key)
     except ArtifactMissing as exc:
         raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
-    song = song_name(request.input.filename)
+    # Stored stems answer anyone who sends these bytes: they carry no requester's name
+    # (file name, title tag); the frontends name and title each delivery themselves.
+    song = NEUTRAL_SONG
     with job_dir() as tmp:
         in_path = Path(tmp) / "input"
         in_path.write_bytes(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 
@@ -165,7 +166,10 @@ class TelegramService:
         """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
-        cached = await self.queue.pool.get(self._file_ids + result.job_id)
+        # Uploads are titled and named from this requester's song name: reuse only those of
+        # the same name, never another user's.
+        cache_key = f"{self._file_ids}{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
+        cached = await self.queue.pool.get(cache_key)
         links = ""
         if cached:
             items: list[tuple[str, str | bytes, str]] = [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
@@ -182,7 +186,7 @@ class TelegramService:
         file_ids = [_file_id(m) for m in sent]
         if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
-            await self.queue.pool.set(self._file_ids + result.job_id, json.dumps(record), ex=self.settings.result_ttl_s)
+            await self.queue.pool.set(cache_key, json.dumps(record), ex=self.settings.result_ttl_s)
         return links
 
     async def _send_batch(
