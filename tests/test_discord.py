@@ -348,3 +348,37 @@ async def test_an_unexpected_failure_still_gets_one_answer(
     failed = await alice.slash(channel, "split", url="https://example.com/a.mp3")
     assert failed.response is not None and "Something went wrong" in failed.response.content
     assert "another bug" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "song"),
+    [
+        ("../../etc/passwd.flac", "passwd"),
+        ("C:\\Users\\x\\take.flac", "take"),
+        ("evil\u202egalf.flac", "evil_galf"),
+        ("\u2066hidden\u2069.flac", "hidden"),
+        ("a\x00b\nc.flac", "a_b_c"),
+        (".. .flac", "song"),
+        ("._.flac", "song"),
+        ("@everyone **now** _x_ #1.flac", "@everyone _now_ _x_ #1"),
+        ("x" * 300 + ".flac", None),
+    ],
+)
+async def test_hostile_attachment_names(env: simcord.Env, rock_short: Path, name: str, song: str | None) -> None:
+    """A user's file name is shown and used only as a safe, literal song name: no paths, no
+    control or bidi characters, no formatting, no pings, never too long."""
+    from bots.discord.service import chat_text
+
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(channel, "split", file=(name, rock_short.read_bytes()), stems="vocals")
+    assert result.response is not None
+    content = result.response.content
+    shown = content.removeprefix("⏳ ").split(": queued", 1)[0]
+    assert content.startswith("⏳ ") and ": queued" in content, content
+    if song is not None:
+        assert shown == chat_text(song)
+    assert len(shown.encode()) <= 200
+    assert not {"/", "\n", "\x00", "\u202e", "\u2066"} & set(shown)
+    assert "@everyone" not in content and "**" not in content.replace("\\*\\*", "")
+    [delivery] = await env.bot.service.book.pending()  # type: ignore[attr-defined]
+    assert not {"/", "\\", "\n", "\x00", "\u202e"} & set(delivery.song) and delivery.song.strip(". ")

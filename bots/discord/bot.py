@@ -20,7 +20,8 @@ class StembotBot(discord.Client):
     """Slash commands and context menus need no privileged intents (no message content)."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(intents=discord.Intents.default())
+        # Nobody is pinged unless a message names them (a song's name may read "@everyone").
+        super().__init__(intents=discord.Intents.default(), allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self.tree: app_commands.CommandTree[StembotBot] = app_commands.CommandTree(self)
         register(self.tree)

@@ -19,7 +19,7 @@ from discord import app_commands
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import CANCEL_PREFIX, DiscordService, service_of, song_in
+from bots.discord.service import CANCEL_PREFIX, DiscordService, chat_text, service_of, song_in
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
@@ -37,9 +37,9 @@ async def _refuse(interaction: discord.Interaction, text: str) -> None:
     """An ephemeral refusal, before or after deferring; a reply that can no longer be made is logged."""
     try:
         if interaction.response.is_done():
-            await interaction.edit_original_response(content=f"⚠️ {text}", view=None)
+            await interaction.edit_original_response(content=chat_text(f"⚠️ {text}"), view=None)
         else:
-            await interaction.response.send_message(f"⚠️ {text}", ephemeral=True)
+            await interaction.response.send_message(chat_text(f"⚠️ {text}"), ephemeral=True)
     except discord.HTTPException as exc:  # the interaction expired or was deleted
         log.info("could not answer an interaction: %s", exc)
 

@@ -47,6 +47,12 @@ def service_of(interaction: discord.Interaction) -> DiscordService:
     return cast(ServiceHost, interaction.client).service
 
 
+def chat_text(text: str) -> str:
+    """Text as Discord shows it literally: a song's name is the user's, so its `*`, `_`, `[`,
+    `#`, `@everyone` format or ping nothing. Links stay clickable, user mentions work."""
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
 def is_song_attachment(attachment: discord.Attachment) -> bool:
     kind = (attachment.content_type or "").split(";")[0]
     if kind:
@@ -135,7 +141,7 @@ class DiscordService:
         state = {"cached": "found in the cache", "joined": "already being split"}.get(accepted.state, "queued")
         note = f"\n{delivery.note}" if delivery.note else ""
         await interaction.edit_original_response(
-            content=f"⏳ {delivery.song}: {state}…{note}", view=cancel_view(delivery.id)
+            content=chat_text(f"⏳ {delivery.song}: {state}…{note}"), view=cancel_view(delivery.id)
         )
         return delivery
 
@@ -186,7 +192,7 @@ class DiscordService:
             return
         try:
             await self._webhook(client, delivery).edit_message(
-                int(delivery.status_message_id), content=text, view=view or discord.ui.View()
+                int(delivery.status_message_id), content=chat_text(text), view=view or discord.ui.View()
             )
         except discord.HTTPException as exc:  # deleted, or the token died early
             log.info("edit of %s failed: %s", delivery.id, exc)
@@ -194,21 +200,23 @@ class DiscordService:
     async def _post(self, client: discord.Client, delivery: Delivery, text: str, uploads: list[Upload]) -> None:
         """A follow-up while the token lives; afterwards the channel, or a DM for private requests."""
         private = bool(delivery.extra.get("private"))
+        text = chat_text(text)
+        pings = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(delivery.user_id))])
         if self._token_alive(delivery):
             files = _files(uploads)
             await self._webhook(client, delivery).send(
-                content=text or discord.utils.MISSING, files=files, ephemeral=private
+                content=text or discord.utils.MISSING, files=files, ephemeral=private, allowed_mentions=pings
             )
             return
         if not private:
             try:
                 channel = client.get_channel(int(delivery.chat_id)) or await client.fetch_channel(int(delivery.chat_id))
-                await channel.send(content=text or None, files=_files(uploads))  # type: ignore[union-attr]
+                await channel.send(content=text or None, files=_files(uploads), allowed_mentions=pings)  # type: ignore[union-attr]
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
         user = await client.fetch_user(int(delivery.user_id))
-        await user.send(content=text or None, files=_files(uploads))
+        await user.send(content=text or None, files=_files(uploads), allowed_mentions=pings)
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
         return await self.desk.cancel(delivery_id, str(user_id))
