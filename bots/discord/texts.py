@@ -12,7 +12,7 @@ HELP = """\
 `/split … private:True` — only you see the result
 
 Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**.
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6. Formats: mp3, flac, wav.
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6 (at most 8 files at once). Formats: mp3, flac, wav.
 Files that would not fit Discord's upload limit come at a lower bitrate, or in numbered parts.
 Server admins: `/stembot config` sets the channels I answer in, the default format and the longest song."""
 
