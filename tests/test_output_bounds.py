@@ -48,3 +48,28 @@ async def test_a_job_over_the_output_bound_fails_and_keeps_nothing(
         assert done.status == "done" and sum(s.size_bytes for s in done.stems) <= 300_000
     finally:
         await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("files", "fmt", "minutes", "refused"),
+    [
+        (4, "mp3", 20, False),  # 4 × 48 MB
+        (8, "mp3", 20, False),  # 8 × 48 MB = 384 MB
+        (4, "wav", 20, False),  # 4 × 212 MB = 847 MB
+        (6, "wav", 20, True),  # 1270 MB
+        (8, "wav", 10, False),  # 847 MB
+        (8, "flac", 20, False),  # known only once made: the worker bounds it
+    ],
+)
+def test_a_request_that_would_surely_pass_the_bound_is_refused_up_front(
+    files: int, fmt: str, minutes: float, refused: bool
+) -> None:
+    from core.desk import check_output_size
+    from core.errors import TooLarge
+
+    limit = Settings().max_job_output_bytes
+    if not refused:
+        check_output_size(files, fmt, minutes * 60, 320, limit)
+        return
+    with pytest.raises(TooLarge, match="fewer stems"):
+        check_output_size(files, fmt, minutes * 60, 320, limit)
