@@ -45,12 +45,23 @@ class Media:
 
 
 @lru_cache(maxsize=1)
-def _site_extractors() -> tuple[Any, ...]:
+def _yt_dlp() -> Any:
+    """yt_dlp without plugins (code it would load from the home directory), or None."""
     try:
-        from yt_dlp.extractor import gen_extractor_classes
+        import yt_dlp
+        from yt_dlp.globals import plugin_dirs
     except ImportError:  # the `links` extra is not installed: direct links only
+        return None
+    plugin_dirs.value = []
+    return yt_dlp
+
+
+@lru_cache(maxsize=1)
+def _site_extractors() -> tuple[Any, ...]:
+    yt_dlp = _yt_dlp()
+    if yt_dlp is None:
         return ()
-    return tuple(ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic")
+    return tuple(ie for ie in yt_dlp.extractor.gen_extractor_classes() if ie.ie_key() != "Generic")
 
 
 def is_site_link(url: str) -> bool:
@@ -98,6 +109,7 @@ def ytdlp_options(settings: Settings) -> dict[str, Any]:
         "writelink": False,
         "getcomments": False,
         "cookiefile": None,
+        "enable_file_urls": False,
         "mark_watched": False,
         "check_formats": False,
         "max_filesize": settings.max_input_bytes,
@@ -109,8 +121,7 @@ def ytdlp_options(settings: Settings) -> dict[str, Any]:
 
 
 def _ytdlp_media(url: str, settings: Settings) -> Media:
-    import yt_dlp
-
+    yt_dlp = _yt_dlp()
     with yt_dlp.YoutubeDL(ytdlp_options(settings)) as ydl:  # type: ignore[arg-type]
         try:
             info = ydl.extract_info(url, download=False)

@@ -33,6 +33,11 @@ def test_ytdlp_runs_with_fixed_safe_options() -> None:
     assert options["allowed_extractors"] == ["default", "-generic"]
     assert not any(v for k, v in options.items() if k.startswith("write") or k == "getcomments")
     assert options["cookiefile"] is None and options["max_filesize"] == SETTINGS.max_input_bytes
+    assert options["enable_file_urls"] is False
+    assert is_site_link("https://www.youtube.com/watch?v=dQw4w9WgXcQ")
+    from yt_dlp.globals import plugin_dirs
+
+    assert plugin_dirs.value == []  # no code loaded from the home directory
     assert "outtmpl" not in options and "[protocol=https]" in options["format"] and "m3u8" not in options["format"]
     with yt_dlp.YoutubeDL(options) as ydl:  # type: ignore[arg-type]
         assert "Generic" not in ydl._ies and "Youtube" in ydl._ies
