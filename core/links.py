@@ -64,6 +64,12 @@ def _site_extractors() -> tuple[Any, ...]:
     return tuple(ie for ie in yt_dlp.extractor.gen_extractor_classes() if ie.ie_key() != "Generic")
 
 
+def warm_up() -> None:
+    """Load and compile yt-dlp's extractors (a second or more), so the first link a user
+    sends is not the one that waits for it. Blocking: run it in a thread."""
+    is_site_link("https://example.com/")
+
+
 def is_site_link(url: str) -> bool:
     """True when a yt-dlp extractor for a specific site (not the generic one) claims `url`."""
     return any(ie.suitable(url) for ie in _site_extractors())

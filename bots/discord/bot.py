@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -10,6 +11,7 @@ from discord.ext import tasks
 
 from bots.discord.commands import register
 from bots.discord.service import DiscordService
+from core.links import warm_up
 from core.queue import QueueClient
 from core.settings import Settings
 
@@ -35,6 +37,7 @@ class StembotBot(discord.Client):
         return self._service
 
     async def setup_hook(self) -> None:
+        await asyncio.to_thread(warm_up)
         self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
         if self.settings.discord_sync_commands:
             await self.tree.sync()

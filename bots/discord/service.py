@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from datetime import timedelta
 from typing import Protocol, cast
 
@@ -33,6 +34,7 @@ CANCEL_PREFIX = "stembot:cancel:"
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.
 TOKEN_MARGIN = timedelta(seconds=60)
 MAX_FILES = 10
+_MASS_MENTION = re.compile(r"@(everyone|here)")
 
 
 class ServiceHost(Protocol):
@@ -49,8 +51,9 @@ def service_of(interaction: discord.Interaction) -> DiscordService:
 
 def chat_text(text: str) -> str:
     """Text as Discord shows it literally: a song's name is the user's, so its `*`, `_`, `[`,
-    `#`, `@everyone` format or ping nothing. Links stay clickable, user mentions work."""
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    `#`, `@everyone` format or ping nothing. Links stay clickable, and the bot's own `<@id>`
+    mentions work (a song's name cannot hold one: `core.naming` drops `<` and `>`)."""
+    return _MASS_MENTION.sub("@\u200b\\1", discord.utils.escape_markdown(text))
 
 
 def is_song_attachment(attachment: discord.Attachment) -> bool:
