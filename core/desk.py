@@ -22,6 +22,7 @@ from core.artifacts import S3ArtifactStore
 from core.audio import inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import StembotError, TooLarge, WorkerFailed
+from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
@@ -158,7 +159,9 @@ class JobDesk:
         user = self.user_key(delivery.user_id)
         await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
-        info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, longest, 60)
+        info = await asyncio.to_thread(
+            inspect_bytes, song.data, s.max_input_bytes, longest, 60, Sandbox.from_settings(s)
+        )
         duration = info.duration_s or 0.0
         if not self.gate.is_admin(user):
             running = len(await self.book.for_user(delivery.user_id))
