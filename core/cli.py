@@ -128,7 +128,7 @@ class StageBar:
 
 
 def _separate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.engine import Engine
+    from worker.main import make_engine
     from worker.pipeline import needed_sources, separate_file
 
     selection = parse_stems(args.stems)
@@ -137,7 +137,7 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
         path, filename = asyncio.run(_obtain_input(args.input, Path(tmp), settings))
-        separator = Engine(settings).separator(model, needed_sources(selection))
+        separator = make_engine(settings).separator(model, needed_sources(selection))
         bar = StageBar()
         try:
             outcome = separate_file(

@@ -25,7 +25,7 @@ from core.errors import StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
-from core.queue import QueueClient
+from core.queue import QueueClient, refusing_when_full
 from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import fit_stem, needs_parts, plan_upload
@@ -121,7 +121,8 @@ class JobDesk:
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
         try:
-            accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
+            with refusing_when_full():
+                accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise

@@ -8,9 +8,10 @@ result without running the model again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from core.artifacts import ArtifactStore, artifact_store_for
-from core.errors import QueueFull, WorkerFailed
+from core.errors import QueueFull, StorageFull, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
 from core.settings import Settings
 
@@ -47,6 +48,23 @@ class JobKeys:
 
     def job_seconds(self) -> str:
         return f"{self.prefix}stats:job_seconds"
+
+    def running(self) -> str:
+        """Jobs a worker is running now, scored by their place in the queue."""
+        return f"{self.prefix}running"
+
+    def live_workers(self) -> str:
+        """`host:pid:slots` of each live worker, scored by when its presence lapses."""
+        return f"{self.prefix}live_workers"
+
+
+@contextlib.contextmanager
+def refusing_when_full() -> Iterator[None]:
+    """A write Redis refused for want of memory becomes the user's "out of storage" message."""
+    try:
+        yield
+    except redis_errors.OutOfMemoryError as exc:
+        raise StorageFull(detail=str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -97,19 +115,40 @@ class QueueClient:
     ) -> InputRef:
         digest = hashlib.sha256(data).hexdigest()
         key = f"input:{digest}"
-        if not await self.store.touch(key, self.settings.result_ttl_s):
-            await self.store.put(key, data, self.settings.result_ttl_s)
+        await self.check_room()
+        with refusing_when_full():
+            if not await self.store.touch(key, self.settings.result_ttl_s):
+                await self.store.put(key, data, self.settings.result_ttl_s)
         return InputRef(
             artifact_key=key, sha256=digest, filename=filename, size_bytes=len(data), title=title, artist=artist
         )
 
+    async def check_room(self) -> None:
+        """Refuse new work while Redis is past `redis_full_ratio` of its `maxmemory`.
+
+        With `noeviction` a full Redis fails every write, a worker's result included: the
+        headroom left here is what lets the jobs already accepted finish.
+        """
+        memory = await self.pool.info("memory")
+        limit = int(memory.get("maxmemory", 0))
+        used = int(memory.get("used_memory", 0))
+        if limit and used >= self.settings.redis_full_ratio * limit:
+            raise StorageFull(detail=f"Redis holds {used} of {limit} bytes")
+
     async def submit(self, request: SeparationRequest) -> Submission:
+        with refusing_when_full():
+            return await self._submit(request)
+
+    async def _submit(self, request: SeparationRequest) -> Submission:
         job_id = request.content_key()
         if await self._reusable_result(job_id) is not None:
             await self._add_waiter(job_id, request.requester)
             return Submission(job_id, "cached")
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
+        await self.check_room()
+        # Until the job ends its input is not evicted, however full the artifact budget gets.
+        await self.store.pin(request.input.artifact_key, job_id, self.settings.result_ttl_s)
         job = await self.pool.enqueue_job(
             SEPARATE_FUNCTION,
             request.model_dump(mode="json"),
@@ -150,26 +189,78 @@ class QueueClient:
         )
 
     async def position(self, job_id: str) -> int | None:
-        """1 = next to start, 0 = running now, None = not in the queue."""
+        """1 = next to start, 0 = running now, None = not in the queue.
+
+        arq keeps running jobs in the queue until they end; the workers' `running` set says
+        which of those ahead are running, in a few commands whatever the queue's length.
+        """
         queue = self.settings.queue_name
-        score = await self.pool.zscore(queue, job_id)
-        if score is None:
-            return None
-        ahead = [j.decode() for j in await self.pool.zrangebyscore(queue, "-inf", score)]
         async with self.pool.pipeline(transaction=False) as pipe:
-            for other in ahead:
-                pipe.exists(in_progress_key_prefix + other)
-            running = dict(zip(ahead, await pipe.execute(), strict=True))
-        if running.get(job_id):
+            pipe.zscore(queue, job_id)
+            pipe.zrank(queue, job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+            score, rank, running = await pipe.execute()
+        if score is None or rank is None:
+            return None
+        if running:
             return 0
-        return 1 + sum(1 for other in ahead if other != job_id and not running[other])
+        running_ahead = await self.pool.zcount(self.keys.running(), "-inf", score)
+        return max(1, 1 + int(rank) - int(running_ahead))
+
+    async def capacity(self) -> tuple[int, int]:
+        """(job slots of the live workers, jobs running now)."""
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.keys.live_workers(), time.time(), "+inf")
+            pipe.zcard(self.keys.running())
+            members, running = await pipe.execute()
+        return sum(int(m.rsplit(b":", 1)[1]) for m in members), int(running)
+
+    async def job_started(self, job_id: str, score: int) -> None:
+        """A worker took the job (called by the worker, with the job's queue score)."""
+        await self.pool.zadd(self.keys.running(), {job_id: score})
+
+    async def job_ended(self, job_id: str) -> None:
+        """A worker let go of the job; once it has a result, its input may be evicted again."""
+        await self.pool.zrem(self.keys.running(), job_id)
+        if await self.pool.exists(result_key_prefix + job_id):
+            await self.store.release(job_id)
+
+    async def prune_running(self) -> None:
+        """Forget jobs marked running whose worker died without saying so (arq's claim lapsed)."""
+        members = [m.decode() for m in await self.pool.zrange(self.keys.running(), 0, -1)]
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in members:
+                pipe.exists(in_progress_key_prefix + job_id)
+            claimed = await pipe.execute()
+        stale = [job_id for job_id, here in zip(members, claimed, strict=True) if not here]
+        if stale:
+            await self.pool.zrem(self.keys.running(), *stale)
+
+    async def announce_worker(self, name: str, slots: int, ttl_s: float) -> None:
+        """`name` is alive with `slots` job slots for the next `ttl_s` seconds (ETAs count them)."""
+        now = time.time()
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.live_workers(), {f"{name}:{slots}": now + ttl_s})
+            pipe.zremrangebyscore(self.keys.live_workers(), "-inf", now)
+            await pipe.execute()
+
+    async def withdraw_worker(self, name: str, slots: int) -> None:
+        await self.pool.zrem(self.keys.live_workers(), f"{name}:{slots}")
 
     async def eta_s(self, position: int | None) -> float | None:
-        """Rough wait: jobs ahead times the recent average job time."""
+        """Rough wait before a job at `position` starts.
+
+        Idle slots take the first jobs at once; after that the live workers free a slot
+        every `average job time / slots` seconds, the first after about half of that.
+        """
         avg = await self.pool.get(self.keys.job_seconds())
         if position is None or avg is None:
             return None
-        return float(avg) * max(position, 1)
+        slots, running = await self.capacity()
+        if slots == 0:  # no worker alive now: one job at a time, as a guess
+            return float(avg) * max(position, 1)
+        turns = max(position, 1) - max(0, slots - running)
+        return 0.0 if turns <= 0 else float(avg) * (turns - 0.5) / slots
 
     async def progress(self, job_id: str) -> Progress | None:
         raw = await self.pool.get(self.keys.progress(job_id))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -27,8 +28,10 @@ from core.jobs import Stage
 from core.naming import stem_filename
 from core.settings import Settings
 from core.stems import INSTRUMENTAL, StemOutput, StemSelection
-from worker.separator import Separator, StopFn
-from worker.windowed import WindowedSeparator
+
+if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
+    from worker.separator import Separator, StopFn
+    from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
 InstrumentalMethod = Literal["subtract", "sum"]
@@ -77,6 +80,12 @@ def _tags(title: str, output: StemOutput, info: AudioInfo) -> Tags:
     return Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title})
 
 
+def _is_windowed(separator: Separator) -> bool:
+    """Only a loaded `worker.windowed` can have made one; asked this way, torch stays unloaded."""
+    windowed = sys.modules.get("worker.windowed")
+    return windowed is not None and isinstance(separator, windowed.WindowedSeparator)
+
+
 def separate_file(
     input_path: Path,
     out_dir: Path,
@@ -89,8 +98,9 @@ def separate_file(
     should_stop: StopFn | None = None,
 ) -> SeparationOutcome:
     """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
-    if isinstance(separator, WindowedSeparator):
-        return stream_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
+    if _is_windowed(separator):
+        windowed = cast("WindowedSeparator", separator)
+        return stream_file(input_path, out_dir, song, selection, fmt, windowed, settings, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
     t0 = time.perf_counter()
     wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)

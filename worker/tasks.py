@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
 
@@ -26,9 +26,11 @@ from core.errors import Cancelled, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.naming import song_name
 from core.queue import QueueClient
-from worker.engine import Engine
 from worker.pipeline import needed_sources, separate_file
 from worker.scratch import job_dir
+
+if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
+    from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
