@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     engine: Literal["windowed", "reference", "benchmark"] = Field(
         "windowed",
         description="windowed: stembot's streaming engine; reference: demucs' apply_model; "
-        "benchmark: a stand-in without a model, for scale tests only",
+        "benchmark: a stand-in without a model or ffmpeg (stems are copies of the input), for scale tests only",
     )
     benchmark_seconds_per_audio_second: float = Field(
         0.1, ge=0, description="benchmark engine: seconds it pretends to work per second of audio"

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 import simcord
@@ -17,10 +16,10 @@ from redis.asyncio import Redis
 
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing, RedisArtifactStore
-from core.jobs import InputRef, Requester, SeparationRequest
+from core.jobs import InputRef, Requester, SeparationRequest, Stage
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import ROCK, WorkerProcess, drive, make_clip, read_audio, stembot_env
+from tests.helpers import ROCK, WorkerProcess, drive, make_clip, stembot_env
 from tests.test_faults import RedisServer
 from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
 
@@ -119,14 +118,13 @@ async def test_benchmark_engine_separates_without_torch(
     queue = await QueueClient.connect(Settings(redis_url=redis_url))
     try:
         ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
-        job = await queue.submit(request(ref, "vocals drums", fmt="wav"))
+        job = await queue.submit(request(ref, "vocals drums", fmt="flac"))
+        progress = [p async for p in queue.watch(job.job_id, interval_s=0.05)]
         result = await queue.wait_result(job.job_id, timeout_s=60)
         assert result.status == "done", result.error
         assert [s.stem for s in result.stems] == ["vocals", "drums"]
-        out = tmp_path / "vocals.wav"
-        out.write_bytes(await queue.fetch(result.stems[0]))
-        mixture = read_audio(rock_short)
-        np.testing.assert_allclose(read_audio(out), mixture / 4, atol=1e-3)  # a share of the input, not silence
+        assert [await queue.fetch(s) for s in result.stems] == [rock_short.read_bytes()] * 2  # the input, as stems
+        assert any(p.stage == Stage.separating for p in progress)
     finally:
         await queue.close()
     worker.stop()

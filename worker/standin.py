@@ -1,24 +1,30 @@
-"""The benchmark engine: a stand-in separator for scale tests, without a model and without torch.
+"""The benchmark engine: a stand-in for scale tests, without a model, without torch, without ffmpeg.
 
-`STEMBOT_ENGINE=benchmark` makes a worker "separate" by splitting the mixture into fixed
-shares of itself (so the stems sum to the input, and each is derived from it), after
-spending `STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND` per second of audio. Everything
-around it (queue, decode, encode, storage, progress, cancel) is the real thing, so many
-worker processes fit on one box and `bench/scale.py` measures the queue, not the model.
-It is for benchmarks only: the stems are not a separation, and no bot offers it.
+`STEMBOT_ENGINE=benchmark` makes a worker "separate" a song by copying the input file as
+each requested stem, after spending `STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND` per second
+of audio (progress and cancel checked as often as per model segment). Everything around it
+(queue, storage, progress, cancel, results, deliveries) is the real thing, and a job costs
+almost no CPU, so many worker processes fit on one box and `bench/scale.py` measures the
+queue, not the model or ffmpeg. It is for benchmarks only: the stems are not a separation,
+and no bot offers it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import wave
 from collections.abc import Callable, Collection
+from pathlib import Path
 
-import numpy as np
-
-from core.audio import SAMPLE_RATE
+from core.audio import OutputFormat
 from core.errors import Cancelled
+from core.jobs import Stage
+from core.naming import stem_filename
 from core.settings import Settings
+from core.stems import StemSelection
+from worker.pipeline import SeparationOutcome, StemFile
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,8 @@ FOUR = ("drums", "bass", "other", "vocals")
 SIX = (*FOUR, "guitar", "piano")
 # How long one pretend step is: progress and cancel are checked this often, as per model segment.
 _STEP_S = 0.05
+# Without decoding, a song's length is read from a WAV header, or guessed from its size at this rate.
+_GUESS_BYTES_PER_S = 128_000 / 8
 
 
 def sources_for(model_name: str) -> tuple[str, ...]:
@@ -33,31 +41,46 @@ def sources_for(model_name: str) -> tuple[str, ...]:
     return SIX if model_name.endswith("_6s") else FOUR
 
 
+def audio_seconds(path: Path) -> float:
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError):
+        return path.stat().st_size / _GUESS_BYTES_PER_S
+
+
 class StandinSeparator:
     def __init__(self, sources: tuple[str, ...], seconds_per_audio_second: float) -> None:
-        self._sources = sources
+        self.sources = sources
         self.seconds_per_audio_second = seconds_per_audio_second
 
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return self._sources
-
-    def separate(
+    def separate_file(
         self,
-        wav: np.ndarray,
-        progress: Callable[[float], None] | None = None,
+        input_path: Path,
+        out_dir: Path,
+        song: str,
+        selection: StemSelection,
+        fmt: OutputFormat,
+        settings: Settings,
+        report: Callable[[Stage, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> dict[str, np.ndarray]:
-        work_s = wav.shape[-1] / SAMPLE_RATE * self.seconds_per_audio_second
+    ) -> SeparationOutcome:
+        """What `worker.pipeline.separate_file` does, with copies of the input for stems."""
+        seconds = audio_seconds(input_path)
+        work_s = seconds * self.seconds_per_audio_second
         steps = max(1, round(work_s / _STEP_S))
         for i in range(steps):
             if should_stop is not None and should_stop():
                 raise Cancelled()
             time.sleep(work_s / steps)
-            if progress is not None:
-                progress((i + 1) / steps)
-        share = np.float32(1.0 / len(self._sources))
-        return {name: wav * share for name in self._sources}
+            if report is not None:
+                report(Stage.separating, 100.0 * (i + 1) / steps)
+        files = []
+        for output in selection.outputs:
+            path = out_dir / stem_filename(song, output.name, fmt.ext)
+            shutil.copyfile(input_path, path)
+            files.append(StemFile(output, path, seconds))
+        return SeparationOutcome(files, seconds, song, None, {"separate": work_s})
 
 
 class StandinEngine:
@@ -66,7 +89,8 @@ class StandinEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         log.info(
-            "benchmark engine: a stand-in separator (%.3f s per audio second), no model; for scale tests only",
+            "benchmark engine: a stand-in without a model (%.3f s per audio second, stems are copies of the input);"
+            " for scale tests only",
             settings.benchmark_seconds_per_audio_second,
         )
 
