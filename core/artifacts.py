@@ -88,6 +88,15 @@ return evicted
 """
 
 
+# Unpin every artifact a holder pinned (KEYS: the holder's set; ARGV: pin prefix, holder).
+_RELEASE = """
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('SREM', ARGV[1] .. k, ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+"""
+
+
 class RedisArtifactStore:
     """Artifacts as plain Redis strings under `<prefix>artifact:<key>`, each with its own TTL.
 
@@ -106,6 +115,7 @@ class RedisArtifactStore:
         self._held = prefix + "artifacts:held:"
         self.budget_bytes = budget_bytes
         self._account = redis.register_script(_ACCOUNT_AND_EVICT)
+        self._release = redis.register_script(_RELEASE)
 
     def _k(self, key: str) -> str:
         return self._prefix + key
@@ -158,12 +168,7 @@ class RedisArtifactStore:
             await pipe.execute()
 
     async def release(self, holder: str) -> None:
-        keys = [k.decode() for k in await self._redis.smembers(self._held + holder)]  # type: ignore[misc]
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in keys:
-                pipe.srem(self._pins + key, holder)
-            pipe.delete(self._held + holder)
-            await pipe.execute()
+        await self._release(keys=[self._held + holder], args=[self._pins, holder])
 
     async def sweep(self) -> int:
         """Drop index entries whose artifact expired or was deleted, and evict down to the budget.

@@ -221,8 +221,11 @@ class QueueClient:
 
     async def job_ended(self, job_id: str) -> None:
         """A worker let go of the job; once it has a result, its input may be evicted again."""
-        await self.pool.zrem(self.keys.running(), job_id)
-        if await self.pool.exists(result_key_prefix + job_id):
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.running(), job_id)
+            pipe.exists(result_key_prefix + job_id)
+            _, finished = await pipe.execute()
+        if finished:
             await self.store.release(job_id)
 
     async def prune_running(self) -> None:
