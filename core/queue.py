@@ -93,6 +93,51 @@ def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> J
     return JobResult(job_id=job_id, status="failed", model=model, error=ErrorInfo.from_exception(err))
 
 
+# A job's rank in the queue, how many of those ahead run, whether it runs, the live workers'
+# slots, the running count and the average job time (KEYS: queue, running, live workers,
+# job seconds, the job's in-progress key; ARGV: job id, now).
+_PLACE = """
+local rank = -1
+local ahead = 0
+if ARGV[1] ~= '' then
+  local r = redis.call('ZRANK', KEYS[1], ARGV[1])
+  if r then
+    rank = r
+    ahead = redis.call('ZCOUNT', KEYS[2], '-inf', redis.call('ZSCORE', KEYS[1], ARGV[1]))
+  end
+end
+local slots = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
+  slots = slots + (tonumber(string.match(m, ':(%d+)$')) or 0)
+end
+return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]),
+        redis.call('GET', KEYS[4]) or false}
+"""
+
+
+@dataclass(frozen=True)
+class Place:
+    position: int | None
+    slots: int
+    running: int
+    avg_job_s: float | None
+
+
+def estimate_wait(position: int | None, avg_job_s: float | None, slots: int, running: int) -> float | None:
+    """Rough wait before a job at `position` starts.
+
+    Idle slots take the first jobs at once; after that the live workers free a slot every
+    `average job time / slots` seconds, the first after about half of that. With no live
+    worker, one job at a time is the guess.
+    """
+    if position is None or avg_job_s is None:
+        return None
+    if slots == 0:
+        return avg_job_s * max(position, 1)
+    turns = max(position, 1) - max(0, slots - running)
+    return 0.0 if turns <= 0 else avg_job_s * (turns - 0.5) / slots
+
+
 class QueueClient:
     """Submit separation jobs, follow their progress, fetch results, cancel them."""
 
@@ -101,6 +146,7 @@ class QueueClient:
         self.settings = settings
         self.store = store or artifact_store_for(settings, pool)
         self.keys = JobKeys(settings.key_prefix)
+        self._place_script = pool.register_script(_PLACE)
 
     @classmethod
     async def connect(cls, settings: Settings) -> QueueClient:
@@ -189,31 +235,26 @@ class QueueClient:
         )
 
     async def position(self, job_id: str) -> int | None:
-        """1 = next to start, 0 = running now, None = not in the queue.
+        """1 = next to start, 0 = running now, None = not in the queue."""
+        return (await self._place(job_id)).position
+
+    async def _place(self, job_id: str) -> Place:
+        """Where a job stands and what the live workers are doing, in one round trip.
 
         arq keeps running jobs in the queue until they end; the workers' `running` set says
-        which of those ahead are running, in a few commands whatever the queue's length.
+        which of those ahead are running, whatever the queue's length.
         """
-        queue = self.settings.queue_name
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.zscore(queue, job_id)
-            pipe.zrank(queue, job_id)
-            pipe.exists(in_progress_key_prefix + job_id)
-            score, rank, running = await pipe.execute()
-        if score is None or rank is None:
-            return None
-        if running:
-            return 0
-        running_ahead = await self.pool.zcount(self.keys.running(), "-inf", score)
-        return max(1, 1 + int(rank) - int(running_ahead))
+        keys = [self.settings.queue_name, self.keys.running(), self.keys.live_workers(), self.keys.job_seconds()]
+        rank, running_ahead, is_running, slots, running, avg = await self._place_script(
+            keys=[*keys, in_progress_key_prefix + job_id], args=[job_id, time.time()]
+        )
+        position = None if rank < 0 else 0 if is_running else max(1, 1 + rank - running_ahead)
+        return Place(position, int(slots), int(running), float(avg) if avg else None)
 
     async def capacity(self) -> tuple[int, int]:
         """(job slots of the live workers, jobs running now)."""
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(self.keys.live_workers(), time.time(), "+inf")
-            pipe.zcard(self.keys.running())
-            members, running = await pipe.execute()
-        return sum(int(m.rsplit(b":", 1)[1]) for m in members), int(running)
+        place = await self._place("")
+        return place.slots, place.running
 
     async def job_started(self, job_id: str, score: int) -> None:
         """A worker took the job (called by the worker, with the job's queue score)."""
@@ -251,19 +292,9 @@ class QueueClient:
         await self.pool.zrem(self.keys.live_workers(), f"{name}:{slots}")
 
     async def eta_s(self, position: int | None) -> float | None:
-        """Rough wait before a job at `position` starts.
-
-        Idle slots take the first jobs at once; after that the live workers free a slot
-        every `average job time / slots` seconds, the first after about half of that.
-        """
-        avg = await self.pool.get(self.keys.job_seconds())
-        if position is None or avg is None:
-            return None
-        slots, running = await self.capacity()
-        if slots == 0:  # no worker alive now: one job at a time, as a guess
-            return float(avg) * max(position, 1)
-        turns = max(position, 1) - max(0, slots - running)
-        return 0.0 if turns <= 0 else float(avg) * (turns - 0.5) / slots
+        """Rough wait before a job at `position` starts (see `estimate_wait`)."""
+        place = await self._place("")
+        return estimate_wait(position, place.avg_job_s, place.slots, place.running)
 
     async def progress(self, job_id: str) -> Progress | None:
         raw = await self.pool.get(self.keys.progress(job_id))
@@ -271,8 +302,9 @@ class QueueClient:
             return None
         progress = Progress.model_validate_json(raw)
         if progress.stage == Stage.queued:
-            progress.queue_position = await self.position(job_id)
-            progress.eta_s = await self.eta_s(progress.queue_position)
+            place = await self._place(job_id)
+            progress.queue_position = place.position
+            progress.eta_s = estimate_wait(place.position, place.avg_job_s, place.slots, place.running)
         return progress
 
     async def result(self, job_id: str) -> JobResult | None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing, RedisArtifactStore
 from core.jobs import InputRef, Requester, SeparationRequest, Stage
-from core.queue import QueueClient
+from core.queue import QueueClient, estimate_wait
 from core.settings import Settings
 from tests.helpers import ROCK, WorkerProcess, drive, make_clip, stembot_env
 from tests.test_faults import RedisServer
@@ -87,6 +87,21 @@ async def test_budget_evicts_the_oldest_unpinned_artifact_first(client: Redis) -
     await store.put("big", b"y" * 1500, 600)  # larger than the budget: everything else goes, not it
     assert [await store.exists(k) for k in ("f", "big")] == [0, 1]
     assert await store.stored_bytes() == 0  # the next sweep lets it go too: nothing pins it
+
+
+@pytest.mark.parametrize(
+    ("position", "avg", "slots", "running", "expected"),
+    [
+        (None, 10.0, 2, 0, None),  # not queued
+        (3, None, 2, 0, None),  # no job has finished yet: no basis for a guess
+        (2, 10.0, 4, 1, 0.0),  # an idle slot is free for it
+        (1, 10.0, 4, 4, 1.25),  # the first of 4 busy slots frees in about 10 / 4 / 2
+        (9, 10.0, 4, 4, 21.25),  # 8.5 turns of 10 / 4
+        (3, 10.0, 0, 0, 30.0),  # no live worker: one job at a time
+    ],
+)
+def test_estimate_wait(position: int | None, avg: float | None, slots: int, running: int, expected: float) -> None:
+    assert estimate_wait(position, avg, slots, running) == expected
 
 
 async def test_position_and_eta_come_from_the_workers_records(queue_client: QueueClient, rock_short: Path) -> None:
