@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import heapq
+import bisect
 import io
+import os
 import random
 import shutil
 import statistics
@@ -135,27 +136,29 @@ async def user(queue: QueueClient, number: int, data: bytes, at: float, args: ar
 
 
 def overheads(done: list[Outcome], slots: int) -> list[float]:
-    """Per job: how long it was the oldest waiting job while a worker slot stood idle."""
+    """Per job: the time it waited while a worker slot stood idle for it.
+
+    At any moment with `idle` free slots, the `idle` oldest waiting jobs could be running:
+    those accrue overhead. A slot is busy from a job's start to its finish (arq's stamps).
+    """
     events: list[tuple[float, int, int]] = []  # (time, kind, job): finish 0, start 1, enqueue 2
     for i, o in enumerate(done):
         events += [(o.enqueued, 2, i), (o.started, 1, i), (o.finished, 0, i)]
     events.sort()
-    waiting: list[tuple[float, int]] = []
-    started: set[int] = set()
+    waiting: list[tuple[float, int]] = []  # (enqueued, job), oldest first
     running = 0
     out = [0.0] * len(done)
     for k, (t, kind, i) in enumerate(events):
         if kind == 2:
-            heapq.heappush(waiting, (done[i].enqueued, i))
+            bisect.insort(waiting, (done[i].enqueued, i))
         elif kind == 1:
-            started.add(i)
+            waiting.remove((done[i].enqueued, i))
             running += 1
         else:
             running -= 1
-        while waiting and waiting[0][1] in started:
-            heapq.heappop(waiting)
-        if k + 1 < len(events) and waiting and running < slots:
-            out[waiting[0][1]] += events[k + 1][0] - t
+        if k + 1 < len(events):
+            for _, j in waiting[: max(0, slots - running)]:
+                out[j] += events[k + 1][0] - t
     return out
 
 
@@ -219,7 +222,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     peak_mb = int(str(after_info["used_memory_peak"])) / 2**20
     print(
         f"{args.users} users over {args.spread:.0f} s, {args.workers} workers (benchmark engine, "
-        f"{args.job_s:.2f} s per job), {took:.0f} s; job time p50 {statistics.median(jobs or [0]):.2f} s; "
+        f"{args.job_s:.2f} s per job), {took:.0f} s, load average {os.getloadavg()[0]:.1f}; job time p50 {statistics.median(jobs or [0]):.2f} s; "
         f"wait p50 {statistics.median(waits or [0]):.1f} s, p95 {pct(waits, 0.95):.1f} s, max {max(waits or [0]):.1f} s"
     )
     # arq stamps the enqueue time before its commands go out: a busy client adds its own lag here.

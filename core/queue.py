@@ -49,6 +49,10 @@ class JobKeys:
     def job_seconds(self) -> str:
         return f"{self.prefix}stats:job_seconds"
 
+    def cycle_seconds(self) -> str:
+        """Moving average of how long a worker slot takes per job, dispatch and all."""
+        return f"{self.prefix}stats:cycle_seconds"
+
     def running(self) -> str:
         """Jobs a worker is running now, scored by their place in the queue."""
         return f"{self.prefix}running"
@@ -94,8 +98,8 @@ def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> J
 
 
 # A job's rank in the queue, how many of those ahead run, whether it runs, the live workers'
-# slots, the running count and the average job time (KEYS: queue, running, live workers,
-# job seconds, the job's in-progress key; ARGV: job id, now).
+# slots, the running count and the average time a slot takes per job (KEYS: queue, running,
+# live workers, job seconds, the job's in-progress key, cycle seconds; ARGV: job id, now).
 _PLACE = """
 local rank = -1
 local ahead = 0
@@ -110,8 +114,8 @@ local slots = 0
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
   slots = slots + (tonumber(string.match(m, ':(%d+)$')) or 0)
 end
-return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]),
-        redis.call('GET', KEYS[4]) or false}
+local avg = redis.call('GET', KEYS[6]) or redis.call('GET', KEYS[4]) or false
+return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]), avg}
 """
 
 
@@ -246,7 +250,7 @@ class QueueClient:
         """
         keys = [self.settings.queue_name, self.keys.running(), self.keys.live_workers(), self.keys.job_seconds()]
         rank, running_ahead, is_running, slots, running, avg = await self._place_script(
-            keys=[*keys, in_progress_key_prefix + job_id], args=[job_id, time.time()]
+            keys=[*keys, in_progress_key_prefix + job_id, self.keys.cycle_seconds()], args=[job_id, time.time()]
         )
         position = None if rank < 0 else 0 if is_running else max(1, 1 + rank - running_ahead)
         return Place(position, int(slots), int(running), float(avg) if avg else None)
@@ -268,6 +272,17 @@ class QueueClient:
             _, finished = await pipe.execute()
         if finished:
             await self.store.release(job_id)
+
+    async def record_cycle(self, seconds: float) -> None:
+        """Fold one job's slot time (from its enqueue, or the slot freeing, to its end) into the ETA's average.
+
+        Unlike the job's own time it holds what the queue adds: polling, claiming, storing
+        results, and a host too busy to run the worker at once.
+        """
+        key = self.keys.cycle_seconds()
+        old = await self.pool.get(key)
+        avg = seconds if old is None else 0.8 * float(old) + 0.2 * seconds
+        await self.pool.set(key, f"{avg:.3f}")
 
     async def prune_running(self) -> None:
         """Forget jobs marked running whose worker died without saying so (arq's claim lapsed)."""

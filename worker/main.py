@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from arq import func
@@ -58,6 +59,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     for orphan in remove_orphans():
         log.info("removed %s, left by a worker that died", orphan)
     queue = ctx["queue"] = QueueClient(ctx["redis"], settings)
+    # With one job at a time (one per GPU) a worker is one slot.
+    ctx["slot"] = {"free_since": time.time()}
     engine = make_engine(settings)
     # Load (and compile) the default model before taking jobs, so the first user does not wait.
     await asyncio.to_thread(engine.separator, settings.model)
@@ -80,7 +83,15 @@ async def job_started(ctx: dict[str, Any]) -> None:
 
 
 async def job_ended(ctx: dict[str, Any]) -> None:
-    await ctx["queue"].job_ended(ctx["job_id"])
+    queue: QueueClient = ctx["queue"]
+    await queue.job_ended(ctx["job_id"])
+    # The slot's time for this job: from when it could have started (enqueued, or the slot
+    # freed, whichever came later) to now. ETAs use it, so they hold what dispatch costs.
+    now = time.time()
+    slot = ctx["slot"]
+    enqueued = ctx["enqueue_time"].timestamp()
+    await queue.record_cycle(now - max(enqueued, slot["free_since"]))
+    slot["free_since"] = now
 
 
 def _name() -> str:
