@@ -199,6 +199,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         before = redis_figures(await queue.pool.info("all"))
         base_memory = int((await queue.pool.info("memory"))["used_memory"])
         t0 = time.monotonic()
+        load0 = os.getloadavg()[0]
         outcomes = await asyncio.gather(*(user(queue, i, songs[i], arrivals[i], args) for i in range(args.users)))
         took = time.monotonic() - t0
         after_info = await queue.pool.info("all")
@@ -222,7 +223,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     peak_mb = int(str(after_info["used_memory_peak"])) / 2**20
     print(
         f"{args.users} users over {args.spread:.0f} s, {args.workers} workers (benchmark engine, "
-        f"{args.job_s:.2f} s per job), {took:.0f} s, load average {os.getloadavg()[0]:.1f}; job time p50 {statistics.median(jobs or [0]):.2f} s; "
+        f"{args.job_s:.2f} s per job), {took:.0f} s, load average {load0:.1f} → {os.getloadavg()[0]:.1f}; "
+        f"job time p50 {statistics.median(jobs or [0]):.2f} s; "
         f"wait p50 {statistics.median(waits or [0]):.1f} s, p95 {pct(waits, 0.95):.1f} s, max {max(waits or [0]):.1f} s"
     )
     # arq stamps the enqueue time before its commands go out: a busy client adds its own lag here.
