@@ -194,7 +194,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         warm = argparse.Namespace(**{**vars(args), "poll_s": 0.5})
         await asyncio.gather(*(user(queue, -1 - i, song(-1 - i, args.audio_s), 0, warm) for i in range(args.workers)))
         songs = [song(i, args.audio_s) for i in range(args.users)]
-        arrivals = sorted(random.Random(0).uniform(0, args.spread) for _ in range(args.users))
+        rng = random.Random(0)
+        arrivals = sorted(rng.uniform(0, args.spread) for _ in range(args.users))
         await queue.pool.config_resetstat()
         before = redis_figures(await queue.pool.info("all"))
         base_memory = int((await queue.pool.info("memory"))["used_memory"])
@@ -227,6 +228,13 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         f"job time p50 {statistics.median(jobs or [0]):.2f} s; "
         f"wait p50 {statistics.median(waits or [0]):.1f} s, p95 {pct(waits, 0.95):.1f} s, max {max(waits or [0]):.1f} s"
     )
+    if done:
+        first, last = min(o.enqueued for o in done), max(o.finished for o in done)
+        busy = sum(jobs) / (args.workers * (last - first))
+        print(
+            f"enqueued over {max(o.enqueued for o in done) - first:.0f} s, last job done at {last - first:.0f} s; "
+            f"worker slots busy {100 * busy:.0f} % of that"
+        )
     # arq stamps the enqueue time before its commands go out: a busy client adds its own lag here.
     lag_ms = [1000 * (o.submitted - o.enqueued) for o in done]
     print(

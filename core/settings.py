@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(15, gt=0, description="how often a running job proves it is alive")
     max_tries: int = Field(3, ge=1, description="tries per job, counting crashes of a worker")
     worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (one per GPU)")
-    worker_poll_s: float = Field(0.1, gt=0, le=5, description="how often an idle worker looks for new jobs")
+    worker_poll_s: float = Field(0.05, gt=0, le=5, description="how often an idle worker looks for new jobs")
 
     # Operations
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)")

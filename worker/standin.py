@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 FOUR = ("drums", "bass", "other", "vocals")
 SIX = (*FOUR, "guitar", "piano")
-# How long one pretend step is: progress and cancel are checked this often, as per model segment.
-_STEP_S = 0.05
+# How long one pretend step is: progress is reported and cancel checked this often, as per model segment.
+_STEP_S = 0.2
 # Without decoding, a song's length is read from a WAV header, or guessed from its size at this rate.
 _GUESS_BYTES_PER_S = 128_000 / 8
 
