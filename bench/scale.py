@@ -162,6 +162,17 @@ def overheads(done: list[Outcome], slots: int) -> list[float]:
     return out
 
 
+def per_command(before: dict[str, object], after: dict[str, object], jobs: int) -> str:
+    """The commands a job cost, most frequent first (commands inside Lua scripts count too)."""
+    counts = {}
+    for k, v in after.items():
+        if k.startswith("cmdstat_") and isinstance(v, dict):
+            old = before.get(k)
+            counts[k[8:]] = int(v["calls"]) - (int(old["calls"]) if isinstance(old, dict) else 0)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:10]
+    return ", ".join(f"{name} {n / max(1, jobs):.1f}" for name, n in top)
+
+
 def redis_figures(info: dict[str, object]) -> tuple[int, int]:
     calls = sum(int(v["calls"]) for k, v in info.items() if k.startswith("cmdstat_") and isinstance(v, dict))
     net = int(str(info["total_net_input_bytes"])) + int(str(info["total_net_output_bytes"]))
@@ -197,7 +208,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         rng = random.Random(0)
         arrivals = sorted(rng.uniform(0, args.spread) for _ in range(args.users))
         await queue.pool.config_resetstat()
-        before = redis_figures(await queue.pool.info("all"))
+        before_info = await queue.pool.info("all")
+        before = redis_figures(before_info)
         base_memory = int((await queue.pool.info("memory"))["used_memory"])
         t0 = time.monotonic()
         load0 = os.getloadavg()[0]
@@ -247,6 +259,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         f"{(after[0] - before[0]) / took:.0f} commands/s; peak memory {peak_mb:.1f} MiB "
         f"(at start {base_memory / 2**20:.1f} MiB; artifacts at the end {artifact_bytes / 2**20:.1f} MiB)"
     )
+    print(f"commands per job: {per_command(before_info, after_info, len(done))}")
     print(
         f"ETA error (|ETA − wait| / max(wait, 1 s)) over {len(eta_errors)} users shown an ETA: "
         f"p50 {pct(eta_errors, 0.5):.2f}, p90 {pct(eta_errors, 0.9):.2f}"
