@@ -44,7 +44,11 @@ class Requester(BaseModel):
 
 
 class InputRef(BaseModel):
-    """Where the input bytes live (an artifact key) and what to call the song."""
+    """Where the input bytes live (an artifact key) and what the requester called the song.
+
+    The names belong to the request that made the job, not to its result: the job id
+    ignores them, so a worker must put none of them into what it stores.
+    """
 
     artifact_key: str
     sha256: str
@@ -57,9 +61,9 @@ class InputRef(BaseModel):
 class SeparationRequest(BaseModel):
     input: InputRef
     stems: str = Field(description="canonical stem spec, see core.stems")
-    model: str
+    model: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     format: AudioFormatName = "mp3"
-    bitrate_kbps: int | None = None
+    bitrate_kbps: int | None = Field(None, ge=32, le=320)
     bit_depth: Literal[16, 24] = 16
     requester: Requester = Field(default_factory=Requester)
 
@@ -106,7 +110,7 @@ class ErrorInfo(BaseModel):
 class StemArtifact(BaseModel):
     stem: str
     artifact_key: str
-    filename: str
+    filename: str  # neutral (`song.<stem>.<ext>`): frontends name files from their own request
     format: str
     size_bytes: int
     duration_s: float

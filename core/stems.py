@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidStemSpec
+from core.naming import excerpt
 
 FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 SIX_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals", "guitar", "piano")
@@ -49,6 +50,9 @@ ALIASES: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {"all": FOUR_STEMS, "4": FOUR_STEMS, "6": SIX_STEMS, "all6": SIX_STEMS}
 VALID_WORDS: tuple[str, ...] = tuple(sorted(set(ALIASES) | set(GROUPS)))
 DEFAULT_SPEC = "all"
+# Files one request may ask for: each is an encoder running at once and bytes stored, and
+# every combination of the grammar would be 64 (all six stems, any `+` combo, karaoke).
+MAX_OUTPUTS = 8
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,14 @@ def _tokens(text: str) -> list[str]:
 
 
 def _unknown(word: str) -> InvalidStemSpec:
-    close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6)
+    # difflib is quadratic: a word far longer than any valid one has no close match anyway.
+    close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6) if len(word) <= 40 else []
     suggestion = ALIASES.get(close[0], close[0]) if close else None
     if suggestion == INSTRUMENTAL:
         suggestion = "karaoke"
     hint = f' Did you mean "{suggestion}"?' if suggestion else ""
     return InvalidStemSpec(
-        f'Unknown stem "{word}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
+        f'Unknown stem "{excerpt(word)}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
         "karaoke (or instrumental), all, 6, and combos such as drums+bass."
     )
 
@@ -101,7 +106,7 @@ def _canonical_parts(token: str) -> list[str]:
     for part in parts:
         if part in GROUPS:
             if len(parts) > 1:
-                raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{token}".')
+                raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{excerpt(token)}".')
             names.extend(GROUPS[part])
         elif part in ALIASES:
             names.append(ALIASES[part])
@@ -139,6 +144,11 @@ def parse_stems(text: str | None) -> StemSelection:
             sources = _resolve(names, model_sources)
             singles = [StemOutput(_output_name(names, sources, model_sources), sources)]
         outputs.extend(o for o in singles if o not in outputs)
+        if len(outputs) > MAX_OUTPUTS:
+            raise InvalidStemSpec(
+                f"That asks for more than {MAX_OUTPUTS} files; one request can make at most {MAX_OUTPUTS}. "
+                "Ask for fewer stems (all 6 stems are 6 files), or split the rest in a second request."
+            )
     return StemSelection(outputs=tuple(outputs), six_stems=six)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -24,6 +25,7 @@ from core.audio import (
     stream_stats,
 )
 from core.errors import Cancelled
+from core.ffmpeg import Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
 from core.settings import Settings
@@ -108,8 +110,11 @@ def separate_file(
         windowed = cast("WindowedSeparator", separator)
         return stream_file(input_path, out_dir, song, selection, fmt, windowed, settings, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
+    sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
-    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    wav, info = load_audio(
+        input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
+    )
     t1 = time.perf_counter()
     say(Stage.separating, 0.0)
     sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
@@ -122,7 +127,7 @@ def separate_file(
             raise Cancelled()
         audio = render_output(output, sources, wav)
         path = out_dir / stem_filename(song, output.name, fmt.ext)
-        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s)
+        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s, sandbox)
         files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
     t3 = time.perf_counter()
     return SeparationOutcome(
@@ -152,24 +157,25 @@ def stream_file(
     into one ffmpeg encoder per requested file.
     """
     say: Reporter = report or (lambda stage, pct: None)
+    sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
-    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
 
     # The separating pass's decoder lives as long as the separation (21 min for an hour of
     # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
     paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
 
-    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
-        return stream_decode(input_path, info, settings.max_duration_s, timeout_s)
+    def blocks(timeout_s: float) -> contextlib.closing[Generator[np.ndarray, None, None]]:
+        # Closed on the way out whatever happens, so its ffmpeg and watchdog end with this call
+        # and not whenever the garbage collector reaches a generator held by a traceback.
+        return contextlib.closing(stream_decode(input_path, info, settings.max_duration_s, timeout_s, sandbox=sandbox))
 
-    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
+    with blocks(settings.ffmpeg_timeout_s) as first_pass:
+        stats = stream_stats(first_pass)
     t1 = time.perf_counter()
     title = info.title or song
     paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
-    writers = [
-        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
-        for p, o in zip(paths, selection.outputs, strict=True)
-    ]
+    writers: list[AudioWriter] = []
 
     def emit(sources: np.ndarray, mix: np.ndarray) -> None:
         named = {name: sources[i] for i, name in enumerate(separator.sources)}
@@ -177,16 +183,19 @@ def stream_file(
             writer.write(render_output(output, named, mix))
 
     try:
+        for p, o in zip(paths, selection.outputs, strict=True):
+            writers.append(AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s, sandbox))
         say(Stage.separating, 0.0)
-        separator.separate_stream(
-            blocks(paced_s),
-            stats.frames,
-            stats.mean,
-            stats.std,
-            emit,
-            lambda f: say(Stage.separating, 100.0 * f),
-            should_stop,
-        )
+        with blocks(paced_s) as second_pass:
+            separator.separate_stream(
+                second_pass,
+                stats.frames,
+                stats.mean,
+                stats.std,
+                emit,
+                lambda f: say(Stage.separating, 100.0 * f),
+                should_stop,
+            )
         say(Stage.encoding, 100.0)
         for writer in writers:
             writer.close()

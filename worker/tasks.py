@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
+from redis.exceptions import RedisError
 
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
-from core.errors import Cancelled, StembotError, WorkerFailed
+from core.audio import megabytes
+from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
-from core.naming import song_name
 from core.queue import QueueClient
 from worker.pipeline import needed_sources, separate_file
 from worker.scratch import job_dir
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUPERVISE_INTERVAL_S = 0.5
+NEUTRAL_SONG = "song"
 
 
 class JobRun:
@@ -100,22 +103,42 @@ class JobRun:
             raise
 
 
+def _output_too_large(total: int, limit: int) -> TooLarge:
+    return TooLarge(
+        f"Those stems come to {megabytes(total)}; one request may make at most {megabytes(limit)}. "
+        "Ask for fewer stems, or a compressed format such as mp3."
+    )
+
+
 async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt: str) -> list[StemArtifact]:
-    artifacts = []
-    for f in files:
-        data = f.path.read_bytes()
-        key = f"result:{job_id}:{f.output.name}.{fmt}"
-        await queue.store.put(key, data, queue.settings.result_ttl_s)
-        artifacts.append(
-            StemArtifact(
-                stem=f.output.name,
-                artifact_key=key,
-                filename=f.path.name,
-                format=fmt,
-                size_bytes=len(data),
-                duration_s=f.duration_s,
+    """Store a job's stems, within `max_job_output_bytes` in all; on any failure none stays stored."""
+    limit = queue.settings.max_job_output_bytes
+    total = sum(f.path.stat().st_size for f in files)
+    if total > limit:
+        raise _output_too_large(total, limit)
+    artifacts: list[StemArtifact] = []
+    stored = 0
+    try:
+        for f in files:
+            data = f.path.read_bytes()
+            stored += len(data)
+            if stored > limit:  # the files changed under us: the bound holds for what is stored
+                raise _output_too_large(stored, limit)
+            key = f"result:{job_id}:{f.output.name}.{fmt}"
+            artifacts.append(
+                StemArtifact(
+                    stem=f.output.name,
+                    artifact_key=key,
+                    filename=f.path.name,
+                    format=fmt,
+                    size_bytes=len(data),
+                    duration_s=f.duration_s,
+                )
             )
-        )
+            await queue.store.put(key, data, queue.settings.result_ttl_s)
+    except BaseException:
+        await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
+        raise
     return artifacts
 
 
@@ -128,7 +151,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         data = await queue.store.get(request.input.artifact_key)
     except ArtifactMissing as exc:
         raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
-    song = song_name(request.input.filename)
+    # Stored stems answer anyone who sends these bytes: they carry no requester's name
+    # (file name, title tag); the frontends name and title each delivery themselves.
+    song = NEUTRAL_SONG
     with job_dir() as tmp:
         in_path = Path(tmp) / "input"
         in_path.write_bytes(data)
@@ -185,11 +210,10 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
                 result = JobResult(
                     job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(exc)
                 )
-            except Exception:  # a bug or a broken host: tell the user, keep the worker alive
+            except Exception as exc:  # a bug or a broken host: tell the user, keep the worker alive
                 log.exception("job %s failed", job_id)
-                err = WorkerFailed("Something went wrong while separating this song. Please try again later.")
                 result = JobResult(
-                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(err)
+                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(_failure(exc))
                 )
     result.timings["total"] = time.monotonic() - started
     await queue.set_progress(result.final_progress())
@@ -204,6 +228,33 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     await counters.add("audio_minutes", result.audio_seconds / 60)
     log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])
     return result.model_dump(mode="json")
+
+
+# OS errors of the host rather than of the song: full disk, out of memory or file handles, I/O.
+_HOST_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EAGAIN}
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the host or of a service (Redis, the store), which another try may not meet."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError | ConnectionError | TimeoutError | RedisError | ArtifactMissing):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _HOST_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _failure(exc: Exception) -> StembotError:
+    """What an unexpected exception tells the user, and whether a repeat of the request runs
+    again: a failure of the host does (WorkerFailed is retryable), a bug met by this input is
+    kept as the answer, so the same request never re-runs a separation bound to fail."""
+    if _transient(exc):
+        return WorkerFailed("Something went wrong while separating this song. Please try again later.")
+    return InternalError(detail=repr(exc))
 
 
 async def _record_job_seconds(queue: QueueClient, seconds: float) -> None:

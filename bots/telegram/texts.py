@@ -14,7 +14,7 @@ Anywhere, also in groups: reply to a message with audio with
 /split all — drums, bass, other, vocals
 /split vocals https://example.com/song.mp3 — from a link (direct audio links and sites yt-dlp knows)
 
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6.
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6 (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
 /settings sets your default stems and format.
 /status shows your jobs and the queue; /cancel stops your running jobs.
