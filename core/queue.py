@@ -179,7 +179,10 @@ class QueueClient:
         With `noeviction` a full Redis fails every write, a worker's result included: the
         headroom left here is what lets the jobs already accepted finish.
         """
-        memory = await self.pool.info("memory")
+        try:
+            memory = await self.pool.info("memory")
+        except redis_errors.ResponseError:  # a managed Redis that hides INFO: its own OOM refusals still count
+            return
         limit = int(memory.get("maxmemory", 0))
         used = int(memory.get("used_memory", 0))
         if limit and used >= self.settings.redis_full_ratio * limit:

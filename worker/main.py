@@ -95,7 +95,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def job_started(ctx: dict[str, Any]) -> None:
-    await ctx["queue"].job_started(ctx["job_id"], ctx["score"])
+    try:
+        await ctx["queue"].job_started(ctx["job_id"], ctx["score"])
+    except Exception:  # a full Redis, say: positions are off by one for a while, the job runs
+        log.warning("could not record job %s as running", ctx["job_id"], exc_info=True)
 
 
 async def job_ended(ctx: dict[str, Any]) -> None:
