@@ -26,7 +26,7 @@ from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
-from core.queue import QueueClient
+from core.queue import QueueClient, refusing_when_full
 from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
@@ -137,7 +137,8 @@ class JobDesk:
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
         try:
-            accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
+            with refusing_when_full():
+                accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise

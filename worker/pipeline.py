@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 
 import numpy as np
 
@@ -32,8 +33,10 @@ from core.settings import Settings
 from core.stems import INSTRUMENTAL, StemOutput, StemSelection
 from worker.encoders import ParallelWriter
 from worker.scratch import job_dir
-from worker.separator import Separator, StopFn
-from worker.windowed import WindowedSeparator
+
+if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
+    from worker.separator import Separator, StopFn
+    from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
 InstrumentalMethod = Literal["subtract", "sum"]
@@ -82,6 +85,12 @@ def _tags(title: str, output: StemOutput, info: AudioInfo) -> Tags:
     return Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title})
 
 
+def _is_windowed(separator: Separator) -> bool:
+    """Only a loaded `worker.windowed` can have made one; asked this way, torch stays unloaded."""
+    windowed = sys.modules.get("worker.windowed")
+    return windowed is not None and isinstance(separator, windowed.WindowedSeparator)
+
+
 def separate_file(
     input_path: Path,
     out_dir: Path,
@@ -94,8 +103,15 @@ def separate_file(
     should_stop: StopFn | None = None,
 ) -> SeparationOutcome:
     """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
-    if isinstance(separator, WindowedSeparator):
-        return stream_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
+    whole_file = getattr(separator, "separate_file", None)
+    if whole_file is not None:  # the benchmark engine (worker.standin) does it all itself
+        outcome: SeparationOutcome = whole_file(
+            input_path, out_dir, song, selection, fmt, settings, report, should_stop
+        )
+        return outcome
+    if _is_windowed(separator):
+        windowed = cast("WindowedSeparator", separator)
+        return stream_file(input_path, out_dir, song, selection, fmt, windowed, settings, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
     sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()

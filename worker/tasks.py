@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
@@ -28,9 +28,11 @@ from core.audio import megabytes
 from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
-from worker.engine import Engine
 from worker.pipeline import needed_sources, separate_file
 from worker.scratch import job_dir
+
+if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
+    from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
