@@ -177,10 +177,17 @@ def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float 
     return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
 
 
-def encode(wav: np.ndarray, dest: Path, fmt: OutputFormat, tags: Tags | None = None, timeout_s: float = 600) -> Path:
-    """Encode float32 (2, samples) audio to `dest` in `fmt`."""
+def encode(
+    wav: np.ndarray,
+    dest: Path,
+    fmt: OutputFormat,
+    tags: Tags | None = None,
+    timeout_s: float = 600,
+    audio_filter: str | None = None,
+) -> Path:
+    """Encode float32 (2, samples) audio to `dest` in `fmt`, through `audio_filter` (ffmpeg -af) if given."""
     pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
-    cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0])
+    cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0], audio_filter=audio_filter)
     proc = _run(cmd, timeout_s, stdin=pcm)
     if proc.returncode != 0:
         dest.unlink(missing_ok=True)
@@ -222,10 +229,16 @@ def _decode_cmd(path: Path, cap_s: float) -> list[str]:
     ]  # fmt: skip
 
 
-def _encode_cmd(dest: Path, fmt: OutputFormat, tags: Tags | None, channels: int = CHANNELS) -> list[str]:
-    """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt`."""
+def _encode_cmd(
+    dest: Path, fmt: OutputFormat, tags: Tags | None, channels: int = CHANNELS, audio_filter: str | None = None
+) -> list[str]:
+    """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt` (through `audio_filter`, if any)."""
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
-    return [*cmd, "-ac", str(channels), "-i", "pipe:0", *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(), str(dest)]
+    filters = ["-af", audio_filter] if audio_filter else []
+    return [
+        *cmd, "-ac", str(channels), "-i", "pipe:0", *filters, *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(),
+        str(dest),
+    ]  # fmt: skip
 
 
 def stream_decode(
@@ -292,11 +305,18 @@ def stream_stats(blocks: Iterator[np.ndarray]) -> StreamStats:
 class AudioWriter:
     """Encode float32 (2, n) blocks to `dest` as they come (ffmpeg reading stdin)."""
 
-    def __init__(self, dest: Path, fmt: OutputFormat, tags: Tags | None = None, timeout_s: float = 600) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        fmt: OutputFormat,
+        tags: Tags | None = None,
+        timeout_s: float = 600,
+        audio_filter: str | None = None,
+    ) -> None:
         self.dest = dest
         self.timeout_s = timeout_s
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the encoder)
-        cmd = _encode_cmd(dest, fmt, tags)
+        cmd = _encode_cmd(dest, fmt, tags, audio_filter=audio_filter)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
         self.frames = 0
 

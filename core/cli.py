@@ -22,6 +22,7 @@ from core.audio import FORMAT_NAMES, OutputFormat, check_size
 from core.errors import StembotError
 from core.jobs import Requester, SeparationRequest, Stage, describe_progress, model_for
 from core.naming import song_name
+from core.render import make_options
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 
@@ -40,6 +41,12 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bitrate", type=int, metavar="K", default=None, help="kbps for mp3/m4a/opus (default 320)")
     p.add_argument("--bit-depth", type=int, choices=(16, 24), default=16, help="bits for wav/flac (default 16)")
     p.add_argument("--model", default=None, help="demucs model name (default: STEMBOT_MODEL)")
+    p.add_argument(
+        "--key", type=int, default=0, metavar="SEMITONES", help="transpose by -12..+12 semitones (vocals keep formants)"
+    )
+    p.add_argument("--tempo", type=int, default=100, metavar="PERCENT", help="speed in percent, 50..150 (default 100)")
+    p.add_argument("--start", default=None, metavar="TIME", help="only from TIME on (seconds or m:ss)")
+    p.add_argument("--end", default=None, metavar="TIME", help="only up to TIME (seconds or m:ss)")
     p.add_argument("-o", "--output", type=Path, default=Path("."), help="directory for the stems (default: .)")
 
 
@@ -132,6 +139,7 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.pipeline import needed_sources, separate_file
 
     selection = parse_stems(args.stems)
+    options = make_options(args.key, args.tempo, args.start, args.end)
     fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
     model = model_for(selection, args.model or settings.model, settings.six_stem_model)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -141,7 +149,7 @@ def _separate(args: argparse.Namespace, settings: Settings) -> int:
         bar = StageBar()
         try:
             outcome = separate_file(
-                path, args.output, song_name(filename), selection, fmt, separator, settings, report=bar
+                path, args.output, song_name(filename), selection, fmt, separator, settings, bar, options=options
             )
             bar(Stage.done, 100.0)
         finally:
@@ -155,6 +163,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.queue import QueueClient
 
     selection = parse_stems(args.stems)
+    options = make_options(args.key, args.tempo, args.start, args.end)
     queue = await QueueClient.connect(settings)
     try:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
@@ -169,6 +178,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             format=args.format or settings.default_format,
             bitrate_kbps=args.bitrate,
             bit_depth=args.bit_depth,
+            options=options,
             requester=Requester(platform="cli"),
         )
         submission = await queue.submit(request)
@@ -185,6 +195,8 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             msg = result.error.message if result.error else result.status
             print(f"stembot: {msg}", file=sys.stderr)
             return 1
+        if result.from_cache:
+            print("rendered from the cached separation (the model did not run)", flush=True)
         args.output.mkdir(parents=True, exist_ok=True)
         for stem in result.stems:
             dest = args.output / stem.filename

@@ -1,8 +1,8 @@
-"""`/split [stems] [format] [key/tempo/section] [link]`: the words a chat user types, parsed the same on every platform."""
+"""`/split [stems] [format] [key, tempo, section] [link]`: what a chat user types, parsed alike everywhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.audio import FORMAT_NAMES
 from core.fetch import find_url
@@ -15,7 +15,7 @@ class SplitCommand:
     selection: StemSelection | None  # None: the user named no stems (ask, or use their default)
     format: str | None
     url: str | None
-    options: RenderOptions = RenderOptions()
+    options: RenderOptions = field(default_factory=RenderOptions)
 
 
 def parse_split(text: str) -> SplitCommand:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, model_validator
 
 from core.errors import InvalidCommand
+from core.stems import GUIDE, GUIDE_LEVEL_DB
 
 KEY_RANGE = (-12, 12)
 TEMPO_RANGE = (50, 150)
@@ -171,15 +172,21 @@ def describe(options: RenderOptions) -> str:
     return ", ".join(parts)
 
 
+# Names that say more than the grammar word: a guide track must not pass for plain karaoke.
+_SHOWN = {GUIDE: f"karaoke with guide vocals at {GUIDE_LEVEL_DB:g} dB".replace("-", MINUS)}
+_FILED = {GUIDE: "karaoke_guide_vocals"}
+
+
 def label(stem: str, options: RenderOptions) -> str:
     """`instrumental (key −2, 80 %)`: a stem's name as titles and chats show it."""
     done = describe(options)
-    return f"{stem} ({done})" if done else stem
+    shown = _SHOWN.get(stem, stem)
+    return f"{shown} ({done})" if done else shown
 
 
 def file_label(stem: str, options: RenderOptions) -> str:
     """`instrumental.key-2.tempo80.70s-150s`: the same for file names (ASCII, no spaces)."""
-    parts = [stem]
+    parts = [_FILED.get(stem, stem)]
     if options.key:
         parts.append(f"key{options.key:+d}")
     if options.tempo != 100:

@@ -51,7 +51,11 @@ def test_bad_time_is_refused(text: str) -> None:
         ("1:10-", [], RenderOptions(start_s=70)),
         ("-0:30", [], RenderOptions(end_s=30)),
         ("0:05\u20130:12", [], RenderOptions(start_s=5, end_s=12)),
-        ("guide key-1 tempo90 0:30-1:00 flac", ["guide", "flac"], RenderOptions(key=-1, tempo=90, start_s=30, end_s=60)),
+        (
+            "guide key-1 tempo90 0:30-1:00 flac",
+            ["guide", "flac"],
+            RenderOptions(key=-1, tempo=90, start_s=30, end_s=60),
+        ),
         ("drums+bass", ["drums+bass"], RenderOptions()),
     ],
 )
@@ -92,13 +96,27 @@ def test_guide_is_one_output_of_every_source() -> None:
     assert selection.outputs[0].sources == frozenset({"drums", "bass", "other", "vocals"})
 
 
+K2T80 = "instrumental.key-2.tempo80"
+SECTION = "instrumental.70s-150s"
+
+
 @pytest.mark.parametrize(
     ("options", "said", "named", "filed"),
     [
         (RenderOptions(), "", "instrumental", "instrumental"),
-        (RenderOptions(key=-2, tempo=80), "key \u22122, 80 %", "instrumental (key \u22122, 80 %)", "instrumental.key-2.tempo80"),
+        (
+            RenderOptions(key=-2, tempo=80),
+            "key \u22122, 80 %",
+            "instrumental (key \u22122, 80 %)",
+            "instrumental.key-2.tempo80",
+        ),
         (RenderOptions(key=3), "key +3", "instrumental (key +3)", "instrumental.key+3"),
-        (RenderOptions(start_s=70, end_s=150), "1:10\u20132:30", "instrumental (1:10\u20132:30)", "instrumental.70s-150s"),
+        (
+            RenderOptions(start_s=70, end_s=150),
+            "1:10\u20132:30",
+            "instrumental (1:10\u20132:30)",
+            "instrumental.70s-150s",
+        ),
         (RenderOptions(start_s=5), "0:05\u2013end", "instrumental (0:05\u2013end)", "instrumental.5s-end"),
     ],
 )
@@ -150,3 +168,9 @@ def test_make_options_checks_cli_values() -> None:
     assert make_options(-2, 80, "0:05", "0:12") == RenderOptions(key=-2, tempo=80, start_s=5, end_s=12)
     with pytest.raises(InvalidCommand, match="key-12"):
         make_options(key=13)
+
+
+def test_guide_is_labelled_as_such() -> None:
+    assert label("guide", RenderOptions()) == "karaoke with guide vocals at \u221215 dB"
+    assert label("guide", RenderOptions(tempo=80)) == "karaoke with guide vocals at \u221215 dB (80 %)"
+    assert file_label("guide", RenderOptions()) == "karaoke_guide_vocals"

@@ -1,9 +1,17 @@
-"""One song through decode → separate → mix → encode, shared by the CLI and the worker."""
+"""One song through decode → separate → sources → render, shared by the CLI and the worker.
+
+A separation writes every source the model makes, losslessly (FLAC 24-bit), once
+(`separate_sources`). Every file a user asks for is rendered from those sources
+(`render_files`): stems and mixes, karaoke, guide vocals, a section, key and tempo. The
+worker keeps the sources (`core.sources`), so a later request on the same song renders
+without running the model again, and answers exactly as a first request would.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,11 +30,13 @@ from core.audio import (
     stream_decode,
     stream_stats,
 )
-from core.errors import Cancelled
+from core.errors import Cancelled, InvalidCommand
 from core.jobs import Stage
 from core.naming import stem_filename
+from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, label, rubberband
 from core.settings import Settings
-from core.stems import INSTRUMENTAL, StemOutput, StemSelection
+from core.sources import SOURCES_FORMAT, SourceSet
+from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
 from worker.separator import Separator, StopFn
 from worker.windowed import WindowedSeparator
 
@@ -35,6 +45,7 @@ InstrumentalMethod = Literal["subtract", "sum"]
 # Measured on the shared multitrack clips (README, "Karaoke"): subtracting the separated
 # vocals from the mixture keeps more of the accompaniment than summing the other stems.
 INSTRUMENTAL_METHOD: InstrumentalMethod = "subtract"
+_BLOCK = 10 * SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class StemFile:
     output: StemOutput
     path: Path
     duration_s: float
+    label: str = ""  # what was done, for titles: `instrumental (key −2, 80 %)`
 
 
 @dataclass
@@ -59,7 +71,11 @@ def render_output(
     mixture: np.ndarray,
     method: InstrumentalMethod = INSTRUMENTAL_METHOD,
 ) -> np.ndarray:
-    """The audio of one requested file: a source, a mix of sources, or the instrumental."""
+    """The audio of one requested file: a source, a mix of sources, the instrumental or the guide."""
+    if output.name == GUIDE:
+        quiet = np.float32(10 ** (GUIDE_LEVEL_DB / 20))
+        backing = render_output(StemOutput(INSTRUMENTAL, output.sources - {"vocals"}), sources, mixture, method)
+        return np.asarray(backing + quiet * sources["vocals"], dtype=np.float32)
     if output.name == INSTRUMENTAL and method == "subtract":
         return np.asarray(mixture - sources["vocals"], dtype=np.float32)
     return np.asarray(np.sum([sources[s] for s in sorted(output.sources)], axis=0), dtype=np.float32)
@@ -69,12 +85,220 @@ def needed_sources(selection: StemSelection, method: InstrumentalMethod = INSTRU
     """The sources a request's outputs are made of (karaoke by subtraction needs only vocals)."""
     needed: set[str] = set()
     for output in selection.outputs:
-        needed |= {"vocals"} if output.name == INSTRUMENTAL and method == "subtract" else set(output.sources)
+        by_subtraction = output.name in (INSTRUMENTAL, GUIDE) and method == "subtract"
+        needed |= {"vocals"} if by_subtraction else set(output.sources)
     return needed
 
 
-def _tags(title: str, output: StemOutput, info: AudioInfo) -> Tags:
-    return Tags(title=f"{title} — {output.name}", artist=info.artist, extra={"album": title})
+def uses_mixture(selection: StemSelection) -> bool:
+    return INSTRUMENTAL_METHOD == "subtract" and any(o.name in (INSTRUMENTAL, GUIDE) for o in selection.outputs)
+
+
+def separation_window(options: RenderOptions) -> tuple[int, int | None]:
+    """The stretch of song the model separates for a request: its section and some context."""
+    if not options.has_section:
+        return 0, None
+    start, end = options.section_frames(SAMPLE_RATE)
+    context = int(SECTION_CONTEXT_S * SAMPLE_RATE)
+    return max(0, start - context), None if end is None else end + context
+
+
+def frames_between(
+    blocks: Iterable[np.ndarray], start: int, stop: int | None, size: int = _BLOCK
+) -> Iterator[np.ndarray]:
+    """Samples [start, stop) of a stream of (channels, n) blocks, re-cut into blocks of `size`.
+
+    Streams cut the same way line up block for block, whatever their decoders' block sizes.
+    """
+    pos, pending, held = 0, [], 0
+    for block in blocks:
+        lo, hi = max(start - pos, 0), block.shape[-1] if stop is None else min(block.shape[-1], stop - pos)
+        pos += block.shape[-1]
+        if hi > lo:
+            pending.append(block[:, lo:hi])
+            held += hi - lo
+        while held >= size:
+            joined = np.concatenate(pending, axis=-1)
+            yield joined[:, :size]
+            pending, held = [joined[:, size:]], held - size
+        if stop is not None and pos >= stop:
+            break
+    if held:
+        yield np.concatenate(pending, axis=-1)
+
+
+def _tags(title: str, name: str, info: AudioInfo | None) -> Tags:
+    return Tags(title=f"{title} — {name}", artist=info.artist if info else None, extra={"album": title})
+
+
+def separate_sources(
+    input_path: Path,
+    out_dir: Path,
+    separator: Separator,
+    settings: Settings,
+    options: RenderOptions | None = None,
+    keep: set[str] | None = None,
+    report: Reporter | None = None,
+    should_stop: StopFn | None = None,
+) -> tuple[SourceSet, AudioInfo]:
+    """Separate `input_path` (only the request's section and context, if it has one) into
+    one lossless file per source in `out_dir`; `keep` limits which sources are written."""
+    window = separation_window(options or RenderOptions())
+    if isinstance(separator, WindowedSeparator):
+        return _stream_sources(input_path, out_dir, separator, settings, window, keep, report, should_stop)
+    say: Reporter = report or (lambda stage, pct: None)
+    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
+    _check_window(window, wav.shape[-1])
+    say(Stage.separating, 0.0)
+    sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
+    paths = {}
+    for name in separator.sources:
+        if keep is None or name in keep:
+            paths[name] = encode(
+                sources[name], out_dir / f"{name}.flac", SOURCES_FORMAT, None, settings.ffmpeg_timeout_s
+            )
+    return SourceSet(paths, window[0], wav.shape[-1], whole=window == (0, None)), info
+
+
+def _check_window(window: tuple[int, int | None], frames: int) -> None:
+    if frames <= 0:
+        raise InvalidCommand(f"The song ends before {clock(window[0] / SAMPLE_RATE)}: pick a section inside it.")
+
+
+def _stream_sources(
+    input_path: Path,
+    out_dir: Path,
+    separator: WindowedSeparator,
+    settings: Settings,
+    window: tuple[int, int | None],
+    keep: set[str] | None,
+    report: Reporter | None,
+    should_stop: StopFn | None,
+) -> tuple[SourceSet, AudioInfo]:
+    """`separate_sources` in bounded memory: decode, separate and encode block by block.
+
+    A first decoding pass measures the song (length, and the statistics the model is
+    normalised by); the second feeds the engine, whose finished output goes straight
+    into one FLAC encoder per source.
+    """
+    say: Reporter = report or (lambda stage, pct: None)
+    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+
+    # The separating pass's decoder lives as long as the separation (21 min for an hour of
+    # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
+    paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
+
+    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
+        return frames_between(stream_decode(input_path, info, settings.max_duration_s, timeout_s), *window)
+
+    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
+    _check_window(window, stats.frames)
+    names = [n for n in separator.sources if keep is None or n in keep]
+    writers = {n: AudioWriter(out_dir / f"{n}.flac", SOURCES_FORMAT, None, settings.ffmpeg_timeout_s) for n in names}
+
+    def emit(sources: np.ndarray, mix: np.ndarray) -> None:
+        for i, name in enumerate(separator.sources):
+            if name in writers:
+                writers[name].write(sources[i])
+
+    try:
+        say(Stage.separating, 0.0)
+        separator.separate_stream(
+            blocks(paced_s),
+            stats.frames,
+            stats.mean,
+            stats.std,
+            emit,
+            lambda f: say(Stage.separating, 100.0 * f),
+            should_stop,
+        )
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    paths = {n: w.dest for n, w in writers.items()}
+    return SourceSet(paths, window[0], stats.frames, whole=window == (0, None)), info
+
+
+def _source_blocks(path: Path, settings: Settings) -> Iterator[np.ndarray]:
+    # a file this worker wrote: no size or duration claims to check it against
+    info = AudioInfo(duration_s=None, container="flac", codec="flac", has_video=False)
+    return stream_decode(path, info, settings.max_duration_s + 60, settings.ffmpeg_timeout_s)
+
+
+def render_files(
+    sources: SourceSet,
+    mixture_path: Path | None,
+    out_dir: Path,
+    song: str,
+    selection: StemSelection,
+    fmt: OutputFormat,
+    options: RenderOptions,
+    settings: Settings,
+    info: AudioInfo | None = None,
+    report: Reporter | None = None,
+    should_stop: StopFn | None = None,
+) -> list[StemFile]:
+    """Write the requested files from separated sources: the section cut to the exact
+    sample, mixed, then through ffmpeg's rubberband for key and tempo.
+
+    `mixture_path` (the input) is needed for karaoke and guide, which subtract the vocals
+    from the song itself; it is decoded the same way as for the separation, so it lines up.
+    """
+    say: Reporter = report or (lambda stage, pct: None)
+    first, last = options.section_frames(SAMPLE_RATE)
+    end = sources.offset + sources.frames
+    last = end if last is None else min(last, end)
+    if first >= end or first < sources.offset:
+        raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
+    cut = (first - sources.offset, last - sources.offset)
+    streams = {n: frames_between(_source_blocks(p, settings), *cut) for n, p in sources.paths.items()}
+    if uses_mixture(selection):
+        if mixture_path is None:
+            raise ValueError("karaoke needs the mixture")
+        mix_info = AudioInfo(duration_s=None, container="", codec="", has_video=False)
+        song_blocks = stream_decode(mixture_path, mix_info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+        streams["mixture"] = frames_between(song_blocks, first, last)
+    title = (info.title if info and info.title else None) or song
+    files = [
+        StemFile(o, out_dir / stem_filename(song, file_label(o.name, options), fmt.ext), 0.0, label(o.name, options))
+        for o in selection.outputs
+    ]
+    writers = [
+        AudioWriter(
+            f.path,
+            fmt,
+            _tags(title, f.label, info),
+            settings.ffmpeg_timeout_s,
+            audio_filter=rubberband(options, keep_formants="vocals" in f.output.sources),
+        )
+        for f in files
+    ]
+    total = max(last - first, 1)
+    done = 0
+    try:
+        say(Stage.encoding, 0.0)
+        names = list(streams)
+        for blocks in zip(*streams.values(), strict=True):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            named = dict(zip(names, blocks, strict=True))
+            mixture = named.pop("mixture", None)
+            for writer, f in zip(writers, files, strict=True):
+                writer.write(render_output(f.output, named, mixture if mixture is not None else blocks[0]))
+            done += blocks[0].shape[-1]
+            say(Stage.encoding, 100.0 * done / total)
+        for writer in writers:
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    stretch = 100 / options.tempo
+    return [StemFile(f.output, f.path, done * stretch / SAMPLE_RATE, f.label) for f in files]
 
 
 def separate_file(
@@ -87,34 +311,26 @@ def separate_file(
     settings: Settings,
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
+    options: RenderOptions | None = None,
 ) -> SeparationOutcome:
-    """Decode `input_path`, separate it and write one file per requested output into `out_dir`."""
-    if isinstance(separator, WindowedSeparator):
-        return stream_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
-    say: Reporter = report or (lambda stage, pct: None)
+    """Separate `input_path` and write one file per requested output into `out_dir` (the CLI's way)."""
+    options = options or RenderOptions()
     t0 = time.perf_counter()
-    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
-    t1 = time.perf_counter()
-    say(Stage.separating, 0.0)
-    sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
+    with tempfile.TemporaryDirectory(prefix="stembot-sources-") as tmp:
+        sources, info = separate_sources(
+            input_path, Path(tmp), separator, settings, options, needed_sources(selection), report, should_stop
+        )
+        t1 = time.perf_counter()
+        files = render_files(
+            sources, input_path, out_dir, song, selection, fmt, options, settings, info, report, should_stop
+        )
     t2 = time.perf_counter()
-    title = info.title or song
-    files = []
-    for i, output in enumerate(selection.outputs):
-        say(Stage.encoding, 100.0 * i / len(selection.outputs))
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        audio = render_output(output, sources, wav)
-        path = out_dir / stem_filename(song, output.name, fmt.ext)
-        encode(audio, path, fmt, _tags(title, output, info), settings.ffmpeg_timeout_s)
-        files.append(StemFile(output, path, audio.shape[-1] / SAMPLE_RATE))
-    t3 = time.perf_counter()
     return SeparationOutcome(
         files=files,
-        audio_seconds=wav.shape[-1] / SAMPLE_RATE,
-        title=title,
+        audio_seconds=sources.frames / SAMPLE_RATE,
+        title=info.title or song,
         artist=info.artist,
-        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": t3 - t2},
+        timings={"separate": t1 - t0, "render": t2 - t1},
     )
 
 
@@ -129,61 +345,5 @@ def stream_file(
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
 ) -> SeparationOutcome:
-    """`separate_file` in bounded memory: decode, separate and encode block by block.
-
-    A first decoding pass measures the song (length, and the statistics the model is
-    normalised by); the second feeds the engine, whose finished output goes straight
-    into one ffmpeg encoder per requested file.
-    """
-    say: Reporter = report or (lambda stage, pct: None)
-    t0 = time.perf_counter()
-    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
-
-    # The separating pass's decoder lives as long as the separation (21 min for an hour of
-    # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
-    paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
-
-    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
-        return stream_decode(input_path, info, settings.max_duration_s, timeout_s)
-
-    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
-    t1 = time.perf_counter()
-    title = info.title or song
-    paths = [out_dir / stem_filename(song, o.name, fmt.ext) for o in selection.outputs]
-    writers = [
-        AudioWriter(p, fmt, _tags(title, o, info), settings.ffmpeg_timeout_s)
-        for p, o in zip(paths, selection.outputs, strict=True)
-    ]
-
-    def emit(sources: np.ndarray, mix: np.ndarray) -> None:
-        named = {name: sources[i] for i, name in enumerate(separator.sources)}
-        for writer, output in zip(writers, selection.outputs, strict=True):
-            writer.write(render_output(output, named, mix))
-
-    try:
-        say(Stage.separating, 0.0)
-        separator.separate_stream(
-            blocks(paced_s),
-            stats.frames,
-            stats.mean,
-            stats.std,
-            emit,
-            lambda f: say(Stage.separating, 100.0 * f),
-            should_stop,
-        )
-        say(Stage.encoding, 100.0)
-        for writer in writers:
-            writer.close()
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
-    t2 = time.perf_counter()
-    seconds = stats.frames / SAMPLE_RATE
-    return SeparationOutcome(
-        files=[StemFile(o, p, seconds) for o, p in zip(selection.outputs, paths, strict=True)],
-        audio_seconds=seconds,
-        title=title,
-        artist=info.artist,
-        timings={"decode": t1 - t0, "separate": t2 - t1, "encode": 0.0},
-    )
+    """`separate_file` with the streaming engine (bounded memory whatever the song's length)."""
+    return separate_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
