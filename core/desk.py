@@ -9,24 +9,28 @@ job into uploads that fit the platform's limit. Frontends only render.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 from arq.constants import in_progress_key_prefix
 from arq.jobs import JobStatus
+from pydantic import BaseModel
 
 from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
-from core.audio import inspect_bytes
+from core.audio import SAMPLE_RATE, inspect_bytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import StembotError, WorkerFailed
+from core.errors import InvalidCommand, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient
+from core.render import RenderOptions, clock, follow_up
 from core.settings import Settings
+from core.sources import SourcesCache
 from core.stems import StemSelection
 from core.uploads import fit_stem, needs_parts, plan_upload
 
@@ -73,6 +77,8 @@ def status_line(progress: Progress | None, song: str) -> str:
         return f"⏳ {song}: {describe_progress(progress or Progress(job_id='', stage=Stage.queued))}"
     if progress.stage == Stage.separating:
         return f"🎛 {song}: {describe_progress(progress)}"
+    if progress.stage == Stage.rendering:
+        return f"⚡ {song}: rendering from the cached separation…"
     return f"🎛 {song}: {progress.stage.value}…"
 
 
@@ -89,10 +95,18 @@ def outcome_line(result: JobResult, song: str) -> str:
         took = result.timings.get("total")
         timing = f" in {took:.0f} s" if took else ""
         stems = ", ".join(s.stem for s in result.stems)
-        return f"✅ {song}: {stems} ({result.model}{timing})."
+        how = f"{result.model}, rendered from the cached separation" if result.from_cache else result.model
+        return f"✅ {song}: {stems} ({how}{timing})."
     if result.status == "cancelled":
         return f"✖️ {song}: cancelled."
     return f"⚠️ {song}: {result.error.message if result.error else 'Separation failed.'}"
+
+
+class _Again(BaseModel):
+    request: SeparationRequest
+    song: str
+    duration_s: float
+    note: str | None = None
 
 
 class JobDesk:
@@ -115,16 +129,22 @@ class JobDesk:
         delivery: Delivery,
         upload_limit: int | None = None,
         max_duration_s: float | None = None,
+        options: RenderOptions | None = None,
     ) -> Accepted:
         """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse.
 
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
         try:
-            accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
+            accepted = await self._accept(
+                song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions()
+            )
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise
+        return await self._count(accepted)
+
+    async def _count(self, accepted: Accepted) -> Accepted:
         metrics.REQUESTS.labels(self.book.platform).inc()
         if accepted.state == "cached":
             metrics.CACHE_HITS.labels(self.book.platform).inc()
@@ -138,6 +158,7 @@ class JobDesk:
         delivery: Delivery,
         upload_limit: int | None,
         max_duration_s: float | None,
+        options: RenderOptions,
     ) -> Accepted:
         s = self.settings
         user = self.user_key(delivery.user_id)
@@ -145,10 +166,9 @@ class JobDesk:
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
         info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, longest, 60)
         duration = info.duration_s or 0.0
-        if not self.gate.is_admin(user):
-            running = len(await self.book.for_user(delivery.user_id))
-            used = await self.usage.used_s(user)
-            check_user(running, used, duration, s.max_jobs_per_user, s.daily_minutes_per_user)
+        model = model_for(selection, s.model, s.six_stem_model)
+        cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)
+        await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
         ref = await self.queue.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
@@ -156,24 +176,90 @@ class JobDesk:
         delivery.song = song_name(song.title or song.filename)
         delivery.format = fmt
         delivery.upload_limit = upload_limit
-        delivery.note = plan_upload(fmt, duration, upload_limit, s.mp3_bitrate_kbps).note
+        delivery.note = plan_upload(fmt, duration * 100 / options.tempo, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
             stems=selection.spec,
             format=fmt,  # type: ignore[arg-type]
-            model=model_for(selection, s.model, s.six_stem_model),
+            model=model,
+            options=options,
             requester=delivery.requester,
         )
+        return await self._queue(request, delivery, cost, duration)
+
+    async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
+        """Seconds of audio a request counts against the daily limit: what the model will
+        separate (a section: that stretch), nothing when the song's sources are cached."""
+        start = options.start_s or 0.0
+        if duration and start >= duration:
+            raise InvalidCommand(f"The song is {clock(duration)} long: pick a section inside it.")
+        cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
+        if await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None:
+            return 0.0
+        if not options.has_section:
+            return duration
+        end = duration if options.end_s is None else min(options.end_s, duration or options.end_s)
+        return max(0.0, end - start)
+
+    async def _check_user(self, delivery: Delivery, cost: float) -> None:
+        user = self.user_key(delivery.user_id)
+        if not self.gate.is_admin(user):
+            running = len(await self.book.for_user(delivery.user_id))
+            used = await self.usage.used_s(user)
+            s = self.settings
+            check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user)
+
+    async def _queue(self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float) -> Accepted:
+        user = self.user_key(delivery.user_id)
         submission = await self.queue.submit(request)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
+        await self._remember(delivery, request, duration)
         if submission.state != "cached":
-            await self.usage.add(user, duration)
+            await self.usage.add(user, cost)
         await self.counters.add("requests")
         await self.counters.add(f"requests_{self.book.platform}")
         if submission.state == "cached":
             await self.counters.add("cache_hits")
         return Accepted(delivery, submission.state)
+
+    # --- follow-ups: the same song again, another key or tempo, from the cached sources ----
+    def _again_key(self, delivery_id: str) -> str:
+        return f"{self.settings.key_prefix}{self.book.platform}:again:{delivery_id}"
+
+    async def _remember(self, delivery: Delivery, request: SeparationRequest, duration: float) -> None:
+        """What a follow-up button needs to ask for this song again, for as long as its sources live."""
+        record = _Again(request=request, song=delivery.song, duration_s=duration, note=delivery.note)
+        ttl = max(self.settings.sources_ttl_s, 60)
+        await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
+
+    async def again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
+        """Queue a follow-up (`key-1`, `key+1`, `slower`, `original`) of an earlier delivery for `delivery`'s chat."""
+        try:
+            accepted = await self._again(previous_id, change, delivery)
+        except StembotError as exc:
+            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            raise
+        return await self._count(accepted)
+
+    async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
+        raw = await self.queue.pool.get(self._again_key(previous_id))
+        gone = WorkerFailed("I no longer keep that song. Please send it again.")
+        if raw is None:
+            raise gone
+        record = _Again.model_validate_json(raw)
+        user = self.user_key(delivery.user_id)
+        await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
+        if not await self.queue.store.touch(record.request.input.artifact_key, self.settings.result_ttl_s):
+            raise gone
+        options = follow_up(record.request.options, change)
+        request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
+        cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
+        await self._check_user(delivery, cost)
+        delivery.song = record.song
+        delivery.format = request.format
+        delivery.note = record.note
+        return await self._queue(request, delivery, cost, record.duration_s)
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""

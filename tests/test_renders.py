@@ -64,7 +64,9 @@ def test_model_runs_once(
     # from scratch: the same song separated in a fresh process, cache or not
     scratch = tmp_path / "scratch"
     for stems, fmt in (("karaoke", "mp3"), ("drums+bass", "flac")):
-        done = run_stembot("separate", str(rock_short), "--stems", stems, "--format", fmt, "-o", str(scratch), env=tiny_env)
+        done = run_stembot(
+            "separate", str(rock_short), "--stems", stems, "--format", fmt, "-o", str(scratch), env=tiny_env
+        )
         assert done.returncode == 0, done.stderr
     assert _snr(read_audio(scratch / "rock.instrumental.mp3"), read_audio(karaoke)) > 60
     assert _snr(read_audio(scratch / "rock.drums+bass.flac"), read_audio(rhythm)) > 80

@@ -427,3 +427,50 @@ async def test_bare_link_in_a_dm_gets_the_keyboard(botapi: BotApiServer, bot: Ap
     offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
     buttons = [b["callback_data"] for row in offer[0].params["reply_markup"]["inline_keyboard"] for b in row]
     assert "split|karaoke|mp3" in buttons
+
+
+async def test_key_tempo_and_a_follow_up_without_the_model(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    tiny_worker: WorkerProcess,
+    redis_url: str,
+    rock_short: Path,
+    tmp_path: Path,
+) -> None:
+    """`/split vocals key-2 tempo80`, then the "Original" button under the result: the
+    second file comes from the cached sources, and the model ran once."""
+    import time
+
+    import redis
+
+    caption = "/split vocals key-2 tempo80"
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short, title="Rock"), caption=caption)
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert first[0].params["title"] == "Rock — vocals (key \u22122, 80 %)"
+    done = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if "reply_markup" in c.params and "✅" in c.params["text"]]
+    )
+    buttons = [b for row in done[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    assert [b["text"] for b in buttons] == ["Key \u22121", "Key +1", "Slower 80 %", "Original"]
+    status = next(
+        c.result for c in botapi.sent("sendMessage") if c.result["message_id"] == done[0].params["message_id"]
+    )
+    botapi.press(status, ALICE, buttons[3]["callback_data"])
+    again = await botapi.wait_for(lambda: botapi.sent("sendAudio")[1:], timeout=120)
+    assert again[0].params["title"] == "Rock — vocals"
+    await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if "rendered from the cached separation" in c.params["text"]]
+    )
+    slow = read_audio_bytes(first[0].files["audio"], "slow.mp3", tmp_path)
+    plain = read_audio_bytes(again[0].files["audio"], "plain.mp3", tmp_path)
+    assert abs(slow.shape[-1] / plain.shape[-1] - 1.25) < 0.02
+    client = redis.Redis.from_url(redis_url)
+    stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
+    client.close()
+    assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+
+
+def read_audio_bytes(data: bytes, name: str, where: Path) -> Any:
+    path = where / name
+    path.write_bytes(data)
+    return read_audio(path)

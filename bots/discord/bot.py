@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import tasks
 
-from bots.discord.commands import on_cancel, register
-from bots.discord.service import CANCEL_PREFIX, DiscordService
+from bots.discord.commands import on_again, on_cancel, register
+from bots.discord.service import AGAIN_PREFIX, CANCEL_PREFIX, DiscordService
 from core.queue import QueueClient
 from core.settings import Settings
 
@@ -65,3 +65,6 @@ class StembotBot(discord.Client):
         custom_id = data.get("custom_id", "")
         if interaction.type == discord.InteractionType.component and str(custom_id).startswith(CANCEL_PREFIX):
             await on_cancel(interaction, str(custom_id).removeprefix(CANCEL_PREFIX))
+        if interaction.type == discord.InteractionType.component and str(custom_id).startswith(AGAIN_PREFIX):
+            previous, _, change = str(custom_id).removeprefix(AGAIN_PREFIX).partition(":")
+            await on_again(interaction, previous, change)

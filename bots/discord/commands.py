@@ -12,6 +12,7 @@ from bots.discord.guilds import GuildConfig
 from bots.discord.service import DiscordService, song_in
 from core.commands import parse_split
 from core.errors import StembotError
+from core.render import RenderOptions, make_options
 from core.stems import StemSelection, parse_stems
 
 if TYPE_CHECKING:
@@ -48,12 +49,13 @@ async def _begin(
     selection: StemSelection,
     fmt: str | None,
     private: bool,
+    options: RenderOptions | None = None,
 ) -> None:
     """Defer within Discord's 3 s, then queue; every refusal lands in the deferred reply."""
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True, ephemeral=private)
     try:
-        await _service(interaction).start(interaction, source, selection, fmt, private)
+        await _service(interaction).start(interaction, source, selection, fmt, private, options)
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
 
@@ -62,8 +64,10 @@ async def _begin(
 @app_commands.describe(
     file="the song (audio or video)",
     url="a link to the song instead of a file",
-    stems="vocals, karaoke, drums, bass, other, all, guitar, piano, 6 — or combos such as drums+bass",
+    stems="vocals, karaoke, guide, drums, bass, other, all, 6, combos (drums+bass), a section (1:10-2:30)",
     format="file format of the stems",
+    key="transpose by semitones, -12 to +12",
+    tempo="speed in percent, 50 to 150",
     private="only you see the result",
 )
 @app_commands.choices(format=FORMAT_CHOICES)
@@ -75,12 +79,18 @@ async def split(
     url: str | None = None,
     stems: str | None = None,
     format: app_commands.Choice[str] | None = None,
+    key: app_commands.Range[int, -12, 12] | None = None,
+    tempo: app_commands.Range[int, 50, 150] | None = None,
     private: bool = False,
 ) -> None:
     if await _allowed_here(interaction) is None:
         return
     try:
         command = parse_split(f"{stems or ''} {url or ''}")
+        typed = command.options
+        options = make_options(
+            typed.key if key is None else key, typed.tempo if tempo is None else tempo, typed.start_s, typed.end_s
+        )
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
         return
@@ -89,7 +99,7 @@ async def split(
         await _refuse(interaction, texts.NO_SONG)
         return
     fmt = format.value if format else command.format
-    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private)
+    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private, options)
 
 
 @split.autocomplete("stems")
@@ -230,6 +240,15 @@ async def unban(interaction: discord.Interaction, user: discord.User) -> None:
 async def on_cancel(interaction: discord.Interaction, delivery_id: str) -> None:
     answer = await _service(interaction).cancel(delivery_id, interaction.user.id)
     await interaction.response.send_message(answer, ephemeral=True)
+
+
+async def on_again(interaction: discord.Interaction, previous_id: str, change: str) -> None:
+    """A follow-up button under a delivered song: a new reply, rendered from the cached sources."""
+    await interaction.response.defer(thinking=True)
+    try:
+        await _service(interaction).again(interaction, previous_id, change)
+    except StembotError as exc:
+        await _refuse(interaction, exc.user_message)
 
 
 def register(tree: app_commands.CommandTree[StembotBot]) -> None:

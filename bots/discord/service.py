@@ -23,12 +23,14 @@ from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
 from core.queue import QueueClient
+from core.render import FOLLOWUPS, RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import pack
 
 log = logging.getLogger(__name__)
 CANCEL_PREFIX = "stembot:cancel:"
+AGAIN_PREFIX = "stembot:again:"
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.
 TOKEN_MARGIN = timedelta(seconds=60)
 MAX_FILES = 10
@@ -55,6 +57,15 @@ def cancel_view(delivery_id: str) -> discord.ui.View:
     view.add_item(
         discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=CANCEL_PREFIX + delivery_id)
     )
+    return view
+
+
+def followup_view(delivery_id: str) -> discord.ui.View:
+    """One-tap re-renders of a delivered song from its cached sources."""
+    view = discord.ui.View(timeout=None)
+    for text, change in FOLLOWUPS:
+        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
+        view.add_item(discord.ui.Button(label=text, style=discord.ButtonStyle.secondary, custom_id=custom_id))
     return view
 
 
@@ -85,23 +96,16 @@ class DiscordService:
             raise TooLarge(f"That file is too large; the limit is {self.settings.max_input_mb:g} MB.")
         return Song(await source.read(), source.filename)
 
-    async def start(
-        self,
-        interaction: discord.Interaction,
-        source: discord.Attachment | str,
-        selection: StemSelection,
-        fmt: str | None,
-        private: bool,
+    def _delivery(
+        self, interaction: discord.Interaction, original: discord.InteractionMessage, private: bool
     ) -> Delivery:
-        """Queue a song for an interaction that has already been deferred, and show its status."""
-        config = await self.guilds.get(interaction.guild_id)
-        original = await interaction.original_response()
-        delivery = Delivery(
+        return Delivery(
             platform="discord",
             job_id="",
             chat_id=str(interaction.channel_id),
             user_id=str(interaction.user.id),
             status_message_id=str(original.id),
+            upload_limit=upload_limit(interaction, self.settings),
             extra={
                 "app_id": str(interaction.application_id),
                 "token": interaction.token,
@@ -110,17 +114,41 @@ class DiscordService:
                 "mention": interaction.user.mention,
             },
         )
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        source: discord.Attachment | str,
+        selection: StemSelection,
+        fmt: str | None,
+        private: bool,
+        options: RenderOptions | None = None,
+    ) -> Delivery:
+        """Queue a song for an interaction that has already been deferred, and show its status."""
+        config = await self.guilds.get(interaction.guild_id)
+        delivery = self._delivery(interaction, await interaction.original_response(), private)
         max_s = config.max_minutes * 60 if config.max_minutes else None
         song = await self.song(source)
         accepted = await self.desk.accept(
-            song, selection, fmt or config.format, delivery, upload_limit(interaction, self.settings), max_s
+            song, selection, fmt or config.format, delivery, delivery.upload_limit, max_s, options
         )
-        state = {"cached": "found in the cache", "joined": "already being split"}.get(accepted.state, "queued")
+        await self._show(interaction, accepted.state, delivery)
+        return delivery
+
+    async def again(self, interaction: discord.Interaction, previous_id: str, change: str) -> Delivery:
+        """A follow-up button (deferred already): the same song in another key or tempo."""
+        private = interaction.message is not None and bool(interaction.message.flags.ephemeral)
+        delivery = self._delivery(interaction, await interaction.original_response(), private)
+        accepted = await self.desk.again(previous_id, change, delivery)
+        await self._show(interaction, accepted.state, delivery)
+        return delivery
+
+    async def _show(self, interaction: discord.Interaction, state: str, delivery: Delivery) -> None:
+        state = {"cached": "found in the cache", "joined": "already being split"}.get(state, "queued")
         note = f"\n{delivery.note}" if delivery.note else ""
         await interaction.edit_original_response(
             content=f"⏳ {delivery.song}: {state}…{note}", view=cancel_view(delivery.id)
         )
-        return delivery
 
     # --- the delivery loop ---------------------------------------------------------------
     async def advance(self, client: discord.Client, delivery: Delivery) -> None:
@@ -143,7 +171,7 @@ class DiscordService:
         uploads = await self.desk.files(delivery, result)
         outcome += links_text(uploads, self.settings.link_ttl_s)
         attached = [u for u in uploads if u.url is None]
-        await self._edit(client, delivery, outcome, None)
+        await self._edit(client, delivery, outcome, followup_view(delivery.id))
         batches = pack([len(u.data) for u in attached], delivery.upload_limit, MAX_FILES) or [[]]
         for number, batch in enumerate(batches):
             files = [attached[i] for i in batch]
