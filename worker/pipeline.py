@@ -187,7 +187,7 @@ def _stream_sources(
 
     # The separating pass's decoder lives as long as the separation (21 min for an hour of
     # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
-    paced_s = max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
+    paced_s = _paced_s(settings)
 
     def blocks(timeout_s: float) -> Iterator[np.ndarray]:
         return frames_between(stream_decode(input_path, info, settings.max_duration_s, timeout_s), *window)
@@ -223,10 +223,16 @@ def _stream_sources(
     return SourceSet(paths, window[0], stats.frames, whole=window == (0, None)), info
 
 
+def _paced_s(settings: Settings) -> float:
+    """A decoder paced by its consumer (the engine, or the encoders) lives as long as the
+    work, so the job's limit bounds it, not the one for an ffmpeg call."""
+    return max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
+
+
 def _source_blocks(path: Path, settings: Settings) -> Iterator[np.ndarray]:
     # a file this worker wrote: no size or duration claims to check it against
     info = AudioInfo(duration_s=None, container="flac", codec="flac", has_video=False)
-    return stream_decode(path, info, settings.max_duration_s + 60, settings.ffmpeg_timeout_s)
+    return stream_decode(path, info, settings.max_duration_s + 60, _paced_s(settings))
 
 
 def render_files(
@@ -260,7 +266,7 @@ def render_files(
         if mixture_path is None:
             raise ValueError("karaoke needs the mixture")
         mix_info = AudioInfo(duration_s=None, container="", codec="", has_video=False)
-        song_blocks = stream_decode(mixture_path, mix_info, settings.max_duration_s, settings.ffmpeg_timeout_s)
+        song_blocks = stream_decode(mixture_path, mix_info, settings.max_duration_s, _paced_s(settings))
         streams["mixture"] = frames_between(song_blocks, first, last)
     title = (info.title if info and info.title else None) or song
     files = [
