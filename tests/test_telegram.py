@@ -465,9 +465,12 @@ async def test_key_tempo_and_a_follow_up_without_the_model(
     plain = read_audio_bytes(again[0].files["audio"], "plain.mp3", tmp_path)
     assert abs(slow.shape[-1] / plain.shape[-1] - 1.25) < 0.02
     client = redis.Redis.from_url(redis_url)
-    stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
+    day = int(time.time() // 86400)
+    stats = client.hgetall(f"stembot:stats:{day}")
+    used = float(client.get(f"stembot:usage:{day}:telegram:42") or 0)
     client.close()
     assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+    assert abs(used - 3.0) < 0.1  # the separated song's 3 s; the render from cache is free
 
 
 def read_audio_bytes(data: bytes, name: str, where: Path) -> Any:
