@@ -51,6 +51,7 @@ class Song:
 class Accepted:
     delivery: Delivery
     state: Literal["queued", "joined", "cached"]
+    quick: bool = False  # the song's sources are cached: a render, no model run
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class JobDesk:
         await self.counters.add(f"requests_{self.book.platform}")
         if submission.state == "cached":
             await self.counters.add("cache_hits")
-        return Accepted(delivery, submission.state)
+        return Accepted(delivery, submission.state, quick=cost == 0.0 and duration > 0)
 
     # --- follow-ups: the same song again, another key or tempo, from the cached sources ----
     def _again_key(self, delivery_id: str) -> str:

@@ -17,7 +17,7 @@ import discord
 from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
+from core.desk import Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
 from core.errors import NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
@@ -132,7 +132,7 @@ class DiscordService:
         accepted = await self.desk.accept(
             song, selection, fmt or config.format, delivery, delivery.upload_limit, max_s, options
         )
-        await self._show(interaction, accepted.state, delivery)
+        await self._show(interaction, accepted, delivery)
         return delivery
 
     async def again(self, interaction: discord.Interaction, previous_id: str, change: str) -> Delivery:
@@ -140,11 +140,13 @@ class DiscordService:
         private = interaction.message is not None and bool(interaction.message.flags.ephemeral)
         delivery = self._delivery(interaction, await interaction.original_response(), private)
         accepted = await self.desk.again(previous_id, change, delivery)
-        await self._show(interaction, accepted.state, delivery)
+        await self._show(interaction, accepted, delivery)
         return delivery
 
-    async def _show(self, interaction: discord.Interaction, state: str, delivery: Delivery) -> None:
-        state = {"cached": "found in the cache", "joined": "already being split"}.get(state, "queued")
+    async def _show(self, interaction: discord.Interaction, accepted: Accepted, delivery: Delivery) -> None:
+        state = {"cached": "found in the cache", "joined": "already being split"}.get(accepted.state, "queued")
+        if accepted.quick and accepted.state == "queued":
+            state = "queued, a quick render from the cached separation"
         note = f"\n{delivery.note}" if delivery.note else ""
         await interaction.edit_original_response(
             content=f"⏳ {delivery.song}: {state}…{note}", view=cancel_view(delivery.id)
