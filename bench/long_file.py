@@ -25,8 +25,8 @@ SOURCE = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
 
 
 def make_input(minutes: float, dest: Path) -> Path:
-    loop = ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SOURCE), "-t", str(minutes * 60)]
-    subprocess.run([*loop, "-c:a", "libmp3lame", "-b:a", "128k", str(dest)], check=True)
+    loop = ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", f"file:{SOURCE}", "-t", str(minutes * 60)]
+    subprocess.run([*loop, "-c:a", "libmp3lame", "-b:a", "128k", f"file:{dest}"], check=True)
     return dest
 
 

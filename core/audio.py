@@ -1,23 +1,30 @@
 """Audio I/O through ffmpeg: probe, decode to float32 stereo 44.1 kHz, encode stems.
 
-Every ffmpeg call runs with a timeout and an argument list (never a shell), and
-decoding is capped at the duration limit, so a tiny file that claims or decodes to
-hours cannot exhaust memory.
+Every ffmpeg call runs with a timeout and an argument list (never a shell), inside a
+`core.ffmpeg.Sandbox` (paths as `file:`, whitelisted input formats, memory and CPU
+limits), and decoding is capped at the duration limit, so a tiny file that claims or
+decodes to hours cannot exhaust memory. No thread or child outlives the call that
+started it, whatever is raised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
+from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong
+from core.ffmpeg import DEFAULT_SANDBOX, Sandbox, as_file, refused_format
+from core.naming import cap_bytes
 
 SAMPLE_RATE = 44100
 CHANNELS = 2
@@ -87,11 +94,42 @@ class Tags:
         return args
 
 
-def _run(cmd: list[str], timeout_s: float, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def _run(
+    cmd: list[str], timeout_s: float, sandbox: Sandbox, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout_s, check=False)
+        return sandbox.run(cmd, timeout_s, stdin)
     except subprocess.TimeoutExpired as exc:
         raise CorruptAudio("Reading this file took too long; it may be damaged.", detail=str(exc)) from exc
+
+
+def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio:
+    """The refusal for an input ffmpeg would not open: a format we don't take, one that needs
+    more memory or CPU than a child may use (`Sandbox`), or not media at all."""
+    text = stderr.decode(errors="replace")[-500:]
+    if refused_format(text):
+        return NotAudio(NOT_ACCEPTED, detail=text)
+    if _over_limits(text, returncode):
+        return NotAudio(TOO_DEMANDING, detail=text)
+    return NotAudio("That doesn't look like an audio or video file I can read.", detail=text)
+
+
+def _over_limits(stderr_text: str, returncode: int) -> bool:
+    """The child ran out of the memory or CPU time its sandbox allows."""
+    return "Cannot allocate memory" in stderr_text or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+
+
+def _sandboxed_out(stderr: bytes, returncode: int) -> bool:
+    """The sandbox, not the file's content, stopped the child."""
+    text = stderr.decode(errors="replace")
+    return refused_format(text) or _over_limits(text, returncode)
+
+
+TOO_DEMANDING = "Reading that file takes more memory or time than I allow; it isn't audio I accept."
+NOT_ACCEPTED = (
+    "That is not audio I accept. Send MP3, M4A/AAC, Ogg/Opus, FLAC, WAV, AIFF, AMR or WMA, "
+    "or an MP4/MOV/WebM/MKV video."
+)
 
 
 def check_size(path: Path, max_bytes: int) -> int:
@@ -101,29 +139,37 @@ def check_size(path: Path, max_bytes: int) -> int:
         raise EmptyInput("The file is empty.")
     if size > max_bytes:
         raise TooLarge(
-            f"The file is {megabytes(size)}; the limit is {megabytes(max_bytes)}. "
+            f"The file is {megabytes(size, up=True)}; the limit is {megabytes(max_bytes)}. "
             "Send a compressed version (MP3, for example) or a shorter excerpt."
         )
     return size
 
 
-def megabytes(n: int) -> str:
-    mb = n / 1e6
-    return f"{mb:.1f} MB" if mb < 10 else f"{mb:.0f} MB"
+def megabytes(n: int, up: bool = False) -> str:
+    """Decimal megabytes, one decimal at most: `100 MB`, `0.1 MB`, `20.5 MB`. `up` rounds up,
+    for a size over a limit, so it never reads as the limit itself."""
+    tenths = math.ceil(n / 1e5) if up else round(n / 1e5)
+    return f"{tenths // 10} MB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MB"
+
+
+# A tag from the user's file becomes an ffmpeg argument (at most 128 kB each) and a chat title.
+_TAG_MAX_CHARS = 200
 
 
 def _tag(tags: dict[str, str], name: str) -> str | None:
+    """A title or artist tag on one line, cut to a length a chat title and a command line take."""
     for key, value in tags.items():
         if key.lower() == name and value.strip():
-            return value.strip()
+            return cap_bytes(" ".join(value.split())[:_TAG_MAX_CHARS], 3 * _TAG_MAX_CHARS).strip()
     return None
 
 
-def probe(path: Path, timeout_s: float = 60) -> AudioInfo:
+def probe(path: Path, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX) -> AudioInfo:
     """Read container metadata; raise NotAudio if there is no audio stream at all."""
-    proc = _run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout_s)
+    cmd = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", *sandbox.input_args(path)]
+    proc = _run(cmd, timeout_s, sandbox)
     if proc.returncode != 0:
-        raise NotAudio("That doesn't look like an audio or video file I can read.", detail=proc.stderr.decode()[-500:])
+        raise _unreadable(proc.stderr, proc.returncode)
     data = json.loads(proc.stdout or b"{}")
     streams = data.get("streams", [])
     audio = [s for s in streams if s.get("codec_type") == "audio"]
@@ -144,8 +190,16 @@ def probe(path: Path, timeout_s: float = 60) -> AudioInfo:
     )
 
 
-def too_long_error(duration_s: float, max_duration_s: float) -> TooLong:
-    return TooLong(f"That is {_clock(duration_s)} long; the limit is {_clock(max_duration_s)}. Send a shorter excerpt.")
+def too_long_error(duration_s: float, max_duration_s: float, at_least: bool = False) -> TooLong:
+    """`at_least`: decoding stopped at the limit, so the true length is unknown beyond it."""
+    length = f"at least {_clock(duration_s)}" if at_least else _clock(duration_s)
+    return TooLong(f"That is {length} long; the limit is {_clock(max_duration_s)}. Send a shorter excerpt.")
+
+
+def _decoded_too_long(frames: int, max_duration_s: float) -> TooLong:
+    """Decoding ran past the limit, whatever the header claimed (it passed the check, so it
+    understated the length): say how much was decoded before stopping, as a lower bound."""
+    return too_long_error(frames / SAMPLE_RATE, max_duration_s, at_least=True)
 
 
 def _clock(seconds: float) -> str:
@@ -162,16 +216,20 @@ def check_duration(info: AudioInfo, max_duration_s: float) -> None:
         raise too_long_error(info.duration_s, max_duration_s)
 
 
-def decode(path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600) -> np.ndarray:
+def decode(
+    path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600, sandbox: Sandbox = DEFAULT_SANDBOX
+) -> np.ndarray:
     """Decode the first audio stream to float32 of shape (2, samples) at 44.1 kHz.
 
     Decoding stops just past the limit, so a file whose header understates its
     length is still refused without decoding all of it.
     """
-    proc = _run(_decode_cmd(path, max_duration_s + 1), timeout_s)
+    proc = _run(_decode_cmd(path, max_duration_s + 1, sandbox), timeout_s, sandbox)
     frames = len(proc.stdout) // _BYTES_PER_FRAME
     if frames / SAMPLE_RATE > max_duration_s:
-        raise too_long_error(info.duration_s or frames / SAMPLE_RATE, max_duration_s)
+        raise _decoded_too_long(frames, max_duration_s)
+    if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
+        raise _unreadable(proc.stderr, proc.returncode)
     _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
     pcm = np.frombuffer(proc.stdout[: frames * _BYTES_PER_FRAME], dtype=np.float32)
     return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
@@ -184,47 +242,71 @@ def encode(
     tags: Tags | None = None,
     timeout_s: float = 600,
     audio_filter: str | None = None,
+    sandbox: Sandbox = DEFAULT_SANDBOX,
 ) -> Path:
     """Encode float32 (2, samples) audio to `dest` in `fmt`, through `audio_filter` (ffmpeg -af) if given."""
     pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
     cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0], audio_filter=audio_filter)
-    proc = _run(cmd, timeout_s, stdin=pcm)
+    try:
+        proc = sandbox.run(cmd, timeout_s, pcm)
+    except subprocess.TimeoutExpired:
+        _remove(dest)
+        raise TimeoutError(f"ffmpeg took too long to encode {dest.name}") from None
     if proc.returncode != 0:
-        dest.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg failed to encode {dest.name}: {proc.stderr.decode()[-500:]}")
+        _remove(dest)
+        raise write_failed(dest, proc.stderr)
     return dest
 
 
-def inspect(path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 60) -> AudioInfo:
+def _remove(path: Path) -> None:
+    """Delete a half-written output; never raise while cleaning up after another failure
+    (a directory in the file's place, a vanished folder)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def write_failed(dest: Path, stderr: bytes) -> OutputFailed:
+    """An encoder that could not write its file: the reason in the OS's words, no path."""
+    text = stderr.decode(errors="replace").strip()
+    last = text.splitlines()[-1] if text else "ffmpeg failed"
+    reason = last.rsplit(": ", 1)[-1][:200]
+    return OutputFailed(f"Could not write {dest.name}: {reason}.", detail=text[-500:])
+
+
+def inspect(
+    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX
+) -> AudioInfo:
     """Size check, probe, duration check: everything that refuses before decoding."""
     check_size(path, max_bytes)
-    info = probe(path, timeout_s)
+    info = probe(path, timeout_s, sandbox)
     check_duration(info, max_duration_s)
     return info
 
 
 def load_audio(
-    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600
+    path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 600, sandbox: Sandbox = DEFAULT_SANDBOX
 ) -> tuple[np.ndarray, AudioInfo]:
     """Inspect, then decode: the order that refuses early."""
-    info = inspect(path, max_bytes, max_duration_s, timeout_s)
-    return decode(path, info, max_duration_s, timeout_s), info
+    info = inspect(path, max_bytes, max_duration_s, timeout_s, sandbox)
+    return decode(path, info, max_duration_s, timeout_s, sandbox), info
 
 
-def inspect_bytes(data: bytes, max_bytes: int, max_duration_s: float, timeout_s: float = 60) -> AudioInfo:
+def inspect_bytes(
+    data: bytes, max_bytes: int, max_duration_s: float, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX
+) -> AudioInfo:
     """Frontends' early check before queueing, on bytes they hold in memory."""
     with tempfile.NamedTemporaryFile(prefix="stembot-probe-") as tmp:
         tmp.write(data)
         tmp.flush()
-        return inspect(Path(tmp.name), max_bytes, max_duration_s, timeout_s)
+        return inspect(Path(tmp.name), max_bytes, max_duration_s, timeout_s, sandbox)
 
 
 # --- streaming: songs longer than memory should hold --------------------------------------
 
 
-def _decode_cmd(path: Path, cap_s: float) -> list[str]:
+def _decode_cmd(path: Path, cap_s: float, sandbox: Sandbox) -> list[str]:
     return [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "ffmpeg", "-nostdin", "-v", "error", *sandbox.input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", "-f", "f32le", "pipe:1",
     ]  # fmt: skip
 
@@ -235,18 +317,26 @@ def _encode_cmd(
     """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt` (through `audio_filter`, if any)."""
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
     filters = ["-af", audio_filter] if audio_filter else []
-    return [
-        *cmd, "-ac", str(channels), "-i", "pipe:0", *filters, *fmt.codec_args(), *(tags or Tags()).ffmpeg_args(),
-        str(dest),
-    ]  # fmt: skip
+    args = [*filters, *fmt.codec_args(), *(tags or Tags()).ffmpeg_args()]
+    return [*cmd, "-ac", str(channels), "-i", "pipe:0", *args, as_file(dest)]
 
 
 def stream_decode(
-    path: Path, info: AudioInfo, max_duration_s: float, timeout_s: float = 600, block_s: float = 10.0
-) -> Iterator[np.ndarray]:
-    """Decode in (2, n) float32 blocks, with `decode`'s limits: duration cap, truncation check, timeout."""
-    proc = subprocess.Popen(_decode_cmd(path, max_duration_s + 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    path: Path,
+    info: AudioInfo,
+    max_duration_s: float,
+    timeout_s: float = 600,
+    block_s: float = 10.0,
+    sandbox: Sandbox = DEFAULT_SANDBOX,
+) -> Generator[np.ndarray, None, None]:
+    """Decode in (2, n) float32 blocks, with `decode`'s limits: duration cap, truncation check, timeout.
+
+    Close the generator (or exhaust it) to end the decoder: its `finally` kills ffmpeg and
+    stops the watchdog, a daemon thread that could never keep the process alive anyway.
+    """
+    proc = sandbox.popen(_decode_cmd(path, max_duration_s + 1, sandbox), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     watchdog = threading.Timer(timeout_s, proc.kill)
+    watchdog.daemon = True
     watchdog.start()
     frames = 0
     block_bytes = int(block_s * SAMPLE_RATE) * _BYTES_PER_FRAME
@@ -256,7 +346,7 @@ def stream_decode(
             n = len(raw) // _BYTES_PER_FRAME
             frames += n
             if frames / SAMPLE_RATE > max_duration_s:
-                raise too_long_error(info.duration_s or frames / SAMPLE_RATE, max_duration_s)
+                raise _decoded_too_long(frames, max_duration_s)
             yield np.frombuffer(raw[: n * _BYTES_PER_FRAME], dtype=np.float32).reshape(n, CHANNELS).T
         if proc.wait() != 0 and not watchdog.is_alive():
             raise CorruptAudio("Reading this file took too long; it may be damaged.")
@@ -265,8 +355,13 @@ def stream_decode(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        stderr = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
-    _check_decoded(frames, info, stderr)
+        stderr_bytes = proc.stderr.read() if proc.stderr else b""
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    if frames == 0 and _sandboxed_out(stderr_bytes, proc.returncode):
+        raise _unreadable(stderr_bytes, proc.returncode)
+    _check_decoded(frames, info, stderr_bytes.decode(errors="replace")[-500:])
 
 
 def _check_decoded(frames: int, info: AudioInfo, stderr: str) -> None:
@@ -312,31 +407,45 @@ class AudioWriter:
         tags: Tags | None = None,
         timeout_s: float = 600,
         audio_filter: str | None = None,
+        sandbox: Sandbox = DEFAULT_SANDBOX,
     ) -> None:
         self.dest = dest
         self.timeout_s = timeout_s
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the encoder)
         cmd = _encode_cmd(dest, fmt, tags, audio_filter=audio_filter)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        try:
+            self.proc = sandbox.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        except BaseException:
+            self._log.close()
+            raise
         self.frames = 0
 
     def write(self, block: np.ndarray) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(np.ascontiguousarray(np.clip(block, -1.0, 1.0).T, dtype=np.float32).tobytes())
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(np.clip(block, -1.0, 1.0).T, dtype=np.float32).tobytes())
+        except BrokenPipeError:  # the encoder died: say why, in its words
+            raise self._failure() from None
         self.frames += block.shape[-1]
+
+    def _failure(self) -> OutputFailed:
+        self.proc.wait()
+        self._log.seek(0)
+        return write_failed(self.dest, self._log.read())
 
     def close(self) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # the encoder died; its exit status says so
+            self.proc.stdin.close()
         try:
             code = self.proc.wait(self.timeout_s)
         except subprocess.TimeoutExpired:
             self.abort()
-            raise RuntimeError(f"ffmpeg took too long to encode {self.dest.name}") from None
+            raise TimeoutError(f"ffmpeg took too long to encode {self.dest.name}") from None
         if code != 0:
-            self._log.seek(0)
-            self.dest.unlink(missing_ok=True)
-            raise RuntimeError(f"ffmpeg failed to encode {self.dest.name}: {self._log.read().decode()[-500:]}")
+            error = self._failure()
+            self.abort()
+            raise error
         self._log.close()
 
     def abort(self) -> None:
@@ -344,5 +453,8 @@ class AudioWriter:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         self._log.close()
-        self.dest.unlink(missing_ok=True)
+        _remove(self.dest)

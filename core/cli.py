@@ -1,46 +1,95 @@
-"""`stembot`: the one command line. Heavy imports (torch, chat libraries) happen inside
-the subcommand that needs them, so `stembot --help` and the bots stay light."""
+"""`stembot`: the one command line.
+
+The dispatcher and the commands that need only `core` (`enqueue`, `run`) live here. The
+commands that run the separation (`separate`, `worker`) are provided by `worker.cli` and
+the chat frontends (`telegram`, `discord`) by `bots.cli`: `PROVIDERS` names those modules
+and the dispatcher loads them with importlib when it builds the parser, so `core` has no
+import of `worker` or `bots` (tests/test_hostile.py checks) and works without them. Heavy
+imports (torch, chat libraries) happen inside the command that needs them, so
+`stembot --help` and the bots stay light.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
-from core.audio import FORMAT_NAMES, OutputFormat, check_size
-from core.errors import StembotError
-from core.jobs import Requester, SeparationRequest, Stage, describe_progress, model_for
-from core.naming import song_name
+from core.audio import FORMAT_NAMES, check_size
+from core.errors import Cancelled, StembotError
+from core.jobs import Requester, SeparationRequest, describe_progress, model_for
+from core.naming import excerpt
 from core.render import make_options
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 
+# One exit status per kind of ending, the same from every command: a refusal of the input
+# or the request (also argparse's usage errors), a failure of the machinery, a cancel.
 EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+# Modules above core that provide commands, each as a `COMMANDS` list of `Command`s.
+PROVIDERS: tuple[str, ...] = ("worker.cli", "bots.cli")
+# The order `stembot --help` lists commands in.
+ORDER: tuple[str, ...] = ("separate", "enqueue", "worker", "telegram", "discord", "run")
 
 
-def _add_job_options(p: argparse.ArgumentParser) -> None:
+@dataclass(frozen=True)
+class Command:
+    """One `stembot` subcommand: how it is described, what options it takes, what it runs."""
+
+    name: str
+    help: str
+    description: str
+    run: Callable[[argparse.Namespace, Settings], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda parser: None)
+
+
+def _kbps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{excerpt(text)!r} is not a whole number of kbps") from None
+    if not 32 <= value <= 320:
+        raise argparse.ArgumentTypeError(f"{value} is outside 32-320 kbps")
+    return value
+
+
+def _model_name(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in text):
+        raise argparse.ArgumentTypeError(f"{excerpt(text)!r} is not a model name (letters, digits, _ and -)")
+    return text
+
+
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options of a separation request, shared by `separate` and `enqueue`."""
     p.add_argument("input", help="audio or video file, or an http(s) link to one")
     p.add_argument(
         "--stems",
         default="all",
-        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, all, 6; "
+        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6; "
         "several words give several files, a+b mixes them into one (default: all)",
     )
     p.add_argument("--format", choices=FORMAT_NAMES, default=None, help="output format (default: mp3)")
-    p.add_argument("--bitrate", type=int, metavar="K", default=None, help="kbps for mp3/m4a/opus (default 320)")
+    p.add_argument(
+        "--bitrate", type=_kbps, metavar="K", default=None, help="kbps for mp3/m4a/opus, 32-320 (default 320)"
+    )
     p.add_argument("--bit-depth", type=int, choices=(16, 24), default=16, help="bits for wav/flac (default 16)")
-    p.add_argument("--model", default=None, help="demucs model name (default: STEMBOT_MODEL)")
+    p.add_argument("--model", type=_model_name, default=None, help="demucs model name (default: STEMBOT_MODEL)")
     p.add_argument(
         "--key", type=int, default=0, metavar="SEMITONES", help="transpose by -12..+12 semitones (vocals keep formants)"
     )
@@ -50,45 +99,36 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("."), help="directory for the stems (default: .)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def writable_dir(path: Path) -> None:
+    """Make `path` or refuse it now, before any work, with the OS's reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"stembot: cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"stembot: cannot write to {path}: permission denied")
+
+
+def _commands() -> list[Command]:
+    found = list(CORE_COMMANDS)
+    for module in PROVIDERS:
+        try:
+            found += importlib.import_module(module).COMMANDS
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise  # the provider is there but broken: say so
+    return sorted(found, key=lambda c: ORDER.index(c.name) if c.name in ORDER else len(ORDER))
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stembot",
         description="Split songs into stems (vocals, drums, bass, ...) with HTDemucs.",
         epilog="Configuration comes from STEMBOT_* environment variables or a .env file; see the README.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sep = sub.add_parser(
-        "separate",
-        help="separate a song here and now, no Redis needed",
-        description="Separate INPUT in this process and write <song>.<stem>.<ext> files.",
-    )
-    _add_job_options(sep)
-    enq = sub.add_parser(
-        "enqueue",
-        help="submit a song to the worker queue, as a bot would",
-        description="Submit INPUT through Redis; print the job id, queue position and progress.",
-    )
-    _add_job_options(enq)
-    enq.add_argument("--wait", action="store_true", help="wait for the result and write the stems")
-    sub.add_parser(
-        "worker",
-        help="run the arq worker that separates queued songs",
-        description="Run a worker: loads the model once and takes jobs from Redis.",
-    )
-    sub.add_parser(
-        "telegram", help="run the Telegram bot (needs STEMBOT_TELEGRAM_TOKEN)", description="Run the Telegram frontend."
-    )
-    sub.add_parser(
-        "discord",
-        help="run the Discord bot (needs STEMBOT_DISCORD_TOKEN)",
-        description="Run the Discord frontend: /split, the Split stems and Karaoke message menus, /stembot config.",
-    )
-    sub.add_parser(
-        "run",
-        help="run Redis (if needed), a worker and every bot with a token",
-        description="Start a local redis-server if none answers, a worker, and each frontend "
-        "whose token is set; stop them all on Ctrl-C.",
-    )
+    for command in commands if commands is not None else _commands():
+        command.arguments(sub.add_parser(command.name, help=command.help, description=command.description))
     return parser
 
 
@@ -96,7 +136,7 @@ def _is_url(text: str) -> bool:
     return urlsplit(text).scheme in ("http", "https")
 
 
-async def _obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[Path, str]:
+async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[Path, str]:
     """A local path for INPUT (downloading a link) and the song's display file name."""
     if _is_url(source):
         from core.fetch import fetch_url
@@ -115,50 +155,6 @@ async def _obtain_input(source: str, workdir: Path, settings: Settings) -> tuple
     return path, path.name
 
 
-class StageBar:
-    """One tqdm bar that follows the job through its stages."""
-
-    def __init__(self) -> None:
-        self.bar = tqdm(total=100, unit="%", bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {elapsed}")
-        self.stage: Stage | None = None
-
-    def __call__(self, stage: Stage, percent: float) -> None:
-        if stage != self.stage:
-            self.stage = stage
-            self.bar.set_description_str(stage.value)
-            self.bar.n = 0
-        self.bar.n = min(100.0, max(self.bar.n, percent))
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _separate(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.engine import Engine
-    from worker.pipeline import needed_sources, separate_file
-
-    selection = parse_stems(args.stems)
-    options = make_options(args.key, args.tempo, args.start, args.end)
-    fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
-    model = model_for(selection, args.model or settings.model, settings.six_stem_model)
-    args.output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
-        path, filename = asyncio.run(_obtain_input(args.input, Path(tmp), settings))
-        separator = Engine(settings).separator(model, needed_sources(selection))
-        bar = StageBar()
-        try:
-            outcome = separate_file(
-                path, args.output, song_name(filename), selection, fmt, separator, settings, bar, options=options
-            )
-            bar(Stage.done, 100.0)
-        finally:
-            bar.close()
-    for f in outcome.files:
-        print(f.path)
-    return 0
-
-
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.queue import QueueClient
 
@@ -167,7 +163,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     queue = await QueueClient.connect(settings)
     try:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
-            path, filename = await _obtain_input(args.input, Path(tmp), settings)
+            path, filename = await obtain_input(args.input, Path(tmp), settings)
             check_size(path, settings.max_input_bytes)
             data = path.read_bytes()
         ref = await queue.store_input(data, filename)
@@ -191,13 +187,14 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         async for progress in queue.watch(submission.job_id):
             print(describe_progress(progress), flush=True)
         result = await queue.wait_result(submission.job_id)
+        if result.status == "cancelled":
+            raise Cancelled()
         if result.status != "done":
-            msg = result.error.message if result.error else result.status
-            print(f"stembot: {msg}", file=sys.stderr)
-            return 1
+            # The same refusal `separate` would have raised, so the same message and status.
+            raise result.error.to_exception() if result.error else StembotError(result.status)
         if result.from_cache:
             print("rendered from the cached separation (the model did not run)", flush=True)
-        args.output.mkdir(parents=True, exist_ok=True)
+        writable_dir(args.output)
         for stem in result.stems:
             dest = args.output / stem.filename
             dest.write_bytes(await queue.fetch(stem))
@@ -207,11 +204,16 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         await queue.close()
 
 
+def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_options(p)
+    p.add_argument("--wait", action="store_true", help="wait for the result and write the stems")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_all(settings: Settings) -> int:
+def _run_all(args: argparse.Namespace, settings: Settings) -> int:
     """Supervise redis (if needed), a worker and the configured bots as child processes."""
     import redis
 
@@ -259,41 +261,46 @@ def _run_all(settings: Settings) -> int:
     return max((c.returncode or 0) for c in children)
 
 
-def _frontend(name: str, settings: Settings) -> int:
-    if name == "telegram":
-        from bots.telegram import run as run_telegram
-
-        return run_telegram(settings)
-    from bots.discord import run as run_discord
-
-    return run_discord(settings)
+CORE_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "enqueue",
+        help="submit a song to the worker queue, as a bot would",
+        description="Submit INPUT through Redis; print the job id, queue position and progress.",
+        run=lambda args, settings: asyncio.run(_enqueue(args, settings)),
+        arguments=_enqueue_arguments,
+    ),
+    Command(
+        "run",
+        help="run Redis (if needed), a worker and every bot with a token",
+        description="Start a local redis-server if none answers, a worker, and each frontend "
+        "whose token is set; stop them all on Ctrl-C.",
+        run=_run_all,
+    ),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    commands = _commands()
+    args = build_parser(commands).parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as exc:
         print(describe_validation_error(exc), file=sys.stderr)
         return EXIT_USER_ERROR
+    command = next(c for c in commands if c.name == args.command)
     try:
-        if args.command == "separate":
-            return _separate(args, settings)
-        if args.command == "enqueue":
-            return asyncio.run(_enqueue(args, settings))
-        if args.command == "worker":
-            from worker.main import run_worker
-
-            run_worker(settings)
-            return 0
-        if args.command == "run":
-            return _run_all(settings)
-        return _frontend(args.command, settings)
+        return command.run(args, settings)
+    except Cancelled as exc:
+        print(f"stembot: {exc.user_message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except StembotError as exc:
         print(f"stembot: {exc.user_message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # a disk or a directory, not the song: the OS's words, no traceback
+        print(f"stembot: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

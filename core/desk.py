@@ -24,6 +24,7 @@ from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import InvalidCommand, StembotError, WorkerFailed
+from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
@@ -165,7 +166,9 @@ class JobDesk:
         user = self.user_key(delivery.user_id)
         await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
-        info = await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, longest, 60)
+        info = await asyncio.to_thread(
+            inspect_bytes, song.data, s.max_input_bytes, longest, 60, Sandbox.from_settings(s)
+        )
         duration = info.duration_s or 0.0
         model = model_for(selection, s.model, s.six_stem_model)
         cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)

@@ -96,6 +96,28 @@ class ModelUnavailable(StembotError):
     code = "model_unavailable"
 
 
+class InternalError(StembotError):
+    """A bug met by this very input: trying again would fail the same way, so it is not retried."""
+
+    code = "internal_error"
+
+    def __init__(
+        self,
+        user_message: str = "Something went wrong while separating this song, and it would go wrong the same "
+        "way again. Try another file or format.",
+        *,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(user_message, detail=detail)
+
+
+class OutputFailed(StembotError):
+    """A stem could not be written (a full disk, an unwritable directory): the host, not the song."""
+
+    code = "output_failed"
+    retryable = True
+
+
 ERRORS_BY_CODE: dict[str, type[StembotError]] = {
     cls.code: cls
     for cls in (
@@ -112,5 +134,7 @@ ERRORS_BY_CODE: dict[str, type[StembotError]] = {
         RateLimited,
         WorkerFailed,
         ModelUnavailable,
+        OutputFailed,
+        InternalError,
     )
 }

@@ -24,6 +24,7 @@ import httpcore
 
 from core.audio import megabytes
 from core.errors import DownloadFailed, LinkRefused, TooLarge
+from core.naming import NAME_MAX_BYTES, cap_bytes, excerpt
 
 _MAX_REDIRECTS = 5
 _URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
@@ -62,7 +63,7 @@ async def check_url(url: str, allow_private: bool) -> list[str]:
     try:
         addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
-        raise LinkRefused(f"I couldn't find the host {parts.hostname}.") from exc
+        raise LinkRefused(f"I couldn't find the host {excerpt(parts.hostname, 80)}.") from exc
     if not allow_private and not all(_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         raise LinkRefused("That link points at a private or local address, which I don't fetch.")
     return addresses
@@ -97,11 +98,23 @@ def _header(response: httpcore.Response, name: str) -> str:
 
 
 def _filename(response: httpcore.Response, url: str) -> str:
+    """The name the server gives the file (or the URL's last segment), capped in bytes: it
+    is the server's choice, so it may be as long and as strange as a header allows."""
     disposition = _header(response, "content-disposition")
     match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)", disposition, re.IGNORECASE)
-    if match:
-        return unquote(match.group(1))
-    return unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "download"
+    name = unquote(_utf8(match.group(1))) if match else unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    base, dot, ext = name.rpartition(".")
+    if dot and base and len(ext.encode()) <= 10:  # keep a short extension, shorten the rest
+        return cap_bytes(base, NAME_MAX_BYTES - 1 - len(ext.encode())) + dot + ext
+    return cap_bytes(name, NAME_MAX_BYTES) or "download"
+
+
+def _utf8(header_text: str) -> str:
+    """Header bytes were read as latin-1; a raw UTF-8 name reads right once re-decoded."""
+    try:
+        return header_text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return header_text
 
 
 async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allow_private: bool = False) -> Fetched:

@@ -59,9 +59,9 @@ class InputRef(BaseModel):
 class SeparationRequest(BaseModel):
     input: InputRef
     stems: str = Field(description="canonical stem spec, see core.stems")
-    model: str
+    model: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     format: AudioFormatName = "mp3"
-    bitrate_kbps: int | None = None
+    bitrate_kbps: int | None = Field(None, ge=32, le=320)
     bit_depth: Literal[16, 24] = 16
     options: RenderOptions = Field(default_factory=RenderOptions, description="key, tempo, section")
     requester: Requester = Field(default_factory=Requester)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.ffmpeg import DEFAULT_INPUT_FORMATS
 
 AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
 
@@ -71,6 +74,14 @@ class Settings(BaseSettings):
         gt=0,
         description="kill an ffmpeg/ffprobe call after this long (the decoder feeding a separation: the job timeout)",
     )
+    ffmpeg_max_memory_mb: int = Field(
+        1024, ge=256, description="address space one ffmpeg/ffprobe child may map, MiB (its libraries take ~250)"
+    )
+    ffmpeg_max_cpu_s: int = Field(600, ge=10, description="CPU seconds one ffmpeg/ffprobe child may use")
+    input_formats: str = Field(
+        ",".join(DEFAULT_INPUT_FORMATS),
+        description="ffmpeg demuxers a user's file may be opened with, comma-separated",
+    )
     download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
     max_jobs_per_user: int = Field(1, ge=1, description="songs one user may have in progress at once")
@@ -117,6 +128,14 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("input_formats")
+    @classmethod
+    def _formats(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if not names or not all(re.fullmatch(r"[a-z0-9_]+", n) for n in names):
+            raise ValueError("a comma-separated list of ffmpeg demuxer names, such as mp3,ogg,flac")
+        return ",".join(names)
+
     @field_validator("user_rate", "chat_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
@@ -131,7 +150,12 @@ class Settings(BaseSettings):
 
     @property
     def max_input_bytes(self) -> int:
-        return int(self.max_input_mb * 1024 * 1024)
+        # Decimal megabytes, as every size stembot shows is (core.audio.megabytes).
+        return int(self.max_input_mb * 1_000_000)
+
+    @property
+    def input_format_names(self) -> tuple[str, ...]:
+        return tuple(self.input_formats.split(","))
 
     @property
     def in_progress_ttl_s(self) -> float:

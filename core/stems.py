@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from core.errors import InvalidStemSpec
+from core.naming import excerpt
 
 FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 SIX_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals", "guitar", "piano")
@@ -87,13 +88,14 @@ def _tokens(text: str) -> list[str]:
 
 
 def _unknown(word: str) -> InvalidStemSpec:
-    close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6)
+    # difflib is quadratic: a word far longer than any valid one has no close match anyway.
+    close = difflib.get_close_matches(word, VALID_WORDS, n=1, cutoff=0.6) if len(word) <= 40 else []
     suggestion = ALIASES.get(close[0], close[0]) if close else None
     if suggestion == INSTRUMENTAL:
         suggestion = "karaoke"
     hint = f' Did you mean "{suggestion}"?' if suggestion else ""
     return InvalidStemSpec(
-        f'Unknown stem "{word}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
+        f'Unknown stem "{excerpt(word)}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
         "karaoke (or instrumental), guide (karaoke with quiet vocals), all, 6, and combos such as drums+bass."
     )
 
@@ -107,7 +109,7 @@ def _canonical_parts(token: str) -> list[str]:
     for part in parts:
         if part in GROUPS or part == GUIDE:
             if len(parts) > 1:
-                raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{token}".')
+                raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{excerpt(token)}".')
             names.extend(GROUPS.get(part, (GUIDE,)))
         elif part in ALIASES:
             names.append(ALIASES[part])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat
+from core.ffmpeg import DEFAULT_SANDBOX, as_file
 
 # Bitrates a listener recognises; the plan picks the highest that fits.
 BITRATES_KBPS = (320, 256, 192, 160, 128, 112, 96)
@@ -110,9 +111,9 @@ def fit_file(
 def _segment(source: Path, ext: str, segment_s: float, timeout_s: float) -> list[bytes]:
     out_dir = source.parent / f"parts-{segment_s:.3f}"
     out_dir.mkdir()
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(source), "-map", "0:a", "-c", "copy"]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0:a", "-c", "copy"]
     cmd += ["-f", "segment", "-segment_time", f"{segment_s:.3f}", "-reset_timestamps", "1"]
-    subprocess.run([*cmd, str(out_dir / f"%03d.{ext}")], check=True, capture_output=True, timeout=timeout_s)
+    _checked([*cmd, as_file(out_dir / f"%03d.{ext}")], timeout_s)
     return [p.read_bytes() for p in sorted(out_dir.iterdir())]
 
 
@@ -121,9 +122,16 @@ def transcode(data: bytes, src_ext: str, fmt: OutputFormat, timeout_s: float = 3
     with tempfile.TemporaryDirectory(prefix="stembot-fit-") as tmp:
         source, dest = Path(tmp) / f"in.{src_ext}", Path(tmp) / f"out.{fmt.ext}"
         source.write_bytes(data)
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(source), "-map", "0:a", "-map_metadata", "0"]
-        subprocess.run([*cmd, *fmt.codec_args(), str(dest)], check=True, capture_output=True, timeout=timeout_s)
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0:a"]
+        _checked([*cmd, "-map_metadata", "0", *fmt.codec_args(), as_file(dest)], timeout_s)
         return dest.read_bytes()
+
+
+def _checked(cmd: list[str], timeout_s: float) -> None:
+    """ffmpeg in the default sandbox (these are stembot's own stems); raise on failure."""
+    proc = DEFAULT_SANDBOX.run(cmd, timeout_s)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
 
 
 def fit_stem(

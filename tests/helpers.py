@@ -31,13 +31,13 @@ def ffmpeg(*args: str) -> None:
 def make_clip(src: Path, dest: Path, seconds: float | None = None, extra: tuple[str, ...] = ()) -> Path:
     """Convert (and optionally cut) `src` into `dest`, the format following dest's suffix."""
     cut = ("-t", str(seconds)) if seconds else ()
-    ffmpeg("-i", str(src), *cut, *extra, str(dest))
+    ffmpeg("-i", f"file:{src}", *cut, *extra, f"file:{dest}")
     return dest
 
 
 def read_audio(path: Path) -> np.ndarray:
     raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(RATE), "-"],
+        ["ffmpeg", "-v", "error", "-i", f"file:{path}", "-f", "f32le", "-ac", "2", "-ar", str(RATE), "-"],
         capture_output=True,
         check=True,
     ).stdout

@@ -122,9 +122,17 @@ def test_text_renamed_mp3(tmp_path: Path) -> None:
         load_audio(path, MB, 60)
 
 
-def test_image_has_no_audio(tmp_path: Path) -> None:
+def test_image_is_not_audio_we_accept(tmp_path: Path) -> None:
     path = tmp_path / "cover.png"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x32", "-frames:v", "1", str(path))
+    with pytest.raises(NotAudio) as err:
+        load_audio(path, MB, 60)
+    assert "not audio I accept" in err.value.user_message
+
+
+def test_video_without_sound_has_no_audio(tmp_path: Path) -> None:
+    path = tmp_path / "silent.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x32:duration=1", str(path))
     with pytest.raises(NotAudio, match="no audio"):
         load_audio(path, MB, 60)
 

@@ -9,9 +9,10 @@ without running the model again, and answers exactly as a first request would.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from core.audio import (
     stream_stats,
 )
 from core.errors import Cancelled, InvalidCommand
+from core.ffmpeg import Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
 from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, label, rubberband
@@ -105,7 +107,7 @@ def separation_window(options: RenderOptions) -> tuple[int, int | None]:
 
 def frames_between(
     blocks: Iterable[np.ndarray], start: int, stop: int | None, size: int = _BLOCK
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Samples [start, stop) of a stream of (channels, n) blocks, re-cut into blocks of `size`.
 
     Streams cut the same way line up block for block, whatever their decoders' block sizes.
@@ -147,7 +149,10 @@ def separate_sources(
     if isinstance(separator, WindowedSeparator):
         return _stream_sources(input_path, out_dir, separator, settings, window, keep, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
-    wav, info = load_audio(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    sandbox = Sandbox.from_settings(settings)
+    wav, info = load_audio(
+        input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
+    )
     wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
     _check_window(window, wav.shape[-1])
     say(Stage.separating, 0.0)
@@ -155,9 +160,8 @@ def separate_sources(
     paths = {}
     for name in separator.sources:
         if keep is None or name in keep:
-            paths[name] = encode(
-                sources[name], out_dir / f"{name}.flac", SOURCES_FORMAT, None, settings.ffmpeg_timeout_s
-            )
+            dest = out_dir / f"{name}.flac"
+            paths[name] = encode(sources[name], dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
     return SourceSet(paths, window[0], wav.shape[-1], whole=window == (0, None)), info
 
 
@@ -183,19 +187,22 @@ def _stream_sources(
     into one FLAC encoder per source.
     """
     say: Reporter = report or (lambda stage, pct: None)
-    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s)
+    sandbox = Sandbox.from_settings(settings)
+    info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
 
     # The separating pass's decoder lives as long as the separation (21 min for an hour of
     # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
     paced_s = _paced_s(settings)
 
-    def blocks(timeout_s: float) -> Iterator[np.ndarray]:
-        return frames_between(stream_decode(input_path, info, settings.max_duration_s, timeout_s), *window)
+    def blocks(timeout_s: float) -> contextlib.closing[Generator[np.ndarray, None, None]]:
+        decoded = stream_decode(input_path, info, settings.max_duration_s, timeout_s, sandbox=sandbox)
+        return _closing(frames_between(decoded, *window), decoded)
 
-    stats = stream_stats(blocks(settings.ffmpeg_timeout_s))
+    with blocks(settings.ffmpeg_timeout_s) as first_pass:
+        stats = stream_stats(first_pass)
     _check_window(window, stats.frames)
     names = [n for n in separator.sources if keep is None or n in keep]
-    writers = {n: AudioWriter(out_dir / f"{n}.flac", SOURCES_FORMAT, None, settings.ffmpeg_timeout_s) for n in names}
+    writers: dict[str, AudioWriter] = {}
 
     def emit(sources: np.ndarray, mix: np.ndarray) -> None:
         for i, name in enumerate(separator.sources):
@@ -203,16 +210,20 @@ def _stream_sources(
                 writers[name].write(sources[i])
 
     try:
+        for n in names:
+            dest = out_dir / f"{n}.flac"
+            writers[n] = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
         say(Stage.separating, 0.0)
-        separator.separate_stream(
-            blocks(paced_s),
-            stats.frames,
-            stats.mean,
-            stats.std,
-            emit,
-            lambda f: say(Stage.separating, 100.0 * f),
-            should_stop,
-        )
+        with blocks(paced_s) as second_pass:
+            separator.separate_stream(
+                second_pass,
+                stats.frames,
+                stats.mean,
+                stats.std,
+                emit,
+                lambda f: say(Stage.separating, 100.0 * f),
+                should_stop,
+            )
         for writer in writers.values():
             writer.close()
     except BaseException:
@@ -229,10 +240,30 @@ def _paced_s(settings: Settings) -> float:
     return max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
 
 
-def _source_blocks(path: Path, settings: Settings) -> Iterator[np.ndarray]:
-    # a file this worker wrote: no size or duration claims to check it against
-    info = AudioInfo(duration_s=None, container="flac", codec="flac", has_video=False)
-    return stream_decode(path, info, settings.max_duration_s + 60, _paced_s(settings))
+def _closing(
+    outer: Generator[np.ndarray, None, None], inner: Generator[np.ndarray, None, None]
+) -> contextlib.closing[Generator[np.ndarray, None, None]]:
+    """`outer` (a cut of `inner`), closing both on the way out whatever happens, so the
+    decoder's ffmpeg and watchdog end with the work, not when the garbage collector says."""
+
+    def both() -> Generator[np.ndarray, None, None]:
+        try:
+            yield from outer
+        finally:
+            outer.close()
+            inner.close()
+
+    return contextlib.closing(both())
+
+
+def _decoded(
+    path: Path, settings: Settings, sandbox: Sandbox, start: int, stop: int | None
+) -> contextlib.closing[Generator[np.ndarray, None, None]]:
+    # The input as decoded for the separation, or a source file this worker wrote: no size
+    # or duration claims to check them against again.
+    info = AudioInfo(duration_s=None, container="", codec="", has_video=False)
+    decoded = stream_decode(path, info, settings.max_duration_s + 60, _paced_s(settings), sandbox=sandbox)
+    return _closing(frames_between(decoded, start, stop), decoded)
 
 
 def render_files(
@@ -260,43 +291,30 @@ def render_files(
     last = end if last is None else min(last, end)
     if first >= end or first < sources.offset:
         raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
-    cut = (first - sources.offset, last - sources.offset)
-    streams = {n: frames_between(_source_blocks(p, settings), *cut) for n, p in sources.paths.items()}
-    if uses_mixture(selection):
-        if mixture_path is None:
-            raise ValueError("karaoke needs the mixture")
-        mix_info = AudioInfo(duration_s=None, container="", codec="", has_video=False)
-        song_blocks = stream_decode(mixture_path, mix_info, settings.max_duration_s, _paced_s(settings))
-        streams["mixture"] = frames_between(song_blocks, first, last)
+    if uses_mixture(selection) and mixture_path is None:
+        raise ValueError("karaoke needs the mixture")
+    sandbox = Sandbox.from_settings(settings)
     title = (info.title if info and info.title else None) or song
     files = [
         StemFile(o, out_dir / stem_filename(song, file_label(o.name, options), fmt.ext), 0.0, label(o.name, options))
         for o in selection.outputs
     ]
-    writers = [
-        AudioWriter(
-            f.path,
-            fmt,
-            _tags(title, f.label, info),
-            settings.ffmpeg_timeout_s,
-            audio_filter=rubberband(options, keep_formants="vocals" in f.output.sources),
-        )
-        for f in files
-    ]
+    writers: list[AudioWriter] = []
     total = max(last - first, 1)
     done = 0
     try:
-        say(Stage.encoding, 0.0)
-        names = list(streams)
-        for blocks in zip(*streams.values(), strict=True):
-            if should_stop is not None and should_stop():
-                raise Cancelled()
-            named = dict(zip(names, blocks, strict=True))
-            mixture = named.pop("mixture", None)
-            for writer, f in zip(writers, files, strict=True):
-                writer.write(render_output(f.output, named, mixture if mixture is not None else blocks[0]))
-            done += blocks[0].shape[-1]
-            say(Stage.encoding, 100.0 * done / total)
+        with contextlib.ExitStack() as stack:
+            cut = (first - sources.offset, last - sources.offset)
+            streams = {n: stack.enter_context(_decoded(p, settings, sandbox, *cut)) for n, p in sources.paths.items()}
+            if uses_mixture(selection) and mixture_path is not None:
+                streams["mixture"] = stack.enter_context(_decoded(mixture_path, settings, sandbox, first, last))
+            for f in files:
+                filters = rubberband(options, keep_formants="vocals" in f.output.sources)
+                tags = _tags(title, f.label, info)
+                writers.append(
+                    AudioWriter(f.path, fmt, tags, settings.ffmpeg_timeout_s, audio_filter=filters, sandbox=sandbox)
+                )
+            done = _render_blocks(streams, files, writers, total, say, should_stop)
         for writer in writers:
             writer.close()
     except BaseException:
@@ -305,6 +323,30 @@ def render_files(
         raise
     stretch = 100 / options.tempo
     return [StemFile(f.output, f.path, done * stretch / SAMPLE_RATE, f.label) for f in files]
+
+
+def _render_blocks(
+    streams: Mapping[str, Iterator[np.ndarray]],
+    files: list[StemFile],
+    writers: list[AudioWriter],
+    total: int,
+    say: Reporter,
+    should_stop: StopFn | None,
+) -> int:
+    """Mix each block of the sources into every requested file; returns the samples done."""
+    done = 0
+    say(Stage.encoding, 0.0)
+    names = list(streams)
+    for blocks in zip(*streams.values(), strict=True):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        named = dict(zip(names, blocks, strict=True))
+        mixture = named.pop("mixture", None)
+        for writer, f in zip(writers, files, strict=True):
+            writer.write(render_output(f.output, named, mixture if mixture is not None else blocks[0]))
+        done += blocks[0].shape[-1]
+        say(Stage.encoding, 100.0 * done / total)
+    return done
 
 
 def separate_file(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
+from redis.exceptions import RedisError
 
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.audio import SAMPLE_RATE, AudioInfo
-from core.errors import Cancelled, StembotError, WorkerFailed
+from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.naming import song_name
 from core.queue import QueueClient
@@ -229,11 +231,10 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
                 result = JobResult(
                     job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(exc)
                 )
-            except Exception:  # a bug or a broken host: tell the user, keep the worker alive
+            except Exception as exc:  # a bug or a broken host: tell the user, keep the worker alive
                 log.exception("job %s failed", job_id)
-                err = WorkerFailed("Something went wrong while separating this song. Please try again later.")
                 result = JobResult(
-                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(err)
+                    job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(_failure(exc))
                 )
     result.timings["total"] = time.monotonic() - started
     await queue.set_progress(result.final_progress())
@@ -249,6 +250,33 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     how = " from cached sources" if result.from_cache else ""
     log.info("job %s %s%s in %.1fs", job_id, result.status, how, result.timings["total"])
     return result.model_dump(mode="json")
+
+
+# OS errors of the host rather than of the song: full disk, out of memory or file handles, I/O.
+_HOST_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EAGAIN}
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the host or of a service (Redis, the store), which another try may not meet."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError | ConnectionError | TimeoutError | RedisError | ArtifactMissing):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _HOST_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _failure(exc: Exception) -> StembotError:
+    """What an unexpected exception tells the user, and whether a repeat of the request runs
+    again: a failure of the host does (WorkerFailed is retryable), a bug met by this input is
+    kept as the answer, so the same request never re-runs a separation bound to fail."""
+    if _transient(exc):
+        return WorkerFailed("Something went wrong while separating this song. Please try again later.")
+    return InternalError(detail=repr(exc))
 
 
 async def _record_job_seconds(queue: QueueClient, seconds: float) -> None:
