@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,14 +24,25 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache
-from tests.helpers import MODELS, SONGS, WorkerProcess, stembot_env
+from tests.helpers import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
 
 SOURCE = SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg"
 
 
 def make_song(minutes: float, dest: Path) -> Path:
-    loop = ["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SOURCE), "-t", str(minutes * 60)]
-    subprocess.run([*loop, "-c:a", "libmp3lame", "-b:a", "192k", str(dest)], check=True)
+    ffmpeg(
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(SOURCE),
+        "-t",
+        str(minutes * 60),
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "192k",
+        str(dest),
+    )
     return dest
 
 
