@@ -279,7 +279,9 @@ class JobDesk:
             f"Today: {requests:.0f} requests (Telegram {day.get('requests_telegram', 0):.0f}, "
             f"Discord {day.get('requests_discord', 0):.0f}), {hits:.0f} from the cache{ratio}; "
             f"jobs done {day.get('jobs_done', 0):.0f}, failed {day.get('jobs_failed', 0):.0f}, "
-            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio."
+            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio; "
+            f"model runs {day.get('model_runs', 0):.0f}, "
+            f"renders from cached sources {day.get('cached_renders', 0):.0f}."
         )
 
     async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
