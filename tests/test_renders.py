@@ -180,3 +180,23 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         assert not await queue.store.exists("sources:b:m:vocals.flac")
     finally:
         await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--key", "-13"), "from key-12 to key+12"),
+        (("--tempo", "200"), "from tempo50 to tempo150"),
+        (("--start", "0:05", "--end", "0:04"), "too short"),
+        (("--start", "1:75"), "under 60"),
+        (("--start", "5:00", "--end", "6:00"), "The song ends before 5:00"),
+    ],
+)
+def test_out_of_range_options_are_refused(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    """One clear message and the user-error status, nothing written."""
+    done = run_stembot("separate", str(rock_short), "--stems", "vocals", *args, "-o", str(tmp_path / "o"), env=tiny_env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "o").glob("*"))

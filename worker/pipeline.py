@@ -147,14 +147,14 @@ def separate_sources(
     one lossless file per source in `out_dir`; `keep` limits which sources are written."""
     window = separation_window(options or RenderOptions())
     if isinstance(separator, WindowedSeparator):
-        return _stream_sources(input_path, out_dir, separator, settings, window, keep, report, should_stop)
+        return _stream_sources(input_path, out_dir, separator, settings, options, keep, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
     sandbox = Sandbox.from_settings(settings)
     wav, info = load_audio(
         input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
     )
     wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
-    _check_window(window, wav.shape[-1])
+    _check_window(options, wav.shape[-1])
     say(Stage.separating, 0.0)
     sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
     paths = {}
@@ -165,9 +165,10 @@ def separate_sources(
     return SourceSet(paths, window[0], wav.shape[-1], whole=window == (0, None)), info
 
 
-def _check_window(window: tuple[int, int | None], frames: int) -> None:
+def _check_window(options: RenderOptions | None, frames: int) -> None:
     if frames <= 0:
-        raise InvalidCommand(f"The song ends before {clock(window[0] / SAMPLE_RATE)}: pick a section inside it.")
+        start = options.start_s if options and options.start_s else 0.0
+        raise InvalidCommand(f"The song ends before {clock(start)}: pick a section inside it.")
 
 
 def _stream_sources(
@@ -175,7 +176,7 @@ def _stream_sources(
     out_dir: Path,
     separator: WindowedSeparator,
     settings: Settings,
-    window: tuple[int, int | None],
+    options: RenderOptions | None,
     keep: set[str] | None,
     report: Reporter | None,
     should_stop: StopFn | None,
@@ -187,6 +188,7 @@ def _stream_sources(
     into one FLAC encoder per source.
     """
     say: Reporter = report or (lambda stage, pct: None)
+    window = separation_window(options or RenderOptions())
     sandbox = Sandbox.from_settings(settings)
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
 
@@ -200,7 +202,7 @@ def _stream_sources(
 
     with blocks(settings.ffmpeg_timeout_s) as first_pass:
         stats = stream_stats(first_pass)
-    _check_window(window, stats.frames)
+    _check_window(options, stats.frames)
     names = [n for n in separator.sources if keep is None or n in keep]
     writers: dict[str, AudioWriter] = {}
 
