@@ -107,7 +107,7 @@ def _canonical_parts(token: str) -> list[str]:
         raise _unknown(token)
     names: list[str] = []
     for part in parts:
-        if part in GROUPS or part == GUIDE:
+        if part in GROUPS or ALIASES.get(part) == GUIDE:
             if len(parts) > 1:
                 raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{excerpt(token)}".')
             names.extend(GROUPS.get(part, (GUIDE,)))

@@ -174,3 +174,11 @@ def test_guide_is_labelled_as_such() -> None:
     assert label("guide", RenderOptions()) == "karaoke with guide vocals at \u221215 dB"
     assert label("guide", RenderOptions(tempo=80)) == "karaoke with guide vocals at \u221215 dB (80 %)"
     assert file_label("guide", RenderOptions()) == "karaoke_guide_vocals"
+
+
+@pytest.mark.parametrize("spec", ["guide+drums", "drums+guide_vocals"])
+def test_guide_is_no_combo_part(spec: str) -> None:
+    from core.errors import InvalidStemSpec
+
+    with pytest.raises(InvalidStemSpec, match="cannot be part of a combo"):
+        parse_stems(spec)
