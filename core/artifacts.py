@@ -7,6 +7,7 @@ Redis with a TTL is the default; anything that implements `ArtifactStore`
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Protocol
 
@@ -17,6 +18,20 @@ from core.settings import Settings
 
 class ArtifactMissing(KeyError):
     """The artifact expired or never existed."""
+
+
+# Keys are built by stembot alone, from hashes, job ids, model and canonical stem names
+# (`input:<sha256>`, `result:<job>:<stem>.<ext>`); no user's text ever forms one.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9:+._-]{0,511}")
+
+
+def checked_key(key: str) -> str:
+    """`key` if it is one stembot could have built; ValueError for anything else (a slash,
+    `..`, a control character, an empty or huge key), so none escapes a store's prefix
+    or names another's object."""
+    if not _KEY.fullmatch(key) or ".." in key:
+        raise ValueError(f"not an artifact key: {key[:80]!r}")
+    return key
 
 
 class ArtifactStore(Protocol):
@@ -39,7 +54,7 @@ class RedisArtifactStore:
         self._prefix = prefix + "artifact:"
 
     def _k(self, key: str) -> str:
-        return self._prefix + key
+        return self._prefix + checked_key(key)
 
     async def put(self, key: str, data: bytes, ttl_s: int) -> None:
         await self._redis.set(self._k(key), data, ex=ttl_s)
@@ -90,7 +105,7 @@ class S3ArtifactStore:
         self._ready = False
 
     def _k(self, key: str) -> str:
-        return self._prefix + key
+        return self._prefix + checked_key(key)
 
     def _prepare(self) -> None:
         """The bucket, with a rule that deletes objects a day after they stop being useful."""

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from core.audio import FORMAT_NAMES, check_size
 from core.errors import Cancelled, StembotError
 from core.jobs import Requester, SeparationRequest, describe_progress, model_for
-from core.naming import excerpt
+from core.naming import excerpt, song_name, stem_filename
 from core.render import make_options
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
@@ -195,8 +195,8 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         if result.from_cache:
             print("rendered from the cached separation (the model did not run)", flush=True)
         writable_dir(args.output)
-        for stem in result.stems:
-            dest = args.output / stem.filename
+        for stem in result.stems:  # named from this input: a cached result carries no one's name
+            dest = args.output / stem_filename(song_name(filename), stem.file_stem or stem.stem, stem.format)
             dest.write_bytes(await queue.fetch(stem))
             print(dest)
         return 0

@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
-from core.audio import SAMPLE_RATE, inspect_bytes
+from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import InvalidCommand, StembotError, WorkerFailed
+from core.errors import InvalidCommand, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
@@ -33,8 +33,10 @@ from core.render import RenderOptions, clock, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection
-from core.uploads import fit_stem, needs_parts, plan_upload
+from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
 
+# What a user reads when something fails that is no fault of their input (a bug, a lost host).
+SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -71,6 +73,19 @@ class Upload:
     data: bytes
     title: str
     url: str | None = None  # a download link instead of the bytes, for results too large for chat
+
+
+def check_output_size(files: int, fmt: str, duration_s: float, kbps: int, limit_bytes: int) -> None:
+    """Refuse before any work a request whose stems would surely pass the stored-bytes bound
+    (the worker enforces it exactly; FLAC's size is known only once made)."""
+    if fmt != "wav" and fmt not in LOSSY:
+        return
+    expected = files * estimated_bytes(fmt, duration_s, kbps)
+    if expected > limit_bytes:
+        raise TooLarge(
+            f"{files} {fmt.upper()} file(s) of this song come to about {megabytes(int(expected))}; one request "
+            f"may make at most {megabytes(limit_bytes)}. Ask for fewer stems, or a compressed format such as mp3."
+        )
 
 
 def status_line(progress: Progress | None, song: str) -> str:
@@ -174,6 +189,7 @@ class JobDesk:
         cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)
         await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
+        check_output_size(len(selection.outputs), fmt, duration, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         ref = await self.queue.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
         )

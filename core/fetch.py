@@ -1,8 +1,11 @@
 """Fetching a song from a link, safely.
 
-Only http(s); every hop of a redirect chain is resolved and refused if it points at a
-loopback, private, link-local, multicast or reserved address (cloud metadata
-endpoints live there), unless `allow_private_urls` is set for tests; the body is
+Only http(s); every hop of a redirect chain is resolved and refused if it points at an
+address that is not globally routable (loopback, private, link-local, multicast,
+reserved, documentation; cloud metadata endpoints live there; IPv6 forms that carry
+an IPv4 address, such as NAT64, 6to4, Teredo, IPv4-mapped and -compatible, are refused
+whole), unless `allow_private_urls` is set for tests; a malformed link is refused with
+a message, never an exception the caller did not expect; the body is
 streamed with a byte cap and a deadline. The connection goes to the very address that
 was checked (httpcore with a pinned network backend), so a DNS answer that changes
 between the check and the connect (DNS rebinding) cannot smuggle a private address in.
@@ -14,11 +17,11 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import httpcore
 
@@ -42,10 +45,62 @@ def find_url(text: str) -> str | None:
     return match.group(0).rstrip(").,>") if match else None
 
 
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return _is_public(ip.ipv4_mapped)
-    return ip.is_global and not ip.is_multicast
+# Python 3.11's `is_global` misses these (IANA special-purpose registries).
+_NOT_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NOT_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "2001::/23",  # IETF protocol assignments: Teredo (2001::/32), benchmarking, ORCHID
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4: where it goes is the IPv4 address inside
+        "3fff::/20",  # documentation
+    )
+)
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for a globally routable unicast address.
+
+    IPv6 must be global unicast (2000::/3), which leaves out NAT64 (64:ff9b::/96,
+    64:ff9b:1::/48), IPv4-mapped and -compatible (::/96), site-local (fec0::/10),
+    unique-local, link-local and multicast; of 2000::/3, the blocks that embed or stand
+    for another address (6to4, Teredo) or are never routed are refused too.
+    """
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip.is_global and not ip.is_multicast and not any(ip in net for net in _NOT_GLOBAL_V4)
+    return ip in _GLOBAL_UNICAST_V6 and not any(ip in net for net in _NOT_GLOBAL_V6)
+
+
+def is_public_address(address: str) -> bool:
+    """`is_public` for an address string (a scope id such as `%eth0` is dropped); False if it is not one."""
+    try:
+        return is_public(ipaddress.ip_address(address.split("%")[0]))
+    except ValueError:
+        return False
+
+
+def split_link(url: str) -> SplitResult:
+    """`url`'s parts; LinkRefused for anything but a well-formed http(s) link without credentials."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port out of range or not a number raises ValueError here
+        host = parts.hostname
+    except ValueError as exc:  # e.g. `http://[::1/x`, `http://host:abc/`, `:99999`
+        raise LinkRefused("That link is not a valid web address.") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise LinkRefused("Only http:// and https:// links are accepted.")
+    if parts.username or parts.password:
+        raise LinkRefused("Links with a user name or password are not accepted.")
+    if port == 0:
+        raise LinkRefused("That link is not a valid web address.")
+    return parts
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -55,16 +110,15 @@ async def resolve(host: str, port: int) -> list[str]:
 
 async def check_url(url: str, allow_private: bool) -> list[str]:
     """The addresses `url`'s host resolves to; LinkRefused unless http(s) to public addresses only."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LinkRefused("Only http:// and https:// links are accepted.")
-    if parts.username or parts.password:
-        raise LinkRefused("Links with a user name or password are not accepted.")
+    parts = split_link(url)
+    host = parts.hostname or ""
     try:
-        addresses = await resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
-        raise LinkRefused(f"I couldn't find the host {excerpt(parts.hostname, 80)}.") from exc
-    if not allow_private and not all(_is_public(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
+        addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError, ValueError) as exc:  # no such host; a label IDNA refuses; a NUL
+        raise LinkRefused(f"I couldn't find the host {excerpt(host, 80)}.") from exc
+    if not addresses:
+        raise LinkRefused(f"I couldn't find the host {excerpt(host, 80)}.")
+    if not allow_private and not all(is_public_address(a) for a in addresses):
         raise LinkRefused("That link points at a private or local address, which I don't fetch.")
     return addresses
 
@@ -117,21 +171,33 @@ def _utf8(header_text: str) -> str:
         return header_text
 
 
-async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allow_private: bool = False) -> Fetched:
-    """Download `url` to `dest`, re-checking every redirect hop and capping size and time."""
+async def fetch_url(
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    timeout_s: float,
+    allow_private: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> Fetched:
+    """Download `url` to `dest`, re-checking every redirect hop and capping size and time.
+
+    Each hop is resolved, checked, and connected to at the address the check saw.
+    """
     backend = PinnedBackend()
+    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     try:
         async with asyncio.timeout(timeout_s), httpcore.AsyncConnectionPool(network_backend=backend) as pool:
             for _ in range(_MAX_REDIRECTS + 1):
                 addresses = await check_url(url, allow_private)
                 backend.pins[urlsplit(url).hostname or ""] = addresses[0]
-                async with pool.stream("GET", url, extensions={"timeout": {"connect": timeout_s}}) as response:
+                options = {"timeout": {"connect": timeout_s}}
+                async with pool.stream("GET", url, headers=sent, extensions=options) as response:
                     if response.status in (301, 302, 303, 307, 308) and _header(response, "location"):
-                        url = urljoin(url, _header(response, "location"))
+                        url = _next_hop(url, _header(response, "location"))
                         continue
                     if response.status != 200:
                         raise DownloadFailed(f"The link answered with HTTP {response.status}.")
-                    if int(_header(response, "content-length") or 0) > max_bytes:
+                    if _content_length(response) > max_bytes:
                         raise _too_large(max_bytes)
                     size = await _stream_to(response, dest, max_bytes)
                     return Fetched(dest, _filename(response, url), size)
@@ -150,6 +216,19 @@ async def fetch_url(url: str, dest: Path, max_bytes: int, timeout_s: float, allo
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+
+
+def _next_hop(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError as exc:  # a Location such as `http://[::1` (checked like any link on the next hop)
+        raise LinkRefused("That link redirects to an address that is not valid.") from exc
+
+
+def _content_length(response: httpcore.Response) -> int:
+    """The declared length, 0 when absent or not a number (the streamed count is what binds)."""
+    value = _header(response, "content-length").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def _too_large(max_bytes: int) -> TooLarge:

@@ -46,7 +46,11 @@ class Requester(BaseModel):
 
 
 class InputRef(BaseModel):
-    """Where the input bytes live (an artifact key) and what to call the song."""
+    """Where the input bytes live (an artifact key) and what the requester called the song.
+
+    The names belong to the request that made the job, not to its result: the job id
+    ignores them, so a worker must put none of them into what it stores.
+    """
 
     artifact_key: str
     sha256: str
@@ -109,9 +113,10 @@ class ErrorInfo(BaseModel):
 
 
 class StemArtifact(BaseModel):
-    stem: str
+    stem: str  # what the file holds, as titles show it: `vocals`, `instrumental (key −2, 80 %)`
+    file_stem: str = ""  # the same for file names: `instrumental.key-2.tempo80` (empty: `stem`)
     artifact_key: str
-    filename: str
+    filename: str  # neutral (`song.<stem>.<ext>`): frontends name files from their own request
     format: str
     size_bytes: int
     duration_s: float

@@ -11,7 +11,9 @@ import re
 import unicodedata
 from pathlib import PurePosixPath, PureWindowsPath
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+# control and path characters, and the invisible ones that reorder or hide text in chat
+# (bidi overrides such as U+202E make `evil\u202eFLAC.exe` read as `evilexe.CALF`)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]+")
 _MAX_LEN = 80
 # A song's name in bytes: room for `.<stem>.<ext>` with the longest stem name and a part
 # suffix such as ` (part 12 of 12)` under the 255 bytes of a file name.

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     # Limits
     max_duration_s: float = Field(20 * 60, gt=0, description="longest input accepted, seconds")
     max_input_mb: float = Field(100, gt=0, description="largest input accepted, MB")
+    max_job_output_mb: float = Field(1000, gt=0, description="most MB of stems one request may store")
     ffmpeg_timeout_s: float = Field(
         600,
         gt=0,
@@ -156,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def input_format_names(self) -> tuple[str, ...]:
         return tuple(self.input_formats.split(","))
+
+    @property
+    def max_job_output_bytes(self) -> int:
+        return int(self.max_job_output_mb * 1_000_000)
 
     @property
     def in_progress_ttl_s(self) -> float:

@@ -38,6 +38,8 @@ class SourceSet:
     offset: int
     frames: int
     whole: bool = True  # the whole song (offset 0, to its end), not a section
+    title: str | None = None  # tags of the input's own bytes (never a requester's names)
+    artist: str | None = None
 
 
 class Manifest(BaseModel):
@@ -46,6 +48,8 @@ class Manifest(BaseModel):
     frames: int
     whole: bool
     size_bytes: int
+    title: str | None = None
+    artist: str | None = None
 
 
 def entry_key(sha256: str, model: str, section: tuple[int, int | None] | None = None) -> str:
@@ -107,7 +111,7 @@ class SourcesCache:
             await self.store.touch(f"{key}:{name}.flac", self.ttl_s)
         await self.store.touch(key, self.ttl_s)
         await self.redis.zadd(self._lru, {key: time.time()})
-        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole)
+        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
 
     async def put(self, key: str, sources: SourceSet) -> int:
         """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
@@ -122,7 +126,7 @@ class SourcesCache:
             del data
         manifest = Manifest(
             sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
-            size_bytes=size,
+            size_bytes=size, title=sources.title, artist=sources.artist,
         )  # fmt: skip
         await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
         await self.redis.zadd(self._lru, {key: time.time()})

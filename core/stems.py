@@ -56,6 +56,9 @@ ALIASES: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {"all": FOUR_STEMS, "4": FOUR_STEMS, "6": SIX_STEMS, "all6": SIX_STEMS}
 VALID_WORDS: tuple[str, ...] = tuple(sorted(set(ALIASES) | set(GROUPS)))
 DEFAULT_SPEC = "all"
+# Files one request may ask for: each is an encoder running at once and bytes stored, and
+# every combination of the grammar would be 64 (all six stems, any `+` combo, karaoke).
+MAX_OUTPUTS = 8
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,11 @@ def parse_stems(text: str | None) -> StemSelection:
             sources = _resolve(names, model_sources)
             singles = [StemOutput(_output_name(names, sources, model_sources), sources)]
         outputs.extend(o for o in singles if o not in outputs)
+        if len(outputs) > MAX_OUTPUTS:
+            raise InvalidStemSpec(
+                f"That asks for more than {MAX_OUTPUTS} files; one request can make at most {MAX_OUTPUTS}. "
+                "Ask for fewer stems (all 6 stems are 6 files), or split the rest in a second request."
+            )
     return StemSelection(outputs=tuple(outputs), six_stems=six)
 
 

@@ -33,6 +33,7 @@ class Call:
     params: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     result: Any = None
+    filenames: dict[str, str] = field(default_factory=dict)  # the name each uploaded file was sent with
 
 
 class BotApiServer:
@@ -103,11 +104,13 @@ class BotApiServer:
         method = request.match_info["method"]
         params: dict[str, Any] = {}
         files: dict[str, bytes] = {}
+        filenames: dict[str, str] = {}
         if request.method == "POST":
             form = await request.post()
             for key, value in form.items():
                 if isinstance(value, web.FileField):
                     files[key] = value.file.read()
+                    filenames[key] = value.filename
                 else:
                     try:
                         params[key] = json.loads(str(value))
@@ -115,7 +118,7 @@ class BotApiServer:
                         params[key] = str(value)
         result = await self._result(method, params, files)
         if method != "getUpdates":
-            self.calls.append(Call(method, params, files, result))
+            self.calls.append(Call(method, params, files, result, filenames))
         return web.json_response({"ok": True, "result": result})
 
     async def _result(self, method: str, params: dict[str, Any], files: dict[str, bytes]) -> Any:

@@ -336,3 +336,78 @@ async def test_key_tempo_and_a_follow_up_button_without_the_model(
     stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
     client.close()
     assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "link", ["http://127.0.0.1:99999/song.mp3", "http://[::1/x", "http://host:abc/", "http://[2002:a00:1::1]/a.mp3"]
+)
+async def test_malformed_links_get_one_clear_answer(redis_url: str, link: str) -> None:
+    async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(channel, "split", url=link, stems="vocals")
+        assert result.response is not None and result.response.content.startswith("⚠️")
+        assert "not a valid web address" in result.response.content or "private" in result.response.content
+        message = await alice.send(channel, f"listen {link}")
+        menu = await alice.context_menu(channel, "Karaoke", message)
+        assert menu.response is not None and menu.response.content == result.response.content
+        assert env.errors == []
+
+
+async def test_an_unexpected_failure_still_gets_one_answer(
+    env: simcord.Env, rock_short: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    env.bot.service.start = broken  # type: ignore[attr-defined]  # stands in for any bug past the checks
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals")
+    assert result.response is not None and "Something went wrong" in result.response.content
+    message = await alice.send(channel, "", attachments=[("song.flac", rock_short.read_bytes())])
+    picker = await alice.context_menu(channel, "Split stems", message)
+    assert picker.response is not None
+    chosen = await alice.select(picker.response.message, ["drums"])
+    assert chosen.response is not None and "Something went wrong" in chosen.response.content
+    assert sum(1 for r in caplog.records if r.exc_info and "a bug" in str(r.exc_info[1])) == 2
+
+    async def broken_config(*args: object) -> None:
+        raise RuntimeError("another bug")
+
+    env.bot.service.guilds.get = broken_config  # type: ignore[attr-defined]
+    failed = await alice.slash(channel, "split", url="https://example.com/a.mp3")
+    assert failed.response is not None and "Something went wrong" in failed.response.content
+    assert "another bug" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "song"),
+    [
+        ("../../etc/passwd.flac", "passwd"),
+        ("C:\\Users\\x\\take.flac", "take"),
+        ("evil\u202egalf.flac", "evil_galf"),
+        ("\u2066hidden\u2069.flac", "hidden"),
+        ("a\x00b\nc.flac", "a_b_c"),
+        (".. .flac", "song"),
+        ("._.flac", "song"),
+        ("@everyone **now** _x_ #1.flac", "@everyone _now_ _x_ #1"),
+        ("x" * 300 + ".flac", None),
+    ],
+)
+async def test_hostile_attachment_names(env: simcord.Env, rock_short: Path, name: str, song: str | None) -> None:
+    """A user's file name is shown and used only as a safe, literal song name: no paths, no
+    control or bidi characters, no formatting, no pings, never too long."""
+    from bots.discord.service import chat_text
+
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(channel, "split", file=(name, rock_short.read_bytes()), stems="vocals")
+    assert result.response is not None
+    content = result.response.content
+    shown = content.removeprefix("⏳ ").split(": queued", 1)[0]
+    assert content.startswith("⏳ ") and ": queued" in content, content
+    if song is not None:
+        assert shown == chat_text(song)
+    assert len(shown.encode()) <= 200
+    assert not {"/", "\n", "\x00", "\u202e", "\u2066"} & set(shown)
+    assert "@everyone" not in content and "**" not in content.replace("\\*\\*", "")
+    [delivery] = await env.bot.service.book.pending()  # type: ignore[attr-defined]
+    assert not {"/", "\\", "\n", "\x00", "\u202e"} & set(delivery.song) and delivery.song.strip(". ")

@@ -87,3 +87,51 @@ async def test_too_large_for_chat_becomes_a_link(
     with urllib.request.urlopen(link, timeout=10) as response:
         out.write_bytes(response.read())
     assert read_audio(out).shape[1] == pytest.approx(3 * 44100, abs=2048)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../outside",
+        "input/../../x",
+        "/absolute",
+        "result:sep-1:..:x",
+        "a\x00b",
+        "a\nb",
+        "",
+        "x" * 600,
+        " input:abc",
+        "input:abc?versionId=1",
+        "input:%2e%2e/x",
+    ],
+)
+async def test_keys_that_stembot_never_builds_are_refused(s3_url: str, redis_url: str, key: str) -> None:
+    """No key can leave the store's prefix or name another object: S3 and Redis alike."""
+    from redis.asyncio import Redis
+
+    from core.artifacts import RedisArtifactStore
+
+    settings = Settings(**s3_settings(s3_url))  # type: ignore[arg-type]
+    redis = Redis.from_url(redis_url)
+    for store in (S3ArtifactStore(settings), RedisArtifactStore(redis)):
+        with pytest.raises(ValueError, match="not an artifact key"):
+            await store.put(key, b"x", ttl_s=60)
+        with pytest.raises(ValueError, match="not an artifact key"):
+            await store.get(key)
+    await redis.aclose()
+
+
+async def test_every_object_lies_under_the_prefix(s3_url: str) -> None:
+    import boto3
+
+    options = s3_settings(s3_url)
+    store = S3ArtifactStore(Settings(**options))  # type: ignore[arg-type]
+    keys = ["input:" + "ab" * 32, "result:sep-0123:drums+bass.mp3", "result:sep-0123:instrumental.flac"]
+    for key in keys:
+        await store.put(key, key.encode(), ttl_s=60)
+    client = boto3.client(
+        "s3", endpoint_url=s3_url, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket=options["s3_bucket"])["Contents"]]
+    assert sorted(listed) == sorted("stembot/" + k for k in keys)
+    assert [await store.get(k) for k in keys] == [k.encode() for k in keys]

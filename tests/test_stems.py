@@ -63,3 +63,37 @@ def test_errors(text: str, fragment: str) -> None:
 def test_spec_is_canonical() -> None:
     assert parse_stems("bass+drums vocal").spec == parse_stems("drums+bass vocals").spec
     assert parse_stems(parse_stems("karaoke drums").spec) == parse_stems("karaoke drums")
+
+
+@pytest.mark.parametrize(
+    ("text", "files"),
+    [
+        ("6", 6),
+        ("6 karaoke drums+bass", 8),
+        ("all karaoke drums+bass drums+other", 7),
+        ("all karaoke drums+bass drums+other bass+other", 8),
+        ("vocals " * 1000, 1),  # repeats are one file
+        ("6 karaoke drums+bass vocals+other", 9),
+        ("all karaoke drums+bass drums+other bass+other bass+vocals", 9),
+        ("drums+bass drums+other drums+vocals bass+other bass+vocals other+vocals all", 10),
+        ("drums bass other vocals guitar piano karaoke drums+bass bass+other other+vocals", 10),
+    ],
+)
+def test_one_request_makes_at_most_eight_files(text: str, files: int) -> None:
+    from core.stems import MAX_OUTPUTS
+
+    if files <= MAX_OUTPUTS:
+        assert len(parse_stems(text).outputs) == files
+        return
+    with pytest.raises(InvalidStemSpec, match="more than 8 files; one request can make at most 8"):
+        parse_stems(text)
+
+
+def test_every_combination_at_once_is_refused() -> None:
+    import itertools
+
+    sources = ["drums", "bass", "other", "vocals", "guitar", "piano"]
+    combos = ["+".join(c) for n in range(1, 7) for c in itertools.combinations(sources, n)]
+    with pytest.raises(InvalidStemSpec) as err:
+        parse_stems(" ".join([*combos, "karaoke"]))
+    assert "at most 8" in err.value.user_message and len(err.value.user_message) < 300

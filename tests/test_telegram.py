@@ -3,6 +3,7 @@ with a real Redis and a real `stembot worker`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,87 @@ def read_audio_bytes(data: bytes, name: str, where: Path) -> Any:
     path = where / name
     path.write_bytes(data)
     return read_audio(path)
+
+
+@pytest.mark.parametrize(
+    "link", ["http://127.0.0.1:99999/song.mp3", "http://[::1/x", "http://host:abc/", "http://[64:ff9b::a00:1]/a.mp3"]
+)
+async def test_malformed_links_get_one_clear_answer(botapi: BotApiServer, bot: Application, link: str) -> None:  # type: ignore[type-arg]
+    botapi.message(DM, ALICE, **_command(f"/split vocals {link}"))
+    answer = await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("⚠️")])
+    assert "not a valid web address" in answer[0] or "private or local" in answer[0]
+    assert _texts(botapi, "sendMessage") == ["⏳ Getting the file…"]
+
+
+async def test_a_malformed_link_from_the_keyboard(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    link = botapi.message(DM, ALICE, text="http://127.0.0.1:99999/song.mp3")
+    offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
+    botapi.press(offer[0].result | {"reply_to_message": link}, ALICE, "split|vocals|mp3")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "not a valid web address" in t])
+
+
+async def test_an_unexpected_failure_still_gets_one_answer(
+    botapi: BotApiServer,
+    bot: Application,
+    rock_short: Path,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[type-arg]
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    bot.bot_data["service"].submit = broken  # stands in for any bug past the checks
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "Something went wrong" in t])
+    assert "a bug" in caplog.text
+    botapi.message(DM, ALICE, text="hi")  # nothing to do: no answer owed
+    keyboard = botapi.message(DM, ALICE, text="the keyboard", reply_markup={"inline_keyboard": []})
+    botapi.press(keyboard, ALICE, "split|bogus|mp3")  # a forged or stale button
+    botapi.press(keyboard, ALICE, "set|format|exe")
+    botapi.press(keyboard, ALICE, "set|stems|bogus")
+    botapi.press(keyboard, ALICE, "split|vocals")  # a handler's own bug
+    answers = await botapi.wait_for(
+        lambda: len(botapi.sent("answerCallbackQuery")) >= 4 and botapi.sent("answerCallbackQuery")
+    )
+    texts = [a.params.get("text", "") for a in answers]
+    assert 'Unknown stem "bogus"' in texts[0] and "Unknown format" in texts[1] and "Unknown stem" in texts[2]
+    assert "Something went wrong" in texts[3]
+    assert all(a.params["show_alert"] for a in answers)
+    prefs = await bot.bot_data["service"].prefs.get("telegram:42")
+    assert prefs.stems is None and prefs.format is None
+
+
+async def test_a_cached_result_carries_nothing_of_the_first_requester(
+    botapi: BotApiServer,
+    bot: Application,
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """Alice and Bob send the same bytes under different names: Bob sees only his own."""
+    from tests.test_no_leaks import tags
+
+    bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+    alice_song = _audio(botapi, rock_short, file_name="alice_secret_demo.flac", title="Alice Secret Demo")
+    botapi.message(DM, ALICE, audio=alice_song, caption="/split vocals")
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert first[0].params["title"] == "Alice Secret Demo — vocals"
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
+    botapi.message({"id": 7, "type": "private"}, bob, audio=_audio(botapi, rock_short, file_name="bob_song.flac"))
+    botapi.message(
+        {"id": 7, "type": "private"},
+        bob,
+        audio=_audio(botapi, rock_short, file_name="bob_song.flac"),
+        caption="/split vocals",
+    )
+    both = await botapi.wait_for(lambda: len(botapi.sent("sendAudio")) == 2 and botapi.sent("sendAudio"), timeout=60)
+    sent = both[1]
+    assert sent.params["chat_id"] == 7 and sent.params["title"] == "bob_song — vocals"
+    assert sent.files, "Alice's upload (her title on it) must not be re-sent to Bob"
+    assert sent.filenames == {"audio": "bob_song - vocals.mp3"}
+    out = tmp_path / "bob.mp3"
+    out.write_bytes(sent.files["audio"])
+    await botapi.wait_for(lambda: [c for c in botapi.sent("editMessageText") if c.params["text"].startswith("✅ bob")])
+    told = [c.params["text"] for c in botapi.sent("editMessageText") if c.params["chat_id"] == 7]
+    seen = json.dumps([sent.params, sent.filenames, tags(out), told], ensure_ascii=False).lower()
+    assert "alice" not in seen
+    assert tiny_worker.log().count("separate(") == 1  # still answered from the cache

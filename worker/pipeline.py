@@ -162,7 +162,7 @@ def separate_sources(
         if keep is None or name in keep:
             dest = out_dir / f"{name}.flac"
             paths[name] = encode(sources[name], dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
-    return SourceSet(paths, window[0], wav.shape[-1], whole=window == (0, None)), info
+    return SourceSet(paths, window[0], wav.shape[-1], window == (0, None), info.title, info.artist), info
 
 
 def _check_window(options: RenderOptions | None, frames: int) -> None:
@@ -233,7 +233,7 @@ def _stream_sources(
             writer.abort()
         raise
     paths = {n: w.dest for n, w in writers.items()}
-    return SourceSet(paths, window[0], stats.frames, whole=window == (0, None)), info
+    return SourceSet(paths, window[0], stats.frames, window == (0, None), info.title, info.artist), info
 
 
 def _paced_s(settings: Settings) -> float:

@@ -24,10 +24,9 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
-from core.audio import SAMPLE_RATE, AudioInfo
-from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
+from core.audio import SAMPLE_RATE, AudioInfo, megabytes
+from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
-from core.naming import song_name
 from core.queue import QueueClient
 from core.sources import SourcesCache, SourceSet, entry_key
 from worker.engine import Engine
@@ -37,6 +36,7 @@ from worker.scratch import job_dir
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUPERVISE_INTERVAL_S = 0.5
+NEUTRAL_SONG = "song"
 
 
 class JobRun:
@@ -102,22 +102,43 @@ class JobRun:
             raise
 
 
+def _output_too_large(total: int, limit: int) -> TooLarge:
+    return TooLarge(
+        f"Those stems come to {megabytes(total)}; one request may make at most {megabytes(limit)}. "
+        "Ask for fewer stems, or a compressed format such as mp3."
+    )
+
+
 async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile], fmt: str) -> list[StemArtifact]:
-    artifacts = []
-    for f in files:
-        data = f.path.read_bytes()
-        key = f"result:{job_id}:{f.output.name}.{fmt}"
-        await queue.store.put(key, data, queue.settings.result_ttl_s)
-        artifacts.append(
-            StemArtifact(
-                stem=f.label or f.output.name,
-                artifact_key=key,
-                filename=f.path.name,
-                format=fmt,
-                size_bytes=len(data),
-                duration_s=f.duration_s,
+    """Store a job's stems, within `max_job_output_bytes` in all; on any failure none stays stored."""
+    limit = queue.settings.max_job_output_bytes
+    total = sum(f.path.stat().st_size for f in files)
+    if total > limit:
+        raise _output_too_large(total, limit)
+    artifacts: list[StemArtifact] = []
+    stored = 0
+    try:
+        for f in files:
+            data = f.path.read_bytes()
+            stored += len(data)
+            if stored > limit:  # the files changed under us: the bound holds for what is stored
+                raise _output_too_large(stored, limit)
+            key = f"result:{job_id}:{f.output.name}.{fmt}"
+            artifacts.append(
+                StemArtifact(
+                    stem=f.label or f.output.name,
+                    file_stem=f.path.name.removeprefix(f"{NEUTRAL_SONG}.").removesuffix(f".{fmt}"),
+                    artifact_key=key,
+                    filename=f.path.name,
+                    format=fmt,
+                    size_bytes=len(data),
+                    duration_s=f.duration_s,
+                )
             )
-        )
+            await queue.store.put(key, data, queue.settings.result_ttl_s)
+    except BaseException:
+        await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
+        raise
     return artifacts
 
 
@@ -159,8 +180,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
     cache = SourcesCache(queue.store, queue.pool, settings)
     started = time.monotonic()
     run.report(Stage.downloading, 0)
-    # The request's own names: nothing of another request's is in the cached sources.
-    info = AudioInfo(None, "", "", False, title=request.input.title, artist=request.input.artist)
+    # Stored stems answer anyone who sends these bytes: they carry no requester's name
+    # (file name, title tag); the frontends name and title each delivery themselves.
+    song = NEUTRAL_SONG
     with job_dir() as tmp:
         (Path(tmp) / "sources").mkdir()
         (Path(tmp) / "out").mkdir()
@@ -182,12 +204,12 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
                 sources,
                 in_path,
                 Path(tmp) / "out",
-                song_name(request.input.filename),
+                song,
                 selection,
                 request.output_format,
                 request.options,
                 settings,
-                info,
+                AudioInfo(None, "", "", False, title=sources.title, artist=sources.artist),
                 report=lambda _stage, pct: run.report(stage, pct),
                 should_stop=run.stop.is_set,
             )

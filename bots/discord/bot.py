@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
 from discord import app_commands
 from discord.ext import tasks
 
-from bots.discord.commands import on_again, on_cancel, register
-from bots.discord.service import AGAIN_PREFIX, CANCEL_PREFIX, DiscordService
+from bots.discord.commands import register
+from bots.discord.service import DiscordService
+from core.links import warm_up
 from core.queue import QueueClient
 from core.settings import Settings
 
@@ -20,7 +22,8 @@ class StembotBot(discord.Client):
     """Slash commands and context menus need no privileged intents (no message content)."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(intents=discord.Intents.default())
+        # Nobody is pinged unless a message names them (a song's name may read "@everyone").
+        super().__init__(intents=discord.Intents.default(), allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self.tree: app_commands.CommandTree[StembotBot] = app_commands.CommandTree(self)
         register(self.tree)
@@ -34,6 +37,7 @@ class StembotBot(discord.Client):
         return self._service
 
     async def setup_hook(self) -> None:
+        await asyncio.to_thread(warm_up)
         self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
         if self.settings.discord_sync_commands:
             await self.tree.sync()
@@ -59,12 +63,3 @@ class StembotBot(discord.Client):
     async def _deliver_failed(self, error: BaseException) -> None:
         log.exception("delivery loop", exc_info=error)
         self.deliver.restart()
-
-    async def on_interaction(self, interaction: discord.Interaction) -> None:
-        data: dict[str, object] = dict(interaction.data or {})
-        custom_id = data.get("custom_id", "")
-        if interaction.type == discord.InteractionType.component and str(custom_id).startswith(CANCEL_PREFIX):
-            await on_cancel(interaction, str(custom_id).removeprefix(CANCEL_PREFIX))
-        if interaction.type == discord.InteractionType.component and str(custom_id).startswith(AGAIN_PREFIX):
-            previous, _, change = str(custom_id).removeprefix(AGAIN_PREFIX).partition(":")
-            await on_again(interaction, previous, change)

@@ -1,37 +1,57 @@
-"""Application commands: thin functions over `DiscordService`, registered in `register`."""
+"""Application commands: thin functions over `DiscordService`, registered in `register`.
+
+They reach the service through the client an interaction came to (`service_of`), so this
+module needs nothing of `bot.py`, which registers them.
+
+Every user action ends in one answer whatever is raised: a refusal (StembotError) says
+why, anything else is logged and answered "Something went wrong…" (`_begin` for the
+deferred reply of a request, `on_command_error` for commands, `on_error` for components).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import re
+from typing import Any
 
 import discord
 from discord import app_commands
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import DiscordService, song_in
+from bots.discord.service import AGAIN_PREFIX, CANCEL_PREFIX, DiscordService, chat_text, service_of, song_in
 from core.commands import parse_split
+from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
 from core.render import RenderOptions, make_options
 from core.stems import StemSelection, parse_stems
 
-if TYPE_CHECKING:
-    from bots.discord.bot import StembotBot
-
+log = logging.getLogger(__name__)
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in texts.FORMATS]
 
 
 def _service(interaction: discord.Interaction) -> DiscordService:
-    bot: StembotBot = interaction.client  # type: ignore[assignment]
-    return bot.service
+    return service_of(interaction)
 
 
 async def _refuse(interaction: discord.Interaction, text: str) -> None:
-    """An ephemeral refusal, before or after deferring."""
-    if interaction.response.is_done():
-        await interaction.edit_original_response(content=f"⚠️ {text}", view=None)
-    else:
-        await interaction.response.send_message(f"⚠️ {text}", ephemeral=True)
+    """An ephemeral refusal, before or after deferring; a reply that can no longer be made is logged."""
+    try:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=chat_text(f"⚠️ {text}"), view=None)
+        else:
+            await interaction.response.send_message(chat_text(f"⚠️ {text}"), ephemeral=True)
+    except discord.HTTPException as exc:  # the interaction expired or was deleted
+        log.info("could not answer an interaction: %s", exc)
+
+
+async def _fail(interaction: discord.Interaction, error: BaseException) -> None:
+    """The one answer to a failure: a refusal says why; anything else is logged first."""
+    if isinstance(error, StembotError):
+        await _refuse(interaction, error.user_message)
+        return
+    log.error("interaction %s failed", interaction.id, exc_info=error)
+    await _refuse(interaction, SOMETHING_WRONG)
 
 
 async def _allowed_here(interaction: discord.Interaction) -> GuildConfig | None:
@@ -56,8 +76,8 @@ async def _begin(
         await interaction.response.defer(thinking=True, ephemeral=private)
     try:
         await _service(interaction).start(interaction, source, selection, fmt, private, options)
-    except StembotError as exc:
-        await _refuse(interaction, exc.user_message)
+    except Exception as exc:  # a refusal, or a bug: either way the "thinking…" reply says so
+        await _fail(interaction, exc)
 
 
 @app_commands.command(name="split", description="Split a song into stems (vocals, karaoke, drums, bass…)")
@@ -142,6 +162,9 @@ class StemPicker(discord.ui.View):
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.user_id
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: Any) -> None:
+        await _fail(interaction, error)
 
     @discord.ui.select(placeholder="Stems", custom_id="stembot:pick")
     async def pick(self, interaction: discord.Interaction, select: discord.ui.Select[StemPicker]) -> None:
@@ -237,23 +260,75 @@ async def unban(interaction: discord.Interaction, user: discord.User) -> None:
     await _set_ban(interaction, user, banned=False)
 
 
-async def on_cancel(interaction: discord.Interaction, delivery_id: str) -> None:
-    answer = await _service(interaction).cancel(delivery_id, interaction.user.id)
-    await interaction.response.send_message(answer, ephemeral=True)
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=re.escape(CANCEL_PREFIX) + r"(?P<id>\w+)"):
+    """The Cancel button under a status; it outlives restarts (its custom id names the delivery)."""
+
+    def __init__(self, delivery_id: str) -> None:
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label="Cancel", style=discord.ButtonStyle.danger, custom_id=CANCEL_PREFIX + delivery_id
+        )
+        super().__init__(button)
+        self.delivery_id = delivery_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> CancelButton:
+        return cls(match["id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            answer = await _service(interaction).cancel(self.delivery_id, interaction.user.id)
+            await interaction.response.send_message(answer, ephemeral=True)
+        except Exception as exc:
+            await _fail(interaction, exc)
 
 
-async def on_again(interaction: discord.Interaction, previous_id: str, change: str) -> None:
-    """A follow-up button under a delivered song: a new reply, rendered from the cached sources."""
-    await interaction.response.defer(thinking=True)
-    try:
-        await _service(interaction).again(interaction, previous_id, change)
-    except StembotError as exc:
-        await _refuse(interaction, exc.user_message)
+class AgainButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.escape(AGAIN_PREFIX) + r"(?P<id>\w+):(?P<change>[\w+-]+)",
+):
+    """A follow-up under a delivered song (Key −1 · Key +1 · Slower 80 % · Original): a new
+    reply rendered from the cached sources; it outlives restarts (its custom id says it all)."""
+
+    def __init__(self, delivery_id: str, change: str) -> None:
+        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
+        super().__init__(discord.ui.Button(label=change, custom_id=custom_id))
+        self.delivery_id = delivery_id
+        self.change = change
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> AgainButton:
+        return cls(match["id"], match["change"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            await _service(interaction).again(interaction, self.delivery_id, self.change)
+        except Exception as exc:  # a refusal, or a bug: the "thinking…" reply says so
+            await _fail(interaction, exc)
 
 
-def register(tree: app_commands.CommandTree[StembotBot]) -> None:
-    tree.add_command(split)
-    tree.add_command(karaoke)
-    tree.add_command(split_stems)
-    tree.add_command(help_command)
-    tree.add_command(admin)
+async def on_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """Whatever a command raised (discord.py wraps it in CommandInvokeError), the user gets one answer."""
+    if isinstance(error, app_commands.CheckFailure):
+        await _refuse(interaction, "You can't use that here.")
+        return
+    await _fail(interaction, getattr(error, "original", error))
+
+
+def register(tree: app_commands.CommandTree[Any]) -> None:
+    """Every command, the persistent Cancel button and the error handler, on one client's tree."""
+    commands: list[app_commands.Command[Any, Any, Any] | app_commands.ContextMenu | app_commands.Group] = [
+        split,
+        karaoke,
+        split_stems,
+        help_command,
+        admin,
+    ]
+    for command in commands:
+        tree.add_command(command)
+    tree.error(on_command_error)
+    tree.client.add_dynamic_items(CancelButton, AgainButton)

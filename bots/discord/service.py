@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from datetime import timedelta
+from typing import Protocol, cast
 
 import discord
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
-from core.desk import Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
-from core.errors import NotAudio, TooLarge
+from core.desk import SOMETHING_WRONG, Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
+from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
@@ -34,6 +36,26 @@ AGAIN_PREFIX = "stembot:again:"
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.
 TOKEN_MARGIN = timedelta(seconds=60)
 MAX_FILES = 10
+_MASS_MENTION = re.compile(r"@(everyone|here)")
+
+
+class ServiceHost(Protocol):
+    """What commands need of the client they run on: its service (`StembotBot` is one)."""
+
+    @property
+    def service(self) -> DiscordService: ...
+
+
+def service_of(interaction: discord.Interaction) -> DiscordService:
+    """The service behind the client an interaction came to."""
+    return cast(ServiceHost, interaction.client).service
+
+
+def chat_text(text: str) -> str:
+    """Text as Discord shows it literally: a song's name is the user's, so its `*`, `_`, `[`,
+    `#`, `@everyone` format or ping nothing. Links stay clickable, and the bot's own `<@id>`
+    mentions work (a song's name cannot hold one: `core.naming` drops `<` and `>`)."""
+    return _MASS_MENTION.sub("@\u200b\\1", discord.utils.escape_markdown(text))
 
 
 def is_song_attachment(attachment: discord.Attachment) -> bool:
@@ -61,7 +83,7 @@ def cancel_view(delivery_id: str) -> discord.ui.View:
 
 
 def followup_view(delivery_id: str) -> discord.ui.View:
-    """One-tap re-renders of a delivered song from its cached sources."""
+    """One-tap re-renders of a delivered song from its cached sources (handled by AgainButton)."""
     view = discord.ui.View(timeout=None)
     for text, change in FOLLOWUPS:
         custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
@@ -94,7 +116,11 @@ class DiscordService:
             raise NotAudio(texts.NOT_AUDIO)
         if source.size > self.settings.max_input_bytes:
             raise TooLarge(f"That file is too large; the limit is {self.settings.max_input_mb:g} MB.")
-        return Song(await source.read(), source.filename)
+        try:
+            data = await source.read()
+        except discord.HTTPException as exc:  # gone, or Discord's CDN failed
+            raise DownloadFailed("I couldn't get that file from Discord. Please send it again.") from exc
+        return Song(data, source.filename)
 
     def _delivery(
         self, interaction: discord.Interaction, original: discord.InteractionMessage, private: bool
@@ -149,7 +175,7 @@ class DiscordService:
             state = "queued, a quick render from the cached separation"
         note = f"\n{delivery.note}" if delivery.note else ""
         await interaction.edit_original_response(
-            content=f"⏳ {delivery.song}: {state}…{note}", view=cancel_view(delivery.id)
+            content=chat_text(f"⏳ {delivery.song}: {state}…{note}"), view=cancel_view(delivery.id)
         )
 
     # --- the delivery loop ---------------------------------------------------------------
@@ -170,6 +196,13 @@ class DiscordService:
             if not self._token_alive(delivery):
                 await self._post(client, delivery, f"{delivery.extra.get('mention', '')} {outcome}", [])
             return
+        try:
+            await self._send(client, delivery, outcome, result)
+        except Exception:  # the stems expired, no way to post, a bug: one answer all the same
+            log.exception("sending stems of %s failed", delivery.job_id)
+            await self._edit(client, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
+
+    async def _send(self, client: discord.Client, delivery: Delivery, outcome: str, result: JobResult) -> None:
         uploads = await self.desk.files(delivery, result)
         outcome += links_text(uploads, self.settings.link_ttl_s)
         attached = [u for u in uploads if u.url is None]
@@ -192,7 +225,7 @@ class DiscordService:
             return
         try:
             await self._webhook(client, delivery).edit_message(
-                int(delivery.status_message_id), content=text, view=view or discord.ui.View()
+                int(delivery.status_message_id), content=chat_text(text), view=view or discord.ui.View()
             )
         except discord.HTTPException as exc:  # deleted, or the token died early
             log.info("edit of %s failed: %s", delivery.id, exc)
@@ -200,21 +233,23 @@ class DiscordService:
     async def _post(self, client: discord.Client, delivery: Delivery, text: str, uploads: list[Upload]) -> None:
         """A follow-up while the token lives; afterwards the channel, or a DM for private requests."""
         private = bool(delivery.extra.get("private"))
+        text = chat_text(text)
+        pings = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(delivery.user_id))])
         if self._token_alive(delivery):
             files = _files(uploads)
             await self._webhook(client, delivery).send(
-                content=text or discord.utils.MISSING, files=files, ephemeral=private
+                content=text or discord.utils.MISSING, files=files, ephemeral=private, allowed_mentions=pings
             )
             return
         if not private:
             try:
                 channel = client.get_channel(int(delivery.chat_id)) or await client.fetch_channel(int(delivery.chat_id))
-                await channel.send(content=text or None, files=_files(uploads))  # type: ignore[union-attr]
+                await channel.send(content=text or None, files=_files(uploads), allowed_mentions=pings)  # type: ignore[union-attr]
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
         user = await client.fetch_user(int(delivery.user_id))
-        await user.send(content=text or None, files=_files(uploads))
+        await user.send(content=text or None, files=_files(uploads), allowed_mentions=pings)
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
         return await self.desk.cancel(delivery_id, str(user_id))

@@ -18,11 +18,12 @@ Under every result, **Key −1 · Key +1 · Slower 80 % · Original** render it 
 without separating it again.
 
 Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**.
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6. Formats: mp3, flac, wav.
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
+Formats: mp3, flac, wav.
 Files that would not fit Discord's upload limit come at a lower bitrate, or in numbered parts.
 Server admins: `/stembot config` sets the channels I answer in, the default format and the longest song."""
 
-NO_SONG = "Attach a song (`file`) or give a link (`url`)."
+NO_SONG = "Attach a song (the file option) or give a link (the url option)."
 NOT_AUDIO = "That attachment is not audio or video. Send an audio file (mp3, flac, wav, ogg, m4a…) or a video."
 NO_SONG_IN_MESSAGE = "That message has no audio or video attachment and no link."
 PICK = "What should I extract?"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
 from bots.telegram.handlers import COMMANDS, register
 from bots.telegram.service import TelegramService
+from core.links import warm_up
 from core.queue import QueueClient
 from core.settings import Settings
 
@@ -19,6 +21,7 @@ def build_application(settings: Settings) -> Application:  # type: ignore[type-a
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def on_start(app: Application) -> None:  # type: ignore[type-arg]
+        await asyncio.to_thread(warm_up)
         service = TelegramService(settings, await QueueClient.connect(settings))
         app.bot_data["service"] = service
         await app.bot.set_my_commands(COMMANDS)

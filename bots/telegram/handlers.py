@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bots.telegram import texts
 from bots.telegram.service import TelegramService, has_audio, user_error
+from core.audio import FORMAT_NAMES
 from core.commands import parse_split
-from core.desk import Song, status_line
-from core.errors import StembotError
+from core.desk import SOMETHING_WRONG, Song, status_line
+from core.errors import InvalidCommand, StembotError
 from core.fetch import find_url
 from core.links import fetch_song
 from core.prefs import UserPrefs
 from core.render import RenderOptions
 from core.stems import StemSelection, parse_stems
 
+log = logging.getLogger(__name__)
 COMMANDS = [
     BotCommand("split", "split a song: /split vocals, /split karaoke key-2 tempo80, /split drums 1:10-2:30"),
     BotCommand("settings", "your default stems and format"),
@@ -83,6 +89,9 @@ async def _start(
         await service.submit(song, selection, fmt, user_id, status, options)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
+    except Exception:  # a bug must not leave "Getting the file…" standing
+        log.exception("starting a job")
+        await status.edit_text(f"⚠️ {SOMETHING_WRONG}")
 
 
 def _source(message: Message) -> Message | str | None:
@@ -123,6 +132,9 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None and isinstance(query.message, Message)
     _, spec, fmt = query.data.split("|")
+    selection = parse_stems(spec)  # a stale or forged button is refused before anything happens
+    if fmt not in FORMAT_NAMES:
+        raise InvalidCommand(f"Unknown format. Choose one of {', '.join(FORMAT_NAMES)}.")
     await query.answer()
     reply = query.message.reply_to_message
     source = _source(reply) if reply is not None else None
@@ -130,7 +142,7 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await query.message.edit_text(texts.NO_AUDIO)
         return
     await query.message.edit_text("⏳ Getting the file…")
-    await _start(context, source, parse_stems(spec), fmt, query.from_user.id, query.message)
+    await _start(context, source, selection, fmt, query.from_user.id, query.message)
 
 
 async def on_again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -212,6 +224,10 @@ async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     query = update.callback_query
     assert query is not None and query.data is not None and isinstance(query.message, Message)
     _, field, value = query.data.split("|")
+    if field == "stems":
+        parse_stems(value)  # a stale or forged button must not store what /split refuses
+    elif value not in FORMAT_NAMES:
+        raise InvalidCommand(f"Unknown format. Choose one of {', '.join(FORMAT_NAMES)}.")
     service = _service(context)
     prefs = await service.prefs.update(f"telegram:{query.from_user.id}", **{field: value})
     await query.answer("Saved.")
@@ -267,7 +283,29 @@ async def unban_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await _set_ban(update, context, banned=False)
 
 
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The last resort for anything a handler raised: log it and give the user one answer."""
+    error = context.error
+    if isinstance(error, StembotError):
+        text = user_error(error)
+    else:
+        log.error("handling %s failed", type(update).__name__, exc_info=error)
+        text = f"⚠️ {SOMETHING_WRONG}"
+    if not isinstance(update, Update):
+        return
+    with contextlib.suppress(TelegramError):
+        if update.callback_query is not None:
+            try:
+                await update.callback_query.answer(text[:200], show_alert=True)
+                return
+            except TelegramError:  # answered before the failure: say it in the chat instead
+                pass
+        if update.effective_message is not None:
+            await update.effective_message.reply_text(text)
+
+
 def register(app: Application) -> None:  # type: ignore[type-arg]
+    app.add_error_handler(on_error)
     app.add_handler(CommandHandler(["start", "help"], help_command))
     app.add_handler(CommandHandler("split", split_command))
     app.add_handler(MessageHandler(MEDIA & filters.CaptionRegex(r"^/split(@\w+)?(\s|$)"), split_command))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 
@@ -24,8 +25,8 @@ from telegram.error import BadRequest, TelegramError
 
 from core.audio import megabytes
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
-from core.errors import StembotError, TooLarge
+from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
+from core.errors import DownloadFailed, StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
@@ -92,8 +93,13 @@ class TelegramService:
             )
         if size > self.settings.max_input_bytes:
             raise TooLarge(f"That file is {megabytes(size)}; the limit is {megabytes(self.settings.max_input_bytes)}.")
-        file = await item.get_file()  # type: ignore[attr-defined]
-        data = bytes(await file.download_as_bytearray())
+        try:
+            file = await item.get_file()  # type: ignore[attr-defined]
+            data = bytes(await file.download_as_bytearray())
+        except TelegramError as exc:  # too big after all, gone, Telegram down
+            raise DownloadFailed(
+                "I couldn't get that file from Telegram. Please send it again.", detail=str(exc)
+            ) from exc
         name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
         return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
@@ -138,8 +144,11 @@ class TelegramService:
         while True:
             try:
                 for delivery in await self.book.pending():
-                    await self.advance(bot, delivery)
-            except Exception:  # keep delivering whatever one delivery did
+                    try:
+                        await self.advance(bot, delivery)
+                    except Exception:  # one broken delivery must not hold up the others
+                        log.exception("delivery %s", delivery.id)
+            except Exception:  # keep delivering whatever Redis did
                 log.exception("delivery loop")
             await asyncio.sleep(self.settings.delivery_poll_s)
 
@@ -165,6 +174,10 @@ class TelegramService:
             log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
             return
+        except Exception:  # the stems expired, a bug: one answer all the same
+            log.exception("sending stems of %s failed", delivery.job_id)
+            await self._edit(bot, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
+            return
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
         await self._edit(bot, delivery, text, followup_markup(delivery.id))
@@ -176,7 +189,10 @@ class TelegramService:
         """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
-        cached = await self.queue.pool.get(self._file_ids + result.job_id)
+        # Uploads are titled and named from this requester's song name: reuse only those of
+        # the same name, never another user's.
+        cache_key = f"{self._file_ids}{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
+        cached = await self.queue.pool.get(cache_key)
         links = ""
         if cached:
             items: list[tuple[str, str | bytes, str]] = [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
@@ -193,7 +209,7 @@ class TelegramService:
         file_ids = [_file_id(m) for m in sent]
         if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
-            await self.queue.pool.set(self._file_ids + result.job_id, json.dumps(record), ex=self.settings.result_ttl_s)
+            await self.queue.pool.set(cache_key, json.dumps(record), ex=self.settings.result_ttl_s)
         return links
 
     async def _send_batch(

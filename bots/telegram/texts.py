@@ -17,7 +17,7 @@ Anywhere, also in groups: reply to a message with audio with
 /split vocals 1:10-2:30 — only that part of the song
 /split vocals https://example.com/song.mp3 — from a link (direct audio links and sites yt-dlp knows)
 
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6.
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
 Key: key-12 … key+12 semitones. Tempo: tempo50 … tempo150 (percent). Section: m:ss-m:ss or seconds.
 After the files come, the buttons under them (Key −1 · Key +1 · Slower 80 % · Original)
