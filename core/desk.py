@@ -28,7 +28,7 @@ from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
-from core.queue import QueueClient
+from core.queue import QueueClient, refusing_when_full
 from core.render import RenderOptions, clock, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
@@ -153,9 +153,10 @@ class JobDesk:
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
         """
         try:
-            accepted = await self._accept(
-                song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions()
-            )
+            with refusing_when_full():
+                accepted = await self._accept(
+                    song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions()
+                )
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise
@@ -256,7 +257,8 @@ class JobDesk:
     async def again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
         """Queue a follow-up (`key-1`, `key+1`, `slower`, `original`) of an earlier delivery for `delivery`'s chat."""
         try:
-            accepted = await self._again(previous_id, change, delivery)
+            with refusing_when_full():
+                accepted = await self._again(previous_id, change, delivery)
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise

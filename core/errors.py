@@ -61,6 +61,21 @@ class QueueFull(StembotError):
     retryable = True
 
 
+class StorageFull(StembotError):
+    """Redis is near its `maxmemory`: new work is refused so that accepted jobs keep room to finish."""
+
+    code = "storage_full"
+    retryable = True
+
+    def __init__(self, user_message: str = "", *, detail: str | None = None) -> None:
+        super().__init__(
+            user_message
+            or "The bot is out of storage right now and cannot take new songs. Songs already accepted will "
+            "still arrive. Please try again later.",
+            detail=detail,
+        )
+
+
 class RateLimited(StembotError):
     code = "rate_limited"
     retryable = True
@@ -131,6 +146,7 @@ ERRORS_BY_CODE: dict[str, type[StembotError]] = {
         LinkRefused,
         DownloadFailed,
         QueueFull,
+        StorageFull,
         RateLimited,
         WorkerFailed,
         ModelUnavailable,

@@ -25,6 +25,8 @@ SECONDS_PER_AUDIO_SECOND = Histogram(
 )
 QUEUED = Gauge("stembot_queue_waiting", "jobs waiting in the queue")
 RUNNING = Gauge("stembot_queue_running", "jobs running on workers")
+ARTIFACT_BYTES = Gauge("stembot_artifact_bytes", "bytes of inputs and results the artifact store holds", ["store"])
+REDIS_BYTES = Gauge("stembot_redis_used_bytes", "memory Redis uses (queue, state and, with the Redis store, artifacts)")
 
 
 def serve(port: int) -> None:

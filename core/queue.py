@@ -8,9 +8,10 @@ result without running the model again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from core.artifacts import ArtifactStore, artifact_store_for
-from core.errors import QueueFull, WorkerFailed
+from core.errors import QueueFull, StorageFull, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
 from core.settings import Settings
 
@@ -47,6 +48,27 @@ class JobKeys:
 
     def job_seconds(self) -> str:
         return f"{self.prefix}stats:job_seconds"
+
+    def cycle_seconds(self) -> str:
+        """Moving average of how long a worker slot takes per job, dispatch and all."""
+        return f"{self.prefix}stats:cycle_seconds"
+
+    def running(self) -> str:
+        """Jobs a worker is running now, scored by their place in the queue."""
+        return f"{self.prefix}running"
+
+    def live_workers(self) -> str:
+        """`host:pid:slots` of each live worker, scored by when its presence lapses."""
+        return f"{self.prefix}live_workers"
+
+
+@contextlib.contextmanager
+def refusing_when_full() -> Iterator[None]:
+    """A write Redis refused for want of memory becomes the user's "out of storage" message."""
+    try:
+        yield
+    except redis_errors.OutOfMemoryError as exc:
+        raise StorageFull(detail=str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,51 @@ def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> J
     return JobResult(job_id=job_id, status="failed", model=model, error=ErrorInfo.from_exception(err))
 
 
+# A job's rank in the queue, how many of those ahead run, whether it runs, the live workers'
+# slots, the running count and the average time a slot takes per job (KEYS: queue, running,
+# live workers, job seconds, the job's in-progress key, cycle seconds; ARGV: job id, now).
+_PLACE = """
+local rank = -1
+local ahead = 0
+if ARGV[1] ~= '' then
+  local r = redis.call('ZRANK', KEYS[1], ARGV[1])
+  if r then
+    rank = r
+    ahead = redis.call('ZCOUNT', KEYS[2], '-inf', redis.call('ZSCORE', KEYS[1], ARGV[1]))
+  end
+end
+local slots = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
+  slots = slots + (tonumber(string.match(m, ':(%d+)$')) or 0)
+end
+local avg = redis.call('GET', KEYS[6]) or redis.call('GET', KEYS[4]) or false
+return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]), avg}
+"""
+
+
+@dataclass(frozen=True)
+class Place:
+    position: int | None
+    slots: int
+    running: int
+    avg_job_s: float | None
+
+
+def estimate_wait(position: int | None, avg_job_s: float | None, slots: int, running: int) -> float | None:
+    """Rough wait before a job at `position` starts.
+
+    Idle slots take the first jobs at once; after that the live workers free a slot every
+    `average job time / slots` seconds, the first after about half of that. With no live
+    worker, one job at a time is the guess.
+    """
+    if position is None or avg_job_s is None:
+        return None
+    if slots == 0:
+        return avg_job_s * max(position, 1)
+    turns = max(position, 1) - max(0, slots - running)
+    return 0.0 if turns <= 0 else avg_job_s * (turns - 0.5) / slots
+
+
 class QueueClient:
     """Submit separation jobs, follow their progress, fetch results, cancel them."""
 
@@ -83,6 +150,7 @@ class QueueClient:
         self.settings = settings
         self.store = store or artifact_store_for(settings, pool)
         self.keys = JobKeys(settings.key_prefix)
+        self._place_script = pool.register_script(_PLACE)
 
     @classmethod
     async def connect(cls, settings: Settings) -> QueueClient:
@@ -97,19 +165,43 @@ class QueueClient:
     ) -> InputRef:
         digest = hashlib.sha256(data).hexdigest()
         key = f"input:{digest}"
-        if not await self.store.touch(key, self.settings.result_ttl_s):
-            await self.store.put(key, data, self.settings.result_ttl_s)
+        await self.check_room()
+        with refusing_when_full():
+            if not await self.store.touch(key, self.settings.result_ttl_s):
+                await self.store.put(key, data, self.settings.result_ttl_s)
         return InputRef(
             artifact_key=key, sha256=digest, filename=filename, size_bytes=len(data), title=title, artist=artist
         )
 
+    async def check_room(self) -> None:
+        """Refuse new work while Redis is past `redis_full_ratio` of its `maxmemory`.
+
+        With `noeviction` a full Redis fails every write, a worker's result included: the
+        headroom left here is what lets the jobs already accepted finish.
+        """
+        try:
+            memory = await self.pool.info("memory")
+        except redis_errors.ResponseError:  # a managed Redis that hides INFO: its own OOM refusals still count
+            return
+        limit = int(memory.get("maxmemory", 0))
+        used = int(memory.get("used_memory", 0))
+        if limit and used >= self.settings.redis_full_ratio * limit:
+            raise StorageFull(detail=f"Redis holds {used} of {limit} bytes")
+
     async def submit(self, request: SeparationRequest) -> Submission:
+        with refusing_when_full():
+            return await self._submit(request)
+
+    async def _submit(self, request: SeparationRequest) -> Submission:
         job_id = request.content_key()
         if await self._reusable_result(job_id) is not None:
             await self._add_waiter(job_id, request.requester)
             return Submission(job_id, "cached")
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
+        await self.check_room()
+        # Until the job ends its input is not evicted, however full the artifact budget gets.
+        await self.store.pin(request.input.artifact_key, job_id, self.settings.result_ttl_s)
         job = await self.pool.enqueue_job(
             SEPARATE_FUNCTION,
             request.model_dump(mode="json"),
@@ -151,25 +243,76 @@ class QueueClient:
 
     async def position(self, job_id: str) -> int | None:
         """1 = next to start, 0 = running now, None = not in the queue."""
-        queue = self.settings.queue_name
-        score = await self.pool.zscore(queue, job_id)
-        if score is None:
-            return None
-        ahead = [j.decode() for j in await self.pool.zrangebyscore(queue, "-inf", score)]
+        return (await self._place(job_id)).position
+
+    async def _place(self, job_id: str) -> Place:
+        """Where a job stands and what the live workers are doing, in one round trip.
+
+        arq keeps running jobs in the queue until they end; the workers' `running` set says
+        which of those ahead are running, whatever the queue's length.
+        """
+        keys = [self.settings.queue_name, self.keys.running(), self.keys.live_workers(), self.keys.job_seconds()]
+        rank, running_ahead, is_running, slots, running, avg = await self._place_script(
+            keys=[*keys, in_progress_key_prefix + job_id, self.keys.cycle_seconds()], args=[job_id, time.time()]
+        )
+        position = None if rank < 0 else 0 if is_running else max(1, 1 + rank - running_ahead)
+        return Place(position, int(slots), int(running), float(avg) if avg else None)
+
+    async def capacity(self) -> tuple[int, int]:
+        """(job slots of the live workers, jobs running now)."""
+        place = await self._place("")
+        return place.slots, place.running
+
+    async def job_started(self, job_id: str, score: int) -> None:
+        """A worker took the job (called by the worker, with the job's queue score)."""
+        await self.pool.zadd(self.keys.running(), {job_id: score})
+
+    async def job_ended(self, job_id: str) -> None:
+        """A worker let go of the job; once it has a result, its input may be evicted again."""
         async with self.pool.pipeline(transaction=False) as pipe:
-            for other in ahead:
-                pipe.exists(in_progress_key_prefix + other)
-            running = dict(zip(ahead, await pipe.execute(), strict=True))
-        if running.get(job_id):
-            return 0
-        return 1 + sum(1 for other in ahead if other != job_id and not running[other])
+            pipe.zrem(self.keys.running(), job_id)
+            pipe.exists(result_key_prefix + job_id)
+            _, finished = await pipe.execute()
+        if finished:
+            await self.store.release(job_id)
+
+    async def record_cycle(self, seconds: float) -> None:
+        """Fold one job's slot time (from its enqueue, or the slot freeing, to its end) into the ETA's average.
+
+        Unlike the job's own time it holds what the queue adds: polling, claiming, storing
+        results, and a host too busy to run the worker at once.
+        """
+        key = self.keys.cycle_seconds()
+        old = await self.pool.get(key)
+        avg = seconds if old is None else 0.8 * float(old) + 0.2 * seconds
+        await self.pool.set(key, f"{avg:.3f}")
+
+    async def prune_running(self) -> None:
+        """Forget jobs marked running whose worker died without saying so (arq's claim lapsed)."""
+        members = [m.decode() for m in await self.pool.zrange(self.keys.running(), 0, -1)]
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in members:
+                pipe.exists(in_progress_key_prefix + job_id)
+            claimed = await pipe.execute()
+        stale = [job_id for job_id, here in zip(members, claimed, strict=True) if not here]
+        if stale:
+            await self.pool.zrem(self.keys.running(), *stale)
+
+    async def announce_worker(self, name: str, slots: int, ttl_s: float) -> None:
+        """`name` is alive with `slots` job slots for the next `ttl_s` seconds (ETAs count them)."""
+        now = time.time()
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.live_workers(), {f"{name}:{slots}": now + ttl_s})
+            pipe.zremrangebyscore(self.keys.live_workers(), "-inf", now)
+            await pipe.execute()
+
+    async def withdraw_worker(self, name: str, slots: int) -> None:
+        await self.pool.zrem(self.keys.live_workers(), f"{name}:{slots}")
 
     async def eta_s(self, position: int | None) -> float | None:
-        """Rough wait: jobs ahead times the recent average job time."""
-        avg = await self.pool.get(self.keys.job_seconds())
-        if position is None or avg is None:
-            return None
-        return float(avg) * max(position, 1)
+        """Rough wait before a job at `position` starts (see `estimate_wait`)."""
+        place = await self._place("")
+        return estimate_wait(position, place.avg_job_s, place.slots, place.running)
 
     async def progress(self, job_id: str) -> Progress | None:
         raw = await self.pool.get(self.keys.progress(job_id))
@@ -177,8 +320,9 @@ class QueueClient:
             return None
         progress = Progress.model_validate_json(raw)
         if progress.stage == Stage.queued:
-            progress.queue_position = await self.position(job_id)
-            progress.eta_s = await self.eta_s(progress.queue_position)
+            place = await self._place(job_id)
+            progress.queue_position = place.position
+            progress.eta_s = estimate_wait(place.position, place.avg_job_s, place.slots, place.running)
         return progress
 
     async def result(self, job_id: str) -> JobResult | None:

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results and inputs are kept")
     max_queue: int = Field(200, ge=1, description="queued jobs above which new requests are refused")
     artifact_store: Literal["redis", "s3"] = Field("redis", description="where inputs and stems are kept")
+    artifact_budget_mb: float = Field(
+        2048, gt=0, description="Redis store: bytes of artifacts kept before the least recently used finished ones go"
+    )
+    redis_full_ratio: float = Field(
+        0.9, gt=0, le=1, description="share of Redis maxmemory past which new requests are refused (jobs keep room)"
+    )
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO: http://minio:9000); unset = AWS")
     s3_public_endpoint_url: str | None = Field(None, description="endpoint users can reach, for download links")
     s3_bucket: str = Field("stembot", description="bucket for artifacts (created if missing)")
@@ -51,8 +57,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
     overlap: float = Field(0.25, ge=0.0, lt=1.0, description="overlap between model segments")
     shifts: int = Field(1, ge=0, le=10, description="random time-shift passes averaged (reference engine)")
-    engine: Literal["windowed", "reference"] = Field(
-        "windowed", description="windowed: stembot's streaming engine; reference: demucs' apply_model"
+    engine: Literal["windowed", "reference", "benchmark"] = Field(
+        "windowed",
+        description="windowed: stembot's streaming engine; reference: demucs' apply_model; "
+        "benchmark: a stand-in without a model or ffmpeg (stems are copies of the input), for scale tests only",
+    )
+    benchmark_seconds_per_audio_second: float = Field(
+        0.1, ge=0, description="benchmark engine: seconds it pretends to work per second of audio"
     )
     engine_overlap_s: float = Field(0.25, ge=0, le=3, description="windowed engine: least overlap between windows")
     engine_batch_size: int = Field(1, ge=1, le=64, description="windowed engine: windows per forward pass (GPU: 4-16)")
@@ -96,6 +107,7 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(15, gt=0, description="how often a running job proves it is alive")
     max_tries: int = Field(3, ge=1, description="tries per job, counting crashes of a worker")
     worker_max_jobs: int = Field(1, ge=1, description="jobs one worker runs at once (one per GPU)")
+    worker_poll_s: float = Field(0.05, gt=0, le=5, description="how often an idle worker looks for new jobs")
 
     # Operations
     metrics_port: int = Field(0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)")
@@ -161,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def max_job_output_bytes(self) -> int:
         return int(self.max_job_output_mb * 1_000_000)
+
+    @property
+    def artifact_budget_bytes(self) -> int:
+        return int(self.artifact_budget_mb * 1024 * 1024)
 
     @property
     def in_progress_ttl_s(self) -> float:

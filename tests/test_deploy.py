@@ -24,8 +24,20 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"redis", "worker", "telegram", "discord", "telegram-bot-api", "minio"} <= set(services)
     assert services["telegram-bot-api"]["profiles"] == ["telegram-bot-api"]
-    assert services["minio"]["profiles"] == ["minio"]
-    assert "profiles" not in services["worker"] and "profiles" not in services["telegram"]
+    for name in ("worker", "telegram", "discord", "minio"):
+        assert "profiles" not in services[name], name
+
+
+def test_artifacts_live_apart_from_the_queue(compose: dict[str, Any]) -> None:
+    """MinIO holds inputs and stems; Redis is capped and refuses writes when full rather than evict jobs."""
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--maxmemory") + 1].startswith("${REDIS_MAXMEMORY")
+    for name in ("worker", "telegram", "discord"):
+        service = compose["services"][name]
+        assert service["environment"]["STEMBOT_ARTIFACT_STORE"] == "s3"
+        assert service["environment"]["STEMBOT_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert "minio" in service["depends_on"]
 
 
 def test_redis_persists_and_reports_health(compose: dict[str, Any]) -> None:

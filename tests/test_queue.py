@@ -80,7 +80,8 @@ async def test_round_trip_with_progress(
         path = tmp_path / stem.filename
         path.write_bytes(await queue.fetch(stem))
         assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
-    assert stem.filename == "rock.instrumental.mp3"
+    # a stored result carries no requester's name: the next asker may be someone else
+    assert stem.filename == "song.instrumental.mp3"
     assert result.timings["separate"] > 0
     assert list(work_tmp.iterdir()) == []
 

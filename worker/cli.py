@@ -53,10 +53,10 @@ def separate(args: argparse.Namespace, settings: Settings) -> int:
         # Refuse a bad input before the seconds (and gigabytes) of loading a model.
         sandbox = Sandbox.from_settings(settings)
         inspect(path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
-        from worker.engine import Engine  # torch: only once the input passed
+        from worker.main import make_engine  # torch (but for the benchmark engine): only once the input passed
         from worker.pipeline import needed_sources, separate_file
 
-        separator = Engine(settings).separator(model, needed_sources(selection))
+        separator = make_engine(settings).separator(model, needed_sources(selection))
         bar = StageBar()
         try:
             outcome = separate_file(

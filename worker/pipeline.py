@@ -10,12 +10,13 @@ without running the model again, and answers exactly as a first request would.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -39,8 +40,10 @@ from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, lab
 from core.settings import Settings
 from core.sources import SOURCES_FORMAT, SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
-from worker.separator import Separator, StopFn
-from worker.windowed import WindowedSeparator
+
+if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
+    from worker.separator import Separator, StopFn
+    from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
 InstrumentalMethod = Literal["subtract", "sum"]
@@ -146,8 +149,9 @@ def separate_sources(
     """Separate `input_path` (only the request's section and context, if it has one) into
     one lossless file per source in `out_dir`; `keep` limits which sources are written."""
     window = separation_window(options or RenderOptions())
-    if isinstance(separator, WindowedSeparator):
-        return _stream_sources(input_path, out_dir, separator, settings, options, keep, report, should_stop)
+    if _is_windowed(separator):
+        windowed = cast("WindowedSeparator", separator)
+        return _stream_sources(input_path, out_dir, windowed, settings, options, keep, report, should_stop)
     say: Reporter = report or (lambda stage, pct: None)
     sandbox = Sandbox.from_settings(settings)
     wav, info = load_audio(
@@ -351,6 +355,12 @@ def _render_blocks(
     return done
 
 
+def _is_windowed(separator: Separator) -> bool:
+    """Only a loaded `worker.windowed` can have made one; asked this way, torch stays unloaded."""
+    windowed = sys.modules.get("worker.windowed")
+    return windowed is not None and isinstance(separator, windowed.WindowedSeparator)
+
+
 def separate_file(
     input_path: Path,
     out_dir: Path,
@@ -364,6 +374,12 @@ def separate_file(
     options: RenderOptions | None = None,
 ) -> SeparationOutcome:
     """Separate `input_path` and write one file per requested output into `out_dir` (the CLI's way)."""
+    whole_file = getattr(separator, "separate_file", None)
+    if whole_file is not None:  # the benchmark engine (worker.standin) does it all itself
+        outcome: SeparationOutcome = whole_file(
+            input_path, out_dir, song, selection, fmt, settings, report, should_stop
+        )
+        return outcome
     options = options or RenderOptions()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="stembot-sources-") as tmp:

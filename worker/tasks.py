@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
@@ -29,9 +29,11 @@ from core.errors import Cancelled, InternalError, StembotError, TooLarge, Worker
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
 from core.sources import SourcesCache, SourceSet, entry_key
-from worker.engine import Engine
-from worker.pipeline import StemFile, needed_sources, render_files, separate_sources, uses_mixture
+from worker.pipeline import StemFile, needed_sources, render_files, separate_file, separate_sources, uses_mixture
 from worker.scratch import job_dir
+
+if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
+    from worker.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -171,6 +173,36 @@ async def _separate(
     return sources
 
 
+async def _whole_file(
+    run: JobRun, separator: Any, request: SeparationRequest, job_id: str, in_path: Path, out: Path
+) -> JobResult:
+    """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
+    settings = run.queue.settings
+    outcome = await run.in_thread(
+        lambda: separate_file(
+            in_path,
+            out,
+            NEUTRAL_SONG,
+            request.selection,
+            request.output_format,
+            separator,
+            settings,
+            report=run.report,
+            should_stop=run.stop.is_set,
+        )
+    )
+    run.report(Stage.uploading, 0)
+    stems = await _store_outputs(run.queue, job_id, outcome.files, request.format)
+    return JobResult(
+        job_id=job_id,
+        status="done",
+        model=request.model,
+        stems=stems,
+        timings=outcome.timings,
+        audio_seconds=outcome.audio_seconds,
+    )
+
+
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
     """Render from the song's cached sources when there are some; else separate first."""
     queue = run.queue
@@ -195,6 +227,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         if sources is None:
             assert in_path is not None
+            separator = await run.in_thread(lambda: engine.separator(model, None))
+            if getattr(separator, "separate_file", None) is not None:  # the benchmark engine: no sources
+                return await _whole_file(run, separator, request, job_id, in_path, Path(tmp) / "out")
             sources = await _separate(run, engine, request, model, in_path, Path(tmp) / "sources")
             timings["separate"] = time.monotonic() - started - timings["fetch"]
         stage = Stage.rendering if from_cache else Stage.encoding
