@@ -4,6 +4,7 @@ Each user sends a different 3 s song (so nothing is deduplicated) at a random mo
 first `--spread` seconds and waits for the result. Workers are `stembot worker` processes
 with a toy-size htdemucs (the point is the queue, not the model). Last line:
     submitted=<n> completed=<n> failed=<n> lost=<n> p50_wait_s=<s> p95_wait_s=<s>
+    sources_mb=<separated sources kept for re-renders> redis_used_mb=<Redis memory at the end>
 `lost` counts jobs that never reached a final state: it must be 0.
 
 Run: python bench/load.py [--users 200] [--workers 2] [--redis redis://127.0.0.1:6379/14]
@@ -29,6 +30,7 @@ from core.errors import QueueFull
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
+from core.sources import SourcesCache
 from tests.helpers import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
 
 
@@ -82,6 +84,8 @@ async def main(args: argparse.Namespace) -> None:
             started = time.monotonic()
             outcomes = await asyncio.gather(*(user(queue, i, d, args.spread) for i, d in enumerate(data)))
             took = time.monotonic() - started
+            kept = await SourcesCache(queue.store, queue.pool, settings).total_bytes()
+            used = (await queue.pool.info("memory"))["used_memory"]
         finally:
             for w in workers:
                 w.stop()
@@ -97,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"submitted={len(statuses) - statuses.count('refused')} completed={statuses.count('done')} "
         f"failed={statuses.count('failed') + statuses.count('cancelled')} lost={statuses.count('lost')} "
-        f"p50_wait_s={p50:.1f} p95_wait_s={p95:.1f}"
+        f"p50_wait_s={p50:.1f} p95_wait_s={p95:.1f} sources_mb={kept / 2**20:.1f} redis_used_mb={used / 2**20:.0f}"
     )
 
 

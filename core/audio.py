@@ -243,11 +243,12 @@ def encode(
     fmt: OutputFormat,
     tags: Tags | None = None,
     timeout_s: float = 600,
+    audio_filter: str | None = None,
     sandbox: Sandbox = DEFAULT_SANDBOX,
 ) -> Path:
-    """Encode float32 (2, samples) audio to `dest` in `fmt`."""
+    """Encode float32 (2, samples) audio to `dest` in `fmt`, through `audio_filter` (ffmpeg -af) if given."""
     pcm = np.ascontiguousarray(np.clip(wav, -1.0, 1.0).T, dtype=np.float32).tobytes()
-    cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0])
+    cmd = _encode_cmd(dest, fmt, tags, channels=wav.shape[0], audio_filter=audio_filter)
     try:
         proc = sandbox.run(cmd, timeout_s, pcm)
     except subprocess.TimeoutExpired:
@@ -312,10 +313,13 @@ def _decode_cmd(path: Path, cap_s: float, sandbox: Sandbox) -> list[str]:
     ]  # fmt: skip
 
 
-def _encode_cmd(dest: Path, fmt: OutputFormat, tags: Tags | None, channels: int = CHANNELS) -> list[str]:
-    """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt`."""
+def _encode_cmd(
+    dest: Path, fmt: OutputFormat, tags: Tags | None, channels: int = CHANNELS, audio_filter: str | None = None
+) -> list[str]:
+    """ffmpeg reading float32 PCM on stdin and writing `dest` in `fmt` (through `audio_filter`, if any)."""
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le", "-ar", str(SAMPLE_RATE)]
-    args = [*fmt.codec_args(), *(tags or Tags()).ffmpeg_args()]
+    filters = ["-af", audio_filter] if audio_filter else []
+    args = [*filters, *fmt.codec_args(), *(tags or Tags()).ffmpeg_args()]
     return [*cmd, "-ac", str(channels), "-i", "pipe:0", *args, as_file(dest)]
 
 
@@ -404,12 +408,13 @@ class AudioWriter:
         fmt: OutputFormat,
         tags: Tags | None = None,
         timeout_s: float = 600,
+        audio_filter: str | None = None,
         sandbox: Sandbox = DEFAULT_SANDBOX,
     ) -> None:
         self.dest = dest
         self.timeout_s = timeout_s
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the encoder)
-        cmd = _encode_cmd(dest, fmt, tags)
+        cmd = _encode_cmd(dest, fmt, tags, audio_filter=audio_filter)
         try:
             self.proc = sandbox.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
         except BaseException:

@@ -32,6 +32,7 @@ from core.audio import FORMAT_NAMES, check_size
 from core.errors import Cancelled, StembotError
 from core.jobs import Requester, SeparationRequest, describe_progress, model_for
 from core.naming import excerpt, song_name, stem_filename
+from core.render import make_options
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 
@@ -80,7 +81,7 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stems",
         default="all",
-        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, all, 6; "
+        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6; "
         "several words give several files, a+b mixes them into one (default: all)",
     )
     p.add_argument("--format", choices=FORMAT_NAMES, default=None, help="output format (default: mp3)")
@@ -89,6 +90,12 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bit-depth", type=int, choices=(16, 24), default=16, help="bits for wav/flac (default 16)")
     p.add_argument("--model", type=_model_name, default=None, help="demucs model name (default: STEMBOT_MODEL)")
+    p.add_argument(
+        "--key", type=int, default=0, metavar="SEMITONES", help="transpose by -12..+12 semitones (vocals keep formants)"
+    )
+    p.add_argument("--tempo", type=int, default=100, metavar="PERCENT", help="speed in percent, 50..150 (default 100)")
+    p.add_argument("--start", default=None, metavar="TIME", help="only from TIME on (seconds or m:ss)")
+    p.add_argument("--end", default=None, metavar="TIME", help="only up to TIME (seconds or m:ss)")
     p.add_argument("-o", "--output", type=Path, default=Path("."), help="directory for the stems (default: .)")
 
 
@@ -152,6 +159,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.queue import QueueClient
 
     selection = parse_stems(args.stems)
+    options = make_options(args.key, args.tempo, args.start, args.end)
     queue = await QueueClient.connect(settings)
     try:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
@@ -166,6 +174,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             format=args.format or settings.default_format,
             bitrate_kbps=args.bitrate,
             bit_depth=args.bit_depth,
+            options=options,
             requester=Requester(platform="cli"),
         )
         submission = await queue.submit(request)
@@ -183,9 +192,11 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         if result.status != "done":
             # The same refusal `separate` would have raised, so the same message and status.
             raise result.error.to_exception() if result.error else StembotError(result.status)
+        if result.from_cache:
+            print("rendered from the cached separation (the model did not run)", flush=True)
         writable_dir(args.output)
         for stem in result.stems:  # named from this input: a cached result carries no one's name
-            dest = args.output / stem_filename(song_name(filename), stem.stem, stem.format)
+            dest = args.output / stem_filename(song_name(filename), stem.file_stem or stem.stem, stem.format)
             dest.write_bytes(await queue.fetch(stem))
             print(dest)
         return 0

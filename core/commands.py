@@ -1,11 +1,12 @@
-"""`/split [stems] [format] [link]`: the words a chat user types, parsed the same on every platform."""
+"""`/split [stems] [format] [key, tempo, section] [link]`: what a chat user types, parsed alike everywhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.audio import FORMAT_NAMES
 from core.fetch import find_url
+from core.render import RenderOptions, split_render_words
 from core.stems import StemSelection, parse_stems
 
 
@@ -14,16 +15,18 @@ class SplitCommand:
     selection: StemSelection | None  # None: the user named no stems (ask, or use their default)
     format: str | None
     url: str | None
+    options: RenderOptions = field(default_factory=RenderOptions)
 
 
 def parse_split(text: str) -> SplitCommand:
-    """Parse everything after `/split`; raise InvalidStemSpec for unknown words."""
+    """Parse everything after `/split`; raise InvalidStemSpec or InvalidCommand for words it cannot use."""
     url = find_url(text)
-    words = [w for w in (text.replace(url, " ") if url else text).split() if w]
+    words, options = split_render_words([w for w in (text.replace(url, " ") if url else text).split() if w])
     formats = [w.lower() for w in words if w.lower() in FORMAT_NAMES]
     stems = [w for w in words if w.lower() not in FORMAT_NAMES]
     return SplitCommand(
         selection=parse_stems(" ".join(stems)) if stems else None,
         format=formats[-1] if formats else None,
         url=url,
+        options=options,
     )

@@ -9,25 +9,29 @@ job into uploads that fit the platform's limit. Frontends only render.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 from arq.constants import in_progress_key_prefix
 from arq.jobs import JobStatus
+from pydantic import BaseModel
 
 from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
-from core.audio import inspect_bytes, megabytes
+from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import StembotError, TooLarge, WorkerFailed
+from core.errors import InvalidCommand, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient, refusing_when_full
+from core.render import RenderOptions, clock, follow_up
 from core.settings import Settings
+from core.sources import SourcesCache
 from core.stems import StemSelection
 from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
 
@@ -50,6 +54,7 @@ class Song:
 class Accepted:
     delivery: Delivery
     state: Literal["queued", "joined", "cached"]
+    quick: bool = False  # the song's sources are cached: a render, no model run
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def status_line(progress: Progress | None, song: str) -> str:
         return f"⏳ {song}: {describe_progress(progress or Progress(job_id='', stage=Stage.queued))}"
     if progress.stage == Stage.separating:
         return f"🎛 {song}: {describe_progress(progress)}"
+    if progress.stage == Stage.rendering:
+        return f"⚡ {song}: rendering from the cached separation…"
     return f"🎛 {song}: {progress.stage.value}…"
 
 
@@ -105,10 +112,18 @@ def outcome_line(result: JobResult, song: str) -> str:
         took = result.timings.get("total")
         timing = f" in {took:.0f} s" if took else ""
         stems = ", ".join(s.stem for s in result.stems)
-        return f"✅ {song}: {stems} ({result.model}{timing})."
+        how = f"{result.model}, rendered from the cached separation" if result.from_cache else result.model
+        return f"✅ {song}: {stems} ({how}{timing})."
     if result.status == "cancelled":
         return f"✖️ {song}: cancelled."
     return f"⚠️ {song}: {result.error.message if result.error else 'Separation failed.'}"
+
+
+class _Again(BaseModel):
+    request: SeparationRequest
+    song: str
+    duration_s: float
+    note: str | None = None
 
 
 class JobDesk:
@@ -131,6 +146,7 @@ class JobDesk:
         delivery: Delivery,
         upload_limit: int | None = None,
         max_duration_s: float | None = None,
+        options: RenderOptions | None = None,
     ) -> Accepted:
         """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse.
 
@@ -138,10 +154,15 @@ class JobDesk:
         """
         try:
             with refusing_when_full():
-                accepted = await self._accept(song, selection, fmt, delivery, upload_limit, max_duration_s)
+                accepted = await self._accept(
+                    song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions()
+                )
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
             raise
+        return await self._count(accepted)
+
+    async def _count(self, accepted: Accepted) -> Accepted:
         metrics.REQUESTS.labels(self.book.platform).inc()
         if accepted.state == "cached":
             metrics.CACHE_HITS.labels(self.book.platform).inc()
@@ -155,6 +176,7 @@ class JobDesk:
         delivery: Delivery,
         upload_limit: int | None,
         max_duration_s: float | None,
+        options: RenderOptions,
     ) -> Accepted:
         s = self.settings
         user = self.user_key(delivery.user_id)
@@ -164,10 +186,9 @@ class JobDesk:
             inspect_bytes, song.data, s.max_input_bytes, longest, 60, Sandbox.from_settings(s)
         )
         duration = info.duration_s or 0.0
-        if not self.gate.is_admin(user):
-            running = len(await self.book.for_user(delivery.user_id))
-            used = await self.usage.used_s(user)
-            check_user(running, used, duration, s.max_jobs_per_user, s.daily_minutes_per_user)
+        model = model_for(selection, s.model, s.six_stem_model)
+        cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)
+        await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
         check_output_size(len(selection.outputs), fmt, duration, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         ref = await self.queue.store_input(
@@ -176,24 +197,91 @@ class JobDesk:
         delivery.song = song_name(song.title or song.filename)
         delivery.format = fmt
         delivery.upload_limit = upload_limit
-        delivery.note = plan_upload(fmt, duration, upload_limit, s.mp3_bitrate_kbps).note
+        delivery.note = plan_upload(fmt, duration * 100 / options.tempo, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
             stems=selection.spec,
             format=fmt,  # type: ignore[arg-type]
-            model=model_for(selection, s.model, s.six_stem_model),
+            model=model,
+            options=options,
             requester=delivery.requester,
         )
+        return await self._queue(request, delivery, cost, duration)
+
+    async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
+        """Seconds of audio a request counts against the daily limit: what the model will
+        separate (a section: that stretch), nothing when the song's sources are cached."""
+        start = options.start_s or 0.0
+        if duration and start >= duration:
+            raise InvalidCommand(f"The song is {clock(duration)} long: pick a section inside it.")
+        cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
+        if await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None:
+            return 0.0
+        if not options.has_section:
+            return duration
+        end = duration if options.end_s is None else min(options.end_s, duration or options.end_s)
+        return max(0.0, end - start)
+
+    async def _check_user(self, delivery: Delivery, cost: float) -> None:
+        user = self.user_key(delivery.user_id)
+        if not self.gate.is_admin(user):
+            running = len(await self.book.for_user(delivery.user_id))
+            used = await self.usage.used_s(user)
+            s = self.settings
+            check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user)
+
+    async def _queue(self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float) -> Accepted:
+        user = self.user_key(delivery.user_id)
         submission = await self.queue.submit(request)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
+        await self._remember(delivery, request, duration)
         if submission.state != "cached":
-            await self.usage.add(user, duration)
+            await self.usage.add(user, cost)
         await self.counters.add("requests")
         await self.counters.add(f"requests_{self.book.platform}")
         if submission.state == "cached":
             await self.counters.add("cache_hits")
-        return Accepted(delivery, submission.state)
+        return Accepted(delivery, submission.state, quick=cost == 0.0 and duration > 0)
+
+    # --- follow-ups: the same song again, another key or tempo, from the cached sources ----
+    def _again_key(self, delivery_id: str) -> str:
+        return f"{self.settings.key_prefix}{self.book.platform}:again:{delivery_id}"
+
+    async def _remember(self, delivery: Delivery, request: SeparationRequest, duration: float) -> None:
+        """What a follow-up button needs to ask for this song again, for as long as its sources live."""
+        record = _Again(request=request, song=delivery.song, duration_s=duration, note=delivery.note)
+        ttl = max(self.settings.sources_ttl_s, 60)
+        await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
+
+    async def again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
+        """Queue a follow-up (`key-1`, `key+1`, `slower`, `original`) of an earlier delivery for `delivery`'s chat."""
+        try:
+            with refusing_when_full():
+                accepted = await self._again(previous_id, change, delivery)
+        except StembotError as exc:
+            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            raise
+        return await self._count(accepted)
+
+    async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
+        raw = await self.queue.pool.get(self._again_key(previous_id))
+        gone = WorkerFailed("I no longer keep that song. Please send it again.")
+        if raw is None:
+            raise gone
+        record = _Again.model_validate_json(raw)
+        user = self.user_key(delivery.user_id)
+        await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
+        if not await self.queue.store.touch(record.request.input.artifact_key, self.settings.result_ttl_s):
+            raise gone
+        options = follow_up(record.request.options, change)
+        request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
+        cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
+        await self._check_user(delivery, cost)
+        delivery.song = record.song
+        delivery.format = request.format
+        delivery.note = record.note
+        return await self._queue(request, delivery, cost, record.duration_s)
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""
@@ -209,7 +297,9 @@ class JobDesk:
             f"Today: {requests:.0f} requests (Telegram {day.get('requests_telegram', 0):.0f}, "
             f"Discord {day.get('requests_discord', 0):.0f}), {hits:.0f} from the cache{ratio}; "
             f"jobs done {day.get('jobs_done', 0):.0f}, failed {day.get('jobs_failed', 0):.0f}, "
-            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio."
+            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio; "
+            f"model runs {day.get('model_runs', 0):.0f}, "
+            f"renders from cached sources {day.get('cached_renders', 0):.0f}."
         )
 
     async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from core.audio import OutputFormat
 from core.errors import ERRORS_BY_CODE, StembotError, WorkerFailed
+from core.render import RenderOptions
 from core.settings import AudioFormatName
 from core.stems import StemSelection, parse_stems
 
@@ -19,6 +20,7 @@ class Stage(StrEnum):
     queued = "queued"
     downloading = "downloading"
     separating = "separating"
+    rendering = "rendering"  # from cached sources: no model run
     encoding = "encoding"
     uploading = "uploading"
     done = "done"
@@ -65,6 +67,7 @@ class SeparationRequest(BaseModel):
     format: AudioFormatName = "mp3"
     bitrate_kbps: int | None = Field(None, ge=32, le=320)
     bit_depth: Literal[16, 24] = 16
+    options: RenderOptions = Field(default_factory=RenderOptions, description="key, tempo, section")
     requester: Requester = Field(default_factory=Requester)
 
     @property
@@ -78,6 +81,8 @@ class SeparationRequest(BaseModel):
     def content_key(self) -> str:
         """Identical work gets an identical key: used as the arq job id for dedupe and caching."""
         parts = [self.input.sha256, self.model, self.stems, self.format, str(self.bitrate_kbps), str(self.bit_depth)]
+        if not self.options.is_default:  # keys of plain requests stay what they were
+            parts.append(self.options.cache_part())
         return "sep-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -108,7 +113,8 @@ class ErrorInfo(BaseModel):
 
 
 class StemArtifact(BaseModel):
-    stem: str
+    stem: str  # what the file holds, as titles show it: `vocals`, `instrumental (key −2, 80 %)`
+    file_stem: str = ""  # the same for file names: `instrumental.key-2.tempo80` (empty: `stem`)
     artifact_key: str
     filename: str  # neutral (`song.<stem>.<ext>`): frontends name files from their own request
     format: str
@@ -131,7 +137,8 @@ class JobResult(BaseModel):
     stems: list[StemArtifact] = Field(default_factory=list)
     error: ErrorInfo | None = None
     timings: dict[str, float] = Field(default_factory=dict)
-    audio_seconds: float = 0.0
+    audio_seconds: float = 0.0  # separated by the model; 0 when rendered from cached sources
+    from_cache: bool = False  # rendered from a song's cached sources, without the model
     finished_at: float = Field(default_factory=time.time)
 
     def final_progress(self) -> Progress:

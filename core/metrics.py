@@ -10,6 +10,9 @@ CACHE_HITS = Counter("stembot_cache_hits", "requests answered from a stored resu
 REFUSALS = Counter("stembot_refusals", "requests refused before queueing", ["platform", "code"])
 JOBS = Counter("stembot_jobs", "jobs finished by a worker", ["status"])
 AUDIO_MINUTES = Counter("stembot_audio_minutes", "minutes of audio separated")
+MODEL_RUNS = Counter("stembot_model_runs", "separations the model ran (renders from cached sources are not)", ["model"])
+CACHED_RENDERS = Counter("stembot_cached_renders", "jobs rendered from a song's cached sources, without the model")
+SOURCES_BYTES = Gauge("stembot_sources_bytes", "bytes of separated sources kept for re-renders")
 QUEUE_WAIT = Histogram(
     "stembot_queue_wait_seconds",
     "time from enqueue to a worker starting the job",

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(None, description="S3 access key id")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key")
     link_ttl_s: int = Field(24 * 3600, ge=60, le=7 * 86400, description="how long download links work (S3 store)")
+    sources_ttl_s: int = Field(
+        6 * 3600, ge=60, description="how long a song's separated sources are kept for re-renders after their last use"
+    )
+    sources_max_mb: float = Field(
+        2048, ge=0, description="most MB of separated sources kept; least recently used go first (0 = keep none)"
+    )
 
     # Separation
     model: str = Field("htdemucs", description="demucs model for 4-stem requests")

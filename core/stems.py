@@ -8,6 +8,7 @@ Pure functions only; tested by tables in tests/test_stems.py.
     karaoke               one file with everything but the vocals
     all | 4               drums, bass, other, vocals as four files
     6                     the six-stem model: adds guitar and piano
+    guide                 karaoke with the vocals mixed back quietly (GUIDE_LEVEL_DB), for singers
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ SIX_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals", "guitar", "pia
 SIX_ONLY = frozenset(SIX_STEMS) - frozenset(FOUR_STEMS)
 
 INSTRUMENTAL = "instrumental"
+GUIDE = "guide"
+# How far below the song the guide vocals sit: audible to follow, quiet enough to sing over.
+GUIDE_LEVEL_DB = -15.0
 
 # Words a user may type, mapped to canonical names. "instrumental" is not a source of
 # any model: it resolves to "every source but vocals" once the model is known.
@@ -46,6 +50,8 @@ ALIASES: dict[str, str] = {
     "no_vocals": INSTRUMENTAL,
     "novocals": INSTRUMENTAL,
     "accompaniment": INSTRUMENTAL,
+    "guide": GUIDE,
+    "guide_vocals": GUIDE,
 }
 GROUPS: dict[str, tuple[str, ...]] = {"all": FOUR_STEMS, "4": FOUR_STEMS, "6": SIX_STEMS, "all6": SIX_STEMS}
 VALID_WORDS: tuple[str, ...] = tuple(sorted(set(ALIASES) | set(GROUPS)))
@@ -93,7 +99,7 @@ def _unknown(word: str) -> InvalidStemSpec:
     hint = f' Did you mean "{suggestion}"?' if suggestion else ""
     return InvalidStemSpec(
         f'Unknown stem "{excerpt(word)}".{hint} Valid: vocals, drums, bass, other, guitar, piano, '
-        "karaoke (or instrumental), all, 6, and combos such as drums+bass."
+        "karaoke (or instrumental), guide (karaoke with quiet vocals), all, 6, and combos such as drums+bass."
     )
 
 
@@ -104,10 +110,10 @@ def _canonical_parts(token: str) -> list[str]:
         raise _unknown(token)
     names: list[str] = []
     for part in parts:
-        if part in GROUPS:
+        if part in GROUPS or ALIASES.get(part) == GUIDE:
             if len(parts) > 1:
                 raise InvalidStemSpec(f'"{part}" cannot be part of a combo such as "{excerpt(token)}".')
-            names.extend(GROUPS[part])
+            names.extend(GROUPS.get(part, (GUIDE,)))
         elif part in ALIASES:
             names.append(ALIASES[part])
         else:
@@ -118,11 +124,16 @@ def _canonical_parts(token: str) -> list[str]:
 def _resolve(names: list[str], sources: tuple[str, ...]) -> frozenset[str]:
     resolved: set[str] = set()
     for name in names:
-        resolved |= set(sources) - {"vocals"} if name == INSTRUMENTAL else {name}
+        if name == GUIDE:
+            resolved |= set(sources)
+        else:
+            resolved |= set(sources) - {"vocals"} if name == INSTRUMENTAL else {name}
     return frozenset(resolved)
 
 
 def _output_name(names: list[str], sources: frozenset[str], model_sources: tuple[str, ...]) -> str:
+    if names == [GUIDE]:
+        return GUIDE
     if INSTRUMENTAL in names and sources == frozenset(model_sources) - {"vocals"}:
         return INSTRUMENTAL
     return "+".join(s for s in model_sources if s in sources)
@@ -156,6 +167,7 @@ def parse_stems(text: str | None) -> StemSelection:
 STEM_CHOICES: list[tuple[str, str]] = [
     ("Vocals", "vocals"),
     ("Karaoke (instrumental)", "karaoke"),
+    ("Karaoke with guide vocals", "guide"),
     ("Drums", "drums"),
     ("Bass", "bass"),
     ("Other", "other"),

@@ -309,6 +309,35 @@ async def test_rate_limit_per_user(redis_url: str, rock_short: Path) -> None:
         assert "too fast" in replies[2]
 
 
+async def test_key_tempo_and_a_follow_up_button_without_the_model(
+    env: simcord.Env, tiny_worker: WorkerProcess, redis_url: str, rock_short: Path, tmp_path: Path
+) -> None:
+    """`/split key:-2 tempo:80`, then "Key +1" under the result: rendered from the cached
+    sources (key −1), and the model ran once."""
+    import time
+
+    import redis
+
+    _, channel, alice = server_with_member(env)
+    result = await alice.slash(
+        channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals", key=-2, tempo=80
+    )
+    files = await drive(env, lambda: files_of(result), timeout=180)
+    assert [f.filename for f in files] == ["song - vocals (key \u22122, 80 %).mp3"]
+    await drive(env, lambda: result.response is not None and result.response.content.startswith("✅"))
+    assert result.response is not None
+    again = await alice.click(result.response.message, label="Key +1")
+    more = await drive(env, lambda: files_of(again), timeout=180)
+    assert [f.filename for f in more] == ["song - vocals (key \u22121, 80 %).mp3"]
+    await drive(
+        env, lambda: again.response is not None and "rendered from the cached separation" in again.response.content
+    )
+    client = redis.Redis.from_url(redis_url)
+    stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
+    client.close()
+    assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+
+
 @pytest.mark.parametrize(
     "link", ["http://127.0.0.1:99999/song.mp3", "http://[::1/x", "http://host:abc/", "http://[2002:a00:1::1]/a.mp3"]
 )

@@ -83,8 +83,6 @@ async def test_round_trip_with_progress(
     # a stored result carries no requester's name: the next asker may be someone else
     assert stem.filename == "song.instrumental.mp3"
     assert result.timings["separate"] > 0
-    assert {"fetch", "decode", "separate", "encode", "store", "total"} <= set(result.timings)
-    assert sum(result.timings[s] for s in ("fetch", "decode", "separate", "encode", "store")) <= result.timings["total"]
     assert list(work_tmp.iterdir()) == []
 
 

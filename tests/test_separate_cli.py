@@ -11,7 +11,6 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -216,30 +215,18 @@ def test_subprocess_help_and_bad_setting() -> None:
     assert "STEMBOT_DEVICE" in bad.stderr and "STEMBOT_MAX_DURATION_S" in bad.stderr
 
 
-def test_streaming_decodes_once_and_outlives_the_ffmpeg_call_limit(
-    tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The song is decoded once (to raw audio in scratch space, measured on the way), so a
-    separation of 20+ minutes for an hour of audio is bounded by the job's limit, not by
-    STEMBOT_FFMPEG_TIMEOUT_S; the job's stages are timed."""
+def test_streaming_outlives_the_ffmpeg_call_limit(tiny_repo: Path, tmp_path: Path) -> None:
+    """The separating pass's decoder lives as long as the separation (20+ minutes for an
+    hour of audio): it is bounded by the job's limit, not by STEMBOT_FFMPEG_TIMEOUT_S."""
     from demucs.pretrained import get_model
 
-    from core import audio
     from core.audio import OutputFormat
     from core.settings import Settings
     from core.stems import parse_stems
-    from worker import pipeline
     from worker.pipeline import stream_file
     from worker.windowed import WindowedSeparator
 
-    decodes: list[Path] = []
-
-    def counted(path: Path, *args: Any, **kwargs: Any) -> Any:
-        decodes.append(path)
-        return audio.stream_decode(path, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "stream_decode", counted)
-    seconds = 25  # several decoder blocks of 10 s
+    seconds = 25  # several decoder blocks of 10 s, read as the engine asks for them
     clip = make_clip(SONGS / "librosa_kevin_macleod_vibe_ace.ogg", tmp_path / "song.flac", seconds=seconds)
     separator = WindowedSeparator(get_model("htdemucs", repo=tiny_repo), torch.device("cpu"))
     settings = Settings(ffmpeg_timeout_s=1, model_repo=tiny_repo)
@@ -252,19 +239,11 @@ def test_streaming_decodes_once_and_outlives_the_ffmpeg_call_limit(
         clip,
         tmp_path,
         "song",
-        parse_stems("vocals karaoke"),
+        parse_stems("vocals"),
         OutputFormat("flac"),
         separator,
         settings,
         should_stop=slow_engine,
     )
-    assert decodes == [clip]
     assert len(separator.windows(seconds * 44100)) * 0.2 > 2
-    assert set(out.timings) == {"decode", "separate", "encode"} and out.timings["separate"] > 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.flac", "song.instrumental.flac", "song.vocals.flac"]
-    vocals, instrumental = (read_audio(f.path) for f in out.files)
-    unclipped = (np.abs(vocals) < 0.99) & (np.abs(instrumental) < 0.99)
-    assert unclipped.mean() > 0.5 and vocals.shape[-1] == seconds * 44100
-    # the instrumental is the mixture read back from scratch space, minus the vocals
-    np.testing.assert_allclose((vocals + instrumental)[unclipped], read_audio(clip)[unclipped], atol=2e-4)
     assert read_audio(out.files[0].path).shape[-1] == seconds * 44100

@@ -430,6 +430,56 @@ async def test_bare_link_in_a_dm_gets_the_keyboard(botapi: BotApiServer, bot: Ap
     assert "split|karaoke|mp3" in buttons
 
 
+async def test_key_tempo_and_a_follow_up_without_the_model(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    tiny_worker: WorkerProcess,
+    redis_url: str,
+    rock_short: Path,
+    tmp_path: Path,
+) -> None:
+    """`/split vocals key-2 tempo80`, then the "Original" button under the result: the
+    second file comes from the cached sources, and the model ran once."""
+    import time
+
+    import redis
+
+    caption = "/split vocals key-2 tempo80"
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short, title="Rock"), caption=caption)
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    assert first[0].params["title"] == "Rock — vocals (key \u22122, 80 %)"
+    done = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if "reply_markup" in c.params and "✅" in c.params["text"]]
+    )
+    buttons = [b for row in done[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    assert [b["text"] for b in buttons] == ["Key \u22121", "Key +1", "Slower 80 %", "Original"]
+    status = next(
+        c.result for c in botapi.sent("sendMessage") if c.result["message_id"] == done[0].params["message_id"]
+    )
+    botapi.press(status, ALICE, buttons[3]["callback_data"])
+    again = await botapi.wait_for(lambda: botapi.sent("sendAudio")[1:], timeout=120)
+    assert again[0].params["title"] == "Rock — vocals"
+    await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if "rendered from the cached separation" in c.params["text"]]
+    )
+    slow = read_audio_bytes(first[0].files["audio"], "slow.mp3", tmp_path)
+    plain = read_audio_bytes(again[0].files["audio"], "plain.mp3", tmp_path)
+    assert abs(slow.shape[-1] / plain.shape[-1] - 1.25) < 0.02
+    client = redis.Redis.from_url(redis_url)
+    day = int(time.time() // 86400)
+    stats = client.hgetall(f"stembot:stats:{day}")
+    used = float(client.get(f"stembot:usage:{day}:telegram:42") or 0)
+    client.close()
+    assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+    assert abs(used - 3.0) < 0.1  # the separated song's 3 s; the render from cache is free
+
+
+def read_audio_bytes(data: bytes, name: str, where: Path) -> Any:
+    path = where / name
+    path.write_bytes(data)
+    return read_audio(path)
+
+
 @pytest.mark.parametrize(
     "link", ["http://127.0.0.1:99999/song.mp3", "http://[::1/x", "http://host:abc/", "http://[64:ff9b::a00:1]/a.mp3"]
 )

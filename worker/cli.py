@@ -18,6 +18,7 @@ from core.cli import Command, add_job_options, obtain_input, writable_dir
 from core.ffmpeg import Sandbox
 from core.jobs import Stage, model_for
 from core.naming import song_name
+from core.render import make_options
 from core.settings import Settings
 from core.stems import parse_stems
 
@@ -43,6 +44,7 @@ class StageBar:
 
 def separate(args: argparse.Namespace, settings: Settings) -> int:
     selection = parse_stems(args.stems)
+    options = make_options(args.key, args.tempo, args.start, args.end)
     fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
     model = model_for(selection, args.model or settings.model, settings.six_stem_model)
     writable_dir(args.output)
@@ -58,7 +60,7 @@ def separate(args: argparse.Namespace, settings: Settings) -> int:
         bar = StageBar()
         try:
             outcome = separate_file(
-                path, args.output, song_name(filename), selection, fmt, separator, settings, report=bar
+                path, args.output, song_name(filename), selection, fmt, separator, settings, bar, options=options
             )
             bar(Stage.done, 100.0)
         finally:

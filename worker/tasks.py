@@ -24,11 +24,12 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
-from core.audio import megabytes
+from core.audio import SAMPLE_RATE, AudioInfo, megabytes
 from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
-from worker.pipeline import needed_sources, separate_file
+from core.sources import SourcesCache, SourceSet, entry_key
+from worker.pipeline import StemFile, needed_sources, render_files, separate_file, separate_sources, uses_mixture
 from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
@@ -110,7 +111,7 @@ def _output_too_large(total: int, limit: int) -> TooLarge:
     )
 
 
-async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt: str) -> list[StemArtifact]:
+async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile], fmt: str) -> list[StemArtifact]:
     """Store a job's stems, within `max_job_output_bytes` in all; on any failure none stays stored."""
     limit = queue.settings.max_job_output_bytes
     total = sum(f.path.stat().st_size for f in files)
@@ -127,7 +128,8 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt:
             key = f"result:{job_id}:{f.output.name}.{fmt}"
             artifacts.append(
                 StemArtifact(
-                    stem=f.output.name,
+                    stem=f.label or f.output.name,
+                    file_stem=f.path.name.removeprefix(f"{NEUTRAL_SONG}.").removesuffix(f".{fmt}"),
                     artifact_key=key,
                     filename=f.path.name,
                     format=fmt,
@@ -142,53 +144,125 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[Any], fmt:
     return artifacts
 
 
-async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
-    queue = run.queue
-    settings = queue.settings
-    selection = request.selection
-    run.report(Stage.downloading, 0)
-    fetching = time.perf_counter()
+async def _input(queue: QueueClient, request: SeparationRequest, dest: Path) -> Path:
     try:
-        data = await queue.store.get(request.input.artifact_key)
+        dest.write_bytes(await queue.store.get(request.input.artifact_key))
     except ArtifactMissing as exc:
         raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
-    # Stored stems answer anyone who sends these bytes: they carry no requester's name
-    # (file name, title tag); the frontends name and title each delivery themselves.
-    song = NEUTRAL_SONG
-    with job_dir() as tmp:
-        in_path = Path(tmp) / "input"
-        in_path.write_bytes(data)
-        del data
-        fetched = time.perf_counter() - fetching
-        separator = await run.in_thread(
-            lambda: engine.separator(
-                model_for(selection, request.model, settings.six_stem_model), needed_sources(selection)
-            )
+    return dest
+
+
+async def _separate(
+    run: JobRun, engine: Engine, request: SeparationRequest, model: str, in_path: Path, dest: Path
+) -> SourceSet:
+    """Run the model on the song (or its section) and keep every source for later requests."""
+    settings = run.queue.settings
+    cache = SourcesCache(run.queue.store, run.queue.pool, settings)
+    # Caching needs every source; without it a bag of specialists runs only the needed ones.
+    keep = None if cache.enabled else needed_sources(request.selection)
+    separator = await run.in_thread(lambda: engine.separator(model, keep))
+    sources, _ = await run.in_thread(
+        lambda: separate_sources(in_path, dest, separator, settings, request.options, keep, run.report, run.stop.is_set)
+    )
+    metrics.MODEL_RUNS.labels(model).inc()
+    await Counters(run.queue.pool, settings.key_prefix).add("model_runs")
+    if keep is None:
+        section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
+        await cache.put(entry_key(request.input.sha256, model, section), sources)
+        metrics.SOURCES_BYTES.set(await cache.total_bytes())
+    return sources
+
+
+async def _whole_file(
+    run: JobRun, separator: Any, request: SeparationRequest, job_id: str, in_path: Path, out: Path
+) -> JobResult:
+    """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
+    settings = run.queue.settings
+    outcome = await run.in_thread(
+        lambda: separate_file(
+            in_path,
+            out,
+            NEUTRAL_SONG,
+            request.selection,
+            request.output_format,
+            separator,
+            settings,
+            report=run.report,
+            should_stop=run.stop.is_set,
         )
-        outcome = await run.in_thread(
-            lambda: separate_file(
-                in_path,
-                Path(tmp),
-                song,
-                selection,
-                request.output_format,
-                separator,
-                settings,
-                report=run.report,
-                should_stop=run.stop.is_set,
-            )
-        )
-        run.report(Stage.uploading, 0)
-        storing = time.perf_counter()
-        stems = await _store_outputs(queue, job_id, outcome.files, request.format)
-        stored = time.perf_counter() - storing
+    )
+    run.report(Stage.uploading, 0)
+    stems = await _store_outputs(run.queue, job_id, outcome.files, request.format)
     return JobResult(
         job_id=job_id,
         status="done",
         model=request.model,
         stems=stems,
-        timings={"fetch": fetched, **outcome.timings, "store": stored},
+        timings=outcome.timings,
         audio_seconds=outcome.audio_seconds,
+    )
+
+
+async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
+    """Render from the song's cached sources when there are some; else separate first."""
+    queue = run.queue
+    settings = queue.settings
+    selection = request.selection
+    model = model_for(selection, request.model, settings.six_stem_model)
+    cache = SourcesCache(queue.store, queue.pool, settings)
+    started = time.monotonic()
+    run.report(Stage.downloading, 0)
+    # Stored stems answer anyone who sends these bytes: they carry no requester's name
+    # (file name, title tag); the frontends name and title each delivery themselves.
+    song = NEUTRAL_SONG
+    with job_dir() as tmp:
+        (Path(tmp) / "sources").mkdir()
+        (Path(tmp) / "out").mkdir()
+        found = await cache.find(request.input.sha256, model, request.options.section_frames(SAMPLE_RATE))
+        sources = await cache.fetch(*found, Path(tmp) / "sources") if found else None
+        in_path = None
+        if sources is None or uses_mixture(selection):
+            in_path = await _input(queue, request, Path(tmp) / "input")
+        from_cache = sources is not None
+        timings: dict[str, float] = {"fetch": time.monotonic() - started}
+        if sources is None:
+            assert in_path is not None
+            separator = await run.in_thread(lambda: engine.separator(model, None))
+            if getattr(separator, "separate_file", None) is not None:  # the benchmark engine: no sources
+                return await _whole_file(run, separator, request, job_id, in_path, Path(tmp) / "out")
+            sources = await _separate(run, engine, request, model, in_path, Path(tmp) / "sources")
+            timings["separate"] = time.monotonic() - started - timings["fetch"]
+        stage = Stage.rendering if from_cache else Stage.encoding
+        rendered = time.monotonic()
+        files = await run.in_thread(
+            lambda: render_files(
+                sources,
+                in_path,
+                Path(tmp) / "out",
+                song,
+                selection,
+                request.output_format,
+                request.options,
+                settings,
+                AudioInfo(None, "", "", False, title=sources.title, artist=sources.artist),
+                report=lambda _stage, pct: run.report(stage, pct),
+                should_stop=run.stop.is_set,
+            )
+        )
+        timings["render"] = time.monotonic() - rendered
+        run.report(Stage.uploading, 0)
+        stems = await _store_outputs(queue, job_id, files, request.format)
+    if from_cache:
+        metrics.CACHED_RENDERS.inc()
+        await Counters(queue.pool, settings.key_prefix).add("cached_renders")
+    return JobResult(
+        job_id=job_id,
+        status="done",
+        model=model,
+        stems=stems,
+        timings=timings,
+        audio_seconds=0.0 if from_cache else sources.frames / SAMPLE_RATE,
+        from_cache=from_cache,
     )
 
 
@@ -233,7 +307,8 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     counters = Counters(queue.pool, queue.settings.key_prefix)
     await counters.add(f"jobs_{result.status}")
     await counters.add("audio_minutes", result.audio_seconds / 60)
-    log.info("job %s %s in %.1fs", job_id, result.status, result.timings["total"])
+    how = " from cached sources" if result.from_cache else ""
+    log.info("job %s %s%s in %.1fs", job_id, result.status, how, result.timings["total"])
     return result.model_dump(mode="json")
 
 

@@ -19,10 +19,11 @@ from discord import app_commands
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import CANCEL_PREFIX, DiscordService, chat_text, service_of, song_in
+from bots.discord.service import AGAIN_PREFIX, CANCEL_PREFIX, DiscordService, chat_text, service_of, song_in
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
+from core.render import RenderOptions, make_options
 from core.stems import StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,13 @@ async def _begin(
     selection: StemSelection,
     fmt: str | None,
     private: bool,
+    options: RenderOptions | None = None,
 ) -> None:
     """Defer within Discord's 3 s, then queue; every refusal lands in the deferred reply."""
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True, ephemeral=private)
     try:
-        await _service(interaction).start(interaction, source, selection, fmt, private)
+        await _service(interaction).start(interaction, source, selection, fmt, private, options)
     except Exception as exc:  # a refusal, or a bug: either way the "thinking…" reply says so
         await _fail(interaction, exc)
 
@@ -82,8 +84,10 @@ async def _begin(
 @app_commands.describe(
     file="the song (audio or video)",
     url="a link to the song instead of a file",
-    stems="vocals, karaoke, drums, bass, other, all, guitar, piano, 6 — or combos such as drums+bass",
+    stems="vocals, karaoke, guide, drums, bass, other, all, 6, combos (drums+bass), a section (1:10-2:30)",
     format="file format of the stems",
+    key="transpose by semitones, -12 to +12",
+    tempo="speed in percent, 50 to 150",
     private="only you see the result",
 )
 @app_commands.choices(format=FORMAT_CHOICES)
@@ -95,12 +99,18 @@ async def split(
     url: str | None = None,
     stems: str | None = None,
     format: app_commands.Choice[str] | None = None,
+    key: app_commands.Range[int, -12, 12] | None = None,
+    tempo: app_commands.Range[int, 50, 150] | None = None,
     private: bool = False,
 ) -> None:
     if await _allowed_here(interaction) is None:
         return
     try:
         command = parse_split(f"{stems or ''} {url or ''}")
+        typed = command.options
+        options = make_options(
+            typed.key if key is None else key, typed.tempo if tempo is None else tempo, typed.start_s, typed.end_s
+        )
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
         return
@@ -109,7 +119,7 @@ async def split(
         await _refuse(interaction, texts.NO_SONG)
         return
     fmt = format.value if format else command.format
-    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private)
+    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private, options)
 
 
 @split.autocomplete("stems")
@@ -274,6 +284,33 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=re.e
             await _fail(interaction, exc)
 
 
+class AgainButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.escape(AGAIN_PREFIX) + r"(?P<id>\w+):(?P<change>[\w+-]+)",
+):
+    """A follow-up under a delivered song (Key −1 · Key +1 · Slower 80 % · Original): a new
+    reply rendered from the cached sources; it outlives restarts (its custom id says it all)."""
+
+    def __init__(self, delivery_id: str, change: str) -> None:
+        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
+        super().__init__(discord.ui.Button(label=change, custom_id=custom_id))
+        self.delivery_id = delivery_id
+        self.change = change
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> AgainButton:
+        return cls(match["id"], match["change"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            await _service(interaction).again(interaction, self.delivery_id, self.change)
+        except Exception as exc:  # a refusal, or a bug: the "thinking…" reply says so
+            await _fail(interaction, exc)
+
+
 async def on_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """Whatever a command raised (discord.py wraps it in CommandInvokeError), the user gets one answer."""
     if isinstance(error, app_commands.CheckFailure):
@@ -294,4 +331,4 @@ def register(tree: app_commands.CommandTree[Any]) -> None:
     for command in commands:
         tree.add_command(command)
     tree.error(on_command_error)
-    tree.client.add_dynamic_items(CancelButton)
+    tree.client.add_dynamic_items(CancelButton, AgainButton)

@@ -19,18 +19,20 @@ import discord
 from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
-from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
+from core.desk import SOMETHING_WRONG, Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
 from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
 from core.queue import QueueClient
+from core.render import FOLLOWUPS, RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import pack
 
 log = logging.getLogger(__name__)
 CANCEL_PREFIX = "stembot:cancel:"
+AGAIN_PREFIX = "stembot:again:"
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.
 TOKEN_MARGIN = timedelta(seconds=60)
 MAX_FILES = 10
@@ -80,6 +82,15 @@ def cancel_view(delivery_id: str) -> discord.ui.View:
     return view
 
 
+def followup_view(delivery_id: str) -> discord.ui.View:
+    """One-tap re-renders of a delivered song from its cached sources (handled by AgainButton)."""
+    view = discord.ui.View(timeout=None)
+    for text, change in FOLLOWUPS:
+        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
+        view.add_item(discord.ui.Button(label=text, style=discord.ButtonStyle.secondary, custom_id=custom_id))
+    return view
+
+
 def upload_limit(interaction: discord.Interaction, settings: Settings) -> int:
     """The smallest of the interaction's limit, the server's (used after the token expires) and the operator's cap."""
     limits = [interaction.filesize_limit]
@@ -111,23 +122,16 @@ class DiscordService:
             raise DownloadFailed("I couldn't get that file from Discord. Please send it again.") from exc
         return Song(data, source.filename)
 
-    async def start(
-        self,
-        interaction: discord.Interaction,
-        source: discord.Attachment | str,
-        selection: StemSelection,
-        fmt: str | None,
-        private: bool,
+    def _delivery(
+        self, interaction: discord.Interaction, original: discord.InteractionMessage, private: bool
     ) -> Delivery:
-        """Queue a song for an interaction that has already been deferred, and show its status."""
-        config = await self.guilds.get(interaction.guild_id)
-        original = await interaction.original_response()
-        delivery = Delivery(
+        return Delivery(
             platform="discord",
             job_id="",
             chat_id=str(interaction.channel_id),
             user_id=str(interaction.user.id),
             status_message_id=str(original.id),
+            upload_limit=upload_limit(interaction, self.settings),
             extra={
                 "app_id": str(interaction.application_id),
                 "token": interaction.token,
@@ -136,17 +140,43 @@ class DiscordService:
                 "mention": interaction.user.mention,
             },
         )
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        source: discord.Attachment | str,
+        selection: StemSelection,
+        fmt: str | None,
+        private: bool,
+        options: RenderOptions | None = None,
+    ) -> Delivery:
+        """Queue a song for an interaction that has already been deferred, and show its status."""
+        config = await self.guilds.get(interaction.guild_id)
+        delivery = self._delivery(interaction, await interaction.original_response(), private)
         max_s = config.max_minutes * 60 if config.max_minutes else None
         song = await self.song(source)
         accepted = await self.desk.accept(
-            song, selection, fmt or config.format, delivery, upload_limit(interaction, self.settings), max_s
+            song, selection, fmt or config.format, delivery, delivery.upload_limit, max_s, options
         )
+        await self._show(interaction, accepted, delivery)
+        return delivery
+
+    async def again(self, interaction: discord.Interaction, previous_id: str, change: str) -> Delivery:
+        """A follow-up button (deferred already): the same song in another key or tempo."""
+        private = interaction.message is not None and bool(interaction.message.flags.ephemeral)
+        delivery = self._delivery(interaction, await interaction.original_response(), private)
+        accepted = await self.desk.again(previous_id, change, delivery)
+        await self._show(interaction, accepted, delivery)
+        return delivery
+
+    async def _show(self, interaction: discord.Interaction, accepted: Accepted, delivery: Delivery) -> None:
         state = {"cached": "found in the cache", "joined": "already being split"}.get(accepted.state, "queued")
+        if accepted.quick and accepted.state == "queued":
+            state = "queued, a quick render from the cached separation"
         note = f"\n{delivery.note}" if delivery.note else ""
         await interaction.edit_original_response(
             content=chat_text(f"⏳ {delivery.song}: {state}…{note}"), view=cancel_view(delivery.id)
         )
-        return delivery
 
     # --- the delivery loop ---------------------------------------------------------------
     async def advance(self, client: discord.Client, delivery: Delivery) -> None:
@@ -176,7 +206,7 @@ class DiscordService:
         uploads = await self.desk.files(delivery, result)
         outcome += links_text(uploads, self.settings.link_ttl_s)
         attached = [u for u in uploads if u.url is None]
-        await self._edit(client, delivery, outcome, None)
+        await self._edit(client, delivery, outcome, followup_view(delivery.id))
         batches = pack([len(u.data) for u in attached], delivery.upload_limit, MAX_FILES) or [[]]
         for number, batch in enumerate(batches):
             files = [attached[i] for i in batch]

@@ -18,11 +18,12 @@ from core.errors import InvalidCommand, StembotError
 from core.fetch import find_url
 from core.links import fetch_song
 from core.prefs import UserPrefs
+from core.render import RenderOptions
 from core.stems import StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 COMMANDS = [
-    BotCommand("split", "split a song: /split vocals, /split karaoke, /split drums bass"),
+    BotCommand("split", "split a song: /split vocals, /split karaoke key-2 tempo80, /split drums 1:10-2:30"),
     BotCommand("settings", "your default stems and format"),
     BotCommand("status", "your jobs and the queue"),
     BotCommand("cancel", "stop your running jobs"),
@@ -76,6 +77,7 @@ async def _start(
     fmt: str | None,
     user_id: int,
     status: Message,
+    options: RenderOptions | None = None,
 ) -> None:
     """Get the song (a message's file or a link) and queue it; any refusal ends up in `status`."""
     service = _service(context)
@@ -84,7 +86,7 @@ async def _start(
             song: Song = await fetch_song(source, service.settings)
         else:
             song = await service.download(source)
-        await service.submit(song, selection, fmt, user_id, status)
+        await service.submit(song, selection, fmt, user_id, status, options)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
     except Exception:  # a bug must not leave "Getting the file…" standing
@@ -122,7 +124,8 @@ async def split_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         await message.reply_text(texts.NO_AUDIO)
         return
     status = await message.reply_text("⏳ Getting the file…", reply_to_message_id=message.message_id)
-    await _start(context, source, selection, command.format or prefs.format, update.effective_user.id, status)
+    fmt = command.format or prefs.format
+    await _start(context, source, selection, fmt, update.effective_user.id, status, command.options)
 
 
 async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -140,6 +143,19 @@ async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await query.message.edit_text("⏳ Getting the file…")
     await _start(context, source, selection, fmt, query.from_user.id, query.message)
+
+
+async def on_again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A follow-up button under a delivered song: render it again from the cached sources."""
+    query = update.callback_query
+    assert query is not None and query.data is not None and isinstance(query.message, Message)
+    _, previous, change = query.data.split("|")
+    await query.answer()
+    status = await query.message.reply_text("⏳ Rendering…")
+    try:
+        await _service(context).again(previous, change, query.from_user.id, status)
+    except StembotError as exc:
+        await status.edit_text(user_error(exc))
 
 
 async def on_format(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -305,5 +321,6 @@ def register(app: Application) -> None:  # type: ignore[type-arg]
     )
     app.add_handler(CallbackQueryHandler(on_choice, pattern=r"^split\|"))
     app.add_handler(CallbackQueryHandler(on_format, pattern=r"^fmt\|"))
+    app.add_handler(CallbackQueryHandler(on_again, pattern=r"^again\|"))
     app.add_handler(CallbackQueryHandler(on_cancel, pattern=r"^cancel\|"))
     app.add_handler(CallbackQueryHandler(on_setting, pattern=r"^set\|(stems|format)\|"))

@@ -30,6 +30,7 @@ from core.errors import DownloadFailed, StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
+from core.render import FOLLOWUPS, RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
 
@@ -55,6 +56,12 @@ def has_audio(message: Message | None) -> bool:
 
 def cancel_markup(delivery_id: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel|{delivery_id}")]])
+
+
+def followup_markup(delivery_id: str) -> InlineKeyboardMarkup:
+    """One-tap re-renders of a delivered song from its cached sources."""
+    buttons = [InlineKeyboardButton(text, callback_data=f"again|{delivery_id}|{change}") for text, change in FOLLOWUPS]
+    return InlineKeyboardMarkup([buttons])
 
 
 def user_error(exc: StembotError) -> str:
@@ -96,17 +103,32 @@ class TelegramService:
         name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
         return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
-    async def submit(
-        self, song: Song, selection: StemSelection, fmt: str | None, user_id: int, status: Message
-    ) -> Delivery:
-        delivery = Delivery(
+    def _delivery(self, user_id: int, status: Message) -> Delivery:
+        return Delivery(
             platform="telegram",
             job_id="",
             chat_id=str(status.chat_id),
             user_id=str(user_id),
             status_message_id=str(status.message_id),
+            upload_limit=self.upload_limit,
         )
-        accepted = await self.desk.accept(song, selection, fmt, delivery, self.upload_limit)
+
+    async def submit(
+        self,
+        song: Song,
+        selection: StemSelection,
+        fmt: str | None,
+        user_id: int,
+        status: Message,
+        options: RenderOptions | None = None,
+    ) -> Delivery:
+        delivery = self._delivery(user_id, status)
+        accepted = await self.desk.accept(song, selection, fmt, delivery, self.upload_limit, options=options)
+        return accepted.delivery
+
+    async def again(self, previous_id: str, change: str, user_id: int, status: Message) -> Delivery:
+        """A follow-up button: the same song again in another key or tempo, into `status`."""
+        accepted = await self.desk.again(previous_id, change, self._delivery(user_id, status))
         return accepted.delivery
 
     def start(self, bot: Bot) -> None:
@@ -157,7 +179,8 @@ class TelegramService:
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
             return
         note = f"\n{delivery.note}" if delivery.note else ""
-        await self._edit(bot, delivery, outcome_line(result, delivery.song) + note + links, None)
+        text = outcome_line(result, delivery.song) + note + links
+        await self._edit(bot, delivery, text, followup_markup(delivery.id))
 
     async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> str:
         """Upload the stems, or re-send the file_ids Telegram gave for the same job before.

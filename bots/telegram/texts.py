@@ -12,10 +12,16 @@ Anywhere, also in groups: reply to a message with audio with
 /split drums bass — two files
 /split drums+bass flac — one file, drums and bass mixed, as FLAC
 /split all — drums, bass, other, vocals
+/split guide — karaoke with the vocals mixed back quietly, to sing along
+/split karaoke key-2 tempo80 — two semitones down, at 80 % speed
+/split vocals 1:10-2:30 — only that part of the song
 /split vocals https://example.com/song.mp3 — from a link (direct audio links and sites yt-dlp knows)
 
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, all, 6 (at most 8 files at once).
+Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
+Key: key-12 … key+12 semitones. Tempo: tempo50 … tempo150 (percent). Section: m:ss-m:ss or seconds.
+After the files come, the buttons under them (Key −1 · Key +1 · Slower 80 % · Original)
+render the song again in seconds, without separating it again.
 /settings sets your default stems and format.
 /status shows your jobs and the queue; /cancel stops your running jobs.
 Files over 20 MB: send them as MP3 or as a link."""

@@ -1,0 +1,235 @@
+"""What is done to the stems after separation: key, tempo, a section of the song.
+
+Pure functions only; tested by tables in tests/test_render.py.
+
+    key-2  key+3        transpose by semitones (-12 … +12), formants kept for vocals
+    tempo80  tempo120%  play at that percentage of the original speed (50 … 150)
+    1:10-2:30  70-150   only that stretch of the song (m:ss or seconds; `1:10-` = to the end)
+
+The options belong to the request, never to the cached sources: any of them can be
+rendered from the same separation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, model_validator
+
+from core.errors import InvalidCommand
+from core.stems import GUIDE, GUIDE_LEVEL_DB
+
+KEY_RANGE = (-12, 12)
+TEMPO_RANGE = (50, 150)
+# Seconds of song the model sees on each side of a section, so its edges separate as they
+# would inside the whole song (HTDemucs looks 7.8 s at a time).
+SECTION_CONTEXT_S = 4.0
+# The shortest section worth a job.
+MIN_SECTION_S = 1.0
+MINUS = "\u2212"  # a typographic minus, for titles
+
+_KEY = re.compile(r"^(?:key|pitch)[:=]?([+\-\u2212]?\d+)$")
+_TEMPO = re.compile(r"^(?:tempo|speed)[:=]?(\d+)%?$")
+_TIME = r"\d+(?::\d{1,2})?(?:\.\d+)?"
+_SECTION = re.compile(rf"^({_TIME})?[-\u2013]({_TIME})?$")
+
+
+class RenderOptions(BaseModel):
+    """Key, tempo and section of one request; the defaults change nothing."""
+
+    model_config = {"frozen": True}
+
+    key: int = Field(0, ge=KEY_RANGE[0], le=KEY_RANGE[1])
+    tempo: int = Field(100, ge=TEMPO_RANGE[0], le=TEMPO_RANGE[1])
+    start_s: float | None = Field(None, ge=0)
+    end_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> RenderOptions:
+        if self.start_s is not None and self.end_s is not None and self.end_s - self.start_s < MIN_SECTION_S:
+            raise ValueError("the section must end at least a second after it starts")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self == RenderOptions()
+
+    @property
+    def has_section(self) -> bool:
+        return self.start_s is not None or self.end_s is not None
+
+    @property
+    def stretches(self) -> bool:
+        return self.key != 0 or self.tempo != 100
+
+    def cache_part(self) -> str:
+        """Canonical text for content keys (empty when nothing is changed)."""
+        if self.is_default:
+            return ""
+        return f"k{self.key}|t{self.tempo}|s{_ms(self.start_s)}|e{_ms(self.end_s)}"
+
+    def section_frames(self, rate: int) -> tuple[int, int | None]:
+        """The section as [first sample, end sample) at `rate`; None = the song's end."""
+        start = round((self.start_s or 0.0) * rate)
+        return start, None if self.end_s is None else round(self.end_s * rate)
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else str(round(seconds * 1000))
+
+
+def parse_time(text: str) -> float:
+    """`75`, `75.5`, `1:15`, `1:15.5` → seconds; raise InvalidCommand otherwise."""
+    text = text.strip()
+    if not re.fullmatch(_TIME, text):
+        raise InvalidCommand(f'"{text}" is not a time: write seconds (75) or minutes:seconds (1:15).')
+    if ":" in text:
+        minutes, seconds = text.split(":", 1)
+        if float(seconds) >= 60:
+            raise InvalidCommand(f'"{text}": seconds after the colon must be under 60.')
+        return int(minutes) * 60 + float(seconds)
+    return float(text)
+
+
+def clock(seconds: float) -> str:
+    """`1:05`, `1:05.5`: how a time is shown back to the user."""
+    whole = int(seconds)
+    frac = seconds - whole
+    tail = f"{frac:.1f}".lstrip("0") if frac >= 0.05 else ""
+    return f"{whole // 60}:{whole % 60:02d}{tail}"
+
+
+def _check_key(value: int) -> int:
+    if not KEY_RANGE[0] <= value <= KEY_RANGE[1]:
+        raise InvalidCommand(f"Key {value:+d} is out of range: from key-12 to key+12 semitones.")
+    return value
+
+
+def _check_tempo(value: int) -> int:
+    if not TEMPO_RANGE[0] <= value <= TEMPO_RANGE[1]:
+        raise InvalidCommand(f"Tempo {value} % is out of range: from tempo50 to tempo150 (percent).")
+    return value
+
+
+def make_options(
+    key: int = 0, tempo: int = 100, start: str | float | None = None, end: str | float | None = None
+) -> RenderOptions:
+    """Checked options from user values; raise InvalidCommand with a message a user understands."""
+    start_s = parse_time(start) if isinstance(start, str) else start
+    end_s = parse_time(end) if isinstance(end, str) else end
+    if start_s is not None and end_s is not None and end_s - start_s < MIN_SECTION_S:
+        raise InvalidCommand(
+            f"The section {clock(start_s)}-{clock(end_s)} is too short: it must end at least a second after it starts."
+        )
+    return RenderOptions(key=_check_key(key), tempo=_check_tempo(tempo), start_s=start_s or None, end_s=end_s)
+
+
+@dataclass
+class _Words:
+    key: int = 0
+    tempo: int = 100
+    start: float | None = None
+    end: float | None = None
+
+
+def _take(word: str, found: _Words) -> bool:
+    """Fold one word into `found` if it is a render word; False for anything else."""
+    w = word.lower()
+    if m := _KEY.match(w):
+        found.key = _check_key(int(m.group(1).replace(MINUS, "-")))
+        return True
+    if m := _TEMPO.match(w):
+        found.tempo = _check_tempo(int(m.group(1)))
+        return True
+    if (m := _SECTION.match(w)) and (m.group(1) or m.group(2)):
+        found.start = parse_time(m.group(1)) if m.group(1) else None
+        found.end = parse_time(m.group(2)) if m.group(2) else None
+        return True
+    if w.startswith(("key", "pitch", "tempo", "speed")):
+        raise InvalidCommand(f'"{word}" is not understood: write key-2 or key+3 (semitones), tempo80 (percent).')
+    return False
+
+
+def split_render_words(words: list[str]) -> tuple[list[str], RenderOptions]:
+    """Separate the render words (key, tempo, section) from the rest of a /split line."""
+    found = _Words()
+    rest = [w for w in words if not _take(w, found)]
+    return rest, make_options(found.key, found.tempo, found.start, found.end)
+
+
+def describe(options: RenderOptions) -> str:
+    """`key −2, 80 %, 1:10–2:30`: what was done, for titles and chat; empty when nothing was."""
+    parts = []
+    if options.key:
+        parts.append(f"key {'+' if options.key > 0 else MINUS}{abs(options.key)}")
+    if options.tempo != 100:
+        parts.append(f"{options.tempo} %")
+    if options.has_section:
+        start = clock(options.start_s or 0.0)
+        end = clock(options.end_s) if options.end_s is not None else "end"
+        parts.append(f"{start}\u2013{end}")
+    return ", ".join(parts)
+
+
+# Names that say more than the grammar word: a guide track must not pass for plain karaoke.
+_SHOWN = {GUIDE: f"karaoke with guide vocals at {GUIDE_LEVEL_DB:g} dB".replace("-", MINUS)}
+_FILED = {GUIDE: "karaoke_guide_vocals"}
+
+
+def label(stem: str, options: RenderOptions) -> str:
+    """`instrumental (key −2, 80 %)`: a stem's name as titles and chats show it."""
+    done = describe(options)
+    shown = _SHOWN.get(stem, stem)
+    return f"{shown} ({done})" if done else shown
+
+
+def file_label(stem: str, options: RenderOptions) -> str:
+    """`instrumental.key-2.tempo80.70s-150s`: the same for file names (ASCII, no spaces)."""
+    parts = [_FILED.get(stem, stem)]
+    if options.key:
+        parts.append(f"key{options.key:+d}")
+    if options.tempo != 100:
+        parts.append(f"tempo{options.tempo}")
+    if options.has_section:
+        end = f"{options.end_s:g}s" if options.end_s is not None else "end"
+        parts.append(f"{options.start_s or 0:g}s-{end}")
+    return ".".join(parts)
+
+
+def rubberband(options: RenderOptions, keep_formants: bool) -> str | None:
+    """ffmpeg's `rubberband` filter for the key and tempo, or None when neither changes."""
+    if not options.stretches:
+        return None
+    args = [f"tempo={options.tempo / 100:.6g}", f"pitch={2 ** (options.key / 12):.8g}"]
+    if keep_formants and options.key:
+        args.append("formant=preserved")
+    return "rubberband=" + ":".join([*args, "pitchq=quality"])
+
+
+# One-tap follow-ups the bots offer after a delivery: (button label, change).
+FOLLOWUPS: tuple[tuple[str, str], ...] = (
+    (f"Key {MINUS}1", "key-1"),
+    ("Key +1", "key+1"),
+    ("Slower 80 %", "slower"),
+    ("Original", "original"),
+)
+
+
+def follow_up(options: RenderOptions, change: str) -> RenderOptions:
+    """The options a follow-up button asks for, from the ones just delivered."""
+    if change == "key-1":
+        key, tempo = options.key - 1, options.tempo
+    elif change == "key+1":
+        key, tempo = options.key + 1, options.tempo
+    elif change == "slower":
+        key, tempo = options.key, 80
+    elif change == "original":
+        key, tempo = 0, 100
+    else:
+        raise InvalidCommand(f'Unknown follow-up "{change}".')
+    return make_options(_clamp(key, KEY_RANGE), tempo, options.start_s, options.end_s)
+
+
+def _clamp(value: int, bounds: tuple[int, int]) -> int:
+    return max(bounds[0], min(bounds[1], value))

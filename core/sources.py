@@ -1,0 +1,170 @@
+"""The separated sources of songs, kept so that any later request renders without the model.
+
+A separation stores every source once per (input sha256, model), as FLAC 24-bit stereo
+44.1 kHz (lossless, about half the size of PCM), under
+
+    sources:<sha256>:<model>[:<section>]:<source>.flac   one artifact per source
+    sources:<sha256>:<model>[:<section>]                  the manifest, written last
+
+in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
+separation (with its context) is kept under the section's key. Nothing here carries a
+user's file name, title or tags: those belong to each request.
+
+The total the cache holds is bounded by `STEMBOT_SOURCES_MAX_MB`: a sorted set of the
+entries by last use, and a hash of their sizes, evict the least recently used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from core.artifacts import ArtifactMissing, ArtifactStore
+from core.audio import OutputFormat
+from core.settings import Settings
+
+SOURCES_FORMAT = OutputFormat("flac", bit_depth=24)
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """Separated sources as local files, all `frames` long, starting at song sample `offset`."""
+
+    paths: dict[str, Path]
+    offset: int
+    frames: int
+    whole: bool = True  # the whole song (offset 0, to its end), not a section
+    title: str | None = None  # tags of the input's own bytes (never a requester's names)
+    artist: str | None = None
+
+
+class Manifest(BaseModel):
+    sources: list[str]
+    offset: int
+    frames: int
+    whole: bool
+    size_bytes: int
+    title: str | None = None
+    artist: str | None = None
+
+
+def entry_key(sha256: str, model: str, section: tuple[int, int | None] | None = None) -> str:
+    """The manifest key of a song's sources; `section` = the requested [start, end) samples."""
+    base = f"sources:{sha256}:{model}"
+    if section is None or section == (0, None):
+        return base
+    return f"{base}:{section[0]}-{'' if section[1] is None else section[1]}"
+
+
+class SourcesCache:
+    def __init__(self, store: ArtifactStore, redis: Redis, settings: Settings) -> None:
+        self.store = store
+        self.redis = redis
+        self.ttl_s = settings.sources_ttl_s
+        self.max_bytes = int(settings.sources_max_mb * 1024 * 1024)
+        self._lru = f"{settings.key_prefix}sources:lru"
+        self._sizes = f"{settings.key_prefix}sources:sizes"
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    async def find(self, sha256: str, model: str, section: tuple[int, int | None]) -> tuple[str, Manifest] | None:
+        """Cached sources that cover `section` of the song: the whole song's, or that section's own."""
+        if not self.enabled:
+            return None
+        for key in dict.fromkeys((entry_key(sha256, model), entry_key(sha256, model, section))):
+            manifest = await self._manifest(key)
+            if manifest is not None:
+                return key, manifest
+        return None
+
+    async def _manifest(self, key: str) -> Manifest | None:
+        try:
+            raw = await self.store.get(key)
+        except ArtifactMissing:
+            await self._forget(key)
+            return None
+        manifest = Manifest.model_validate_json(raw)
+        keys = [f"{key}:{name}.flac" for name in manifest.sources]
+        if await self.store.exists(*keys) != len(keys):
+            await self._forget(key)
+            return None
+        return manifest
+
+    async def fetch(self, key: str, manifest: Manifest, dest: Path) -> SourceSet | None:
+        """The sources as files in `dest`, their lifetime renewed; None if one expired meanwhile."""
+        paths = {}
+        try:
+            for name in manifest.sources:
+                path = dest / f"{name}.flac"
+                path.write_bytes(await self.store.get(f"{key}:{name}.flac"))
+                paths[name] = path
+        except ArtifactMissing:
+            await self._forget(key)
+            return None
+        for name in manifest.sources:
+            await self.store.touch(f"{key}:{name}.flac", self.ttl_s)
+        await self.store.touch(key, self.ttl_s)
+        await self.redis.zadd(self._lru, {key: time.time()})
+        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
+
+    async def put(self, key: str, sources: SourceSet) -> int:
+        """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
+        then evict the least recently used entries while the cache holds too much. Returns bytes kept."""
+        if not self.enabled:
+            return 0
+        size = 0
+        for name, path in sources.paths.items():
+            data = path.read_bytes()
+            size += len(data)
+            await self.store.put(f"{key}:{name}.flac", data, self.ttl_s)
+            del data
+        manifest = Manifest(
+            sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
+            size_bytes=size, title=sources.title, artist=sources.artist,
+        )  # fmt: skip
+        await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
+        await self.redis.zadd(self._lru, {key: time.time()})
+        await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
+        await self.evict()
+        return size
+
+    async def total_bytes(self) -> int:
+        sizes = await self.redis.hvals(self._sizes)  # type: ignore[misc]
+        return sum(int(s) for s in sizes)
+
+    async def evict(self) -> list[str]:
+        """Drop expired entries from the books, then the least recently used until under the cap."""
+        evicted = []
+        for raw in await self.redis.zrange(self._lru, 0, -1):
+            key = raw.decode()
+            if not await self.store.exists(key):
+                await self._forget(key)
+        while await self.total_bytes() > self.max_bytes:
+            oldest = await self.redis.zrange(self._lru, 0, 0)
+            if not oldest:
+                break
+            key = oldest[0].decode()
+            await self.drop(key)
+            evicted.append(key)
+        return evicted
+
+    async def drop(self, key: str) -> None:
+        """Delete an entry: its manifest first, so nobody finds it half gone."""
+        try:
+            manifest: Manifest | None = Manifest.model_validate_json(await self.store.get(key))
+        except ArtifactMissing:
+            manifest = None
+        await self.store.delete(key)
+        if manifest is not None:
+            await self.store.delete(*(f"{key}:{name}.flac" for name in manifest.sources))
+        await self._forget(key)
+
+    async def _forget(self, key: str) -> None:
+        await self.redis.zrem(self._lru, key)
+        await self.redis.hdel(self._sizes, key)  # type: ignore[misc]

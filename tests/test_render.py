@@ -1,0 +1,184 @@
+"""Key, tempo and section words, their limits, labels and follow-ups, by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.commands import parse_split
+from core.errors import InvalidCommand
+from core.render import (
+    RenderOptions,
+    describe,
+    file_label,
+    follow_up,
+    label,
+    make_options,
+    parse_time,
+    rubberband,
+    split_render_words,
+)
+from core.stems import parse_stems
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("75", 75.0), ("75.5", 75.5), ("1:15", 75.0), ("0:05", 5.0), ("2:30", 150.0), ("1:02.5", 62.5), ("0", 0.0)],
+)
+def test_parse_time(text: str, seconds: float) -> None:
+    assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1:75", "abc", "1:2:3", "-5", ""])
+def test_bad_time_is_refused(text: str) -> None:
+    with pytest.raises(InvalidCommand):
+        parse_time(text)
+
+
+@pytest.mark.parametrize(
+    ("words", "rest", "options"),
+    [
+        ("vocals", ["vocals"], RenderOptions()),
+        ("vocals key-2", ["vocals"], RenderOptions(key=-2)),
+        ("key+3 drums", ["drums"], RenderOptions(key=3)),
+        ("key\u22122", [], RenderOptions(key=-2)),
+        ("KEY=5", [], RenderOptions(key=5)),
+        ("pitch-12", [], RenderOptions(key=-12)),
+        ("tempo80", [], RenderOptions(tempo=80)),
+        ("tempo120%", [], RenderOptions(tempo=120)),
+        ("speed=50", [], RenderOptions(tempo=50)),
+        ("karaoke 1:10-2:30", ["karaoke"], RenderOptions(start_s=70, end_s=150)),
+        ("70-150", [], RenderOptions(start_s=70, end_s=150)),
+        ("1:10-", [], RenderOptions(start_s=70)),
+        ("-0:30", [], RenderOptions(end_s=30)),
+        ("0:05\u20130:12", [], RenderOptions(start_s=5, end_s=12)),
+        (
+            "guide key-1 tempo90 0:30-1:00 flac",
+            ["guide", "flac"],
+            RenderOptions(key=-1, tempo=90, start_s=30, end_s=60),
+        ),
+        ("drums+bass", ["drums+bass"], RenderOptions()),
+    ],
+)
+def test_render_words(words: str, rest: list[str], options: RenderOptions) -> None:
+    assert split_render_words(words.split()) == (rest, options)
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ("key-13", r"from key-12 to key\+12"),
+        ("key+20", r"from key-12 to key\+12"),
+        ("tempo49", "from tempo50 to tempo150"),
+        ("tempo200", "from tempo50 to tempo150"),
+        ("tempo0", "from tempo50 to tempo150"),
+        ("keyC", "not understood"),
+        ("tempo-fast", "not understood"),
+        ("2:30-1:10", "too short"),
+        ("0:10-0:10.5", "too short"),
+        ("1:70-2:00", "under 60"),
+    ],
+)
+def test_out_of_range_is_a_clear_message(words: str, message: str) -> None:
+    with pytest.raises(InvalidCommand, match=message):
+        split_render_words(words.split())
+
+
+def test_split_command_carries_options() -> None:
+    command = parse_split("vocals key-2 tempo80 1:10-2:30 flac https://example.com/a.mp3")
+    assert command.selection is not None and command.selection.spec == "vocals"
+    assert (command.format, command.url) == ("flac", "https://example.com/a.mp3")
+    assert command.options == RenderOptions(key=-2, tempo=80, start_s=70, end_s=150)
+
+
+def test_guide_is_one_output_of_every_source() -> None:
+    selection = parse_stems("guide")
+    assert [o.name for o in selection.outputs] == ["guide"]
+    assert selection.outputs[0].sources == frozenset({"drums", "bass", "other", "vocals"})
+
+
+K2T80 = "instrumental.key-2.tempo80"
+SECTION = "instrumental.70s-150s"
+
+
+@pytest.mark.parametrize(
+    ("options", "said", "named", "filed"),
+    [
+        (RenderOptions(), "", "instrumental", "instrumental"),
+        (
+            RenderOptions(key=-2, tempo=80),
+            "key \u22122, 80 %",
+            "instrumental (key \u22122, 80 %)",
+            "instrumental.key-2.tempo80",
+        ),
+        (RenderOptions(key=3), "key +3", "instrumental (key +3)", "instrumental.key+3"),
+        (
+            RenderOptions(start_s=70, end_s=150),
+            "1:10\u20132:30",
+            "instrumental (1:10\u20132:30)",
+            "instrumental.70s-150s",
+        ),
+        (RenderOptions(start_s=5), "0:05\u2013end", "instrumental (0:05\u2013end)", "instrumental.5s-end"),
+    ],
+)
+def test_labels_say_what_was_done(options: RenderOptions, said: str, named: str, filed: str) -> None:
+    assert describe(options) == said
+    assert label("instrumental", options) == named
+    assert file_label("instrumental", options) == filed
+
+
+def test_content_part_only_when_changed() -> None:
+    assert RenderOptions().cache_part() == ""
+    assert RenderOptions(key=-2).cache_part() != RenderOptions(key=2).cache_part()
+    assert RenderOptions(start_s=5, end_s=12).cache_part() != RenderOptions(start_s=5).cache_part()
+
+
+@pytest.mark.parametrize(
+    ("options", "keep", "expected"),
+    [
+        (RenderOptions(), True, None),
+        (RenderOptions(tempo=80), True, "rubberband=tempo=0.8:pitch=1:pitchq=quality"),
+        (RenderOptions(key=12), False, "rubberband=tempo=1:pitch=2:pitchq=quality"),
+        (RenderOptions(key=-12), True, "rubberband=tempo=1:pitch=0.5:formant=preserved:pitchq=quality"),
+    ],
+)
+def test_rubberband_filter(options: RenderOptions, keep: bool, expected: str | None) -> None:
+    assert rubberband(options, keep) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "change", "after"),
+    [
+        (RenderOptions(), "key-1", RenderOptions(key=-1)),
+        (RenderOptions(key=-1, tempo=80), "key-1", RenderOptions(key=-2, tempo=80)),
+        (RenderOptions(key=12), "key+1", RenderOptions(key=12)),
+        (RenderOptions(key=2), "slower", RenderOptions(key=2, tempo=80)),
+        (RenderOptions(key=2, tempo=80, start_s=5, end_s=12), "original", RenderOptions(start_s=5, end_s=12)),
+    ],
+)
+def test_follow_ups(before: RenderOptions, change: str, after: RenderOptions) -> None:
+    assert follow_up(before, change) == after
+
+
+def test_unknown_follow_up() -> None:
+    with pytest.raises(InvalidCommand):
+        follow_up(RenderOptions(), "faster")
+
+
+def test_make_options_checks_cli_values() -> None:
+    assert make_options(-2, 80, "0:05", "0:12") == RenderOptions(key=-2, tempo=80, start_s=5, end_s=12)
+    with pytest.raises(InvalidCommand, match="key-12"):
+        make_options(key=13)
+
+
+def test_guide_is_labelled_as_such() -> None:
+    assert label("guide", RenderOptions()) == "karaoke with guide vocals at \u221215 dB"
+    assert label("guide", RenderOptions(tempo=80)) == "karaoke with guide vocals at \u221215 dB (80 %)"
+    assert file_label("guide", RenderOptions()) == "karaoke_guide_vocals"
+
+
+@pytest.mark.parametrize("spec", ["guide+drums", "drums+guide_vocals"])
+def test_guide_is_no_combo_part(spec: str) -> None:
+    from core.errors import InvalidStemSpec
+
+    with pytest.raises(InvalidStemSpec, match="cannot be part of a combo"):
+        parse_stems(spec)

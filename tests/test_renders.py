@@ -1,0 +1,202 @@
+"""One separation, many renders: real workers, real Redis, real ffmpeg.
+
+Plumbing runs on the toy model (its output is noise, which is all the cache needs);
+the key, tempo and section checks use the real htdemucs weights on short clips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from core.jobs import JobResult, Requester, SeparationRequest
+from core.queue import QueueClient
+from core.render import RenderOptions
+from core.settings import Settings
+from core.sources import SourcesCache, entry_key
+from tests.helpers import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
+
+pytestmark = pytest.mark.timeout(600)
+RATE = 44100
+
+
+def _stats(redis_url: str) -> dict[str, float]:
+    client = redis.Redis.from_url(redis_url)
+    day = int(time.time() // 86400)
+    raw = client.hgetall(f"stembot:stats:{day}")
+    client.close()
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def _snr(ref: np.ndarray, est: np.ndarray) -> float:
+    n = min(ref.shape[-1], est.shape[-1])
+    ref, est = ref[:, :n].astype(np.float64), est[:, :n].astype(np.float64)
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - est) ** 2), 1e-20)))
+
+
+def _enqueue(clip: Path, out: Path, env: dict[str, str], *args: str) -> tuple[Path, str]:
+    done = run_stembot("enqueue", str(clip), "--wait", "-o", str(out), *args, env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    files = [Path(line) for line in done.stdout.splitlines() if line.startswith(str(out))]
+    assert len(files) == 1, done.stdout
+    return files[0], done.stdout
+
+
+def test_model_runs_once(
+    tiny_env: dict[str, str], tiny_worker: WorkerProcess, redis_url: str, rock_short: Path, tmp_path: Path
+) -> None:
+    """Vocals, then karaoke, then drums+bass in FLAC: one model run; each later answer is
+    what a separation from scratch gives, within the codec's tolerance."""
+    vocals, said = _enqueue(rock_short, tmp_path / "a", tiny_env, "--stems", "vocals")
+    assert "rendered from the cached separation" not in said
+    karaoke, said = _enqueue(rock_short, tmp_path / "b", tiny_env, "--stems", "karaoke")
+    assert "rendered from the cached separation" in said
+    rhythm, said = _enqueue(rock_short, tmp_path / "c", tiny_env, "--stems", "drums+bass", "--format", "flac")
+    assert "rendered from the cached separation" in said
+    stats = _stats(redis_url)
+    assert (stats["model_runs"], stats["cached_renders"]) == (1, 2)
+    assert "from cached sources" in tiny_worker.log()
+
+    # from scratch: the same song separated in a fresh process, cache or not
+    scratch = tmp_path / "scratch"
+    for stems, fmt in (("karaoke", "mp3"), ("drums+bass", "flac")):
+        done = run_stembot(
+            "separate", str(rock_short), "--stems", stems, "--format", fmt, "-o", str(scratch), env=tiny_env
+        )
+        assert done.returncode == 0, done.stderr
+    assert _snr(read_audio(scratch / "rock.instrumental.mp3"), read_audio(karaoke)) > 60
+    assert _snr(read_audio(scratch / "rock.drums+bass.flac"), read_audio(rhythm)) > 80
+    assert read_audio(vocals).shape == read_audio(karaoke).shape
+
+
+def _peak_hz(audio: np.ndarray) -> float:
+    mono = audio.mean(0)[RATE : 3 * RATE]  # a stretch clear of the edges
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(mono.size)))
+    return float(np.fft.rfftfreq(mono.size, 1 / RATE)[int(np.argmax(spectrum))])
+
+
+@pytest.fixture(scope="module")
+def tone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tone") / "tone.flac"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=6", "-ac", "2", "-ar", str(RATE), str(path))
+    return path
+
+
+def test_key_and_tempo(real_worker: WorkerProcess, redis_url: str, tone: Path, tmp_path: Path) -> None:
+    """A 440 Hz tone (every source summed, so the model's split does not matter): key −2
+    puts the peak at 392 ± 2 Hz, key +12 doubles it, tempo 80 makes it 1.25× as long."""
+    env = real_worker.env
+    every = ("--stems", "drums+bass+other+vocals", "--format", "wav")
+    original, _ = _enqueue(tone, tmp_path / "o", env, *every)
+    lower, _ = _enqueue(tone, tmp_path / "k", env, *every, "--key", "-2")
+    octave, _ = _enqueue(tone, tmp_path / "o12", env, *every, "--key", "+12")
+    slower, _ = _enqueue(tone, tmp_path / "t", env, *every, "--tempo", "80")
+    assert abs(_peak_hz(read_audio(original)) - 440) <= 2
+    assert abs(_peak_hz(read_audio(lower)) - 392) <= 2
+    assert abs(_peak_hz(read_audio(octave)) - 880) <= 2
+    ratio = read_audio(slower).shape[-1] / read_audio(original).shape[-1]
+    assert abs(ratio - 1.25) <= 0.0125, ratio
+    assert "key \u22122" in lower.name or "key-2" in lower.name
+    assert _stats(redis_url)["model_runs"] == 1
+
+
+@pytest.fixture(scope="module")
+def song20(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of a real song with vocals."""
+    src = SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg"
+    return make_clip(src, tmp_path_factory.mktemp("song") / "fishin.flac", seconds=20, extra=("-ss", "30"))
+
+
+async def _run(queue: QueueClient, clip: Path, options: RenderOptions, fmt: str = "wav") -> tuple[JobResult, Path]:
+    ref = await queue.store_input(clip.read_bytes(), clip.name)
+    request = SeparationRequest(
+        input=ref, stems="vocals", model="htdemucs", format=fmt, options=options, requester=Requester(platform="test")
+    )
+    submission = await queue.submit(request)
+    result = await queue.wait_result(submission.job_id, timeout_s=300)
+    assert result.status == "done", result.error
+    out = clip.parent / f"{submission.job_id}.{fmt}"
+    out.write_bytes(await queue.fetch(result.stems[0]))
+    return result, out
+
+
+async def test_section(real_worker: WorkerProcess, redis_url: str, song20: Path, tmp_path: Path) -> None:
+    """`0:05-0:12` as WAV: 7.00 s to the sample, the model run on the section and its
+    context only, and the same stretch as the whole song's separation within 15 dB SNR;
+    once the whole song's sources are cached, a section is a trim of them."""
+    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    try:
+        section = RenderOptions(start_s=5, end_s=12)
+        cut, cut_path = await _run(queue, song20, section)
+        assert not cut.from_cache
+        assert cut.audio_seconds <= 7 + 2 * 4.0 + 0.01  # the section and its context, not 20 s
+        whole, whole_path = await _run(queue, song20, RenderOptions())
+        assert not whole.from_cache and abs(whole.audio_seconds - 20) < 0.1
+        trimmed, trimmed_path = await _run(queue, song20, section, fmt="flac")
+        assert trimmed.from_cache
+
+        cut_audio, whole_audio = read_audio(cut_path), read_audio(whole_path)
+        assert cut_audio.shape[-1] == 7 * RATE  # 7.00 s: ± 1 ms is ± 44 samples; it is exact
+        stretch = whole_audio[:, 5 * RATE : 12 * RATE]
+        snr = _snr(stretch, cut_audio)
+        print(f"section against the whole song's separation: SNR {snr:.1f} dB")
+        assert snr >= 15, snr
+        assert _snr(stretch, read_audio(trimmed_path)) > 80  # a trim of the same sources
+
+        cache = SourcesCache(queue.store, queue.pool, queue.settings)
+        sha = hashlib.sha256(song20.read_bytes()).hexdigest()
+        assert await cache.find(sha, "htdemucs", (0, None)) is not None
+        assert await queue.store.exists(entry_key(sha, "htdemucs", (5 * RATE, 12 * RATE)))
+    finally:
+        await queue.close()
+    assert _stats(redis_url)["model_runs"] == 2
+
+
+async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
+    """Past STEMBOT_SOURCES_MAX_MB the least recently used songs' sources go first."""
+    from core.sources import SourceSet
+
+    settings = Settings(redis_url=redis_url, sources_max_mb=0.25)
+    queue = await QueueClient.connect(settings)
+    try:
+        cache = SourcesCache(queue.store, queue.pool, settings)
+        blob = tmp_path / "vocals.flac"
+        blob.write_bytes(b"x" * 100_000)
+        sources = SourceSet({"vocals": blob}, 0, 1000)
+        for name in ("a", "b"):
+            await cache.put(entry_key(name, "m"), sources)
+        assert await cache.find("a", "m", (0, None)) is not None  # a is used again: b is now the oldest
+        await cache.fetch(*(await cache.find("a", "m", (0, None))), tmp_path)  # type: ignore[misc]
+        await cache.put(entry_key("c", "m"), sources)
+        assert await cache.find("b", "m", (0, None)) is None
+        assert await cache.find("a", "m", (0, None)) is not None
+        assert await cache.find("c", "m", (0, None)) is not None
+        assert await cache.total_bytes() <= 0.25 * 1024 * 1024
+        assert not await queue.store.exists("sources:b:m:vocals.flac")
+    finally:
+        await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--key", "-13"), "from key-12 to key+12"),
+        (("--tempo", "200"), "from tempo50 to tempo150"),
+        (("--start", "0:05", "--end", "0:04"), "too short"),
+        (("--start", "1:75"), "under 60"),
+        (("--start", "5:00", "--end", "6:00"), "The song ends before 5:00"),
+    ],
+)
+def test_out_of_range_options_are_refused(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    """One clear message and the user-error status, nothing written."""
+    done = run_stembot("separate", str(rock_short), "--stems", "vocals", *args, "-o", str(tmp_path / "o"), env=tiny_env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "o").glob("*"))
