@@ -10,13 +10,14 @@ without running the model again, and answers exactly as a first request would.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
 
 import numpy as np
 
@@ -40,6 +41,8 @@ from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, lab
 from core.settings import Settings
 from core.sources import SOURCES_FORMAT, SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
+from worker.encoders import ParallelWriter
+from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
     from worker.separator import Separator, StopFn
@@ -196,33 +199,32 @@ def _stream_sources(
     sandbox = Sandbox.from_settings(settings)
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
 
-    # The separating pass's decoder lives as long as the separation (21 min for an hour of
-    # audio here), so the job's limit bounds it, not the one for an ffmpeg call.
-    paced_s = _paced_s(settings)
-
     def blocks(timeout_s: float) -> contextlib.closing[Generator[np.ndarray, None, None]]:
         decoded = stream_decode(input_path, info, settings.max_duration_s, timeout_s, sandbox=sandbox)
         return _closing(frames_between(decoded, *window), decoded)
 
-    with blocks(settings.ffmpeg_timeout_s) as first_pass:
-        stats = stream_stats(first_pass)
-    _check_window(options, stats.frames)
-    names = [n for n in separator.sources if keep is None or n in keep]
-    writers: dict[str, AudioWriter] = {}
+    with job_dir() as scratch:
+        # Decoded once: kept as raw float32 in scratch space while measured, then read back.
+        raw = Path(scratch) / "decoded.f32"
+        with blocks(settings.ffmpeg_timeout_s) as first_pass, raw.open("wb") as sink:
+            stats = stream_stats(_kept(first_pass, sink))
+        _check_window(options, stats.frames)
+        names = [n for n in separator.sources if keep is None or n in keep]
+        writers: dict[str, ParallelWriter] = {}
 
-    def emit(sources: np.ndarray, mix: np.ndarray) -> None:
-        for i, name in enumerate(separator.sources):
-            if name in writers:
-                writers[name].write(sources[i])
+        def emit(sources: np.ndarray, mix: np.ndarray) -> None:
+            for i, name in enumerate(separator.sources):
+                if name in writers:
+                    writers[name].put(functools.partial(np.asarray, sources[i]))
 
-    try:
-        for n in names:
-            dest = out_dir / f"{n}.flac"
-            writers[n] = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
-        say(Stage.separating, 0.0)
-        with blocks(paced_s) as second_pass:
+        try:
+            for n in names:
+                dest = out_dir / f"{n}.flac"
+                encoder = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
+                writers[n] = ParallelWriter(encoder)
+            say(Stage.separating, 0.0)
             separator.separate_stream(
-                second_pass,
+                _read_raw(raw, stats.frames),
                 stats.frames,
                 stats.mean,
                 stats.std,
@@ -230,13 +232,13 @@ def _stream_sources(
                 lambda f: say(Stage.separating, 100.0 * f),
                 should_stop,
             )
-        for writer in writers.values():
-            writer.close()
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    paths = {n: w.dest for n, w in writers.items()}
+            for writer in writers.values():
+                writer.close()
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+    paths = {n: w.writer.dest for n, w in writers.items()}
     return SourceSet(paths, window[0], stats.frames, window == (0, None), info.title, info.artist), info
 
 
@@ -413,3 +415,21 @@ def stream_file(
 ) -> SeparationOutcome:
     """`separate_file` with the streaming engine (bounded memory whatever the song's length)."""
     return separate_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
+
+
+_BLOCK_FRAMES = SAMPLE_RATE * 10
+
+
+def _kept(blocks: Iterator[np.ndarray], sink: BinaryIO) -> Iterator[np.ndarray]:
+    """The decoder's blocks, each also written to `sink` as interleaved float32."""
+    for block in blocks:
+        sink.write(np.ascontiguousarray(block.T).tobytes())
+        yield block
+
+
+def _read_raw(path: Path, frames: int) -> Iterator[np.ndarray]:
+    """(2, n) blocks of what `_kept` wrote."""
+    with path.open("rb") as source:
+        for _ in range(0, frames, _BLOCK_FRAMES):
+            block = np.fromfile(source, np.float32, _BLOCK_FRAMES * 2)
+            yield block.reshape(-1, 2).T
