@@ -65,7 +65,7 @@ class SourcesCache:
         self.store = store
         self.redis = redis
         self.ttl_s = settings.sources_ttl_s
-        self.max_bytes = int(settings.sources_max_mb * 1024 * 1024)
+        self.max_bytes = settings.sources_max_bytes
         self._lru = f"{settings.key_prefix}sources:lru"
         self._sizes = f"{settings.key_prefix}sources:sizes"
 
