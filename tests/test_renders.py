@@ -182,6 +182,46 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         await queue.close()
 
 
+async def test_a_source_evicted_by_the_store_budget_drops_its_entry(redis_url: str, tmp_path: Path) -> None:
+    """The store's own budget (STEMBOT_ARTIFACT_BUDGET_MB) evicts single artifacts: an entry
+    that lost a source is dropped whole when found, so the song is separated again."""
+    from core.sources import SourceSet
+
+    settings = Settings(redis_url=redis_url, artifact_budget_mb=0.25)
+    queue = await QueueClient.connect(settings)
+    try:
+        cache = SourcesCache(queue.store, queue.pool, settings)
+        paths = {}
+        for name in ("vocals", "drums"):
+            paths[name] = tmp_path / f"{name}.flac"
+            paths[name].write_bytes(b"x" * 100_000)
+        await cache.put(entry_key("a", "m"), SourceSet(paths, 0, 1000))
+        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: vocals go
+        assert not await queue.store.exists("sources:a:m:vocals.flac")
+        assert await cache.find("a", "m", (0, None)) is None
+        assert not await queue.store.exists("sources:a:m", "sources:a:m:drums.flac")  # no useless leftovers
+        assert await cache.total_bytes() == 0
+    finally:
+        await queue.close()
+
+
+def test_a_partly_evicted_song_is_separated_again(
+    tiny_env: dict[str, str], tiny_worker: WorkerProcess, redis_url: str, rock_short: Path, tmp_path: Path
+) -> None:
+    """A cached song that lost one source answers the next request by separating again, not by failing."""
+    _enqueue(rock_short, tmp_path / "a", tiny_env, "--stems", "vocals")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        drums = client.keys("stembot:artifact:sources:*:drums.flac")
+        assert len(drums) == 1
+        client.delete(*drums)  # as the store's budget would
+    finally:
+        client.close()
+    _, said = _enqueue(rock_short, tmp_path / "b", tiny_env, "--stems", "drums+bass")
+    assert "rendered from the cached separation" not in said
+    assert _stats(redis_url)["model_runs"] == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
