@@ -131,6 +131,8 @@ def make_options(
     """Checked options from user values; raise InvalidCommand with a message a user understands."""
     start_s = parse_time(start) if isinstance(start, str) else start
     end_s = parse_time(end) if isinstance(end, str) else end
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise InvalidCommand(f"The section {clock(start_s)}-{clock(end_s)} ends before it starts.")
     if start_s is not None and end_s is not None and end_s - start_s < MIN_SECTION_S:
         raise InvalidCommand(
             f"The section {clock(start_s)}-{clock(end_s)} is too short: it must end at least a second after it starts."

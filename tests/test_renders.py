@@ -227,7 +227,15 @@ def test_a_partly_evicted_song_is_separated_again(
     [
         (("--key", "-13"), "from key-12 to key+12"),
         (("--tempo", "200"), "from tempo50 to tempo150"),
-        (("--start", "0:05", "--end", "0:04"), "too short"),
+        (("--start", "0:05", "--end", "0:04"), "ends before it starts"),
+        (("--start", "0:05", "--end", "0:05.5"), "too short"),
+        (
+            (
+                "--start",
+                "-5",
+            ),
+            "is not a time",
+        ),
         (("--start", "1:75"), "under 60"),
         (("--start", "5:00", "--end", "6:00"), "The song ends before 5:00"),
     ],
