@@ -248,3 +248,38 @@ def test_out_of_range_options_are_refused(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "o").glob("*"))
+
+
+async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
+    redis_url: str, rock_short: Path
+) -> None:
+    """Another user's tap on a follow-up is refused without the song's name; a slower
+    follow-up is held to the stored-bytes bound as its longer files will be."""
+    from core.deliveries import Delivery
+    from core.desk import JobDesk, Song
+    from core.errors import InvalidCommand, TooLarge
+    from core.stems import parse_stems
+    from core.uploads import estimated_bytes
+
+    # One 3 s WAV fits; the same at 80 % tempo (3.75 s) does not.
+    limit_mb = estimated_bytes("wav", 3.3) / 1_000_000
+    settings = Settings(redis_url=redis_url, max_jobs_per_user=5, max_job_output_mb=limit_mb)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        alice = Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+        song = Song(rock_short.read_bytes(), "Alice's secret demo.flac")
+        accepted = await desk.accept(song, parse_stems("vocals"), "wav", alice)
+        bob = Delivery(platform="test", job_id="", chat_id="group", user_id="bob")
+        with pytest.raises(InvalidCommand, match="belong to the person who asked") as refused:
+            await desk.again(accepted.delivery.id, "key+1", bob)
+        assert "secret" not in refused.value.user_message and bob.song == "song"
+        assert await desk.book.for_user("bob") == []
+        mine = Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+        assert (await desk.again(accepted.delivery.id, "key+1", mine)).delivery.song == alice.song
+        with pytest.raises(TooLarge):
+            await desk.again(
+                accepted.delivery.id, "slower", Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+            )
+    finally:
+        await queue.close()
