@@ -222,6 +222,18 @@ def test_a_partly_evicted_song_is_separated_again(
     assert _stats(redis_url)["model_runs"] == 2
 
 
+def test_a_section_past_the_songs_end_is_named_as_it_was_cut(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path
+) -> None:
+    """`--end 99:00` on a 3 s song: the file holds 1 s to the end, and its name says so."""
+    out = tmp_path / "o"
+    args = ("--stems", "vocals", "--format", "wav", "--start", "1", "--end", "99:00", "-o", str(out))
+    done = run_stembot("separate", str(rock_short), *args, env=tiny_env)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == ["rock.vocals.1s-end.wav"]
+    assert abs(read_audio(out / "rock.vocals.1s-end.wav").shape[-1] - 2 * RATE) <= 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
