@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     sources_ttl_s: int = Field(
         6 * 3600, ge=60, description="how long a song's separated sources are kept for re-renders after their last use"
     )
+    # Half the Redis store's default budget, so cached sources never crowd out inputs and results.
     sources_max_mb: float = Field(
-        2048, ge=0, description="most MB of separated sources kept; least recently used go first (0 = keep none)"
+        1000, ge=0, description="most MB of separated sources kept; least recently used go first (0 = keep none)"
     )
 
     # Separation
