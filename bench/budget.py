@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale import PrivateRedis
+from bench.scale import on_private_redis
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
@@ -119,17 +117,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=40, help="jobs kept queued")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not installed")
     with tempfile.TemporaryDirectory(prefix="stembot-budget-") as tmp:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        server = PrivateRedis(Path(tmp), port)
-        try:
-            asyncio.run(run(args, server.url, Path(tmp)))
-        finally:
-            server.stop()
+        on_private_redis(Path(tmp), lambda url: run(args, url, Path(tmp)))
 
 
 if __name__ == "__main__":

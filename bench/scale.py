@@ -41,8 +41,10 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from arq.jobs import Job
@@ -101,6 +103,22 @@ class PrivateRedis:
     def stop(self) -> None:
         subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True)
         self.proc.wait(10)
+
+
+def on_private_redis(directory: Path, main: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """Run `main(url)` against a `PrivateRedis` on a free port, stopped whatever happens."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = PrivateRedis(directory, port)
+    try:
+        asyncio.run(main(server.url))
+    finally:
+        server.stop()
 
 
 async def user(queue: QueueClient, number: int, data: bytes, at: float, args: argparse.Namespace) -> Outcome:
@@ -286,18 +304,7 @@ def main() -> None:
         if args.redis:
             asyncio.run(run(args, args.redis, Path(tmp)))
             return
-        if shutil.which("redis-server") is None:
-            raise SystemExit("redis-server is not installed")
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        server = PrivateRedis(Path(tmp), port)
-        try:
-            asyncio.run(run(args, server.url, Path(tmp)))
-        finally:
-            server.stop()
+        on_private_redis(Path(tmp), lambda url: run(args, url, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from core.queue import QueueClient, refusing_when_full
 from core.render import RenderOptions, clock, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
-from core.stems import StemSelection
+from core.stems import StemSelection, parse_stems
 from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -86,6 +86,18 @@ def check_output_size(files: int, fmt: str, duration_s: float, kbps: int, limit_
             f"{files} {fmt.upper()} file(s) of this song come to about {megabytes(int(expected))}; one request "
             f"may make at most {megabytes(limit_bytes)}. Ask for fewer stems, or a compressed format such as mp3."
         )
+
+
+def section_s(duration_s: float, options: RenderOptions) -> float:
+    """Seconds of the song a request covers: its section, or all of it."""
+    start = options.start_s or 0.0
+    end = duration_s if options.end_s is None else min(options.end_s, duration_s or options.end_s)
+    return max(0.0, end - start)
+
+
+def output_s(duration_s: float, options: RenderOptions) -> float:
+    """Seconds of each file a request makes: its section, stretched by its tempo."""
+    return section_s(duration_s, options) * 100 / options.tempo
 
 
 def status_line(progress: Progress | None, song: str) -> str:
@@ -190,14 +202,15 @@ class JobDesk:
         cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)
         await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
-        check_output_size(len(selection.outputs), fmt, duration, s.mp3_bitrate_kbps, s.max_job_output_bytes)
+        seconds = output_s(duration, options)
+        check_output_size(len(selection.outputs), fmt, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         ref = await self.queue.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
         )
         delivery.song = song_name(song.title or song.filename)
         delivery.format = fmt
         delivery.upload_limit = upload_limit
-        delivery.note = plan_upload(fmt, duration * 100 / options.tempo, upload_limit, s.mp3_bitrate_kbps).note
+        delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
             stems=selection.spec,
@@ -217,10 +230,7 @@ class JobDesk:
         cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
         if await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None:
             return 0.0
-        if not options.has_section:
-            return duration
-        end = duration if options.end_s is None else min(options.end_s, duration or options.end_s)
-        return max(0.0, end - start)
+        return section_s(duration, options)
 
     async def _check_user(self, delivery: Delivery, cost: float) -> None:
         user = self.user_key(delivery.user_id)
@@ -270,17 +280,25 @@ class JobDesk:
         if raw is None:
             raise gone
         record = _Again.model_validate_json(raw)
+        if record.request.requester.user_id != delivery.user_id:
+            # The buttons sit under one user's song, in a chat others read: they are that
+            # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
+            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+        s = self.settings
         user = self.user_key(delivery.user_id)
         await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
-        if not await self.queue.store.touch(record.request.input.artifact_key, self.settings.result_ttl_s):
+        if not await self.queue.store.touch(record.request.input.artifact_key, s.result_ttl_s):
             raise gone
         options = follow_up(record.request.options, change)
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
+        seconds = output_s(record.duration_s, options)
+        files = len(parse_stems(request.stems).outputs)
+        check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         await self._check_user(delivery, cost)
         delivery.song = record.song
         delivery.format = request.format
-        delivery.note = record.note
+        delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
         return await self._queue(request, delivery, cost, record.duration_s)
 
     async def stats_text(self) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, model_validator
 
 from core.errors import InvalidCommand
+from core.naming import excerpt
 from core.stems import GUIDE, GUIDE_LEVEL_DB
 
 KEY_RANGE = (-12, 12)
@@ -27,6 +28,11 @@ TEMPO_RANGE = (50, 150)
 SECTION_CONTEXT_S = 4.0
 # The shortest section worth a job.
 MIN_SECTION_S = 1.0
+# The latest time a section may name: far past any song stembot takes, small enough that
+# sample counts stay plain integers (a 400-digit time would overflow them).
+MAX_TIME_S = 100 * 3600
+# Digits a key or tempo may have before it is out of range unread (int() refuses 4300).
+_MAX_DIGITS = 6
 MINUS = "\u2212"  # a typographic minus, for titles
 
 _KEY = re.compile(r"^(?:key|pitch)[:=]?([+\-\u2212]?\d+)$")
@@ -83,13 +89,16 @@ def parse_time(text: str) -> float:
     """`75`, `75.5`, `1:15`, `1:15.5` → seconds; raise InvalidCommand otherwise."""
     text = text.strip()
     if not re.fullmatch(_TIME, text):
-        raise InvalidCommand(f'"{text}" is not a time: write seconds (75) or minutes:seconds (1:15).')
-    if ":" in text:
-        minutes, seconds = text.split(":", 1)
-        if float(seconds) >= 60:
-            raise InvalidCommand(f'"{text}": seconds after the colon must be under 60.')
-        return int(minutes) * 60 + float(seconds)
-    return float(text)
+        raise InvalidCommand(f'"{excerpt(text)}" is not a time: write seconds (75) or minutes:seconds (1:15).')
+    minutes, _, seconds = text.rpartition(":")
+    if len(minutes) > _MAX_DIGITS or float(seconds) > MAX_TIME_S:
+        raise InvalidCommand(f'"{excerpt(text)}" is later than any song I take.')
+    if minutes and float(seconds) >= 60:
+        raise InvalidCommand(f'"{excerpt(text)}": seconds after the colon must be under 60.')
+    value = int(minutes or 0) * 60 + float(seconds)
+    if value > MAX_TIME_S:
+        raise InvalidCommand(f'"{excerpt(text)}" is later than any song I take.')
+    return value
 
 
 def clock(seconds: float) -> str:
@@ -100,15 +109,19 @@ def clock(seconds: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}{tail}"
 
 
+_KEY_SPAN = "from key-12 to key+12 semitones"
+_TEMPO_SPAN = "from tempo50 to tempo150 (percent)"
+
+
 def _check_key(value: int) -> int:
     if not KEY_RANGE[0] <= value <= KEY_RANGE[1]:
-        raise InvalidCommand(f"Key {value:+d} is out of range: from key-12 to key+12 semitones.")
+        raise InvalidCommand(f"Key {value:+d} is out of range: {_KEY_SPAN}.")
     return value
 
 
 def _check_tempo(value: int) -> int:
     if not TEMPO_RANGE[0] <= value <= TEMPO_RANGE[1]:
-        raise InvalidCommand(f"Tempo {value} % is out of range: from tempo50 to tempo150 (percent).")
+        raise InvalidCommand(f"Tempo {value} % is out of range: {_TEMPO_SPAN}.")
     return value
 
 
@@ -118,6 +131,8 @@ def make_options(
     """Checked options from user values; raise InvalidCommand with a message a user understands."""
     start_s = parse_time(start) if isinstance(start, str) else start
     end_s = parse_time(end) if isinstance(end, str) else end
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise InvalidCommand(f"The section {clock(start_s)}-{clock(end_s)} ends before it starts.")
     if start_s is not None and end_s is not None and end_s - start_s < MIN_SECTION_S:
         raise InvalidCommand(
             f"The section {clock(start_s)}-{clock(end_s)} is too short: it must end at least a second after it starts."
@@ -137,18 +152,27 @@ def _take(word: str, found: _Words) -> bool:
     """Fold one word into `found` if it is a render word; False for anything else."""
     w = word.lower()
     if m := _KEY.match(w):
-        found.key = _check_key(int(m.group(1).replace(MINUS, "-")))
+        found.key = _check_key(_number(m.group(1).replace(MINUS, "-"), word, _KEY_SPAN))
         return True
     if m := _TEMPO.match(w):
-        found.tempo = _check_tempo(int(m.group(1)))
+        found.tempo = _check_tempo(_number(m.group(1), word, _TEMPO_SPAN))
         return True
     if (m := _SECTION.match(w)) and (m.group(1) or m.group(2)):
         found.start = parse_time(m.group(1)) if m.group(1) else None
         found.end = parse_time(m.group(2)) if m.group(2) else None
         return True
     if w.startswith(("key", "pitch", "tempo", "speed")):
-        raise InvalidCommand(f'"{word}" is not understood: write key-2 or key+3 (semitones), tempo80 (percent).')
+        raise InvalidCommand(
+            f'"{excerpt(word)}" is not understood: write key-2 or key+3 (semitones), tempo80 (percent).'
+        )
     return False
+
+
+def _number(text: str, word: str, span: str) -> int:
+    """`text` (from `word`) as an int, refused unread when it has too many digits to be in `span`."""
+    if len(text.lstrip("+-")) > _MAX_DIGITS:
+        raise InvalidCommand(f'"{excerpt(word)}" is out of range: {span}.')
+    return int(text)
 
 
 def split_render_words(words: list[str]) -> tuple[list[str], RenderOptions]:

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(200, ge=1, description="queued jobs above which new requests are refused")
     artifact_store: Literal["redis", "s3"] = Field("redis", description="where inputs and stems are kept")
     artifact_budget_mb: float = Field(
-        2048, gt=0, description="Redis store: bytes of artifacts kept before the least recently used finished ones go"
+        2048, gt=0, description="Redis store: MB of artifacts kept before the least recently used finished ones go"
     )
     redis_full_ratio: float = Field(
         0.9, gt=0, le=1, description="share of Redis maxmemory past which new requests are refused (jobs keep room)"
@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     sources_ttl_s: int = Field(
         6 * 3600, ge=60, description="how long a song's separated sources are kept for re-renders after their last use"
     )
+    # Half the Redis store's default budget, so cached sources never crowd out inputs and results.
     sources_max_mb: float = Field(
-        2048, ge=0, description="most MB of separated sources kept; least recently used go first (0 = keep none)"
+        1000, ge=0, description="most MB of separated sources kept; least recently used go first (0 = keep none)"
     )
 
     # Separation
@@ -190,7 +191,11 @@ class Settings(BaseSettings):
 
     @property
     def artifact_budget_bytes(self) -> int:
-        return int(self.artifact_budget_mb * 1024 * 1024)
+        return int(self.artifact_budget_mb * 1_000_000)
+
+    @property
+    def sources_max_bytes(self) -> int:
+        return int(self.sources_max_mb * 1_000_000)
 
     @property
     def in_progress_ttl_s(self) -> float:

@@ -12,6 +12,11 @@ user's file name, title or tags: those belong to each request.
 
 The total the cache holds is bounded by `STEMBOT_SOURCES_MAX_MB`: a sorted set of the
 entries by last use, and a hash of their sizes, evict the least recently used.
+
+The Redis store has its own, wider cap (`STEMBOT_ARTIFACT_BUDGET_MB`, core.artifacts) over
+every artifact, sources included, and evicts single artifacts. So an entry may lose one
+source but keep its manifest: such an entry is dropped whole when found, and the song is
+separated again, as if it had never been cached.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class SourcesCache:
         self.store = store
         self.redis = redis
         self.ttl_s = settings.sources_ttl_s
-        self.max_bytes = int(settings.sources_max_mb * 1024 * 1024)
+        self.max_bytes = settings.sources_max_bytes
         self._lru = f"{settings.key_prefix}sources:lru"
         self._sizes = f"{settings.key_prefix}sources:sizes"
 
@@ -91,8 +96,8 @@ class SourcesCache:
             return None
         manifest = Manifest.model_validate_json(raw)
         keys = [f"{key}:{name}.flac" for name in manifest.sources]
-        if await self.store.exists(*keys) != len(keys):
-            await self._forget(key)
+        if await self.store.exists(*keys) != len(keys):  # the store's budget took a source
+            await self.drop(key)
             return None
         return manifest
 
@@ -105,7 +110,7 @@ class SourcesCache:
                 path.write_bytes(await self.store.get(f"{key}:{name}.flac"))
                 paths[name] = path
         except ArtifactMissing:
-            await self._forget(key)
+            await self.drop(key)
             return None
         for name in manifest.sources:
             await self.store.touch(f"{key}:{name}.flac", self.ttl_s)

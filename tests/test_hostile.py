@@ -162,9 +162,10 @@ def test_children_run_under_the_limits(monkeypatch: pytest.MonkeyPatch, prlimit:
     sandbox = Sandbox(memory_mb=700, cpu_s=77)
     child = sandbox.popen(["sleep", "30"], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):  # prlimit execs sleep once the limits are set
-            if Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"sleep"):
-                break
+        # prlimit execs sleep once the limits are set; a busy 2-core box may take seconds
+        deadline = time.monotonic() + 60
+        while not Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the sandboxed child never started"
             time.sleep(0.02)
         limits = Path(f"/proc/{child.pid}/limits").read_text().splitlines()
         address = next(line for line in limits if line.startswith("Max address space")).split()

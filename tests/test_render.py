@@ -73,14 +73,23 @@ def test_render_words(words: str, rest: list[str], options: RenderOptions) -> No
         ("tempo0", "from tempo50 to tempo150"),
         ("keyC", "not understood"),
         ("tempo-fast", "not understood"),
-        ("2:30-1:10", "too short"),
+        ("2:30-1:10", "ends before it starts"),
+        ("1:10-1:10", "ends before it starts"),
         ("0:10-0:10.5", "too short"),
         ("1:70-2:00", "under 60"),
+        ("99:99-1:00", "under 60"),
+        ("key-", "not understood"),
+        ("key+" + "9" * 5000, r"out of range: from key-12 to key\+12"),  # past int()'s 4300 digits
+        ("tempo" + "9" * 5000, "out of range: from tempo50 to tempo150"),
+        ("1:00-" + "9" * 400, "later than any song"),  # a float infinity, once
+        ("9" * 5000 + ":00-", "later than any song"),
+        ("0-400000", "later than any song"),
     ],
 )
 def test_out_of_range_is_a_clear_message(words: str, message: str) -> None:
-    with pytest.raises(InvalidCommand, match=message):
+    with pytest.raises(InvalidCommand, match=message) as refused:
         split_render_words(words.split())
+    assert len(refused.value.user_message) < 200  # a huge word is not echoed whole
 
 
 def test_split_command_carries_options() -> None:

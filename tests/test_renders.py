@@ -176,10 +176,62 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         assert await cache.find("b", "m", (0, None)) is None
         assert await cache.find("a", "m", (0, None)) is not None
         assert await cache.find("c", "m", (0, None)) is not None
-        assert await cache.total_bytes() <= 0.25 * 1024 * 1024
+        assert await cache.total_bytes() <= 250_000  # decimal MB, as every size stembot shows
         assert not await queue.store.exists("sources:b:m:vocals.flac")
     finally:
         await queue.close()
+
+
+async def test_a_source_evicted_by_the_store_budget_drops_its_entry(redis_url: str, tmp_path: Path) -> None:
+    """The store's own budget (STEMBOT_ARTIFACT_BUDGET_MB) evicts single artifacts: an entry
+    that lost a source is dropped whole when found, so the song is separated again."""
+    from core.sources import SourceSet
+
+    settings = Settings(redis_url=redis_url, artifact_budget_mb=0.25)
+    queue = await QueueClient.connect(settings)
+    try:
+        cache = SourcesCache(queue.store, queue.pool, settings)
+        paths = {}
+        for name in ("vocals", "drums"):
+            paths[name] = tmp_path / f"{name}.flac"
+            paths[name].write_bytes(b"x" * 100_000)
+        await cache.put(entry_key("a", "m"), SourceSet(paths, 0, 1000))
+        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: vocals go
+        assert not await queue.store.exists("sources:a:m:vocals.flac")
+        assert await cache.find("a", "m", (0, None)) is None
+        assert not await queue.store.exists("sources:a:m", "sources:a:m:drums.flac")  # no useless leftovers
+        assert await cache.total_bytes() == 0
+    finally:
+        await queue.close()
+
+
+def test_a_partly_evicted_song_is_separated_again(
+    tiny_env: dict[str, str], tiny_worker: WorkerProcess, redis_url: str, rock_short: Path, tmp_path: Path
+) -> None:
+    """A cached song that lost one source answers the next request by separating again, not by failing."""
+    _enqueue(rock_short, tmp_path / "a", tiny_env, "--stems", "vocals")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        drums = client.keys("stembot:artifact:sources:*:drums.flac")
+        assert len(drums) == 1
+        client.delete(*drums)  # as the store's budget would
+    finally:
+        client.close()
+    _, said = _enqueue(rock_short, tmp_path / "b", tiny_env, "--stems", "drums+bass")
+    assert "rendered from the cached separation" not in said
+    assert _stats(redis_url)["model_runs"] == 2
+
+
+def test_a_section_past_the_songs_end_is_named_as_it_was_cut(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path
+) -> None:
+    """`--end 99:00` on a 3 s song: the file holds 1 s to the end, and its name says so."""
+    out = tmp_path / "o"
+    args = ("--stems", "vocals", "--format", "wav", "--start", "1", "--end", "99:00", "-o", str(out))
+    done = run_stembot("separate", str(rock_short), *args, env=tiny_env)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == ["rock.vocals.1s-end.wav"]
+    assert abs(read_audio(out / "rock.vocals.1s-end.wav").shape[-1] - 2 * RATE) <= 1
 
 
 @pytest.mark.parametrize(
@@ -187,7 +239,15 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
     [
         (("--key", "-13"), "from key-12 to key+12"),
         (("--tempo", "200"), "from tempo50 to tempo150"),
-        (("--start", "0:05", "--end", "0:04"), "too short"),
+        (("--start", "0:05", "--end", "0:04"), "ends before it starts"),
+        (("--start", "0:05", "--end", "0:05.5"), "too short"),
+        (
+            (
+                "--start",
+                "-5",
+            ),
+            "is not a time",
+        ),
         (("--start", "1:75"), "under 60"),
         (("--start", "5:00", "--end", "6:00"), "The song ends before 5:00"),
     ],
@@ -200,3 +260,38 @@ def test_out_of_range_options_are_refused(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "o").glob("*"))
+
+
+async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
+    redis_url: str, rock_short: Path
+) -> None:
+    """Another user's tap on a follow-up is refused without the song's name; a slower
+    follow-up is held to the stored-bytes bound as its longer files will be."""
+    from core.deliveries import Delivery
+    from core.desk import JobDesk, Song
+    from core.errors import InvalidCommand, TooLarge
+    from core.stems import parse_stems
+    from core.uploads import estimated_bytes
+
+    # One 3 s WAV fits; the same at 80 % tempo (3.75 s) does not.
+    limit_mb = estimated_bytes("wav", 3.3) / 1_000_000
+    settings = Settings(redis_url=redis_url, max_jobs_per_user=5, max_job_output_mb=limit_mb)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        alice = Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+        song = Song(rock_short.read_bytes(), "Alice's secret demo.flac")
+        accepted = await desk.accept(song, parse_stems("vocals"), "wav", alice)
+        bob = Delivery(platform="test", job_id="", chat_id="group", user_id="bob")
+        with pytest.raises(InvalidCommand, match="belong to the person who asked") as refused:
+            await desk.again(accepted.delivery.id, "key+1", bob)
+        assert "secret" not in refused.value.user_message and bob.song == "song"
+        assert await desk.book.for_user("bob") == []
+        mine = Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+        assert (await desk.again(accepted.delivery.id, "key+1", mine)).delivery.song == alice.song
+        with pytest.raises(TooLarge):
+            await desk.again(
+                accepted.delivery.id, "slower", Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
+            )
+    finally:
+        await queue.close()

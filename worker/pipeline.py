@@ -303,8 +303,10 @@ def render_files(
         raise ValueError("karaoke needs the mixture")
     sandbox = Sandbox.from_settings(settings)
     title = (info.title if info and info.title else None) or song
+    # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
+    named = options if last < end else options.model_copy(update={"end_s": None})
     files = [
-        StemFile(o, out_dir / stem_filename(song, file_label(o.name, options), fmt.ext), 0.0, label(o.name, options))
+        StemFile(o, out_dir / stem_filename(song, file_label(o.name, named), fmt.ext), 0.0, label(o.name, named))
         for o in selection.outputs
     ]
     writers: list[AudioWriter] = []

@@ -156,6 +156,9 @@ async def on_again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await _service(context).again(previous, change, query.from_user.id, status)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
+    except Exception:  # a bug must not leave "Rendering…" standing
+        log.exception("a follow-up")
+        await status.edit_text(f"⚠️ {SOMETHING_WRONG}")
 
 
 async def on_format(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
