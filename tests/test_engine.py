@@ -14,7 +14,7 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 from core.errors import Cancelled
-from worker.compiled import OpenVinoHTDemucs
+from worker.compiled import OpenVinoHTDemucs, native_bf16
 from worker.separator import normalisation
 from worker.windowed import Backend, Window, WindowedSeparator, plan_windows
 
@@ -139,6 +139,11 @@ def test_reduced_precision_path_runs_and_stays_close(bag, backend: Backend) -> N
     full = WindowedSeparator(bag, torch.device("cpu"))
     half = WindowedSeparator(bag, torch.device("cpu"), precision="bf16", backend=backend)
     a, b = stacked(full, full.separate(wav)), stacked(half, half.separate(wav))
+    if backend == "openvino" and not native_bf16():
+        # A CPU without bf16: OpenVINO computes in f32 whatever the hint, says so, and matches fp32.
+        assert {m.runs_in for m in half.models} == {"f32"}
+        np.testing.assert_allclose(b, a, atol=1e-4)
+        return
     snr = 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2))
     assert 15 < snr < 120  # close, and not secretly the fp32 path
 

@@ -137,6 +137,11 @@ class OpenVinoHTDemucs(nn.Module):
         self.compiled = _core().compile_model(str(ensure_ir(model, fused, cache_dir)), "CPU", config)
         self._requests = threading.local()  # an infer request serves one thread at a time
 
+    @property
+    def runs_in(self) -> str:
+        """The precision OpenVINO really computes in: a bf16 hint falls back to f32 on CPUs without bf16."""
+        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+
     def _network(self, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         request = getattr(self._requests, "request", None)
         if request is None:
