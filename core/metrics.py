@@ -25,7 +25,10 @@ SECONDS_PER_AUDIO_SECOND = Histogram(
 )
 # a finished job's time per stage (JobResult.timings): fetch the input, decode it, separate
 # it (the encoders run meanwhile), what encoding takes after that, store the stems
-JOB_STAGES = ("fetch", "decode", "separate", "encode", "store")
+# fetch: the input (and any cached sources) out of the store; separate: decode, model and the
+# lossless sources, streamed together; render: mixes, key/tempo and the requested files'
+# encoders; store: the finished files into the store.
+JOB_STAGES = ("fetch", "separate", "render", "store")
 STAGE_SECONDS = Histogram(
     "stembot_job_stage_seconds",
     "time a finished job spent in each stage",

@@ -37,6 +37,8 @@ async def test_worker_metrics_and_json_logs(
     assert _metric(text, "stembot_audio_minutes_total") > 0.04  # 3 s
     assert _metric(text, "stembot_separation_seconds_per_audio_second_count") == 1
     assert _metric(text, "stembot_queue_wait_seconds_count") == 1
+    for stage in ("fetch", "separate", "render", "store"):
+        assert _metric(text, f'stembot_job_stage_seconds_count{{stage="{stage}"}}') == 1
     lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
     assert any("Starting worker" in entry["message"] for entry in lines)
     assert all({"levelname", "name", "message"} <= set(entry) for entry in lines)

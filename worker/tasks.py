@@ -251,7 +251,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         )
         timings["render"] = time.monotonic() - rendered
         run.report(Stage.uploading, 0)
+        stored = time.monotonic()
         stems = await _store_outputs(queue, job_id, files, request.format)
+        timings["store"] = time.monotonic() - stored
     if from_cache:
         metrics.CACHED_RENDERS.inc()
         await Counters(queue.pool, settings.key_prefix).add("cached_renders")
