@@ -19,7 +19,15 @@ from discord import app_commands
 
 from bots.discord import texts
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import AGAIN_PREFIX, CANCEL_PREFIX, DiscordService, chat_text, service_of, song_in
+from bots.discord.service import (
+    AGAIN_PREFIX,
+    CANCEL_PREFIX,
+    DiscordService,
+    again_id,
+    chat_text,
+    service_of,
+    song_in,
+)
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
@@ -292,8 +300,7 @@ class AgainButton(
     reply rendered from the cached sources; it outlives restarts (its custom id says it all)."""
 
     def __init__(self, delivery_id: str, change: str) -> None:
-        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
-        super().__init__(discord.ui.Button(label=change, custom_id=custom_id))
+        super().__init__(discord.ui.Button(label=change, custom_id=again_id(delivery_id, change)))
         self.delivery_id = delivery_id
         self.change = change
 

@@ -86,9 +86,14 @@ def followup_view(delivery_id: str) -> discord.ui.View:
     """One-tap re-renders of a delivered song from its cached sources (handled by AgainButton)."""
     view = discord.ui.View(timeout=None)
     for text, change in FOLLOWUPS:
-        custom_id = f"{AGAIN_PREFIX}{delivery_id}:{change}"
+        custom_id = again_id(delivery_id, change)
         view.add_item(discord.ui.Button(label=text, style=discord.ButtonStyle.secondary, custom_id=custom_id))
     return view
+
+
+def again_id(delivery_id: str, change: str) -> str:
+    """The custom id of a follow-up button; `AgainButton`'s template reads it back."""
+    return f"{AGAIN_PREFIX}{delivery_id}:{change}"
 
 
 def upload_limit(interaction: discord.Interaction, settings: Settings) -> int:
