@@ -23,12 +23,12 @@ SECONDS_PER_AUDIO_SECOND = Histogram(
     "job time divided by song length",
     buckets=(0.01, 0.03, 0.1, 0.3, 0.5, 1, 2, 5),
 )
-# a finished job's time per stage (JobResult.timings): fetch the input, decode it, separate
-# it (the encoders run meanwhile), what encoding takes after that, store the stems
-# fetch: the input (and any cached sources) out of the store; separate: decode, model and the
-# lossless sources, streamed together; render: mixes, key/tempo and the requested files'
-# encoders; store: the finished files into the store.
-JOB_STAGES = ("fetch", "separate", "render", "store")
+# A finished job's time per stage (JobResult.timings). fetch: the input and any cached sources
+# out of the store; decode: the song, once, measured and kept as raw samples; separate: the
+# model, with every encoder fed as its output comes; encode: what the encoders take after the
+# model is done (for a render from cached sources, all of it); store: the requested files
+# into the store; keep: a fresh separation's sources into the sources cache.
+JOB_STAGES = ("fetch", "decode", "separate", "encode", "store", "keep")
 STAGE_SECONDS = Histogram(
     "stembot_job_stage_seconds",
     "time a finished job spent in each stage",

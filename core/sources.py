@@ -21,6 +21,8 @@ separated again, as if it had never been cached.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,16 +126,23 @@ class SourcesCache:
         if not self.enabled:
             return 0
         size = 0
-        for name, path in sources.paths.items():
-            data = path.read_bytes()
-            size += len(data)
-            await self.store.put(f"{key}:{name}.flac", data, self.ttl_s)
-            del data
-        manifest = Manifest(
-            sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
-            size_bytes=size, title=sources.title, artist=sources.artist,
-        )  # fmt: skip
-        await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
+        written: list[str] = []
+        try:
+            for name, path in sources.paths.items():
+                data = path.read_bytes()
+                size += len(data)
+                written.append(f"{key}:{name}.flac")
+                await self.store.put(written[-1], data, self.ttl_s)
+                del data
+            manifest = Manifest(
+                sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
+                size_bytes=size, title=sources.title, artist=sources.artist,
+            )  # fmt: skip
+            await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
+        except BaseException:  # a half-kept entry (the store full, say) is not left to expire
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.delete(*written))
+            raise
         await self.redis.zadd(self._lru, {key: time.time()})
         await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
         await self.evict()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -12,7 +11,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import MODELS, ROCK, SHARED, WorkerProcess, make_clip, stembot_env, write_tiny_repo
+from tests.helpers import (
+    MODELS,
+    ROCK,
+    SHARED,
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    make_clip,
+    stembot_env,
+    write_tiny_repo,
+)
 
 TEST_REDIS_DB = int(os.environ.get("STEMBOT_TEST_REDIS_DB", "13"))
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
@@ -83,12 +92,6 @@ def rock_short(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(ROCK / "mixture.flac", tmp_path_factory.mktemp("clips") / "rock.flac", seconds=3)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def queue_client(redis_url: str) -> AsyncIterator[object]:
     from core.queue import QueueClient
@@ -131,3 +134,16 @@ def tiny_worker(tiny_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProc
     worker.wait_ready()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    admin = redis.Redis(port=server.port)
+    admin.config_set("maxmemory", 32 * 1024 * 1024)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.close()
+    yield server
+    server.stop()

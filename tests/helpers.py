@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +150,47 @@ async def drive(env: Any, until: Callable[[], Any], timeout: float = 120, step_s
         await env.advance_time(step_s)
         await asyncio.sleep(0.1)
     raise TimeoutError("the bot never did that:\n" + env.transcript()[-3000:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server with AOF on, so a restart keeps what was queued."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert time.time() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
+            self.proc.wait(10)
+
+
+def fill(url: str, ratio: float) -> None:
+    """Fill Redis with unrelated bytes up to `ratio` of its maxmemory."""
+    r = redis.Redis.from_url(url)
+    limit = int(r.config_get("maxmemory")["maxmemory"])
+    i = 0
+    while int(r.info("memory")["used_memory"]) < ratio * limit:
+        r.set(f"filler:{i}", b"\0" * 256 * 1024)
+        i += 1
+    r.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import pytest
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.conftest import free_port
-from tests.helpers import SONGS, WorkerProcess, make_clip
+from tests.helpers import SONGS, RedisServer, WorkerProcess, make_clip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,33 +47,6 @@ async def test_two_workers_share_the_queue_and_never_run_a_job_twice(
     for job in jobs:
         assert sum(_starts(w, job) for w in workers) == 1
     assert all(any(_starts(w, j) for j in jobs) for w in workers)  # both took work
-
-
-class RedisServer:
-    """A private redis-server with AOF on, so a restart keeps what was queued."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.time() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
-            self.proc.wait(10)
 
 
 @pytest.fixture

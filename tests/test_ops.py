@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 from core.jobs import Requester, SeparationRequest
+from core.metrics import JOB_STAGES
 from core.queue import QueueClient
 from tests.conftest import free_port
 from tests.helpers import WorkerProcess
@@ -37,7 +38,7 @@ async def test_worker_metrics_and_json_logs(
     assert _metric(text, "stembot_audio_minutes_total") > 0.04  # 3 s
     assert _metric(text, "stembot_separation_seconds_per_audio_second_count") == 1
     assert _metric(text, "stembot_queue_wait_seconds_count") == 1
-    for stage in ("fetch", "separate", "render", "store"):
+    for stage in JOB_STAGES:
         assert _metric(text, f'stembot_job_stage_seconds_count{{stage="{stage}"}}') == 1
     lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
     assert any("Starting worker" in entry["message"] for entry in lines)

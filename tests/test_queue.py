@@ -82,7 +82,9 @@ async def test_round_trip_with_progress(
         assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
     # a stored result carries no requester's name: the next asker may be someone else
     assert stem.filename == "song.instrumental.mp3"
-    assert all(result.timings[stage] > 0 for stage in ("fetch", "separate", "render", "store", "total"))
+    assert all(
+        result.timings[stage] > 0 for stage in ("fetch", "decode", "separate", "encode", "store", "keep", "total")
+    )
     assert list(work_tmp.iterdir()) == []
 
 

@@ -4,7 +4,7 @@ work in both bots while the jobs it accepted complete."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,7 @@ from core.artifacts import ArtifactMissing, RedisArtifactStore
 from core.jobs import InputRef, Requester, SeparationRequest, Stage
 from core.queue import QueueClient, estimate_wait
 from core.settings import Settings
-from tests.helpers import ROCK, WorkerProcess, drive, make_clip, stembot_env
-from tests.test_faults import RedisServer
+from tests.helpers import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, stembot_env
 from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
 
 pytestmark = pytest.mark.timeout(300)
@@ -172,30 +171,6 @@ async def test_evicted_result_is_recomputed_and_a_queued_input_is_kept(
         assert redone.status == "done" and await queue.store.exists(redone.stems[0].artifact_key) == 1
     finally:
         await queue.close()
-
-
-@pytest.fixture
-def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it."""
-    server = RedisServer(tmp_path)
-    server.start()
-    admin = redis.Redis(port=server.port)
-    admin.config_set("maxmemory", 32 * 1024 * 1024)
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.close()
-    yield server
-    server.stop()
-
-
-def fill(url: str, ratio: float) -> None:
-    """Fill Redis with unrelated bytes up to `ratio` of its maxmemory."""
-    r = redis.Redis.from_url(url)
-    limit = int(r.config_get("maxmemory")["maxmemory"])
-    i = 0
-    while int(r.info("memory")["used_memory"]) < ratio * limit:
-        r.set(f"filler:{i}", b"\0" * 256 * 1024)
-        i += 1
-    r.close()
 
 
 async def test_full_redis_refuses_new_songs_in_both_bots_and_finishes_accepted_ones(

@@ -1,10 +1,11 @@
-"""One song through decode → separate → sources → render, shared by the CLI and the worker.
+"""One song through decode → separate → render, shared by the CLI and the worker.
 
-A separation writes every source the model makes, losslessly (FLAC 24-bit), once
-(`separate_sources`). Every file a user asks for is rendered from those sources
-(`render_files`): stems and mixes, karaoke, guide vocals, a section, key and tempo. The
-worker keeps the sources (`core.sources`), so a later request on the same song renders
-without running the model again, and answers exactly as a first request would.
+A separation (`separate_sources`) decodes the song once and streams the model's output,
+as it comes, to every encoder at once: the files the request asked for (`Renderer`:
+stems and mixes, karaoke, guide vocals, a section, key and tempo) and, in the worker, every
+source losslessly (FLAC 24-bit). The worker keeps those sources (`core.sources`), so a
+later request on the same song renders from them (`render_files`) without running the
+model again, through the same `Renderer`, and answers exactly as a first request would.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -27,9 +27,10 @@ from core.audio import (
     AudioWriter,
     OutputFormat,
     Tags,
-    encode,
+    decode_to_file,
     inspect,
     load_audio,
+    read_raw,
     stream_decode,
     stream_stats,
 )
@@ -75,18 +76,26 @@ class SeparationOutcome:
 
 def render_output(
     output: StemOutput,
-    sources: dict[str, np.ndarray],
-    mixture: np.ndarray,
+    sources: Mapping[str, np.ndarray],
+    mixture: np.ndarray | None,
     method: InstrumentalMethod = INSTRUMENTAL_METHOD,
 ) -> np.ndarray:
-    """The audio of one requested file: a source, a mix of sources, the instrumental or the guide."""
+    """The audio of one requested file: a source, a mix of sources, the instrumental or the guide.
+
+    `mixture`, the song itself, is needed only where `uses_mixture` says so.
+    """
     if output.name == GUIDE:
         quiet = np.float32(10 ** (GUIDE_LEVEL_DB / 20))
         backing = render_output(StemOutput(INSTRUMENTAL, output.sources - {"vocals"}), sources, mixture, method)
         return np.asarray(backing + quiet * sources["vocals"], dtype=np.float32)
     if output.name == INSTRUMENTAL and method == "subtract":
+        if mixture is None:
+            raise ValueError("the instrumental by subtraction needs the mixture")
         return np.asarray(mixture - sources["vocals"], dtype=np.float32)
-    return np.asarray(np.sum([sources[s] for s in sorted(output.sources)], axis=0), dtype=np.float32)
+    parts = [sources[s] for s in sorted(output.sources)]
+    if len(parts) == 1:  # a single stem as it is: the encoder's feed makes its own copy
+        return parts[0]
+    return np.asarray(np.sum(parts, axis=0), dtype=np.float32)
 
 
 def needed_sources(selection: StemSelection, method: InstrumentalMethod = INSTRUMENTAL_METHOD) -> set[str]:
@@ -126,120 +135,275 @@ def frames_between(
             pending.append(block[:, lo:hi])
             held += hi - lo
         while held >= size:
-            joined = np.concatenate(pending, axis=-1)
+            joined = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=-1)
             yield joined[:, :size]
-            pending, held = [joined[:, size:]], held - size
+            rest = joined[:, size:]
+            pending, held = ([rest] if rest.shape[-1] else []), held - size
         if stop is not None and pos >= stop:
             break
     if held:
         yield np.concatenate(pending, axis=-1)
 
 
-def _tags(title: str, name: str, info: AudioInfo | None) -> Tags:
-    return Tags(title=f"{title} — {name}", artist=info.artist if info else None, extra={"album": title})
+@dataclass(frozen=True)
+class RenderSpec:
+    """What a request wants written: its files, named after `song`, in `fmt`, with `options`."""
+
+    out_dir: Path
+    song: str
+    selection: StemSelection
+    fmt: OutputFormat
+    options: RenderOptions = field(default_factory=RenderOptions)
+
+
+class Renderer:
+    """The requested files, written while blocks of separated sources arrive, from the model
+    or decoded from cached sources: cut to the section's exact samples, mixed, and through
+    ffmpeg (rubberband for key and tempo). Each file's encoder is fed from a thread of its
+    own, so all of them run side by side, during the separation."""
+
+    def __init__(
+        self,
+        spec: RenderSpec,
+        settings: Settings,
+        covered: tuple[int, int],
+        title: str | None = None,
+        artist: str | None = None,
+    ) -> None:
+        """`covered`: the song's samples [start, end) that the sources hold."""
+        first, last = spec.options.section_frames(SAMPLE_RATE)
+        start, end = covered
+        last = end if last is None else min(last, end)
+        if first >= end or first < start:
+            raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
+        self.first, self.last, self.done = first, last, 0
+        self.tempo = spec.options.tempo
+        self.needs_mixture = uses_mixture(spec.selection)
+        # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
+        named = spec.options if last < end else spec.options.model_copy(update={"end_s": None})
+        self.files = [
+            StemFile(o, spec.out_dir / stem_filename(spec.song, file_label(o.name, named), spec.fmt.ext), 0.0,
+                     label(o.name, named))
+            for o in spec.selection.outputs
+        ]  # fmt: skip
+        album = title or spec.song
+        sandbox = Sandbox.from_settings(settings)
+        self.writers: list[ParallelWriter] = []
+        try:
+            for f in self.files:
+                tags = Tags(title=f"{album} — {f.label}", artist=artist, extra={"album": album})
+                filters = rubberband(spec.options, keep_formants="vocals" in f.output.sources)
+                encoder = AudioWriter(
+                    f.path, spec.fmt, tags, settings.ffmpeg_timeout_s, audio_filter=filters, sandbox=sandbox
+                )
+                self.writers.append(ParallelWriter(encoder))
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def frames(self) -> int:
+        """Samples of the song the files are made of."""
+        return self.last - self.first
+
+    def feed(self, start: int, sources: Mapping[str, np.ndarray], mixture: np.ndarray | None) -> None:
+        """Samples [start, start + n) of the sources (and of the song itself, for karaoke)."""
+        n = next(iter(sources.values())).shape[-1]
+        lo, hi = max(self.first, start), min(self.last, start + n)
+        if hi <= lo:
+            return
+        cut = {name: s[:, lo - start : hi - start] for name, s in sources.items()}
+        mix = None if mixture is None else mixture[:, lo - start : hi - start]
+        for f, writer in zip(self.files, self.writers, strict=True):
+            writer.put(functools.partial(render_output, f.output, cut, mix))
+        self.done += hi - lo
+
+    def close(self) -> list[StemFile]:
+        """Wait for every encoder to finish its file; on any failure none is left behind."""
+        try:
+            for writer in self.writers:
+                writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        seconds = self.done * (100 / self.tempo) / SAMPLE_RATE
+        return [StemFile(f.output, f.path, seconds, f.label) for f in self.files]
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            writer.abort()
+
+
+@dataclass
+class Separation:
+    """A separation's outcome: the kept lossless sources, the input's facts, the files made."""
+
+    sources: SourceSet
+    info: AudioInfo
+    files: list[StemFile]
 
 
 def separate_sources(
     input_path: Path,
-    out_dir: Path,
     separator: Separator,
     settings: Settings,
-    options: RenderOptions | None = None,
-    keep: set[str] | None = None,
+    render: RenderSpec | None = None,
+    keep_in: Path | None = None,
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
-) -> tuple[SourceSet, AudioInfo]:
-    """Separate `input_path` (only the request's section and context, if it has one) into
-    one lossless file per source in `out_dir`; `keep` limits which sources are written."""
-    window = separation_window(options or RenderOptions())
+    timings: dict[str, float] | None = None,
+) -> Separation:
+    """Separate `input_path` (only the request's section and some context, if it has one),
+    writing the files `render` asks for as the model's output comes, and every source
+    losslessly into `keep_in` (FLAC 24-bit: the sources cache's entry).
+
+    `timings` gets `decode`, `separate` (the encoders run meanwhile) and `encode` (what
+    the encoders take after the model is done).
+    """
+    timings = {} if timings is None else timings
+    options = render.options if render else RenderOptions()
     if _is_windowed(separator):
         windowed = cast("WindowedSeparator", separator)
-        return _stream_sources(input_path, out_dir, windowed, settings, options, keep, report, should_stop)
+        return _stream_sources(input_path, windowed, settings, options, render, keep_in, report, should_stop, timings)
     say: Reporter = report or (lambda stage, pct: None)
+    window = separation_window(options)
     sandbox = Sandbox.from_settings(settings)
+    t0 = time.perf_counter()
     wav, info = load_audio(
         input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
     )
     wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
-    _check_window(options, wav.shape[-1])
+    frames = wav.shape[-1]
+    _check_window(options, frames)
+    t1 = time.perf_counter()
     say(Stage.separating, 0.0)
     sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
-    paths = {}
-    for name in separator.sources:
-        if keep is None or name in keep:
-            dest = out_dir / f"{name}.flac"
-            paths[name] = encode(sources[name], dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
-    return SourceSet(paths, window[0], wav.shape[-1], window == (0, None), info.title, info.artist), info
+    t2 = time.perf_counter()
+    say(Stage.encoding, 0.0)
+    with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
+        for a in range(0, frames, _BLOCK):
+            outputs.emit(np.stack([sources[n][:, a : a + _BLOCK] for n in separator.sources]), wav[:, a : a + _BLOCK])
+    timings.update(decode=t1 - t0, separate=t2 - t1, encode=time.perf_counter() - t2)
+    kept = SourceSet(outputs.kept, window[0], frames, window == (0, None), info.title, info.artist)
+    return Separation(kept, info, outputs.files)
 
 
-def _check_window(options: RenderOptions | None, frames: int) -> None:
+class _Outputs:
+    """Where a separation's output goes as it comes: the lossless sources to keep, and the
+    requested files. On leaving with an error, everything written is removed."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        render: RenderSpec | None,
+        keep_in: Path | None,
+        settings: Settings,
+        covered: tuple[int, int],
+        info: AudioInfo,
+    ) -> None:
+        self.names = list(names)
+        self.position = covered[0]
+        self.writers: dict[str, ParallelWriter] = {}
+        self.renderer: Renderer | None = None
+        self.files: list[StemFile] = []
+        sandbox = Sandbox.from_settings(settings)
+        try:
+            for dest in [keep_in / f"{name}.flac" for name in self.names] if keep_in is not None else []:
+                encoder = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
+                self.writers[dest.stem] = ParallelWriter(encoder)
+            if render is not None:
+                self.renderer = Renderer(render, settings, covered, info.title, info.artist)
+        except BaseException:
+            self._abort()
+            raise
+
+    @property
+    def kept(self) -> dict[str, Path]:
+        return {name: writer.writer.dest for name, writer in self.writers.items()}
+
+    def emit(self, sources: np.ndarray, mixture: np.ndarray) -> None:
+        """(sources, channels, n) separated audio of the next n samples, and the song's own."""
+        named = dict(zip(self.names, sources, strict=True))
+        for name, writer in self.writers.items():
+            writer.put(functools.partial(np.asarray, named[name]))
+        if self.renderer is not None:
+            self.renderer.feed(self.position, named, mixture if self.renderer.needs_mixture else None)
+        self.position += sources.shape[-1]
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None:
+            self._abort()
+            return
+        try:
+            for writer in self.writers.values():
+                writer.close()
+            if self.renderer is not None:
+                self.files = self.renderer.close()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+        if self.renderer is not None:
+            self.renderer.abort()
+
+
+def _check_window(options: RenderOptions, frames: int) -> None:
     if frames <= 0:
-        start = options.start_s if options and options.start_s else 0.0
-        raise InvalidCommand(f"The song ends before {clock(start)}: pick a section inside it.")
+        raise InvalidCommand(f"The song ends before {clock(options.start_s or 0.0)}: pick a section inside it.")
 
 
 def _stream_sources(
     input_path: Path,
-    out_dir: Path,
     separator: WindowedSeparator,
     settings: Settings,
-    options: RenderOptions | None,
-    keep: set[str] | None,
+    options: RenderOptions,
+    render: RenderSpec | None,
+    keep_in: Path | None,
     report: Reporter | None,
     should_stop: StopFn | None,
-) -> tuple[SourceSet, AudioInfo]:
-    """`separate_sources` in bounded memory: decode, separate and encode block by block.
+    timings: dict[str, float],
+) -> Separation:
+    """`separate_sources` in bounded memory: decode once, then separate and encode block by block.
 
-    A first decoding pass measures the song (length, and the statistics the model is
-    normalised by); the second feeds the engine, whose finished output goes straight
-    into one FLAC encoder per source.
+    ffmpeg decodes the song into scratch space as raw float32; a pass over that file
+    measures it (length, and the statistics the model is normalised by); the engine then
+    reads it again, and its finished output goes straight to the encoders.
     """
     say: Reporter = report or (lambda stage, pct: None)
-    window = separation_window(options or RenderOptions())
+    window = separation_window(options)
     sandbox = Sandbox.from_settings(settings)
+    t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
-
-    def blocks(timeout_s: float) -> contextlib.closing[Generator[np.ndarray, None, None]]:
-        decoded = stream_decode(input_path, info, settings.max_duration_s, timeout_s, sandbox=sandbox)
-        return _closing(frames_between(decoded, *window), decoded)
-
     with job_dir() as scratch:
-        # Decoded once: kept as raw float32 in scratch space while measured, then read back.
         raw = Path(scratch) / "decoded.f32"
-        with blocks(settings.ffmpeg_timeout_s) as first_pass, raw.open("wb") as sink:
-            stats = stream_stats(_kept(first_pass, sink))
+        total = decode_to_file(input_path, raw, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
+        start, stop = window[0], total if window[1] is None else min(window[1], total)
+        stats = stream_stats(read_raw(raw, start, stop))
         _check_window(options, stats.frames)
-        names = [n for n in separator.sources if keep is None or n in keep]
-        writers: dict[str, ParallelWriter] = {}
-
-        def emit(sources: np.ndarray, mix: np.ndarray) -> None:
-            for i, name in enumerate(separator.sources):
-                if name in writers:
-                    writers[name].put(functools.partial(np.asarray, sources[i]))
-
-        try:
-            for n in names:
-                dest = out_dir / f"{n}.flac"
-                encoder = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
-                writers[n] = ParallelWriter(encoder)
+        t1 = time.perf_counter()
+        covered = (window[0], window[0] + stats.frames)
+        with _Outputs(separator.sources, render, keep_in, settings, covered, info) as outputs:
             say(Stage.separating, 0.0)
             separator.separate_stream(
-                _read_raw(raw, stats.frames),
+                read_raw(raw, start, stop),
                 stats.frames,
                 stats.mean,
                 stats.std,
-                emit,
+                outputs.emit,
                 lambda f: say(Stage.separating, 100.0 * f),
                 should_stop,
             )
-            for writer in writers.values():
-                writer.close()
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-    paths = {n: w.writer.dest for n, w in writers.items()}
-    return SourceSet(paths, window[0], stats.frames, window == (0, None), info.title, info.artist), info
+            t2 = time.perf_counter()
+            say(Stage.encoding, 0.0)
+    timings.update(decode=t1 - t0, separate=t2 - t1, encode=time.perf_counter() - t2)
+    kept = SourceSet(outputs.kept, window[0], stats.frames, window == (0, None), info.title, info.artist)
+    return Separation(kept, info, outputs.files)
 
 
 def _paced_s(settings: Settings) -> float:
@@ -277,86 +441,46 @@ def _decoded(
 def render_files(
     sources: SourceSet,
     mixture_path: Path | None,
-    out_dir: Path,
-    song: str,
-    selection: StemSelection,
-    fmt: OutputFormat,
-    options: RenderOptions,
+    spec: RenderSpec,
     settings: Settings,
-    info: AudioInfo | None = None,
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
 ) -> list[StemFile]:
-    """Write the requested files from separated sources: the section cut to the exact
-    sample, mixed, then through ffmpeg's rubberband for key and tempo.
+    """Write the files `spec` asks for from kept sources (the sources cache's).
 
     `mixture_path` (the input) is needed for karaoke and guide, which subtract the vocals
     from the song itself; it is decoded the same way as for the separation, so it lines up.
     """
     say: Reporter = report or (lambda stage, pct: None)
-    first, last = options.section_frames(SAMPLE_RATE)
-    end = sources.offset + sources.frames
-    last = end if last is None else min(last, end)
-    if first >= end or first < sources.offset:
-        raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
-    if uses_mixture(selection) and mixture_path is None:
+    if uses_mixture(spec.selection) and mixture_path is None:
         raise ValueError("karaoke needs the mixture")
     sandbox = Sandbox.from_settings(settings)
-    title = (info.title if info and info.title else None) or song
-    # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
-    named = options if last < end else options.model_copy(update={"end_s": None})
-    files = [
-        StemFile(o, out_dir / stem_filename(song, file_label(o.name, named), fmt.ext), 0.0, label(o.name, named))
-        for o in selection.outputs
-    ]
-    writers: list[AudioWriter] = []
-    total = max(last - first, 1)
-    done = 0
+    covered = (sources.offset, sources.offset + sources.frames)
+    renderer = Renderer(spec, settings, covered, sources.title, sources.artist)
+    wanted = needed_sources(spec.selection)
     try:
         with contextlib.ExitStack() as stack:
-            cut = (first - sources.offset, last - sources.offset)
-            streams = {n: stack.enter_context(_decoded(p, settings, sandbox, *cut)) for n, p in sources.paths.items()}
-            if uses_mixture(selection) and mixture_path is not None:
-                streams["mixture"] = stack.enter_context(_decoded(mixture_path, settings, sandbox, first, last))
-            for f in files:
-                filters = rubberband(options, keep_formants="vocals" in f.output.sources)
-                tags = _tags(title, f.label, info)
-                writers.append(
-                    AudioWriter(f.path, fmt, tags, settings.ffmpeg_timeout_s, audio_filter=filters, sandbox=sandbox)
-                )
-            done = _render_blocks(streams, files, writers, total, say, should_stop)
-        for writer in writers:
-            writer.close()
+            cut = (renderer.first - sources.offset, renderer.last - sources.offset)
+            names = [n for n in sources.paths if n in wanted]
+            if set(names) != wanted:
+                raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
+            streams = [stack.enter_context(_decoded(sources.paths[n], settings, sandbox, *cut)) for n in names]
+            if renderer.needs_mixture and mixture_path is not None:
+                mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
+                streams.append(stack.enter_context(mixed))
+            position = renderer.first
+            say(Stage.encoding, 0.0)
+            for blocks in zip(*streams, strict=True):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                mixture = blocks[-1] if renderer.needs_mixture else None
+                renderer.feed(position, dict(zip(names, blocks, strict=False)), mixture)
+                position += blocks[0].shape[-1]
+                say(Stage.encoding, 100.0 * (position - renderer.first) / max(renderer.frames, 1))
     except BaseException:
-        for writer in writers:
-            writer.abort()
+        renderer.abort()
         raise
-    stretch = 100 / options.tempo
-    return [StemFile(f.output, f.path, done * stretch / SAMPLE_RATE, f.label) for f in files]
-
-
-def _render_blocks(
-    streams: Mapping[str, Iterator[np.ndarray]],
-    files: list[StemFile],
-    writers: list[AudioWriter],
-    total: int,
-    say: Reporter,
-    should_stop: StopFn | None,
-) -> int:
-    """Mix each block of the sources into every requested file; returns the samples done."""
-    done = 0
-    say(Stage.encoding, 0.0)
-    names = list(streams)
-    for blocks in zip(*streams.values(), strict=True):
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        named = dict(zip(names, blocks, strict=True))
-        mixture = named.pop("mixture", None)
-        for writer, f in zip(writers, files, strict=True):
-            writer.write(render_output(f.output, named, mixture if mixture is not None else blocks[0]))
-        done += blocks[0].shape[-1]
-        say(Stage.encoding, 100.0 * done / total)
-    return done
+    return renderer.close()
 
 
 def _is_windowed(separator: Separator) -> bool:
@@ -384,23 +508,15 @@ def separate_file(
             input_path, out_dir, song, selection, fmt, settings, report, should_stop
         )
         return outcome
-    options = options or RenderOptions()
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="stembot-sources-") as tmp:
-        sources, info = separate_sources(
-            input_path, Path(tmp), separator, settings, options, needed_sources(selection), report, should_stop
-        )
-        t1 = time.perf_counter()
-        files = render_files(
-            sources, input_path, out_dir, song, selection, fmt, options, settings, info, report, should_stop
-        )
-    t2 = time.perf_counter()
+    spec = RenderSpec(out_dir, song, selection, fmt, options or RenderOptions())
+    timings: dict[str, float] = {}
+    done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
     return SeparationOutcome(
-        files=files,
-        audio_seconds=sources.frames / SAMPLE_RATE,
-        title=info.title or song,
-        artist=info.artist,
-        timings={"separate": t1 - t0, "render": t2 - t1},
+        files=done.files,
+        audio_seconds=done.sources.frames / SAMPLE_RATE,
+        title=done.info.title or song,
+        artist=done.info.artist,
+        timings=timings,
     )
 
 
@@ -417,21 +533,3 @@ def stream_file(
 ) -> SeparationOutcome:
     """`separate_file` with the streaming engine (bounded memory whatever the song's length)."""
     return separate_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
-
-
-_BLOCK_FRAMES = SAMPLE_RATE * 10
-
-
-def _kept(blocks: Iterator[np.ndarray], sink: BinaryIO) -> Iterator[np.ndarray]:
-    """The decoder's blocks, each also written to `sink` as interleaved float32."""
-    for block in blocks:
-        sink.write(np.ascontiguousarray(block.T).tobytes())
-        yield block
-
-
-def _read_raw(path: Path, frames: int) -> Iterator[np.ndarray]:
-    """(2, n) blocks of what `_kept` wrote."""
-    with path.open("rb") as source:
-        for _ in range(0, frames, _BLOCK_FRAMES):
-            block = np.fromfile(source, np.float32, _BLOCK_FRAMES * 2)
-            yield block.reshape(-1, 2).T

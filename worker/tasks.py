@@ -24,12 +24,21 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
-from core.audio import SAMPLE_RATE, AudioInfo, megabytes
+from core.audio import SAMPLE_RATE, megabytes
 from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
 from core.sources import SourcesCache, SourceSet, entry_key
-from worker.pipeline import StemFile, needed_sources, render_files, separate_file, separate_sources, uses_mixture
+from worker.pipeline import (
+    RenderSpec,
+    Separation,
+    StemFile,
+    needed_sources,
+    render_files,
+    separate_file,
+    separate_sources,
+    uses_mixture,
+)
 from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # imports torch; the benchmark engine's worker never loads it
@@ -153,24 +162,39 @@ async def _input(queue: QueueClient, request: SeparationRequest, dest: Path) -> 
 
 
 async def _separate(
-    run: JobRun, engine: Engine, request: SeparationRequest, model: str, in_path: Path, dest: Path
-) -> SourceSet:
-    """Run the model on the song (or its section) and keep every source for later requests."""
+    run: JobRun,
+    engine: Engine,
+    request: SeparationRequest,
+    model: str,
+    in_path: Path,
+    spec: RenderSpec,
+    keep_in: Path | None,
+    timings: dict[str, float],
+) -> Separation:
+    """Run the model on the song (or its section), writing the requested files as it goes,
+    and every source into `keep_in` for the sources cache."""
     settings = run.queue.settings
-    cache = SourcesCache(run.queue.store, run.queue.pool, settings)
-    # Caching needs every source; without it a bag of specialists runs only the needed ones.
-    keep = None if cache.enabled else needed_sources(request.selection)
-    separator = await run.in_thread(lambda: engine.separator(model, keep))
-    sources, _ = await run.in_thread(
-        lambda: separate_sources(in_path, dest, separator, settings, request.options, keep, run.report, run.stop.is_set)
+    # Kept sources are every source; without them a bag of specialists runs only the needed ones.
+    needed = None if keep_in is not None else needed_sources(request.selection)
+    separator = await run.in_thread(lambda: engine.separator(model, needed))
+    separation = await run.in_thread(
+        lambda: separate_sources(in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings)
     )
     metrics.MODEL_RUNS.labels(model).inc()
     await Counters(run.queue.pool, settings.key_prefix).add("model_runs")
-    if keep is None:
-        section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
+    return separation
+
+
+async def _keep_sources(cache: SourcesCache, request: SeparationRequest, model: str, sources: SourceSet) -> None:
+    """Keep a separation's sources for later requests. The stems are stored already: a
+    cache that cannot take them (a full store, say) costs a later request a separation, not
+    this one its answer."""
+    section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
+    try:
         await cache.put(entry_key(request.input.sha256, model, section), sources)
         metrics.SOURCES_BYTES.set(await cache.total_bytes())
-    return sources
+    except Exception:
+        log.warning("could not keep the sources of %s", request.input.sha256[:12], exc_info=True)
 
 
 async def _whole_file(
@@ -212,49 +236,39 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
     cache = SourcesCache(queue.store, queue.pool, settings)
     started = time.monotonic()
     run.report(Stage.downloading, 0)
-    # Stored stems answer anyone who sends these bytes: they carry no requester's name
-    # (file name, title tag); the frontends name and title each delivery themselves.
-    song = NEUTRAL_SONG
     with job_dir() as tmp:
-        (Path(tmp) / "sources").mkdir()
-        (Path(tmp) / "out").mkdir()
+        work = Path(tmp)
+        (work / "sources").mkdir()
+        (work / "out").mkdir()
         found = await cache.find(request.input.sha256, model, request.options.section_frames(SAMPLE_RATE))
-        sources = await cache.fetch(*found, Path(tmp) / "sources") if found else None
+        sources = await cache.fetch(*found, work / "sources") if found else None
         in_path = None
         if sources is None or uses_mixture(selection):
-            in_path = await _input(queue, request, Path(tmp) / "input")
-        from_cache = sources is not None
+            in_path = await _input(queue, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
+        # Stored stems answer anyone who sends these bytes: they carry no requester's name
+        # (file name, title tag); the frontends name and title each delivery themselves.
+        spec = RenderSpec(work / "out", NEUTRAL_SONG, selection, request.output_format, request.options)
+        separation = None
         if sources is None:
             assert in_path is not None
             separator = await run.in_thread(lambda: engine.separator(model, None))
             if getattr(separator, "separate_file", None) is not None:  # the benchmark engine: no sources
-                return await _whole_file(run, separator, request, job_id, in_path, Path(tmp) / "out")
-            sources = await _separate(run, engine, request, model, in_path, Path(tmp) / "sources")
-            timings["separate"] = time.monotonic() - started - timings["fetch"]
-        stage = Stage.rendering if from_cache else Stage.encoding
-        rendered = time.monotonic()
-        files = await run.in_thread(
-            lambda: render_files(
-                sources,
-                in_path,
-                Path(tmp) / "out",
-                song,
-                selection,
-                request.output_format,
-                request.options,
-                settings,
-                AudioInfo(None, "", "", False, title=sources.title, artist=sources.artist),
-                report=lambda _stage, pct: run.report(stage, pct),
-                should_stop=run.stop.is_set,
-            )
-        )
-        timings["render"] = time.monotonic() - rendered
+                return await _whole_file(run, separator, request, job_id, in_path, work / "out")
+            keep_in = work / "sources" if cache.enabled else None
+            separation = await _separate(run, engine, request, model, in_path, spec, keep_in, timings)
+            files = separation.files
+        else:
+            files = await _render(run, sources, in_path, spec, timings)
         run.report(Stage.uploading, 0)
         stored = time.monotonic()
         stems = await _store_outputs(queue, job_id, files, request.format)
         timings["store"] = time.monotonic() - stored
-    if from_cache:
+        if separation is not None and cache.enabled:
+            kept = time.monotonic()
+            await _keep_sources(cache, request, model, separation.sources)
+            timings["keep"] = time.monotonic() - kept
+    if separation is None:
         metrics.CACHED_RENDERS.inc()
         await Counters(queue.pool, settings.key_prefix).add("cached_renders")
     return JobResult(
@@ -263,9 +277,28 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         model=model,
         stems=stems,
         timings=timings,
-        audio_seconds=0.0 if from_cache else sources.frames / SAMPLE_RATE,
-        from_cache=from_cache,
+        audio_seconds=0.0 if separation is None else separation.sources.frames / SAMPLE_RATE,
+        from_cache=separation is None,
     )
+
+
+async def _render(
+    run: JobRun, sources: SourceSet, in_path: Path | None, spec: RenderSpec, timings: dict[str, float]
+) -> list[StemFile]:
+    """The requested files from cached sources."""
+    started = time.monotonic()
+    files = await run.in_thread(
+        lambda: render_files(
+            sources,
+            in_path,
+            spec,
+            run.queue.settings,
+            report=lambda _stage, pct: run.report(Stage.rendering, pct),
+            should_stop=run.stop.is_set,
+        )
+    )
+    timings["encode"] = time.monotonic() - started
+    return files
 
 
 async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""A job's pipeline: the song decoded once, every encoder fed while the model runs, the
+sources kept after the answer, and a cache that cannot keep them costing nothing but itself."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import torch
+from demucs.pretrained import get_model
+
+from core.artifacts import RedisArtifactStore
+from core.audio import AudioWriter, OutputFormat
+from core.jobs import Requester, SeparationRequest
+from core.queue import QueueClient
+from core.render import RenderOptions
+from core.settings import Settings
+from core.sources import SourcesCache, SourceSet
+from core.stems import parse_stems
+from tests.helpers import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
+from worker import pipeline
+from worker.windowed import WindowedSeparator
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def separator(tiny_repo: Path) -> WindowedSeparator:
+    return WindowedSeparator(get_model("htdemucs", repo=tiny_repo), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 s of mp3: with the toy model's 2 s windows, many more stretches than an encoder's queue holds."""
+    dest = tmp_path_factory.mktemp("pipeline") / "song.mp3"
+    src = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
+    ffmpeg("-stream_loop", "1", "-i", f"file:{src}", "-t", "16", "-c:a", "libmp3lame", f"file:{dest}")
+    return dest
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch, separator: WindowedSeparator) -> Iterator[dict[str, Any]]:
+    """Counts the decoders the pipeline starts, and notes which encoder writes came while the model ran."""
+    seen: dict[str, Any] = {"decoded": [], "during": Counter(), "after": Counter()}
+    running = threading.Event()
+    stream = separator.separate_stream
+
+    def counting(decoder: Any) -> Any:
+        def counted(path: Path, *args: Any, **kwargs: Any) -> Any:
+            seen["decoded"].append(Path(path).name)
+            return decoder(path, *args, **kwargs)
+
+        return counted
+
+    def flagged(*args: Any, **kwargs: Any) -> None:
+        running.set()
+        try:
+            stream(*args, **kwargs)
+        finally:
+            running.clear()
+
+    class Watched(AudioWriter):
+        def write(self, block: np.ndarray) -> None:
+            seen["during" if running.is_set() else "after"][self.dest.name] += 1
+            super().write(block)
+
+    for decoder in ("stream_decode", "decode_to_file", "load_audio"):
+        monkeypatch.setattr(pipeline, decoder, counting(getattr(pipeline, decoder)))
+    monkeypatch.setattr(pipeline, "AudioWriter", Watched)
+    monkeypatch.setattr(separator, "separate_stream", flagged)
+    yield seen
+
+
+def test_a_separation_decodes_once_and_feeds_every_encoder_while_the_model_runs(
+    separator: WindowedSeparator, song: Path, tmp_path: Path, watched: dict[str, Any]
+) -> None:
+    keep_in, out = tmp_path / "keep", tmp_path / "out"
+    keep_in.mkdir()
+    out.mkdir()
+    spec = pipeline.RenderSpec(out, "tune", parse_stems("karaoke drums"), OutputFormat("mp3"))
+    timings: dict[str, float] = {}
+    done = pipeline.separate_sources(song, separator, Settings(), spec, keep_in, timings=timings)
+
+    assert watched["decoded"] == ["song.mp3"]  # karaoke's mixture comes from that one decode too
+    made = sorted(f.path.name for f in done.files)
+    assert made == ["tune.drums.mp3", "tune.instrumental.mp3"]
+    kept = sorted(p.name for p in done.sources.paths.values())
+    assert kept == ["bass.flac", "drums.flac", "other.flac", "vocals.flac"]
+    # Each encoder had audio before the model finished: they ran beside it, not after it.
+    assert set(watched["during"]) == set(made) | set(kept)
+    assert set(timings) == {"decode", "separate", "encode"} and all(t > 0 for t in timings.values())
+    for f in done.files:
+        assert abs(read_audio(f.path).shape[-1] / 44100 - 16.0) < 0.1
+    vocals = read_audio(keep_in / "vocals.flac")
+    mixture = read_audio(song)[:, : vocals.shape[-1]]
+    instrumental = read_audio(out / "tune.instrumental.mp3")[:, : vocals.shape[-1]]
+    # the instrumental is the song less the vocals (mp3 keeps it to within its own noise)
+    residual = instrumental - (mixture - vocals)
+    assert 10 * np.log10(np.mean((mixture - vocals) ** 2) / np.mean(residual**2)) > 20
+
+
+def test_a_render_from_kept_sources_decodes_only_what_its_files_need(
+    separator: WindowedSeparator, song: Path, tmp_path: Path, watched: dict[str, Any]
+) -> None:
+    keep_in = tmp_path / "keep"
+    keep_in.mkdir()
+    first = pipeline.separate_sources(song, separator, Settings(), None, keep_in)
+    watched["decoded"].clear()
+    spec = pipeline.RenderSpec(tmp_path, "tune", parse_stems("karaoke"), OutputFormat("flac"), RenderOptions())
+    files = pipeline.render_files(first.sources, song, spec, Settings())
+    assert sorted(watched["decoded"]) == ["song.mp3", "vocals.flac"]
+    assert [f.path.name for f in files] == ["tune.instrumental.flac"]
+
+
+def test_a_section_is_cut_to_the_sample_while_streaming(
+    separator: WindowedSeparator, song: Path, tmp_path: Path
+) -> None:
+    options = RenderOptions(start_s=3.0, end_s=9.5)
+    spec = pipeline.RenderSpec(tmp_path, "tune", parse_stems("vocals"), OutputFormat("wav"), options)
+    done = pipeline.separate_sources(song, separator, Settings(), spec)
+    assert read_audio(done.files[0].path).shape[-1] == int(6.5 * 44100)
+    assert done.sources.paths == {}  # nothing asked to be kept
+    assert (done.sources.offset, done.sources.whole) == (0, False)  # 3 s less 4 s of context, from 0
+
+
+async def test_a_failed_keep_leaves_no_half_entry(full_redis: RedisServer, tmp_path: Path) -> None:
+    settings = Settings(redis_url=full_redis.url)
+    client = redis.asyncio.Redis.from_url(full_redis.url)
+    store = RedisArtifactStore(client, settings.key_prefix)
+    cache = SourcesCache(store, client, settings)
+    paths = {}
+    for name in ("drums", "bass", "other", "vocals"):
+        paths[name] = tmp_path / f"{name}.flac"
+        paths[name].write_bytes(np.random.default_rng(len(name)).bytes(1024 * 1024))
+    fill(full_redis.url, 0.9)  # room for some of the four sources, not all
+    stored = []
+    put = store.put
+
+    async def noted(key: str, data: bytes, ttl_s: int) -> None:
+        await put(key, data, ttl_s)
+        stored.append(key)
+
+    store.put = noted  # type: ignore[method-assign]
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            await cache.put("sources:abc:htdemucs", SourceSet(paths, 0, 44100))
+        assert 0 < len(stored) < 4  # it failed half-way
+        assert await client.keys("*sources*") == []
+        assert await cache.find("abc", "htdemucs", (0, None)) is None
+    finally:
+        await client.aclose()
+
+
+async def test_a_job_whose_sources_cannot_be_kept_still_answers(
+    full_redis: RedisServer, tiny_env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    clip = tmp_path / "clip.flac"
+    ffmpeg("-i", f"file:{SONGS / 'bytedance_mss_vocals_accompaniment_10s.mp3'}", "-t", "6", f"file:{clip}")
+    queue = await QueueClient.connect(Settings(redis_url=full_redis.url, redis_full_ratio=1.0))
+    try:
+        ref = await queue.store_input(clip.read_bytes(), clip.name)
+        request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
+        job = await queue.submit(request)
+        # Room for the answer (one mp3 of 6 s), not for four lossless sources of the song.
+        fill(full_redis.url, 0.97)
+        env = tiny_env | {"STEMBOT_REDIS_URL": full_redis.url, "STEMBOT_REDIS_FULL_RATIO": "1.0"}
+        worker = WorkerProcess(env, tmp_path / "worker.log").start()
+        worker_factory.append(worker)
+        result = await queue.wait_result(job.job_id, timeout_s=120)
+        assert result.status == "done"
+        assert len(await queue.fetch(result.stems[0])) > 10_000
+        assert "could not keep the sources" in worker.log()
+        assert await queue.pool.keys("*sources*") == []
+    finally:
+        await queue.close()
