@@ -473,7 +473,7 @@ class AudioWriter:
         interleaved = np.empty((block.shape[-1], block.shape[0]), np.float32)
         np.clip(block.T, -1.0, 1.0, out=interleaved)  # one pass: clipped, interleaved, float32
         try:
-            self.proc.stdin.write(memoryview(interleaved).cast("B"))
+            self.proc.stdin.write(interleaved.data.cast("B"))
         except BrokenPipeError:  # the encoder died: say why, in its words
             raise self._failure() from None
         self.frames += block.shape[-1]
