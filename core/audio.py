@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -245,17 +245,22 @@ def decode_to_file(
     max_duration_s: float,
     timeout_s: float = 600,
     sandbox: Sandbox = DEFAULT_SANDBOX,
+    until_s: float | None = None,
 ) -> int:
     """`decode` into `dest`, as raw interleaved float32, for songs of any length; returns the frames.
 
-    ffmpeg writes the file itself: nothing waits on a pipe, so the decoder runs at full speed.
+    ffmpeg writes the file itself: nothing waits on a pipe, so the decoder runs at full
+    speed. `until_s` stops it there (a section's end): the rest of the song is not decoded.
     """
-    proc = _run(_decode_cmd(path, max_duration_s + 1, sandbox, as_file(dest)), timeout_s, sandbox)
+    cap_s = max_duration_s + 1 if until_s is None else min(max_duration_s + 1, until_s)
+    proc = _run(_decode_cmd(path, cap_s, sandbox, as_file(dest)), timeout_s, sandbox)
     frames = (dest.stat().st_size if dest.exists() else 0) // _BYTES_PER_FRAME
     if frames / SAMPLE_RATE > max_duration_s:
         raise _decoded_too_long(frames, max_duration_s)
     if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
         raise _unreadable(proc.stderr, proc.returncode)
+    if until_s is not None and info.duration_s is not None:  # short of its stated end by design
+        info = replace(info, duration_s=min(info.duration_s, until_s))
     _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
     return frames
 

@@ -119,11 +119,20 @@ def test_a_render_from_kept_sources_decodes_only_what_its_files_need(
 
 
 def test_a_section_is_cut_to_the_sample_while_streaming(
-    separator: WindowedSeparator, song: Path, tmp_path: Path
+    separator: WindowedSeparator, song: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    decoded: list[int] = []
+    decode = pipeline.decode_to_file
+
+    def noted(*args: Any, **kwargs: Any) -> int:
+        decoded.append(decode(*args, **kwargs))
+        return decoded[-1]
+
+    monkeypatch.setattr(pipeline, "decode_to_file", noted)
     options = RenderOptions(start_s=3.0, end_s=9.5)
     spec = pipeline.RenderSpec(tmp_path, "tune", parse_stems("vocals"), OutputFormat("wav"), options)
     done = pipeline.separate_sources(song, separator, Settings(), spec)
+    assert decoded[0] < 15 * 44100  # the decoder stopped past the section's context, not at the song's end (16 s)
     assert read_audio(done.files[0].path).shape[-1] == int(6.5 * 44100)
     assert done.sources.paths == {}  # nothing asked to be kept
     assert (done.sources.offset, done.sources.whole) == (0, False)  # 3 s less 4 s of context, from 0

@@ -382,7 +382,10 @@ def _stream_sources(
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
     with job_dir() as scratch:
         raw = Path(scratch) / "decoded.f32"
-        total = decode_to_file(input_path, raw, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
+        until_s = None if window[1] is None else window[1] / SAMPLE_RATE + 1  # past the section: not decoded
+        total = decode_to_file(
+            input_path, raw, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox, until_s
+        )
         start, stop = window[0], total if window[1] is None else min(window[1], total)
         stats = stream_stats(read_raw(raw, start, stop))
         _check_window(options, stats.frames)
