@@ -149,6 +149,8 @@ def test_prepared_copies_are_shared_and_go_when_their_model_goes(tiny_repo: Path
     first = WindowedSeparator(bag, torch.device("cpu"), backend="openvino")
     second = WindowedSeparator(bag, torch.device("cpu"), backend="openvino", needed={"vocals"})
     assert first.models[0] is second.models[0]
+    # no PyTorch copy of the weights beside the compiled network: OpenVINO has no fp32 rerun
+    assert isinstance(first.models[0], OpenVinoHTDemucs) and first.fp32_models is first.models
     gone = weakref.ref(bag.models[0])
     compiled_copy = weakref.ref(first.models[0])
     del bag, first, second

@@ -202,12 +202,17 @@ class WindowedSeparator:
             prepare(m.to(device), backend, precision, fused_attention, cache, compile_mode, batch_size)
             for m, _ in members
         ]
-        # A reduced-precision batch that comes out not finite runs again through these, in fp32.
-        self.fp32_models = [prepare(m, "torch", "fp32", fused_attention, cache) for m, _ in members]
+        # A reduced-precision PyTorch batch that comes out not finite runs again through these,
+        # in fp32. OpenVINO has no such rerun: no PyTorch copy of the weights (170 MB) is kept.
+        self.fp32_models = (
+            [prepare(m, "torch", "fp32", fused_attention, cache) for m, _ in members]
+            if backend == "torch"
+            else self.models
+        )
         # Compiled graphs have static shapes: every pass is padded to `batch_size` windows.
-        self.static_batch = any(m is not e for m, e in zip(self.models, self.fp32_models, strict=True))
-        if backend == "openvino":
-            self.static_batch = False
+        self.static_batch = backend == "torch" and any(
+            m is not e for m, e in zip(self.models, self.fp32_models, strict=True)
+        )
         self.weights = [torch.tensor(w, dtype=torch.float32) for _, w in members]
         self._weights = [w.to(device)[None, :, None, None] for w in self.weights]
         # a source no kept model weighs stays 0
