@@ -35,6 +35,7 @@ from core.audio import OutputFormat
 from core.settings import Settings
 
 SOURCES_FORMAT = OutputFormat("flac", bit_depth=24)
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class SourcesCache:
         self.redis = redis
         self.ttl_s = settings.sources_ttl_s
         self.max_bytes = settings.sources_max_bytes
+        self._prefix = settings.key_prefix
         self._lru = f"{settings.key_prefix}sources:lru"
         self._sizes = f"{settings.key_prefix}sources:sizes"
 
@@ -147,6 +149,31 @@ class SourcesCache:
         await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
         await self.evict()
         return size
+
+    async def claim(self, key: str, holder: str, ttl_s: float) -> bool:
+        """Mark `key`'s separation as under way by `holder` (a job id), unless another job's is:
+        the same song asked for twice at once then runs the model once. The claim lapses
+        after `ttl_s` unless renewed, so a worker that dies holding one holds up nobody for long."""
+        if await self.redis.set(self._claim(key), holder, nx=True, px=int(ttl_s * 1000)):
+            return True
+        # a claim of this very job: an earlier attempt on a worker that died (arq runs a job once at a time)
+        if await self.redis.get(self._claim(key)) == holder.encode():
+            await self.renew(key, ttl_s)
+            return True
+        return False
+
+    async def claimed(self, key: str) -> bool:
+        return bool(await self.redis.exists(self._claim(key)))
+
+    async def renew(self, key: str, ttl_s: float) -> None:
+        await self.redis.pexpire(self._claim(key), int(ttl_s * 1000))
+
+    async def release(self, key: str, holder: str) -> None:
+        """Drop the claim if it is still `holder`'s (one that lapsed may be another job's now)."""
+        await self.redis.eval(_RELEASE, 1, self._claim(key), holder)  # type: ignore[misc]
+
+    def _claim(self, key: str) -> str:
+        return f"{self._prefix}claim:{key}"
 
     async def total_bytes(self) -> int:
         sizes = await self.redis.hvals(self._sizes)  # type: ignore[misc]

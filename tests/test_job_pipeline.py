@@ -3,6 +3,7 @@ sources kept after the answer, and a cache that cannot keep them costing nothing
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -188,3 +189,22 @@ async def test_a_job_whose_sources_cannot_be_kept_still_answers(
         assert await queue.pool.keys("*sources*") == []
     finally:
         await queue.close()
+
+
+async def test_a_claim_is_one_jobs_until_released_or_lapsed(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = SourcesCache(RedisArtifactStore(client, settings.key_prefix), client, settings)
+    try:
+        assert await cache.claim("sources:s:m", "job-a", 30)
+        assert not await cache.claim("sources:s:m", "job-b", 30)
+        assert await cache.claim("sources:s:m", "job-a", 30)  # job-a again: a retry after its worker died
+        await cache.release("sources:s:m", "job-b")  # not job-b's to release
+        assert await cache.claimed("sources:s:m")
+        await cache.release("sources:s:m", "job-a")
+        assert await cache.claim("sources:s:m", "job-b", 0.2)
+        await asyncio.sleep(0.4)  # job-b's worker died: the claim lapses
+        assert not await cache.claimed("sources:s:m")
+        assert await cache.claim("sources:s:m", "job-c", 30)
+    finally:
+        await client.aclose()

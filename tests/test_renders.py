@@ -295,3 +295,32 @@ async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
             )
     finally:
         await queue.close()
+
+
+async def test_two_requests_for_one_song_at_once_run_the_model_once(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    """Vocals and drums of the same song, asked for at the same moment, taken by two workers:
+    one separates, the other waits for its sources and renders from them."""
+    clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
+    workers = [WorkerProcess(tiny_env, tmp_path / f"w{i}.log").start() for i in range(2)]
+    worker_factory.extend(workers)
+    for worker in workers:
+        worker.wait_ready()
+    ref = await queue_client.store_input(clip.read_bytes(), clip.name)
+    jobs = [
+        await queue_client.submit(
+            SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
+        )
+        for stems in ("vocals", "drums")
+    ]
+    results = [await queue_client.wait_result(job.job_id, timeout_s=180) for job in jobs]
+    assert [r.status for r in results] == ["done", "done"]
+    assert sorted(r.from_cache for r in results) == [False, True]
+    assert _stats(redis_url)["model_runs"] == 1
+    assert all("→" in w.log() for w in workers)  # each worker took one of them
+    assert redis.Redis.from_url(redis_url).keys("stembot:claim:*") == []  # released

@@ -86,6 +86,8 @@ class StandinSeparator:
 class StandinEngine:
     """What `worker.engine.Engine` offers the worker, for the benchmark engine."""
 
+    keeps_sources = False  # it makes stems itself: no sources to keep, or to wait for
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         log.info(

@@ -28,7 +28,7 @@ from core.audio import SAMPLE_RATE, megabytes
 from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
-from core.sources import SourcesCache, SourceSet, entry_key
+from core.sources import Manifest, SourcesCache, SourceSet, entry_key
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -60,6 +60,7 @@ class JobRun:
         self._loop = asyncio.get_running_loop()
         self._latest = Progress(job_id=job_id, stage=Stage.downloading)
         self._dirty = asyncio.Event()
+        self.claims: list[tuple[SourcesCache, str]] = []  # separations under way, renewed while it runs
 
     def report(self, stage: Stage, percent: float) -> None:
         """Thread-safe: called from the separation thread once per segment."""
@@ -86,6 +87,8 @@ class JobRun:
         while True:
             if tick % beat_every == 0:
                 await self.queue.pool.pexpire(in_progress_key_prefix + self.job_id, ttl_ms)
+                for cache, key in self.claims:
+                    await cache.renew(key, settings.in_progress_ttl_s)
             if await self.queue.pool.exists(self.queue.keys.cancel(self.job_id)):
                 self.stop.set()
             tick += 1
@@ -100,6 +103,9 @@ class JobRun:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for cache, key in self.claims:  # waiting jobs then find the sources, or separate themselves
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(cache.release(key, self.job_id))
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run blocking work in a thread; if this task is cancelled, stop the thread and wait for it."""
@@ -240,7 +246,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         work = Path(tmp)
         (work / "sources").mkdir()
         (work / "out").mkdir()
-        found = await cache.find(request.input.sha256, model, request.options.section_frames(SAMPLE_RATE))
+        found = await _find_or_claim(run, cache, request, model, getattr(engine, "keeps_sources", True))
         sources = await cache.fetch(*found, work / "sources") if found else None
         in_path = None
         if sources is None or uses_mixture(selection):
@@ -280,6 +286,28 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         audio_seconds=0.0 if separation is None else separation.sources.frames / SAMPLE_RATE,
         from_cache=separation is None,
     )
+
+
+async def _find_or_claim(
+    run: JobRun, cache: SourcesCache, request: SeparationRequest, model: str, keeps_sources: bool
+) -> tuple[str, Manifest] | None:
+    """The song's cached sources; else a claim to separate it. While another job separates
+    the same song (another stem of it, asked for at the same moment), wait for its sources
+    rather than run the model twice; if it ends without keeping them, separate here."""
+    section = request.options.section_frames(SAMPLE_RATE)
+    own = entry_key(request.input.sha256, model, section)
+    ttl_s = run.queue.settings.in_progress_ttl_s
+    while True:
+        found = await cache.find(request.input.sha256, model, section)
+        if found is not None or not (cache.enabled and keeps_sources):
+            return found
+        if await cache.claim(own, run.job_id, ttl_s):
+            run.claims.append((cache, own))
+            return None
+        if run.stop.is_set():
+            raise Cancelled()
+        run.report(Stage.separating, 0)
+        await asyncio.sleep(_SUPERVISE_INTERVAL_S)
 
 
 async def _render(
