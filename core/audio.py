@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -253,7 +253,9 @@ def decode_to_file(
     speed. `until_s` stops it there (a section's end): the rest of the song is not decoded.
     """
     cap_s = max_duration_s + 1 if until_s is None else min(max_duration_s + 1, until_s)
-    proc = _run(_decode_cmd(path, cap_s, sandbox, as_file(dest)), timeout_s, sandbox)
+    # `-t` stops the decoder; `-fs` bounds the scratch file too, whatever a container claims
+    size_cap = ["-fs", str(int((cap_s + 1) * SAMPLE_RATE) * _BYTES_PER_FRAME)]
+    proc = _run(_decode_cmd(path, cap_s, sandbox, as_file(dest), size_cap), timeout_s, sandbox)
     frames = (dest.stat().st_size if dest.exists() else 0) // _BYTES_PER_FRAME
     if frames / SAMPLE_RATE > max_duration_s:
         raise _decoded_too_long(frames, max_duration_s)
@@ -267,7 +269,7 @@ def decode_to_file(
 
 def read_raw(
     path: Path, start: int = 0, stop: int | None = None, block: int = 10 * SAMPLE_RATE
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Samples [start, stop) of a raw float32 file (`decode_to_file`'s) as (2, n) blocks."""
     with path.open("rb") as source:
         source.seek(start * _BYTES_PER_FRAME)
@@ -352,10 +354,12 @@ def inspect_bytes(
 _PIPE_BYTES = 1 << 20  # the most an unprivileged process may ask for, by default
 
 
-def _decode_cmd(path: Path, cap_s: float, sandbox: Sandbox, output: str = "pipe:1") -> list[str]:
+def _decode_cmd(
+    path: Path, cap_s: float, sandbox: Sandbox, output: str = "pipe:1", extra: Sequence[str] = ()
+) -> list[str]:
     return [
         "ffmpeg", "-nostdin", "-v", "error", *sandbox.input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-        "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", "-f", "f32le", output,
+        "-ac", str(CHANNELS), "-ar", str(SAMPLE_RATE), "-t", f"{cap_s:.3f}", *extra, "-f", "f32le", output,
     ]  # fmt: skip
 
 
@@ -382,7 +386,14 @@ def stream_decode(
     Close the generator (or exhaust it) to end the decoder: its `finally` kills ffmpeg and
     stops the watchdog, a daemon thread that could never keep the process alive anyway.
     """
-    proc = sandbox.popen(_decode_cmd(path, max_duration_s + 1, sandbox), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr into a file, not a pipe: ffmpeg's complaints about a damaged file can outgrow a
+    # pipe nobody reads until the end, and the decoder would stall on them
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
+    try:
+        proc = sandbox.popen(_decode_cmd(path, max_duration_s + 1, sandbox), stdout=subprocess.PIPE, stderr=log)
+    except BaseException:
+        log.close()
+        raise
     if proc.stdout is not None:  # Linux: a deeper pipe lets the decoder run ahead of its reader
         with contextlib.suppress(AttributeError, OSError):
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
@@ -406,10 +417,11 @@ def stream_decode(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        stderr_bytes = proc.stderr.read() if proc.stderr else b""
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        log.seek(0)
+        stderr_bytes = log.read()
+        log.close()
     if frames == 0 and _sandboxed_out(stderr_bytes, proc.returncode):
         raise _unreadable(stderr_bytes, proc.returncode)
     _check_decoded(frames, info, stderr_bytes.decode(errors="replace")[-500:])
@@ -439,8 +451,8 @@ def stream_stats(blocks: Iterator[np.ndarray]) -> StreamStats:
     """Length, and mean and (unbiased) std of the mono mixture, in float64 across blocks."""
     n, s1, s2 = 0, 0.0, 0.0
     for block in blocks:
-        # twice the mono mixture: the sum in float32 (exact to its last bit), the rest in
-        # float64; on an interleaved block, several times faster than a float64 copy first
+        # twice the mono mixture: the sum in float32 (one rounding), the rest in float64; on
+        # an interleaved block, several times faster than a float64 copy first
         double = (block[0] + block[1]).astype(np.float64)
         n += double.size
         s1 += float(double.sum()) / 2

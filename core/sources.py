@@ -26,6 +26,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -35,7 +36,25 @@ from core.audio import OutputFormat
 from core.settings import Settings
 
 SOURCES_FORMAT = OutputFormat("flac", bit_depth=24)
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+Claim = Literal["ours", "held", "unkept"]
+_UNKEPT = "-unkept-"  # a claim's value once its holder ended without keeping the sources
+# KEYS[1] the claim; ARGV[1] the job; ARGV[2] milliseconds
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if not current or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 'ours'
+end
+return current
+"""
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+# ARGV[2]: '' to drop the claim, or the value that says the sources were not kept, for ARGV[3] ms
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -122,20 +141,24 @@ class SourcesCache:
         await self.redis.zadd(self._lru, {key: time.time()})
         return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
 
-    async def put(self, key: str, sources: SourceSet) -> int:
+    async def put(self, key: str, sources: SourceSet) -> bool:
         """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
-        then evict the least recently used entries while the cache holds too much. Returns bytes kept."""
-        if not self.enabled:
-            return 0
-        size = 0
+        then evict the least recently used entries while the cache holds too much.
+
+        Returns whether the entry is kept: not when it alone is over the cap (it would push
+        every other song out, then itself), nor when the store fails half-way (what was
+        written is deleted again)."""
+        size = sum(path.stat().st_size for path in sources.paths.values())
+        if not self.enabled or size > self.max_bytes:
+            return False
         written: list[str] = []
         try:
             for name, path in sources.paths.items():
-                data = path.read_bytes()
-                size += len(data)
                 written.append(f"{key}:{name}.flac")
-                await self.store.put(written[-1], data, self.ttl_s)
-                del data
+                await self.store.put(written[-1], path.read_bytes(), self.ttl_s)
+            # the books before the manifest: an entry anyone can find is one the cap can evict
+            await self.redis.zadd(self._lru, {key: time.time()})
+            await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
                 size_bytes=size, title=sources.title, artist=sources.artist,
@@ -143,34 +166,37 @@ class SourcesCache:
             await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
         except BaseException:  # a half-kept entry (the store full, say) is not left to expire
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.delete(*written))
+                await asyncio.shield(self._undo(key, written))
             raise
-        await self.redis.zadd(self._lru, {key: time.time()})
-        await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
-        await self.evict()
-        return size
+        return key not in await self.evict()
 
-    async def claim(self, key: str, holder: str, ttl_s: float) -> bool:
-        """Mark `key`'s separation as under way by `holder` (a job id), unless another job's is:
-        the same song asked for twice at once then runs the model once. The claim lapses
-        after `ttl_s` unless renewed, so a worker that dies holding one holds up nobody for long."""
-        if await self.redis.set(self._claim(key), holder, nx=True, px=int(ttl_s * 1000)):
-            return True
-        # a claim of this very job: an earlier attempt on a worker that died (arq runs a job once at a time)
-        if await self.redis.get(self._claim(key)) == holder.encode():
-            await self.renew(key, ttl_s)
-            return True
-        return False
+    async def _undo(self, key: str, written: list[str]) -> None:
+        await self.store.delete(key, *written)
+        await self._forget(key)
+
+    async def claim(self, key: str, holder: str, ttl_s: float) -> Claim:
+        """Mark `key`'s separation as under way by `holder` (a job id), unless another job's is,
+        so the same song asked for twice at once runs the model once. A claim lapses after
+        `ttl_s` unless renewed: a worker that dies holding one holds up nobody for long.
+        `holder` may take its own claim again (a retry after its worker died)."""
+        got = await self.redis.eval(_CLAIM, 1, self._claim(key), holder, str(int(ttl_s * 1000)))  # type: ignore[misc]
+        if got == b"ours":
+            return "ours"
+        return "unkept" if got == _UNKEPT.encode() else "held"
 
     async def claimed(self, key: str) -> bool:
         return bool(await self.redis.exists(self._claim(key)))
 
-    async def renew(self, key: str, ttl_s: float) -> None:
-        await self.redis.pexpire(self._claim(key), int(ttl_s * 1000))
+    async def renew(self, key: str, holder: str, ttl_s: float) -> None:
+        await self.redis.eval(_RENEW, 1, self._claim(key), holder, str(int(ttl_s * 1000)))  # type: ignore[misc]
 
-    async def release(self, key: str, holder: str) -> None:
-        """Drop the claim if it is still `holder`'s (one that lapsed may be another job's now)."""
-        await self.redis.eval(_RELEASE, 1, self._claim(key), holder)  # type: ignore[misc]
+    async def release(self, key: str, holder: str, kept: bool, ttl_s: float) -> None:
+        """End `holder`'s claim (one that lapsed may be another job's now). If the sources were
+        not kept, say so for `ttl_s`, so the jobs waiting for them separate at once, side by
+        side, rather than claim the song in turn and run the model one after another."""
+        await self.redis.eval(  # type: ignore[misc]
+            _RELEASE, 1, self._claim(key), holder, "" if kept else _UNKEPT, str(int(ttl_s * 1000))
+        )
 
     def _claim(self, key: str) -> str:
         return f"{self._prefix}claim:{key}"

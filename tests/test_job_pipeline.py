@@ -186,7 +186,9 @@ async def test_a_job_whose_sources_cannot_be_kept_still_answers(
         assert result.status == "done"
         assert len(await queue.fetch(result.stems[0])) > 10_000
         assert "could not keep the sources" in worker.log()
-        assert await queue.pool.keys("*sources*") == []
+        claim = f"stembot:claim:sources:{ref.sha256}:htdemucs"
+        assert await queue.pool.keys("*sources*") == [claim.encode()]  # nothing kept, nothing half-kept
+        assert await queue.pool.get(claim) == b"-unkept-"  # jobs waiting on it would separate at once
     finally:
         await queue.close()
 
@@ -195,16 +197,23 @@ async def test_a_claim_is_one_jobs_until_released_or_lapsed(redis_url: str) -> N
     settings = Settings(redis_url=redis_url)
     client = redis.asyncio.Redis.from_url(redis_url)
     cache = SourcesCache(RedisArtifactStore(client, settings.key_prefix), client, settings)
+    key = "sources:s:m"
     try:
-        assert await cache.claim("sources:s:m", "job-a", 30)
-        assert not await cache.claim("sources:s:m", "job-b", 30)
-        assert await cache.claim("sources:s:m", "job-a", 30)  # job-a again: a retry after its worker died
-        await cache.release("sources:s:m", "job-b")  # not job-b's to release
-        assert await cache.claimed("sources:s:m")
-        await cache.release("sources:s:m", "job-a")
-        assert await cache.claim("sources:s:m", "job-b", 0.2)
+        assert await cache.claim(key, "job-a", 30) == "ours"
+        assert await cache.claim(key, "job-b", 30) == "held"
+        assert await cache.claim(key, "job-a", 30) == "ours"  # job-a again: a retry after its worker died
+        await cache.release(key, "job-b", True, 30)  # not job-b's to release
+        await cache.renew(key, "job-b", 0.05)  # nor to renew
+        await asyncio.sleep(0.1)
+        assert await cache.claimed(key)
+        await cache.release(key, "job-a", True, 30)  # kept: waiting jobs will find the sources
+        assert not await cache.claimed(key)
+        assert await cache.claim(key, "job-b", 0.2) == "ours"
         await asyncio.sleep(0.4)  # job-b's worker died: the claim lapses
-        assert not await cache.claimed("sources:s:m")
-        assert await cache.claim("sources:s:m", "job-c", 30)
+        assert await cache.claim(key, "job-c", 30) == "ours"
+        await cache.release(key, "job-c", False, 0.2)  # not kept: the others separate, side by side
+        assert await cache.claim(key, "job-d", 30) == await cache.claim(key, "job-e", 30) == "unkept"
+        await asyncio.sleep(0.4)
+        assert await cache.claim(key, "job-f", 30) == "ours"  # a later request tries to keep them again
     finally:
         await client.aclose()

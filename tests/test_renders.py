@@ -169,7 +169,7 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         blob.write_bytes(b"x" * 100_000)
         sources = SourceSet({"vocals": blob}, 0, 1000)
         for name in ("a", "b"):
-            await cache.put(entry_key(name, "m"), sources)
+            assert await cache.put(entry_key(name, "m"), sources)
         assert await cache.find("a", "m", (0, None)) is not None  # a is used again: b is now the oldest
         await cache.fetch(*(await cache.find("a", "m", (0, None))), tmp_path)  # type: ignore[misc]
         await cache.put(entry_key("c", "m"), sources)
@@ -178,6 +178,13 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         assert await cache.find("c", "m", (0, None)) is not None
         assert await cache.total_bytes() <= 250_000  # decimal MB, as every size stembot shows
         assert not await queue.store.exists("sources:b:m:vocals.flac")
+        # a song whose sources alone are over the cap is not kept, and pushes nobody out
+        huge = tmp_path / "huge.flac"
+        huge.write_bytes(b"x" * 300_000)
+        assert not await cache.put(entry_key("d", "m"), SourceSet({"vocals": huge}, 0, 1000))
+        assert not await queue.store.exists("sources:d:m:vocals.flac")
+        assert await cache.find("a", "m", (0, None)) is not None
+        assert await cache.find("c", "m", (0, None)) is not None
     finally:
         await queue.close()
 
@@ -324,3 +331,32 @@ async def test_two_requests_for_one_song_at_once_run_the_model_once(
     assert _stats(redis_url)["model_runs"] == 1
     assert all("→" in w.log() for w in workers)  # each worker took one of them
     assert redis.Redis.from_url(redis_url).keys("stembot:claim:*") == []  # released
+
+
+async def test_requests_for_a_song_too_big_to_keep_separate_side_by_side(
+    queue_client: QueueClient,
+    tiny_env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    """Sources over STEMBOT_SOURCES_MAX_MB are not kept; a job that waited on their separation
+    then runs its own at once, rather than in turn with every other waiting job."""
+    clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
+    env = tiny_env | {"STEMBOT_SOURCES_MAX_MB": "0.01"}
+    workers = [WorkerProcess(env, tmp_path / f"w{i}.log").start() for i in range(2)]
+    worker_factory.extend(workers)
+    for worker in workers:
+        worker.wait_ready()
+    ref = await queue_client.store_input(clip.read_bytes(), clip.name)
+    jobs = [
+        await queue_client.submit(
+            SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
+        )
+        for stems in ("vocals", "drums")
+    ]
+    results = [await queue_client.wait_result(job.job_id, timeout_s=180) for job in jobs]
+    assert [(r.status, r.from_cache) for r in results] == [("done", False), ("done", False)]
+    assert _stats(redis_url)["model_runs"] == 2
+    assert "over STEMBOT_SOURCES_MAX_MB alone: not kept" in workers[0].log() + workers[1].log()
+    assert redis.Redis.from_url(redis_url).keys("stembot:sources:*") == []

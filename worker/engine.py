@@ -58,6 +58,8 @@ def engine_choice(backend_setting: str, precision_setting: str, device: str) -> 
 
 
 class Engine:
+    keeps_sources = True  # its separations leave sources for the cache (the benchmark engine's do not)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device: torch.device = resolve_device(settings.device)

@@ -276,11 +276,12 @@ def separate_sources(
     frames = wav.shape[-1]
     _check_window(options, frames)
     t1 = time.perf_counter()
-    say(Stage.separating, 0.0)
-    sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
-    t2 = time.perf_counter()
-    say(Stage.encoding, 0.0)
+    # The outputs first: a section the song cannot hold is refused before the model runs.
     with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
+        say(Stage.separating, 0.0)
+        sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
+        t2 = time.perf_counter()
+        say(Stage.encoding, 0.0)
         for a in range(0, frames, _BLOCK):
             outputs.emit(np.stack([sources[n][:, a : a + _BLOCK] for n in separator.sources]), wav[:, a : a + _BLOCK])
     timings.update(decode=t1 - t0, separate=t2 - t1, encode=time.perf_counter() - t2)
@@ -322,7 +323,11 @@ class _Outputs:
         return {name: writer.writer.dest for name, writer in self.writers.items()}
 
     def emit(self, sources: np.ndarray, mixture: np.ndarray) -> None:
-        """(sources, channels, n) separated audio of the next n samples, and the song's own."""
+        """(sources, channels, n) separated audio of the next n samples (this receiver's own,
+        clipped here in place), and the song's own."""
+        # Kept sources are stored clipped (FLAC holds ±1): the files made now are made from
+        # the same samples, so a later render from the cache gives what this one gives.
+        np.clip(sources, -1.0, 1.0, out=sources)
         named = dict(zip(self.names, sources, strict=True))
         for name, writer in self.writers.items():
             writer.put(functools.partial(np.asarray, named[name]))
@@ -391,10 +396,13 @@ def _stream_sources(
         _check_window(options, stats.frames)
         t1 = time.perf_counter()
         covered = (window[0], window[0] + stats.frames)
-        with _Outputs(separator.sources, render, keep_in, settings, covered, info) as outputs:
+        with (
+            _Outputs(separator.sources, render, keep_in, settings, covered, info) as outputs,
+            contextlib.closing(read_raw(raw, start, stop)) as blocks,
+        ):
             say(Stage.separating, 0.0)
             separator.separate_stream(
-                read_raw(raw, start, stop),
+                blocks,
                 stats.frames,
                 stats.mean,
                 stats.std,
@@ -410,8 +418,8 @@ def _stream_sources(
 
 
 def _paced_s(settings: Settings) -> float:
-    """A decoder paced by its consumer (the engine, or the encoders) lives as long as the
-    work, so the job's limit bounds it, not the one for an ffmpeg call."""
+    """A decoder paced by its consumer (a render from cached sources, by its encoders) lives
+    as long as the work, so the job's limit bounds it, not the one for an ffmpeg call."""
     return max(settings.ffmpeg_timeout_s, settings.job_timeout_s)
 
 

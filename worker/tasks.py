@@ -28,7 +28,7 @@ from core.audio import SAMPLE_RATE, megabytes
 from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
-from core.sources import Manifest, SourcesCache, SourceSet, entry_key
+from core.sources import SourcesCache, SourceSet, entry_key
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -61,6 +61,7 @@ class JobRun:
         self._latest = Progress(job_id=job_id, stage=Stage.downloading)
         self._dirty = asyncio.Event()
         self.claims: list[tuple[SourcesCache, str]] = []  # separations under way, renewed while it runs
+        self.kept: set[str] = set()  # the sources entries this job kept
 
     def report(self, stage: Stage, percent: float) -> None:
         """Thread-safe: called from the separation thread once per segment."""
@@ -88,7 +89,10 @@ class JobRun:
             if tick % beat_every == 0:
                 await self.queue.pool.pexpire(in_progress_key_prefix + self.job_id, ttl_ms)
                 for cache, key in self.claims:
-                    await cache.renew(key, settings.in_progress_ttl_s)
+                    try:
+                        await cache.renew(key, self.job_id, settings.in_progress_ttl_s)
+                    except RedisError:  # the heartbeat above must go on; the claim lapses at worst
+                        log.warning("could not renew the claim on %s", key, exc_info=True)
             if await self.queue.pool.exists(self.queue.keys.cancel(self.job_id)):
                 self.stop.set()
             tick += 1
@@ -103,9 +107,10 @@ class JobRun:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            ttl_s = self.queue.settings.in_progress_ttl_s
             for cache, key in self.claims:  # waiting jobs then find the sources, or separate themselves
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(cache.release(key, self.job_id))
+                    await asyncio.shield(cache.release(key, self.job_id, key in self.kept, ttl_s))
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run blocking work in a thread; if this task is cancelled, stop the thread and wait for it."""
@@ -191,13 +196,19 @@ async def _separate(
     return separation
 
 
-async def _keep_sources(cache: SourcesCache, request: SeparationRequest, model: str, sources: SourceSet) -> None:
+async def _keep_sources(
+    run: JobRun, cache: SourcesCache, request: SeparationRequest, model: str, sources: SourceSet
+) -> None:
     """Keep a separation's sources for later requests. The stems are stored already: a
     cache that cannot take them (a full store, say) costs a later request a separation, not
     this one its answer."""
     section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
+    key = entry_key(request.input.sha256, model, section)
     try:
-        await cache.put(entry_key(request.input.sha256, model, section), sources)
+        if await cache.put(key, sources):
+            run.kept.add(key)
+        else:
+            log.info("the sources of %s are over STEMBOT_SOURCES_MAX_MB alone: not kept", request.input.sha256[:12])
         metrics.SOURCES_BYTES.set(await cache.total_bytes())
     except Exception:
         log.warning("could not keep the sources of %s", request.input.sha256[:12], exc_info=True)
@@ -246,8 +257,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         work = Path(tmp)
         (work / "sources").mkdir()
         (work / "out").mkdir()
-        found = await _find_or_claim(run, cache, request, model, getattr(engine, "keeps_sources", True))
-        sources = await cache.fetch(*found, work / "sources") if found else None
+        sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
         in_path = None
         if sources is None or uses_mixture(selection):
             in_path = await _input(queue, request, work / "input")
@@ -272,7 +282,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings["store"] = time.monotonic() - stored
         if separation is not None and cache.enabled:
             kept = time.monotonic()
-            await _keep_sources(cache, request, model, separation.sources)
+            await _keep_sources(run, cache, request, model, separation.sources)
             timings["keep"] = time.monotonic() - kept
     if separation is None:
         metrics.CACHED_RENDERS.inc()
@@ -289,23 +299,37 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
 
 
 async def _find_or_claim(
-    run: JobRun, cache: SourcesCache, request: SeparationRequest, model: str, keeps_sources: bool
-) -> tuple[str, Manifest] | None:
-    """The song's cached sources; else a claim to separate it. While another job separates
-    the same song (another stem of it, asked for at the same moment), wait for its sources
-    rather than run the model twice; if it ends without keeping them, separate here."""
+    run: JobRun, cache: SourcesCache, request: SeparationRequest, model: str, keeps_sources: bool, dest: Path
+) -> SourceSet | None:
+    """The song's cached sources, fetched into `dest`; else None, with a claim to separate it.
+
+    While another job separates the same song (another stem of it, asked for at the same
+    moment), wait for its sources rather than run the model twice. If that job ended without
+    keeping them (too big for the cache, a full store), separate here at once, unclaimed.
+    """
     section = request.options.section_frames(SAMPLE_RATE)
     own = entry_key(request.input.sha256, model, section)
     ttl_s = run.queue.settings.in_progress_ttl_s
+    waited = False
     while True:
         found = await cache.find(request.input.sha256, model, section)
-        if found is not None or not (cache.enabled and keeps_sources):
-            return found
-        if await cache.claim(own, run.job_id, ttl_s):
+        if found is not None:
+            sources = await cache.fetch(*found, dest)
+            if sources is not None:
+                return sources
+            continue  # it expired meanwhile, and is gone from the books now: claim it
+        if not (cache.enabled and keeps_sources):
+            return None
+        claim = await cache.claim(own, run.job_id, ttl_s)
+        if claim == "ours":
             run.claims.append((cache, own))
+        if claim != "held":
             return None
         if run.stop.is_set():
             raise Cancelled()
+        if not waited:
+            log.info("job %s waits for another job's separation of the same song", run.job_id)
+            waited = True
         run.report(Stage.separating, 0)
         await asyncio.sleep(_SUPERVISE_INTERVAL_S)
 
