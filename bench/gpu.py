@@ -365,6 +365,8 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     sep = stubbed(WindowedSeparator(bag, torch.device("cpu"), overlap_s=0.25, cache_dir=args.cache_dir))
 
     class StubEngine:
+        keeps_sources = True
+
         def separator(self, name: str, needed: Any = None) -> WindowedSeparator:
             return sep
 
