@@ -13,18 +13,20 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
+from arq.jobs import JobResult as ArqJobResult
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from core.artifacts import ArtifactStore, artifact_store_for
-from core.errors import QueueFull, StorageFull, WorkerFailed
+from core.errors import InternalError, QueueFull, StorageFull, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
 from core.settings import Settings
 
@@ -87,6 +89,11 @@ def redis_settings(settings: Settings) -> RedisSettings:
     # the retry as ConnectionRefusedError, not as redis' ConnectionError.
     conf.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
     return conf
+
+
+def _result_of(job_id: str, info: ArqJobResult) -> JobResult:
+    model = str(info.args[0].get("model", "")) if info.args and isinstance(info.args[0], dict) else ""
+    return _result_from_arq(job_id, info.success, info.result, model)
 
 
 def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> JobResult:
@@ -218,14 +225,22 @@ class QueueClient:
         return Submission(job_id, "queued")
 
     async def _reusable_result(self, job_id: str) -> JobResult | None:
-        """A stored result that can answer a new request, or None after clearing a stale one."""
-        result = await self.result(job_id)
-        if result is None:
+        """A stored result that can answer a new request, or None after clearing a stale one.
+
+        A refusal of the input stands as long as the result; a bug met by it only for
+        `internal_error_ttl_s`, so a fixed worker gets to try it again the same day."""
+        info = await Job(job_id, self.pool, _queue_name=self.settings.queue_name).result_info()
+        if info is None:
             return None
+        result = _result_of(job_id, info)
+        error = result.error
         reusable = (
             result.status == "done"
             and await self.store.exists(*(s.artifact_key for s in result.stems)) == len(result.stems)
-        ) or (result.status == "failed" and result.error is not None and not result.error.to_exception().retryable)
+        ) or (result.status == "failed" and error is not None and not error.to_exception().retryable)
+        if error is not None and error.code == InternalError.code:
+            age_s = (datetime.now(UTC) - info.finish_time).total_seconds()
+            reusable = age_s < self.settings.internal_error_ttl_s
         if reusable:
             return result
         await self.pool.delete(result_key_prefix + job_id, self.keys.progress(job_id), self.keys.cancel(job_id))
@@ -327,10 +342,7 @@ class QueueClient:
 
     async def result(self, job_id: str) -> JobResult | None:
         info = await Job(job_id, self.pool, _queue_name=self.settings.queue_name).result_info()
-        if info is None:
-            return None
-        model = str(info.args[0].get("model", "")) if info.args and isinstance(info.args[0], dict) else ""
-        return _result_from_arq(job_id, info.success, info.result, model)
+        return None if info is None else _result_of(job_id, info)
 
     async def status(self, job_id: str) -> JobStatus:
         return await Job(job_id, self.pool, _queue_name=self.settings.queue_name).status()

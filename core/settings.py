@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     queue_name: str = Field("stembot:queue", description="arq queue name")
     key_prefix: str = Field("stembot:", description="prefix of every stembot key in Redis")
     result_ttl_s: int = Field(24 * 3600, ge=60, description="how long results and inputs are kept")
+    internal_error_ttl_s: int = Field(
+        3600, ge=0, description="how long a request that met a bug gets that answer again, not a fresh try"
+    )
     max_queue: int = Field(200, ge=1, description="queued jobs above which new requests are refused")
     artifact_store: Literal["redis", "s3"] = Field("redis", description="where inputs and stems are kept")
     artifact_budget_mb: float = Field(

@@ -495,6 +495,16 @@ async def test_a_deterministic_failure_runs_once(
     await asyncio.sleep(2)
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 1, starts
+    # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped)
+    later = await QueueClient.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=1))
+    try:
+        retried = await later.submit(request)
+        assert retried.state == "queued"
+        assert (await later.wait_result(retried.job_id, timeout_s=120)).error.code == "internal_error"  # type: ignore[union-attr]
+    finally:
+        await later.close()
+    starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
+    assert len(starts) == 2, starts
 
 
 def _caused(outer: Exception, cause: BaseException) -> Exception:
