@@ -81,8 +81,8 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stems",
         default="all",
-        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6; "
-        "several words give several files, a+b mixes them into one (default: all)",
+        help="what to extract: vocals, drums, bass, other, guitar, piano, karaoke (or instrumental, no_vocals), "
+        "guide, all (or 4), 6; several words give several files, a+b mixes them into one (default: all)",
     )
     p.add_argument("--format", choices=FORMAT_NAMES, default=None, help="output format (default: mp3)")
     p.add_argument(

@@ -166,21 +166,28 @@ class Renderer:
         self,
         spec: RenderSpec,
         settings: Settings,
-        covered: tuple[int, int],
+        covered: tuple[int, int | None],
         title: str | None = None,
         artist: str | None = None,
     ) -> None:
-        """`covered`: the song's samples [start, end) that the sources hold."""
+        """`covered`: the song's samples [start, end) that the sources hold; end None: the
+        whole song, whose length is not known yet (it is still being decoded)."""
         first, last = spec.options.section_frames(SAMPLE_RATE)
         start, end = covered
-        last = end if last is None else min(last, end)
-        if first >= end or first < start:
-            raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
+        if end is None:
+            if spec.options.has_section:
+                raise ValueError("a section is cut to the song's length, which must be known")
+            last = sys.maxsize
+        else:
+            last = end if last is None else min(last, end)
+            if first >= end or first < start:
+                raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
         self.first, self.last, self.done = first, last, 0
         self.tempo = spec.options.tempo
         self.needs_mixture = uses_mixture(spec.selection)
         # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
-        named = spec.options if last < end else spec.options.model_copy(update={"end_s": None})
+        past_end = end is not None and last >= end
+        named = spec.options.model_copy(update={"end_s": None}) if past_end else spec.options
         self.files = [
             StemFile(o, spec.out_dir / stem_filename(spec.song, file_label(o.name, named), spec.fmt.ext), 0.0,
                      label(o.name, named))
@@ -299,7 +306,7 @@ class _Outputs:
         render: RenderSpec | None,
         keep_in: Path | None,
         settings: Settings,
-        covered: tuple[int, int],
+        covered: tuple[int, int | None],
         info: AudioInfo,
     ) -> None:
         self.names = list(names)
@@ -385,7 +392,15 @@ def _stream_sources(
     sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
-    with job_dir() as scratch:
+    whole = window == (0, None)
+    with job_dir() as scratch, contextlib.ExitStack() as stack:
+        # A whole song's encoders need not know its length: they start while it decodes,
+        # on the core the decoder leaves idle. A section's are named after where it ends.
+        outputs = (
+            stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, (0, None), info))
+            if whole
+            else None
+        )
         raw = Path(scratch) / "decoded.f32"
         until_s = None if window[1] is None else window[1] / SAMPLE_RATE + 1  # past the section: not decoded
         total = decode_to_file(
@@ -395,23 +410,22 @@ def _stream_sources(
         stats = stream_stats(read_raw(raw, start, stop))
         _check_window(options, stats.frames)
         t1 = time.perf_counter()
-        covered = (window[0], window[0] + stats.frames)
-        with (
-            _Outputs(separator.sources, render, keep_in, settings, covered, info) as outputs,
-            contextlib.closing(read_raw(raw, start, stop)) as blocks,
-        ):
-            say(Stage.separating, 0.0)
-            separator.separate_stream(
-                blocks,
-                stats.frames,
-                stats.mean,
-                stats.std,
-                outputs.emit,
-                lambda f: say(Stage.separating, 100.0 * f),
-                should_stop,
-            )
-            t2 = time.perf_counter()
-            say(Stage.encoding, 0.0)
+        if outputs is None:
+            covered = (window[0], window[0] + stats.frames)
+            outputs = stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, covered, info))
+        blocks = stack.enter_context(contextlib.closing(read_raw(raw, start, stop)))
+        say(Stage.separating, 0.0)
+        separator.separate_stream(
+            blocks,
+            stats.frames,
+            stats.mean,
+            stats.std,
+            outputs.emit,
+            lambda f: say(Stage.separating, 100.0 * f),
+            should_stop,
+        )
+        t2 = time.perf_counter()
+        say(Stage.encoding, 0.0)
     timings.update(decode=t1 - t0, separate=t2 - t1, encode=time.perf_counter() - t2)
     kept = SourceSet(outputs.kept, window[0], stats.frames, window == (0, None), info.title, info.artist)
     return Separation(kept, info, outputs.files)
