@@ -304,6 +304,27 @@ async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
         await queue.close()
 
 
+async def _two_stems_at_once(
+    queue: QueueClient, env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> tuple[list[JobResult], str]:
+    """Vocals and drums of one song, submitted together to two idle workers; their results and logs."""
+    clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
+    workers = [WorkerProcess(env, tmp_path / f"w{i}.log").start() for i in range(2)]
+    worker_factory.extend(workers)
+    for worker in workers:
+        worker.wait_ready()
+    ref = await queue.store_input(clip.read_bytes(), clip.name)
+    jobs = [
+        await queue.submit(
+            SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
+        )
+        for stems in ("vocals", "drums")
+    ]
+    results = [await queue.wait_result(job.job_id, timeout_s=180) for job in jobs]
+    assert all("→" in w.log() for w in workers)  # each worker took one of them
+    return results, "".join(w.log() for w in workers)
+
+
 async def test_two_requests_for_one_song_at_once_run_the_model_once(
     queue_client: QueueClient,
     tiny_env: dict[str, str],
@@ -311,25 +332,12 @@ async def test_two_requests_for_one_song_at_once_run_the_model_once(
     tmp_path: Path,
     worker_factory: list[WorkerProcess],
 ) -> None:
-    """Vocals and drums of the same song, asked for at the same moment, taken by two workers:
-    one separates, the other waits for its sources and renders from them."""
-    clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
-    workers = [WorkerProcess(tiny_env, tmp_path / f"w{i}.log").start() for i in range(2)]
-    worker_factory.extend(workers)
-    for worker in workers:
-        worker.wait_ready()
-    ref = await queue_client.store_input(clip.read_bytes(), clip.name)
-    jobs = [
-        await queue_client.submit(
-            SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
-        )
-        for stems in ("vocals", "drums")
-    ]
-    results = [await queue_client.wait_result(job.job_id, timeout_s=180) for job in jobs]
+    """Two stems of one song asked for at the same moment: one job separates, the other
+    waits for its sources and renders from them."""
+    results, _ = await _two_stems_at_once(queue_client, tiny_env, tmp_path, worker_factory)
     assert [r.status for r in results] == ["done", "done"]
     assert sorted(r.from_cache for r in results) == [False, True]
     assert _stats(redis_url)["model_runs"] == 1
-    assert all("→" in w.log() for w in workers)  # each worker took one of them
     assert redis.Redis.from_url(redis_url).keys("stembot:claim:*") == []  # released
 
 
@@ -342,21 +350,9 @@ async def test_requests_for_a_song_too_big_to_keep_separate_side_by_side(
 ) -> None:
     """Sources over STEMBOT_SOURCES_MAX_MB are not kept; a job that waited on their separation
     then runs its own at once, rather than in turn with every other waiting job."""
-    clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
     env = tiny_env | {"STEMBOT_SOURCES_MAX_MB": "0.01"}
-    workers = [WorkerProcess(env, tmp_path / f"w{i}.log").start() for i in range(2)]
-    worker_factory.extend(workers)
-    for worker in workers:
-        worker.wait_ready()
-    ref = await queue_client.store_input(clip.read_bytes(), clip.name)
-    jobs = [
-        await queue_client.submit(
-            SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
-        )
-        for stems in ("vocals", "drums")
-    ]
-    results = [await queue_client.wait_result(job.job_id, timeout_s=180) for job in jobs]
+    results, logs = await _two_stems_at_once(queue_client, env, tmp_path, worker_factory)
     assert [(r.status, r.from_cache) for r in results] == [("done", False), ("done", False)]
     assert _stats(redis_url)["model_runs"] == 2
-    assert "over STEMBOT_SOURCES_MAX_MB alone: not kept" in workers[0].log() + workers[1].log()
+    assert "over STEMBOT_SOURCES_MAX_MB alone: not kept" in logs
     assert redis.Redis.from_url(redis_url).keys("stembot:sources:*") == []
