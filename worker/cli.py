@@ -31,9 +31,9 @@ class StageBar:
         self.stage: Stage | None = None
 
     def __call__(self, stage: Stage, percent: float) -> None:
-        if stage != self.stage:
+        if stage != self.stage:  # a new stage starts at its own percentage, drawn once
             self.stage = stage
-            self.bar.set_description_str(stage.value)
+            self.bar.set_description_str(stage.value, refresh=False)
             self.bar.n = 0
         self.bar.n = min(100.0, max(self.bar.n, percent))
         self.bar.refresh()
