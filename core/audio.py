@@ -229,11 +229,7 @@ def decode(
     """
     proc = _run(_decode_cmd(path, max_duration_s + 1, sandbox), timeout_s, sandbox)
     frames = len(proc.stdout) // _BYTES_PER_FRAME
-    if frames / SAMPLE_RATE > max_duration_s:
-        raise _decoded_too_long(frames, max_duration_s)
-    if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
-        raise _unreadable(proc.stderr, proc.returncode)
-    _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
+    _check_decode(proc, frames, info, max_duration_s)
     pcm = np.frombuffer(proc.stdout[: frames * _BYTES_PER_FRAME], dtype=np.float32)
     return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
 
@@ -257,14 +253,21 @@ def decode_to_file(
     size_cap = ["-fs", str(int((cap_s + 1) * SAMPLE_RATE) * _BYTES_PER_FRAME)]
     proc = _run(_decode_cmd(path, cap_s, sandbox, as_file(dest), size_cap), timeout_s, sandbox)
     frames = (dest.stat().st_size if dest.exists() else 0) // _BYTES_PER_FRAME
+    if until_s is not None and info.duration_s is not None:  # short of its stated end by design
+        info = replace(info, duration_s=min(info.duration_s, until_s))
+    _check_decode(proc, frames, info, max_duration_s)
+    return frames
+
+
+def _check_decode(
+    proc: subprocess.CompletedProcess[bytes], frames: int, info: AudioInfo, max_duration_s: float
+) -> None:
+    """A whole decode's result: not past the limit, not stopped by the sandbox, not far short of its header."""
     if frames / SAMPLE_RATE > max_duration_s:
         raise _decoded_too_long(frames, max_duration_s)
     if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
         raise _unreadable(proc.stderr, proc.returncode)
-    if until_s is not None and info.duration_s is not None:  # short of its stated end by design
-        info = replace(info, duration_s=min(info.duration_s, until_s))
     _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
-    return frames
 
 
 def read_raw(

@@ -543,18 +543,3 @@ def separate_file(
         artist=done.info.artist,
         timings=timings,
     )
-
-
-def stream_file(
-    input_path: Path,
-    out_dir: Path,
-    song: str,
-    selection: StemSelection,
-    fmt: OutputFormat,
-    separator: WindowedSeparator,
-    settings: Settings,
-    report: Reporter | None = None,
-    should_stop: StopFn | None = None,
-) -> SeparationOutcome:
-    """`separate_file` with the streaming engine (bounded memory whatever the song's length)."""
-    return separate_file(input_path, out_dir, song, selection, fmt, separator, settings, report, should_stop)
