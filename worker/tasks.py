@@ -215,10 +215,11 @@ async def _keep_sources(
 
 
 async def _whole_file(
-    run: JobRun, separator: Any, request: SeparationRequest, job_id: str, in_path: Path, out: Path
+    run: JobRun, engine: Engine, model: str, request: SeparationRequest, job_id: str, in_path: Path, out: Path
 ) -> JobResult:
     """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
     settings = run.queue.settings
+    separator = await run.in_thread(lambda: engine.separator(model, None))
     outcome = await run.in_thread(
         lambda: separate_file(
             in_path,
@@ -268,9 +269,8 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         separation = None
         if sources is None:
             assert in_path is not None
-            separator = await run.in_thread(lambda: engine.separator(model, None))
-            if getattr(separator, "separate_file", None) is not None:  # the benchmark engine: no sources
-                return await _whole_file(run, separator, request, job_id, in_path, work / "out")
+            if not engine.keeps_sources:  # the benchmark engine makes the stems itself
+                return await _whole_file(run, engine, model, request, job_id, in_path, work / "out")
             keep_in = work / "sources" if cache.enabled else None
             separation = await _separate(run, engine, request, model, in_path, spec, keep_in, timings)
             files = separation.files
