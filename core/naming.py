@@ -14,6 +14,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 # control and path characters, and the invisible ones that reorder or hide text in chat
 # (bidi overrides such as U+202E make `evil\u202eFLAC.exe` read as `evilexe.CALF`)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\:*?\"<>|\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff]+")
+_EXTENSION = re.compile(r"[A-Za-z0-9]{1,5}")
 _MAX_LEN = 80
 # A song's name in bytes: room for `.<stem>.<ext>` with the longest stem name and a part
 # suffix such as ` (part 12 of 12)` under the 255 bytes of a file name.
@@ -64,7 +65,9 @@ def song_name(filename: str | None, fallback: str = "song") -> str:
     if not filename:
         return fallback
     base = PureWindowsPath(PurePosixPath(filename).name).name
-    stem = base.rsplit(".", 1)[0] if "." in base.strip(".") else base
+    head, dot, ext = base.rpartition(".")
+    # only what looks like a file extension goes: a title such as "Mr. Brightside" stays whole
+    stem = head if dot and head.strip(".") and _EXTENSION.fullmatch(ext) else base
     clean = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem)).strip(" ._")
     return cap_bytes(clean[:_MAX_LEN], SONG_MAX_BYTES).rstrip(" ._") or fallback
 

@@ -47,6 +47,12 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.passes: list[tuple[int, int]] = []  # (windows, songs) of recent passes, for tests and benchmarks
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet wholly handed to a pass."""
+        with self._cond:
+            return len(self._queue)
+
     def __call__(self, chunks: torch.Tensor) -> torch.Tensor:
         request = _Request(chunks)
         with self._cond:

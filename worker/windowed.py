@@ -190,6 +190,10 @@ class WindowedSeparator:
         self.samplerate = int(model.samplerate)
         self.segment = int(self.samplerate * float(model.max_allowed_segment))
         self.min_overlap = int(overlap_s * self.samplerate)
+        if not 0 <= self.min_overlap < self.segment:
+            raise ValueError(
+                f"overlap_s must be at least 0 and under the model's {self.segment / self.samplerate:g} s windows"
+            )
         # A bag of specialists (htdemucs_ft) runs only the models that weigh in on the
         # sources a request needs: karaoke needs the vocals specialist alone.
         wanted = [i for i, name in enumerate(model.sources) if needed is None or name in needed]
@@ -222,6 +226,15 @@ class WindowedSeparator:
         self.batcher = Batcher(self._pass, batch_size) if shared_batches else None
         # the GPU's host-side path (tensors on the device, no numpy) also runs on the CPU: tests
         self.tensor_path = device.type != "cpu"
+
+    def use_network(self, network: nn.Module) -> WindowedSeparator:
+        """Run `network` in the model's place: a stand-in of the same shape ((batch, channels,
+        length) → (batch, sources, channels, length)), such as the null or identity networks
+        that benchmarks and tests measure the engine's own work and correctness with."""
+        self.models = self.fp32_models = [network]
+        self._plain = True
+        self.static_batch = False
+        return self
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -352,6 +365,12 @@ Array = Any  # np.ndarray on the CPU, torch.Tensor on a GPU
 _STEP = 32768  # samples per stretch of element-wise work: 1 MiB of four stereo sources
 
 
+def input_span(batch_size: int, segment: int) -> int:
+    """Samples the input buffer starts with: a batch's windows and the next one, and a block
+    to spare; it shifts what is still needed to its front when full, and grows past that."""
+    return (batch_size + 1) * segment + 44100 * 10
+
+
 class _Song:
     """One song through the engine: input buffer, overlap-add and emission, on the model's device."""
 
@@ -377,8 +396,7 @@ class _Song:
         for k in range(len(self.windows) - 1, -1, -1):
             self.keep[k] = min(self.keep[k], self.keep[k + 1])
         self.weight: Array = sep.window_weight if self.gpu else sep.window_weight.numpy()
-        span = (sep.batch_size + 1) * sep.segment + 44100 * 10
-        self.inp: Array = self._empty((2, span))  # normalised input of [inp_start, inp_end)
+        self.inp: Array = self._empty((2, input_span(sep.batch_size, sep.segment)))  # normalised [inp_start, inp_end)
         self.inp_start = self.inp_end = self.keep_from = 0
         self.raw: deque[tuple[int, np.ndarray]] = deque()  # the mixture as it came, for emit
         self.acc: dict[tuple[int, int], Array] = {}  # weighted sums of overlaps in progress
@@ -402,6 +420,10 @@ class _Song:
         self._drain()
 
     def _batch(self, batch: list[int], upto: int) -> None:
+        # Every write to the input buffer for this batch happens before the first view of it
+        # is taken: a refill can move the buffer's contents (`_make_room`), and a view taken
+        # before that would then read another stretch of the song (batches > 1 on long songs).
+        self._fill(max(self._input_end(self.windows[k]) for k in batch))
         inputs = [self._input(self.windows[k]) for k in batch]
         if len({i.shape[-1] for i in inputs}) > 1:  # unequal lengths only happen at the end
             outputs = [self.sep.forward(self._tensor(i[None]))[0] for i in inputs]
@@ -453,12 +475,23 @@ class _Song:
             self.inp[:, :live] = kept.clone() if self.gpu else kept
         self.inp_start = self.keep_from
 
-    def _input(self, window: Window) -> Array:
-        """The model's input for one window (a view where it lies inside the song), zero-padded past its ends."""
+    def _input_length(self, window: Window) -> int:
         sep = self.sep
-        seg = sep.segment if sep.layout == "reference" or window.length == sep.segment else window.length
-        self._fill(window.padded_start + seg)
+        return sep.segment if sep.layout == "reference" or window.length == sep.segment else window.length
+
+    def _input_end(self, window: Window) -> int:
+        return window.padded_start + self._input_length(window)
+
+    def _input(self, window: Window) -> Array:
+        """The model's input for one window (a view where it lies inside the song), zero-padded past its ends.
+
+        Reads only: the buffer must already hold the window (`_fill`), and nothing may write
+        to it until the pass has consumed the view.
+        """
+        seg = self._input_length(window)
         lo, hi = max(window.padded_start, 0), min(window.padded_start + seg, self.total)
+        if lo < self.inp_start or hi > min(self.inp_end, self.total):
+            raise RuntimeError(f"window input {lo}..{hi} is not in the buffer ({self.inp_start}..{self.inp_end})")
         piece = self.inp[:, lo - self.inp_start : hi - self.inp_start]
         if lo == window.padded_start and hi == window.padded_start + seg:
             return piece
