@@ -1,13 +1,14 @@
-"""A song from a link: yt-dlp for the sites it knows, a plain safe download otherwise.
+"""A song from a link: yt-dlp for the sites allowed, a plain safe download otherwise.
 
 yt-dlp only reads a page's metadata, with fixed options (no user-controlled ones): one
-video, never a playlist (a playlist is refused without resolving its entries), site
-extractors only (never the generic one, which would fetch any page a site points at),
-no cache, no config, nothing written. It picks a plain http(s) audio format; the
+video, never a playlist (a playlist is refused without resolving its entries), only the
+extractors of `STEMBOT_LINK_SITES`, and never one whose pattern accepts any host (Generic,
+Mediasite: they fetch whatever server a user names); no cache, no config, nothing written.
+Every request it makes goes through `core.ytdlp`'s handler: resolved, refused unless
+public, connected to at the checked address. It picks a plain http(s) audio format; the
 duration and size are checked from metadata, and the media itself is downloaded by
-`core.fetch.fetch_url` like any link: every redirect hop resolved, checked against
-non-public addresses and connected to at the checked address, with a byte cap and a
-deadline.
+`core.fetch.fetch_url` like any link. One deadline covers all of a link's stages, and each
+has a byte cap.
 """
 
 from __future__ import annotations

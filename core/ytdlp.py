@@ -15,6 +15,7 @@ Imported only when yt-dlp is installed (the `links` extra).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import io
 import urllib.request
@@ -34,6 +35,7 @@ from core.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
 from core.fetch import TOO_SLOW, Reply, request_once
 
 _MAX_REDIRECTS = 5
+_LOOP_GONE_S = 10.0
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -55,7 +57,13 @@ class LinkBudget:
             raise self.refusal
         future = asyncio.run_coroutine_threadsafe(self._send(method, url, headers, body), self.loop)
         try:
-            return future.result()
+            # The coroutine ends by the deadline; the margin is for a loop that stopped
+            # (a bot shutting down), which would otherwise leave this thread waiting forever.
+            return future.result(timeout=max(self.deadline - self.loop.time(), 0) + _LOOP_GONE_S)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            self.refusal = self.refusal or DownloadFailed(TOO_SLOW)
+            raise self.refusal from exc
         except (LinkRefused, TooLarge, DownloadFailed) as exc:
             if not isinstance(exc, DownloadFailed) or exc.user_message == TOO_SLOW:
                 self.refusal = self.refusal or exc
