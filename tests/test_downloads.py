@@ -7,6 +7,7 @@ import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import simcord
@@ -135,4 +136,24 @@ async def test_discord_refuses_a_second_download_of_one_user(redis_url: str, son
         async with service.downloads.slot(f"discord:{alice.id}"):  # alice's first song is downloading
             result = await alice.slash(channel, "split", url=f"{base}/song.flac")
         assert result.response is not None and BUSY in result.response.content
+    assert song_server == []  # the second link was never fetched
+
+
+async def test_telegram_refuses_a_second_download_of_one_user(
+    redis_url: str, song_server: list[str], unused_tcp_port_factory: Any
+) -> None:
+    from tests.botapi import BotApiServer
+    from tests.test_telegram import ALICE, DM, _command, _texts, start_bot, stop_bot
+
+    base = song_server.pop()
+    botapi = BotApiServer()
+    await botapi.start(unused_tcp_port_factory())
+    bot = await start_bot(botapi, redis_url, allow_private_urls=True)
+    try:
+        async with bot.bot_data["service"].downloads.slot(f"telegram:{ALICE['id']}"):  # alice's first song
+            botapi.message(DM, ALICE, **_command(f"/split vocals {base}/song.flac"))
+            await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if BUSY in t])
+    finally:
+        await stop_bot(bot)
+        await botapi.stop()
     assert song_server == []  # the second link was never fetched
