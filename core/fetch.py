@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsplit
 
 import httpcore
 
@@ -141,6 +141,24 @@ def _valid_host(host: str) -> bool:
     return 0 < len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
+# What stays as it is in a path or query: reserved and unreserved characters, and `%` of
+# escapes already there. Anything else (non-ASCII letters above all) is UTF-8 %-escaped.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
+
+
+def ascii_url(url: str) -> str:
+    """A well-formed link (split_link's) as an HTTP client takes it: the host in IDNA
+    (punycode), non-ASCII in the path and query %-escaped, no fragment. A song's link
+    often names it: `https://example.com/música.mp3`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+        netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
 async def resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
@@ -195,14 +213,14 @@ def _filename(response: httpcore.Response, url: str) -> str:
     is the server's choice, so it may be as long and as strange as a header allows."""
     disposition = _header(response, "content-disposition")
     match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)", disposition, re.IGNORECASE)
-    name = unquote(_utf8(match.group(1))) if match else unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = unquote(as_utf8(match.group(1))) if match else unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     base, dot, ext = name.rpartition(".")
     if dot and base and len(ext.encode()) <= 10:  # keep a short extension, shorten the rest
         return cap_bytes(base, NAME_MAX_BYTES - 1 - len(ext.encode())) + dot + ext
     return cap_bytes(name, NAME_MAX_BYTES) or "download"
 
 
-def _utf8(header_text: str) -> str:
+def as_utf8(header_text: str) -> str:
     """Header bytes were read as latin-1; a raw UTF-8 name reads right once re-decoded."""
     try:
         return header_text.encode("latin-1").decode("utf-8")
@@ -228,11 +246,12 @@ async def fetch_url(
         async with asyncio.timeout(timeout_s), httpcore.AsyncConnectionPool(network_backend=backend) as pool:
             for _ in range(_MAX_REDIRECTS + 1):
                 addresses = await check_url(url, allow_private)
+                url = ascii_url(url)
                 backend.pins[urlsplit(url).hostname or ""] = addresses[0]
                 options = {"timeout": {"connect": timeout_s}}
                 async with pool.stream("GET", url, headers=sent, extensions=options) as response:
                     if response.status in (301, 302, 303, 307, 308) and _header(response, "location"):
-                        url = _next_hop(url, _header(response, "location"))
+                        url = _next_hop(url, as_utf8(_header(response, "location")))
                         continue
                     if response.status != 200:
                         raise DownloadFailed(f"The link answered with HTTP {response.status}.")
@@ -273,6 +292,7 @@ async def request_once(
     the host resolved, checked like `fetch_url`'s and connected to at the checked address;
     the body read up to `max_bytes`. The caller bounds the time (asyncio.timeout)."""
     addresses = await check_url(url, allow_private)
+    url = ascii_url(url)
     backend = PinnedBackend()
     backend.pins[urlsplit(url).hostname or ""] = addresses[0]
     sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]

@@ -32,7 +32,7 @@ from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import ExtractorError
 
 from core.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
-from core.fetch import TOO_SLOW, Reply, request_once
+from core.fetch import TOO_SLOW, Reply, as_utf8, request_once
 
 _MAX_REDIRECTS = 5
 _LOOP_GONE_S = 10.0
@@ -115,7 +115,7 @@ class CheckedRH(RequestHandler):  # type: ignore[misc]
                 method, body = get_redirect_method(method, response.status), None
                 headers = {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
             try:
-                url = urljoin(url, location)  # checked like any link on the next hop
+                url = urljoin(url, as_utf8(location))  # checked like any link on the next hop
             except ValueError as exc:
                 raise TransportError("a redirect to an invalid address", cause=exc) from exc
         raise HTTPError(response, redirect_loop=True)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
+from aiohttp import web
+
+import core.fetch
 from core.errors import LinkRefused
-from core.fetch import split_link
+from core.fetch import fetch_url, split_link
 
 MALFORMED = "not a valid web address"
 SCHEME = "Only http:// and https://"
@@ -65,3 +70,43 @@ def test_link_forms(url: str, refusal: str | None) -> None:
         return
     with pytest.raises(LinkRefused, match=refusal):
         split_link(url)
+
+
+@pytest.fixture
+async def server(unused_tcp_port: int) -> AsyncIterator[str]:
+    async def song(request: web.Request) -> web.Response:
+        return web.Response(body=b"song:" + request.path.encode(), content_type="audio/mpeg")
+
+    async def hop(request: web.Request) -> web.Response:  # a raw UTF-8 Location, as servers send
+        return web.Response(status=302, headers={"Location": "/canción.mp3"})
+
+    app = web.Application()
+    app.add_routes([web.get("/hop", hop), web.get("/{name}", song)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    yield f"127.0.0.1:{unused_tcp_port}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("/música.mp3", "música.mp3"), ("/m%C3%BAsica.mp3", "música.mp3"), ("/hop", "canción.mp3"), ("/€ 1.mp3", None)],
+)
+async def test_links_that_are_not_ascii_are_fetched(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, name: str | None
+) -> None:
+    """A song's link often names it; the host may be an IDN too (resolved here by the test)."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        assert host in ("bücher.invalid", "xn--bcher-kva.invalid")  # as typed, or as a redirect names it
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(core.fetch, "resolve", resolve)
+    url = f"http://bücher.invalid:{server.split(':')[1]}{path}"
+    if name is None:  # a space: a malformed link, told so
+        with pytest.raises(LinkRefused, match=MALFORMED):
+            await fetch_url(url, tmp_path / "dl", 10_000, 10, allow_private=True)
+        return
+    got = await fetch_url(url, tmp_path / "dl", 10_000, 10, allow_private=True)
+    assert got.filename == name and got.path.read_bytes() == f"song:/{name}".encode()
