@@ -241,7 +241,7 @@ async def fetch_url(
     Each hop is resolved, checked, and connected to at the address the check saw.
     """
     backend = PinnedBackend()
-    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    sent = _sendable((headers or {}).items())
     try:
         async with asyncio.timeout(timeout_s), httpcore.AsyncConnectionPool(network_backend=backend) as pool:
             for _ in range(_MAX_REDIRECTS + 1):
@@ -295,7 +295,9 @@ async def request_once(
     url = ascii_url(url)
     backend = PinnedBackend()
     backend.pins[urlsplit(url).hostname or ""] = addresses[0]
-    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    sent = _sendable(headers)
+    if body is not None:  # sized, not chunked: some servers refuse a chunked POST
+        sent.append((b"Content-Length", str(len(body)).encode()))
     try:
         async with (
             httpcore.AsyncConnectionPool(network_backend=backend) as pool,
@@ -314,6 +316,15 @@ async def request_once(
             return Reply(response.status, pairs, b"".join(chunks))
     except _NETWORK_ERRORS as exc:
         raise DownloadFailed("I couldn't download that link.", detail=repr(exc)) from exc
+
+
+# Headers the HTTP client writes itself: one from a page (through yt-dlp) could name
+# another virtual host than the one checked, or frame the request differently.
+_CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
+
+
+def _sendable(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers if k.lower() not in _CLIENT_HEADERS]
 
 
 def _next_hop(url: str, location: str) -> str:

@@ -10,6 +10,7 @@ listens on 127.0.0.1, which stays private, as it would be in production.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ async def servers(unused_tcp_port_factory: Any, monkeypatch: pytest.MonkeyPatch)
         return response
 
     async def service(request: web.Request) -> web.Response:
-        s.posted.append(await request.json())
+        s.posted.append((request.headers.get("Content-Length"), await request.json()))
         title = "  Song\u202e 3pm.exe\n\x00" + "ä" * 500
         return web.json_response(_presentation(f"{s.page}/song.mp3", title))
 
@@ -158,7 +159,8 @@ async def test_a_public_page_is_read_through_the_checked_requests(
     URL it reads back); the title it finds is one safe line of bounded length."""
     song = await fetch_song(f"{servers.page}/Mediasite/Play/{IDS['public']}", mediasite_allowed)
     assert song.data == b"ID3" + b"\0" * 1000
-    assert servers.posted[0]["getPlayerOptionsRequest"]["ResourceId"] == IDS["public"]
+    length, posted = servers.posted[0]
+    assert posted["getPlayerOptionsRequest"]["ResourceId"] == IDS["public"] and length == str(len(json.dumps(posted)))
     assert song.title is not None and song.title.startswith("Song 3pm.exe ä")
     assert len(song.title) <= 120 and len(song.title.encode()) <= 160
     assert song.title.isprintable() and "\u202e" not in song.title
