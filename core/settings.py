@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         ",".join(DEFAULT_INPUT_FORMATS),
         description="ffmpeg demuxers a user's file may be opened with, comma-separated",
     )
-    download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
+    download_timeout_s: float = Field(
+        60, gt=0, description="give up a link after this long: one deadline for all its stages (metadata, download)"
+    )
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
     link_sites: str = Field(
         DEFAULT_LINK_SITES,
