@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import functools
 import io
+import re
 import urllib.request
 from collections.abc import Iterable
 from email.message import Message
@@ -194,6 +195,4 @@ def extract(url: str, params: dict[str, Any], budget: LinkBudget) -> dict[str, A
 
 def ie_names(ies: Iterable[Any]) -> list[str]:
     """`allowed_extractors` that name exactly these extractors (yt-dlp reads regexes)."""
-    import re
-
     return [re.escape(ie.IE_NAME.lower()) for ie in ies]
