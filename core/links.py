@@ -39,7 +39,6 @@ _EXT = re.compile(r"[a-z0-9]{1,5}")
 _NOBODY = "stembot-any-host.invalid"  # a host no extractor for a known site can claim
 # What yt-dlp may read for one link (pages, JSON, player code), all requests together.
 _PAGES_MAX_BYTES = 20_000_000
-_YTDLP_THREADS = 4
 _TEXT_MAX_CHARS = 120
 
 
@@ -141,15 +140,16 @@ async def read_site(url: str, settings: Settings, deadline: float, extractors: I
     loop = asyncio.get_running_loop()
     budget = LinkBudget(loop, deadline, _PAGES_MAX_BYTES, settings.allow_private_urls)
     options = ytdlp_options(settings) | {"allowed_extractors": ie_names(extractors) or ["-all"]}
-    info = await loop.run_in_executor(_ytdlp_threads(), extract, url, options, budget)
+    info = await loop.run_in_executor(_ytdlp_threads(settings.max_downloads), extract, url, options, budget)
     return media_of(info, settings)
 
 
-@lru_cache(maxsize=1)
-def _ytdlp_threads() -> ThreadPoolExecutor:
-    """yt-dlp's own threads: a slow link never holds one of the default pool's, which
-    the bots need for probing songs; each is free by its link's deadline."""
-    return ThreadPoolExecutor(max_workers=_YTDLP_THREADS, thread_name_prefix="stembot-ytdlp")
+@lru_cache
+def _ytdlp_threads(size: int) -> ThreadPoolExecutor:
+    """yt-dlp's own threads, one per download a bot runs at once: a slow link never holds
+    one of the default pool's, which the bots need for probing songs; each is free by its
+    link's deadline."""
+    return ThreadPoolExecutor(max_workers=size, thread_name_prefix="stembot-ytdlp")
 
 
 async def _fetch(
