@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsplit
 
 import httpcore
 
@@ -30,7 +30,14 @@ from core.errors import DownloadFailed, LinkRefused, TooLarge
 from core.naming import NAME_MAX_BYTES, cap_bytes, excerpt
 
 _MAX_REDIRECTS = 5
+TOO_SLOW = "Downloading that link took too long."
 _URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
+_NETWORK_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.TimeoutException,
+    httpcore.UnsupportedProtocol,
+)
 
 
 @dataclass(frozen=True)
@@ -86,21 +93,70 @@ def is_public_address(address: str) -> bool:
         return False
 
 
+_MALFORMED = "That link is not a valid web address."
+_MAX_URL_CHARS = 4096
+# host[:port] once userinfo is ruled out: a bracketed IPv6 literal or a name, then digits.
+_AUTHORITY = re.compile(r"(\[[^\[\]]*\]|[^\[\]:]*)(?::([0-9]*))?")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
 def split_link(url: str) -> SplitResult:
-    """`url`'s parts; LinkRefused for anything but a well-formed http(s) link without credentials."""
+    """`url`'s parts; LinkRefused for anything but a well-formed http(s) link without credentials.
+
+    The authority is checked strictly (what `urlsplit` lets through is not always a host:
+    `http://:80/`, `http://[::1]x/`, `http://exa mple.com/`), so a malformed link is told
+    it is malformed rather than meeting DNS or another scheme's refusal.
+    """
+    if len(url) > _MAX_URL_CHARS or any(not ch.isprintable() or ch.isspace() for ch in url):
+        raise LinkRefused(_MALFORMED)  # urlsplit would quietly drop a tab or newline
     try:
         parts = urlsplit(url)
         port = parts.port  # a port out of range or not a number raises ValueError here
-        host = parts.hostname
     except ValueError as exc:  # e.g. `http://[::1/x`, `http://host:abc/`, `:99999`
-        raise LinkRefused("That link is not a valid web address.") from exc
-    if parts.scheme not in ("http", "https") or not host:
+        raise LinkRefused(_MALFORMED) from exc
+    if parts.scheme not in ("http", "https"):
         raise LinkRefused("Only http:// and https:// links are accepted.")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:  # `http://@host/` too: an empty user name is still userinfo
         raise LinkRefused("Links with a user name or password are not accepted.")
-    if port == 0:
-        raise LinkRefused("That link is not a valid web address.")
+    authority = _AUTHORITY.fullmatch(parts.netloc)
+    if authority is None or port == 0 or not _valid_host(authority.group(1)):
+        raise LinkRefused(_MALFORMED)
     return parts
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv6 literal in brackets (no zone id, no IPvFuture) or a DNS name IDNA accepts."""
+    if host.startswith("["):
+        if "%" in host:  # a zone id names an interface of this machine
+            return False
+        try:
+            return isinstance(ipaddress.ip_address(host[1:-1]), ipaddress.IPv6Address)
+        except ValueError:
+            return False
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except (UnicodeError, ValueError):  # an empty or too long label, a character IDNA refuses
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return 0 < len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+# What stays as it is in a path or query: reserved and unreserved characters, and `%` of
+# escapes already there. Anything else (non-ASCII letters above all) is UTF-8 %-escaped.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
+
+
+def ascii_url(url: str) -> str:
+    """A well-formed link (split_link's) as an HTTP client takes it: the host in IDNA
+    (punycode), non-ASCII in the path and query %-escaped, no fragment. A song's link
+    often names it: `https://example.com/música.mp3`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+        netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 async def resolve(host: str, port: int) -> list[str]:
@@ -138,9 +194,10 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        if host not in self.pins:
+        pinned = self.pins.get(host.lower())  # the check saw urlsplit's lower-cased host
+        if pinned is None:
             raise httpcore.ConnectError(f"{host} was not checked before connecting")
-        return await self._inner.connect_tcp(self.pins[host], port, timeout, local_address, socket_options)
+        return await self._inner.connect_tcp(pinned, port, timeout, local_address, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -156,14 +213,14 @@ def _filename(response: httpcore.Response, url: str) -> str:
     is the server's choice, so it may be as long and as strange as a header allows."""
     disposition = _header(response, "content-disposition")
     match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)", disposition, re.IGNORECASE)
-    name = unquote(_utf8(match.group(1))) if match else unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = unquote(as_utf8(match.group(1))) if match else unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     base, dot, ext = name.rpartition(".")
     if dot and base and len(ext.encode()) <= 10:  # keep a short extension, shorten the rest
         return cap_bytes(base, NAME_MAX_BYTES - 1 - len(ext.encode())) + dot + ext
     return cap_bytes(name, NAME_MAX_BYTES) or "download"
 
 
-def _utf8(header_text: str) -> str:
+def as_utf8(header_text: str) -> str:
     """Header bytes were read as latin-1; a raw UTF-8 name reads right once re-decoded."""
     try:
         return header_text.encode("latin-1").decode("utf-8")
@@ -184,16 +241,17 @@ async def fetch_url(
     Each hop is resolved, checked, and connected to at the address the check saw.
     """
     backend = PinnedBackend()
-    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    sent = _sendable((headers or {}).items())
     try:
         async with asyncio.timeout(timeout_s), httpcore.AsyncConnectionPool(network_backend=backend) as pool:
             for _ in range(_MAX_REDIRECTS + 1):
                 addresses = await check_url(url, allow_private)
+                url = ascii_url(url)
                 backend.pins[urlsplit(url).hostname or ""] = addresses[0]
                 options = {"timeout": {"connect": timeout_s}}
                 async with pool.stream("GET", url, headers=sent, extensions=options) as response:
                     if response.status in (301, 302, 303, 307, 308) and _header(response, "location"):
-                        url = _next_hop(url, _header(response, "location"))
+                        url = _next_hop(url, as_utf8(_header(response, "location")))
                         continue
                     if response.status != 200:
                         raise DownloadFailed(f"The link answered with HTTP {response.status}.")
@@ -204,18 +262,69 @@ async def fetch_url(
             raise LinkRefused("That link redirects too many times.")
     except TimeoutError as exc:
         dest.unlink(missing_ok=True)
-        raise DownloadFailed("Downloading that link took too long.") from exc
-    except (
-        httpcore.NetworkError,
-        httpcore.ProtocolError,
-        httpcore.TimeoutException,
-        httpcore.UnsupportedProtocol,
-    ) as exc:
+        raise DownloadFailed(TOO_SLOW) from exc
+    except _NETWORK_ERRORS as exc:
         dest.unlink(missing_ok=True)
         raise DownloadFailed("I couldn't download that link.", detail=repr(exc)) from exc
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP exchange, read whole: what yt-dlp's requests get back (core.ytdlp)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+async def request_once(
+    method: str,
+    url: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes | None,
+    max_bytes: int,
+    allow_private: bool = False,
+) -> Reply:
+    """One request to `url`, no redirect followed (the caller checks where it points):
+    the host resolved, checked like `fetch_url`'s and connected to at the checked address;
+    the body read up to `max_bytes`. The caller bounds the time (asyncio.timeout)."""
+    addresses = await check_url(url, allow_private)
+    url = ascii_url(url)
+    backend = PinnedBackend()
+    backend.pins[urlsplit(url).hostname or ""] = addresses[0]
+    sent = _sendable(headers)
+    if body is not None:  # sized, not chunked: some servers refuse a chunked POST
+        sent.append((b"Content-Length", str(len(body)).encode()))
+    try:
+        async with (
+            httpcore.AsyncConnectionPool(network_backend=backend) as pool,
+            pool.stream(method, url, headers=sent, content=body) as response,
+        ):
+            if _content_length(response) > max_bytes:
+                raise _too_large(max_bytes)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_stream():  # type: ignore[union-attr]
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+            pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+            return Reply(response.status, pairs, b"".join(chunks))
+    except _NETWORK_ERRORS as exc:
+        raise DownloadFailed("I couldn't download that link.", detail=repr(exc)) from exc
+
+
+# Headers the HTTP client writes itself: one from a page (through yt-dlp) could name
+# another virtual host than the one checked, or frame the request differently.
+_CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
+
+
+def _sendable(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers if k.lower() not in _CLIENT_HEADERS]
 
 
 def _next_hop(url: str, location: str) -> str:

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.ffmpeg import DEFAULT_INPUT_FORMATS
 
+# Sites whose links yt-dlp reads (yt-dlp's extractor names): known public sites only.
+DEFAULT_LINK_SITES = "youtube,youtube:tab,soundcloud,soundcloud:set,bandcamp,bandcamp:album,vimeo,mixcloud,audiomack"
 AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
 
 
@@ -112,8 +114,18 @@ class Settings(BaseSettings):
         ",".join(DEFAULT_INPUT_FORMATS),
         description="ffmpeg demuxers a user's file may be opened with, comma-separated",
     )
-    download_timeout_s: float = Field(60, gt=0, description="give up a link download after this long")
+    download_timeout_s: float = Field(
+        60, gt=0, description="give up a link after this long: one deadline for all its stages (metadata, download)"
+    )
     allow_private_urls: bool = Field(False, description="let links point at loopback/private hosts (tests)")
+    link_sites: str = Field(
+        DEFAULT_LINK_SITES,
+        description="yt-dlp extractors that may read links, comma-separated; one that accepts any host never does",
+    )
+    max_downloads: int = Field(4, ge=1, description="links and files one bot downloads at once; more wait their turn")
+    max_downloads_per_user: int = Field(
+        1, ge=1, description="links and files one user may have downloading at once; more are refused"
+    )
     max_jobs_per_user: int = Field(1, ge=1, description="songs one user may have in progress at once")
     daily_minutes_per_user: float = Field(120, gt=0, description="minutes of audio one user may split per day")
     user_rate: str = Field("6/minute", description="requests one user may make (limits notation, e.g. 6/minute)")

@@ -10,8 +10,9 @@ import pytest
 
 import core.links
 from core.errors import DownloadFailed, LinkRefused, TooLarge, TooLong
-from core.links import Media, fetch_song, is_site_link, media_of, ytdlp_options
+from core.links import Media, fetch_song, is_site_link, media_of, site_extractors, ytdlp_options
 from core.settings import Settings
+from core.ytdlp import ie_names
 
 SETTINGS = Settings(max_duration_s=600, max_input_mb=10)
 GOOD: dict[str, Any] = {
@@ -30,7 +31,7 @@ def test_ytdlp_runs_with_fixed_safe_options() -> None:
     options = ytdlp_options(SETTINGS)
     assert options["noplaylist"] is True and options["extract_flat"] == "in_playlist"
     assert options["skip_download"] is True and options["cachedir"] is False
-    assert options["allowed_extractors"] == ["default", "-generic"]
+    assert options["allowed_extractors"] == ["-all"] and options["proxy"] == ""  # read_site names the sites
     assert not any(v for k, v in options.items() if k.startswith("write") or k == "getcomments")
     assert options["cookiefile"] is None and options["max_filesize"] == SETTINGS.max_input_bytes
     assert options["enable_file_urls"] is False
@@ -39,8 +40,9 @@ def test_ytdlp_runs_with_fixed_safe_options() -> None:
 
     assert plugin_dirs.value == []  # no code loaded from the home directory
     assert "outtmpl" not in options and "[protocol=https]" in options["format"] and "m3u8" not in options["format"]
-    with yt_dlp.YoutubeDL(options) as ydl:  # type: ignore[arg-type]
-        assert "Generic" not in ydl._ies and "Youtube" in ydl._ies
+    sites = ie_names(site_extractors(SETTINGS.link_sites))
+    with yt_dlp.YoutubeDL(options | {"allowed_extractors": sites}) as ydl:  # type: ignore[arg-type]
+        assert "Generic" not in ydl._ies and "Mediasite" not in ydl._ies and "Youtube" in ydl._ies
         with pytest.raises(yt_dlp.utils.DownloadError, match="No suitable extractor"):
             ydl.extract_info("http://127.0.0.1:9/song.mp3", download=False)  # nothing fetched
 
@@ -87,10 +89,17 @@ async def test_links_other_than_http_are_refused(url: str) -> None:
 async def test_the_media_url_is_checked_like_any_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """yt-dlp's pick pointing at a private address is refused before anything connects to it."""
     picked = Media("http://169.254.169.254/latest/meta-data", "m4a", "Song")
-    monkeypatch.setattr(core.links, "_ytdlp_media", lambda url, settings: picked)
+    monkeypatch.setattr(core.links, "read_site", _picked(picked))
     monkeypatch.setattr(core.links, "check_url", _no_check)
     with pytest.raises(LinkRefused, match="private or local"):
         await fetch_song("https://www.youtube.com/watch?v=dQw4w9WgXcQ", SETTINGS)
+
+
+def _picked(media: Media) -> Any:
+    async def read_site(*args: object) -> Media:
+        return media
+
+    return read_site
 
 
 async def _no_check(url: str, allow_private: bool) -> list[str]:

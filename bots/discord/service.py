@@ -20,6 +20,7 @@ from bots.discord import texts
 from bots.discord.guilds import GuildConfigStore
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
+from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
@@ -113,6 +114,7 @@ class DiscordService:
         self.desk = JobDesk(settings, queue, "discord")
         self.book = self.desk.book
         self.guilds = GuildConfigStore(queue.pool, settings.key_prefix)
+        self.downloads = DownloadSlots.from_settings(settings)
 
     async def song(self, source: discord.Attachment | str) -> Song:
         if isinstance(source, str):
@@ -159,10 +161,11 @@ class DiscordService:
         config = await self.guilds.get(interaction.guild_id)
         delivery = self._delivery(interaction, await interaction.original_response(), private)
         max_s = config.max_minutes * 60 if config.max_minutes else None
-        song = await self.song(source)
-        accepted = await self.desk.accept(
-            song, selection, fmt or config.format, delivery, delivery.upload_limit, max_s, options
-        )
+        async with self.downloads.slot(f"discord:{interaction.user.id}"):  # the song's bytes live till stored
+            song = await self.song(source)
+            accepted = await self.desk.accept(
+                song, selection, fmt or config.format, delivery, delivery.upload_limit, max_s, options
+            )
         await self._show(interaction, accepted, delivery)
         return delivery
 

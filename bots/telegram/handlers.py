@@ -82,11 +82,12 @@ async def _start(
     """Get the song (a message's file or a link) and queue it; any refusal ends up in `status`."""
     service = _service(context)
     try:
-        if isinstance(source, str):
-            song: Song = await fetch_song(source, service.settings)
-        else:
-            song = await service.download(source)
-        await service.submit(song, selection, fmt, user_id, status, options)
+        async with service.downloads.slot(f"telegram:{user_id}"):  # the song's bytes live till stored
+            if isinstance(source, str):
+                song: Song = await fetch_song(source, service.settings)
+            else:
+                song = await service.download(source)
+            await service.submit(song, selection, fmt, user_id, status, options)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
     except Exception:  # a bug must not leave "Getting the file…" standing

@@ -26,6 +26,7 @@ from telegram.error import BadRequest, TelegramError
 from core.audio import megabytes
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
+from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
@@ -75,6 +76,7 @@ class TelegramService:
         self.desk = JobDesk(settings, queue, "telegram")
         self.book = self.desk.book
         self.prefs = PrefsStore(queue.pool, settings.key_prefix)
+        self.downloads = DownloadSlots.from_settings(settings)
         self._loop_task: asyncio.Task[None] | None = None
         self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
 

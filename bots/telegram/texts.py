@@ -15,7 +15,7 @@ Anywhere, also in groups: reply to a message with audio with
 /split guide — karaoke with the vocals mixed back quietly, to sing along
 /split karaoke key-2 tempo80 — two semitones down, at 80 % speed
 /split vocals 1:10-2:30 — only that part of the song
-/split vocals https://example.com/song.mp3 — from a link (direct audio links and sites yt-dlp knows)
+/split vocals https://example.com/song.mp3 — from a link (direct audio links, YouTube, SoundCloud, Bandcamp, Vimeo…)
 
 Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
