@@ -163,7 +163,9 @@ async def test_telegram_keyboards_and_help_follow_the_announced_models(
         labels = {b["text"] for row in shown[0].params["reply_markup"]["inline_keyboard"] for b in row}
         assert ("All 6 stems (guitar, piano too)" in labels) is six
         botapi.message(DM, ALICE, **_command("/help"))
-        helped = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "Stems:" in c.params["text"]])
+        helped = await botapi.wait_for(
+            lambda: [c for c in botapi.sent("sendMessage") if "Formats:" in c.params["text"]]
+        )
         assert ("guitar, piano" in helped[0].params["text"]) is six
     finally:
         await stop_bot(app)
