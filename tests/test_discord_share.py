@@ -208,3 +208,17 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
     finally:
         await stop_bot(app)
         await botapi.stop()
+
+
+async def test_another_users_pick_is_refused_privately(env: simcord.Env, rock_short: Path) -> None:
+    """Bob's pick on the picker Alice opened used to get no answer at all ("interaction failed")."""
+    channel, (alice, bob) = server_with(env, "alice", "bob")
+    message = await alice.send(channel, "", attachments=[("song.flac", rock_short.read_bytes())])
+    picker = await alice.context_menu(channel, "Split stems", message)
+    assert picker.response is not None
+    public_before = len(channel.history())
+    refused = await bob.select(picker.response.message, ["drums"])
+    assert refused.ephemeral and refused.response is not None
+    assert "belongs to the person who opened it" in refused.response.content
+    assert len(channel.history()) == public_before
+    assert await env.bot.service.book.pending() == []  # type: ignore[attr-defined]

@@ -75,11 +75,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     # With one job at a time (one per GPU) a worker is one slot.
     ctx["slot"] = {"free_since": time.time(), "tasks": set()}
     engine = make_engine(settings)
+    # What it can load is known from the files: said at once, the bots offer the right
+    # choices even while the model below loads (and compiles, which may take minutes).
+    models = engine.available_models([settings.model, settings.six_stem_model])
+    log.info("models this worker can load: %s", ", ".join(models))
+    await queue.announce_models(models, 3 * _BEAT_S)
     # Load (and compile) the default model before taking jobs, so the first user does not wait.
     await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
-    models = engine.available_models([settings.model, settings.six_stem_model])
-    log.info("models this worker can load: %s", ", ".join(models))
     ctx["presence"] = asyncio.create_task(_announce(queue, models))
 
 

@@ -10,6 +10,7 @@ deferred reply of a request, `on_command_error` for commands, `on_error` for com
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -188,14 +189,19 @@ class StemPicker(discord.ui.View):
 async def answer_dm(service: DiscordService, message: discord.Message) -> None:
     """A DM with no command gets one answer: a song, the stem picker; anything else, a pointer.
     (Message content is not privileged in DMs, so this needs no extra intent.)"""
-    source = song_in(message)
-    if source is not None:
-        choices = await service.desk.stem_choices()
-        await message.reply(texts.PICK, view=StemPicker(source, message.author.id, choices))
-    elif message.attachments:
-        await message.reply(texts.NOT_AUDIO)
-    else:
-        await message.reply(texts.DM_HINT)
+    try:
+        source = song_in(message)
+        if source is not None:
+            choices = await service.desk.stem_choices()
+            await message.reply(texts.PICK, view=StemPicker(source, message.author.id, choices))
+        elif message.attachments:
+            await message.reply(texts.NOT_AUDIO)
+        else:
+            await message.reply(texts.DM_HINT)
+    except Exception:  # Redis down, a bug: still one answer
+        log.exception("answering a DM")
+        with contextlib.suppress(discord.HTTPException):
+            await message.reply(f"⚠️ {SOMETHING_WRONG}")
 
 
 @app_commands.context_menu(name="Split stems")
