@@ -105,11 +105,22 @@ async def test_discord_offers_no_six_stems_when_the_workers_cannot_load_them(
 
 
 async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
-    redis_url: str, real_worker: WorkerProcess, rock_short: Path
+    redis_url: str,
+    tiny_repo: Path,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
 ) -> None:
     """A six-stem job that reaches a worker without the model (the bots asked before it
     announced, say) fails without the host's path, and asking again queues it again."""
-    wait_for_models(redis_url)
+    four_only = tmp_path / "four-only"  # the toy repo without its six-stem model
+    four_only.mkdir()
+    for name in ("htdemucs.yaml", "0000aaaa.th"):
+        (four_only / name).write_bytes((tiny_repo / name).read_bytes())
+    env = tiny_env | {"STEMBOT_MODEL_REPO": str(four_only)}
+    worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+    assert wait_for_models(redis_url) == {"htdemucs"}
     queue = await QueueClient.connect(Settings(redis_url=redis_url))
     try:
         ref = await queue.store_input(rock_short.read_bytes(), "song.flac")

@@ -30,8 +30,9 @@ def load_model(name: str, repo: Path | None, device: torch.device) -> BagOfModel
     try:
         model = get_model(name, repo=repo)
     except (ModelLoadingError, SystemExit, OSError, ValueError) as exc:
-        # The path is the host's: it goes to the log (detail), never to a user.
+        # The path is the host's: it goes to the log, never to a user.
         where = f"the local repo {repo}" if repo else "the official download"
+        log.error("model %s is not available from %s: %r", name, where, exc)
         raise ModelUnavailable(
             f"The model {name} is not available on this bot.", detail=f"not in {where}: {exc!r}"
         ) from exc
