@@ -15,7 +15,8 @@ HELP_TEMPLATE = """\
 Under every result, **Key −1 · Key +1 · Tempo −10 % · Tempo +10 % · Original** render it
 again in seconds, stepping from that result, without separating it again.
 
-Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**.
+Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**,
+or send me the song in a DM and pick the stems. **Cancel** under a song's status stops it.
 Stems: {stems} (at most 8 files at once).
 Formats: mp3, flac, wav.
 Files that would not fit Discord's upload limit come at a lower bitrate, or in numbered parts.
