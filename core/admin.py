@@ -43,8 +43,15 @@ class Gate:
 
     async def check(self, user_key: str, chat_key: str) -> None:
         """Raise the StembotError a user should see, or return when the request may go ahead."""
+        await self.check_ban(user_key)
+        await self.check_rate(user_key, chat_key)
+
+    async def check_ban(self, user_key: str) -> None:
         if await self.redis.sismember(self._bans, user_key):  # type: ignore[misc]
             raise Banned("You can't use this bot.")
+
+    async def check_rate(self, user_key: str, chat_key: str) -> None:
+        """The per-minute limits, which protect the model: a render from cached sources skips them."""
         if self.is_admin(user_key):
             return
         if not await self._limiter.hit(self._user_rate, "user", user_key):

@@ -23,20 +23,24 @@ from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import InvalidCommand, StembotError, TooLarge, WorkerFailed
+from core.errors import InvalidCommand, ModelUnavailable, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient, refusing_when_full
-from core.render import RenderOptions, clock, follow_up
+from core.render import RenderOptions, clock, follow_up, follow_ups
 from core.settings import Settings
 from core.sources import SourcesCache
-from core.stems import StemSelection, parse_stems
+from core.stems import StemSelection, parse_stems, stem_choices, stem_words
 from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
 SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
+SIX_UNAVAILABLE = (
+    "Guitar, piano and all 6 stems are not available on this bot right now. "
+    "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
+)
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -139,13 +143,37 @@ class _Again(BaseModel):
 
 
 class JobDesk:
-    def __init__(self, settings: Settings, queue: QueueClient, platform: str) -> None:
+    """`cancel_how` is how this frontend's users stop a song, for the messages that say so
+    (each frontend names only its own commands and buttons; empty names none)."""
+
+    def __init__(self, settings: Settings, queue: QueueClient, platform: str, cancel_how: str = "") -> None:
         self.settings = settings
         self.queue = queue
+        self.cancel_how = cancel_how
         self.book = DeliveryBook(queue.pool, platform, settings.key_prefix, settings.result_ttl_s)
         self.usage = UsageMeter(queue.pool, settings.key_prefix)
         self.gate = Gate(queue.pool, settings)
         self.counters = Counters(queue.pool, settings.key_prefix)
+
+    async def offers_six_stems(self) -> bool:
+        """Whether the workers can load the six-stem model (guitar, piano): the bots offer
+        those choices only then. Unknown (no worker ever announced) counts as yes."""
+        models = await self.queue.available_models()
+        return models is None or self.settings.six_stem_model in models
+
+    async def stem_choices(self) -> list[tuple[str, str]]:
+        """(label, stem spec) for menus, keyboards and autocomplete: only what can be served."""
+        return stem_choices(await self.offers_six_stems())
+
+    async def stem_words(self) -> str:
+        """The stem words for a help text: only what can be served."""
+        return stem_words(await self.offers_six_stems())
+
+    async def _check_model(self, selection: StemSelection) -> None:
+        """Refuse at once what no worker can serve: it is the bot's configuration, not the
+        song, so nothing about the song is stored or cached."""
+        if selection.six_stems and not await self.offers_six_stems():
+            raise ModelUnavailable(SIX_UNAVAILABLE)
 
     def user_key(self, user_id: str) -> str:
         return f"{self.book.platform}:{user_id}"
@@ -193,6 +221,7 @@ class JobDesk:
         s = self.settings
         user = self.user_key(delivery.user_id)
         await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
+        await self._check_model(selection)
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
         info = await asyncio.to_thread(
             inspect_bytes, song.data, s.max_input_bytes, longest, 60, Sandbox.from_settings(s)
@@ -227,10 +256,14 @@ class JobDesk:
         start = options.start_s or 0.0
         if duration and start >= duration:
             raise InvalidCommand(f"The song is {clock(duration)} long: pick a section inside it.")
-        cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
-        if await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None:
+        if await self._sources_cached(sha256, model, options):
             return 0.0
         return section_s(duration, options)
+
+    async def _sources_cached(self, sha256: str, model: str, options: RenderOptions) -> bool:
+        """Whether a request can be rendered from cached sources, without the model."""
+        cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
+        return await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None
 
     async def _check_user(self, delivery: Delivery, cost: float) -> None:
         user = self.user_key(delivery.user_id)
@@ -238,7 +271,7 @@ class JobDesk:
             running = len(await self.book.for_user(delivery.user_id))
             used = await self.usage.used_s(user)
             s = self.settings
-            check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user)
+            check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user, self.cancel_how)
 
     async def _queue(self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float) -> Accepted:
         user = self.user_key(delivery.user_id)
@@ -265,7 +298,8 @@ class JobDesk:
         await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
 
     async def again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
-        """Queue a follow-up (`key-1`, `key+1`, `slower`, `original`) of an earlier delivery for `delivery`'s chat."""
+        """Queue a follow-up (`key-1`, `tempo+10`, `original`…: `render.follow_up`) of an
+        earlier delivery for `delivery`'s chat."""
         try:
             with refusing_when_full():
                 accepted = await self._again(previous_id, change, delivery)
@@ -274,19 +308,37 @@ class JobDesk:
             raise
         return await self._count(accepted)
 
-    async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
-        raw = await self.queue.pool.get(self._again_key(previous_id))
-        gone = WorkerFailed("I no longer keep that song. Please send it again.")
+    async def follow_ups(self, delivery_id: str) -> list[tuple[str, str]]:
+        """The follow-up buttons (label, change) to show under a delivered result, relative
+        to its own key and tempo; none once its song is no longer kept."""
+        raw = await self.queue.pool.get(self._again_key(delivery_id))
         if raw is None:
-            raise gone
+            return []
+        return follow_ups(_Again.model_validate_json(raw).request.options)
+
+    async def check_again(self, previous_id: str, user_id: str) -> None:
+        """Raise what `again` would refuse before any work: the song is gone, or the buttons
+        are another user's. Frontends call it first, so that a refusal is a private answer to
+        the tap rather than a public "rendering…" message."""
+        await self._again_record(previous_id, user_id)
+
+    async def _again_record(self, previous_id: str, user_id: str) -> _Again:
+        raw = await self.queue.pool.get(self._again_key(previous_id))
+        if raw is None:
+            raise WorkerFailed("I no longer keep that song. Please send it again.")
         record = _Again.model_validate_json(raw)
-        if record.request.requester.user_id != delivery.user_id:
+        if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
             raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+        return record
+
+    async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
+        record = await self._again_record(previous_id, delivery.user_id)
+        gone = WorkerFailed("I no longer keep that song. Please send it again.")
         s = self.settings
         user = self.user_key(delivery.user_id)
-        await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
+        await self.gate.check_ban(user)
         if not await self.queue.store.touch(record.request.input.artifact_key, s.result_ttl_s):
             raise gone
         options = follow_up(record.request.options, change)
@@ -295,6 +347,9 @@ class JobDesk:
         files = len(parse_stems(request.stems).outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
+        if not await self._sources_cached(record.request.input.sha256, request.model, options):
+            # The model would run again (its sources expired): the per-minute limits apply.
+            await self.gate.check_rate(user, f"{self.book.platform}:{delivery.chat_id}")
         await self._check_user(delivery, cost)
         delivery.song = record.song
         delivery.format = request.format

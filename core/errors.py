@@ -108,7 +108,10 @@ class WorkerFailed(StembotError):
 
 
 class ModelUnavailable(StembotError):
+    """The bot's configuration, not the song: a result with it is never reused (retryable)."""
+
     code = "model_unavailable"
+    retryable = True
 
 
 class InternalError(StembotError):

@@ -15,11 +15,17 @@ from core.errors import QuotaExceeded, TooManyJobs
 _DAY_S = 86400
 
 
-def check_user(running: int, used_s: float, duration_s: float, max_jobs: int, daily_minutes: float) -> None:
-    """Raise the error a user should see, or nothing when the song may start."""
+def check_user(
+    running: int, used_s: float, duration_s: float, max_jobs: int, daily_minutes: float, cancel_how: str = ""
+) -> None:
+    """Raise the error a user should see, or nothing when the song may start.
+
+    `cancel_how` is how the asking frontend stops a song ("/cancel it" on Telegram): each
+    names only its own commands and buttons."""
     if running >= max_jobs:
         noun = "a song" if max_jobs == 1 else f"{max_jobs} songs"
-        raise TooManyJobs(f"You already have {noun} in progress. Wait for it to finish, or /cancel it.")
+        how = f", or {cancel_how}" if cancel_how else ""
+        raise TooManyJobs(f"You already have {noun} in progress. Wait for it to finish{how}.")
     if used_s + duration_s > daily_minutes * 60:
         left = max(0.0, daily_minutes * 60 - used_s) / 60
         raise QuotaExceeded(

@@ -59,6 +59,10 @@ class JobKeys:
         """Jobs a worker is running now, scored by their place in the queue."""
         return f"{self.prefix}running"
 
+    def models(self) -> str:
+        """Model names the live workers can load, scored by when that lapses."""
+        return f"{self.prefix}models"
+
     def live_workers(self) -> str:
         """`host:pid:slots` of each live worker, scored by when its presence lapses."""
         return f"{self.prefix}live_workers"
@@ -320,6 +324,18 @@ class QueueClient:
             pipe.zadd(self.keys.live_workers(), {f"{name}:{slots}": now + ttl_s})
             pipe.zremrangebyscore(self.keys.live_workers(), "-inf", now)
             await pipe.execute()
+
+    async def announce_models(self, names: list[str], ttl_s: float) -> None:
+        """A worker can load `names` for the next `ttl_s` seconds (the bots offer only those)."""
+        if names:
+            await self.pool.zadd(self.keys.models(), dict.fromkeys(names, time.time() + ttl_s))
+
+    async def available_models(self) -> set[str] | None:
+        """What the live workers can load; with none live, what the last ones could; None
+        when no worker ever said (then nothing is known to be missing)."""
+        live = await self.pool.zrangebyscore(self.keys.models(), time.time(), "+inf")
+        known = live or await self.pool.zrange(self.keys.models(), 0, -1)
+        return {m.decode() for m in known} if known else None
 
     async def withdraw_worker(self, name: str, slots: int) -> None:
         await self.pool.zrem(self.keys.live_workers(), f"{name}:{slots}")

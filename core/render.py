@@ -231,28 +231,47 @@ def rubberband(options: RenderOptions, keep_formants: bool) -> str | None:
     return "rubberband=" + ":".join([*args, "pitchq=quality"])
 
 
-# One-tap follow-ups the bots offer after a delivery: (button label, change).
-FOLLOWUPS: tuple[tuple[str, str], ...] = (
-    (f"Key {MINUS}1", "key-1"),
-    ("Key +1", "key+1"),
-    ("Slower 80 %", "slower"),
-    ("Original", "original"),
-)
+# How far one tap of a tempo button moves, in percentage points.
+TEMPO_STEP = 10
+# Follow-ups of buttons sent before tempo stepped, still under old messages: (change, tempo).
+_LEGACY_TEMPO = {"slower": 80}
 
 
 def follow_up(options: RenderOptions, change: str) -> RenderOptions:
-    """The options a follow-up button asks for, from the ones just delivered."""
-    if change == "key-1":
-        key, tempo = options.key - 1, options.tempo
-    elif change == "key+1":
-        key, tempo = options.key + 1, options.tempo
-    elif change == "slower":
-        key, tempo = options.key, 80
+    """The options a follow-up button asks for, relative to the ones just delivered.
+
+    `key-1`/`key+1` and `tempo-10`/`tempo+10` step from the delivered result (clamped to
+    the ranges); `original` drops key and tempo; the section always stays."""
+    key, tempo = options.key, options.tempo
+    if change in ("key-1", "key+1"):
+        key += 1 if change == "key+1" else -1
+    elif change in (f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}"):
+        tempo += TEMPO_STEP if change.startswith("tempo+") else -TEMPO_STEP
+    elif change in _LEGACY_TEMPO:
+        tempo = _LEGACY_TEMPO[change]
     elif change == "original":
         key, tempo = 0, 100
     else:
-        raise InvalidCommand(f'Unknown follow-up "{change}".')
-    return make_options(_clamp(key, KEY_RANGE), tempo, options.start_s, options.end_s)
+        raise InvalidCommand(f'Unknown follow-up "{excerpt(change)}".')
+    return make_options(_clamp(key, KEY_RANGE), _clamp(tempo, TEMPO_RANGE), options.start_s, options.end_s)
+
+
+def follow_ups(options: RenderOptions) -> list[tuple[str, str]]:
+    """The buttons under a result delivered with `options`: (label, change), each one a
+    change that gives another file (none re-sends the same); tempo labels name their target."""
+    buttons = []
+    for change in ("key-1", "key+1", f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}", "original"):
+        after = follow_up(options, change)
+        if after == options:
+            continue
+        if change.startswith("key"):
+            text = f"Key {MINUS if change == 'key-1' else '+'}1"
+        elif change.startswith("tempo"):
+            text = f"Tempo {after.tempo} %"
+        else:
+            text = "Original"
+        buttons.append((text, change))
+    return buttons
 
 
 def _clamp(value: int, bounds: tuple[int, int]) -> int:

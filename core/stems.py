@@ -163,7 +163,7 @@ def parse_stems(text: str | None) -> StemSelection:
     return StemSelection(outputs=tuple(outputs), six_stems=six)
 
 
-# What the bots offer as buttons or menu entries: (label, stem spec).
+# What the bots offer as buttons or menu entries: (label, stem spec); see `stem_choices`.
 STEM_CHOICES: list[tuple[str, str]] = [
     ("Vocals", "vocals"),
     ("Karaoke (instrumental)", "karaoke"),
@@ -176,3 +176,14 @@ STEM_CHOICES: list[tuple[str, str]] = [
     ("Piano", "piano"),
     ("All 6 stems (guitar, piano too)", "6"),
 ]
+
+
+def stem_choices(six_stems: bool) -> list[tuple[str, str]]:
+    """The choices to offer: without the six-stem model, none that needs it."""
+    return [(text, spec) for text, spec in STEM_CHOICES if six_stems or not parse_stems(spec).six_stems]
+
+
+def stem_words(six_stems: bool) -> str:
+    """The stem words a help text lists: those the workers can serve."""
+    six = "guitar, piano, " if six_stems else ""
+    return f"vocals, drums, bass, other, {six}karaoke, guide, all" + (", 6" if six_stems else "")

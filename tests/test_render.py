@@ -11,6 +11,7 @@ from core.render import (
     describe,
     file_label,
     follow_up,
+    follow_ups,
     label,
     make_options,
     parse_time,
@@ -160,12 +161,36 @@ def test_rubberband_filter(options: RenderOptions, keep: bool, expected: str | N
         (RenderOptions(), "key-1", RenderOptions(key=-1)),
         (RenderOptions(key=-1, tempo=80), "key-1", RenderOptions(key=-2, tempo=80)),
         (RenderOptions(key=12), "key+1", RenderOptions(key=12)),
-        (RenderOptions(key=2), "slower", RenderOptions(key=2, tempo=80)),
+        (RenderOptions(key=2), "slower", RenderOptions(key=2, tempo=80)),  # a button sent before tempo stepped
         (RenderOptions(key=2, tempo=80, start_s=5, end_s=12), "original", RenderOptions(start_s=5, end_s=12)),
+        (RenderOptions(tempo=80), "tempo-10", RenderOptions(tempo=70)),
+        (RenderOptions(tempo=80), "tempo+10", RenderOptions(tempo=90)),
+        (RenderOptions(key=-1, tempo=95), "tempo-10", RenderOptions(key=-1, tempo=85)),
+        (RenderOptions(tempo=55), "tempo-10", RenderOptions(tempo=50)),
+        (RenderOptions(tempo=145), "tempo+10", RenderOptions(tempo=150)),
+        (RenderOptions(tempo=50), "tempo-10", RenderOptions(tempo=50)),
     ],
 )
 def test_follow_ups(before: RenderOptions, change: str, after: RenderOptions) -> None:
     assert follow_up(before, change) == after
+
+
+@pytest.mark.parametrize(
+    ("delivered", "buttons"),
+    [
+        (RenderOptions(), ["Key \u22121", "Key +1", "Tempo 90 %", "Tempo 110 %"]),
+        (RenderOptions(tempo=80), ["Key \u22121", "Key +1", "Tempo 70 %", "Tempo 90 %", "Original"]),
+        (RenderOptions(key=12, tempo=50), ["Key \u22121", "Tempo 60 %", "Original"]),
+        (RenderOptions(key=-12, tempo=145), ["Key +1", "Tempo 135 %", "Tempo 150 %", "Original"]),
+        (RenderOptions(tempo=150, start_s=5, end_s=12), ["Key \u22121", "Key +1", "Tempo 140 %", "Original"]),
+    ],
+)
+def test_follow_up_buttons_step_from_the_result_and_never_repeat_it(
+    delivered: RenderOptions, buttons: list[str]
+) -> None:
+    offered = follow_ups(delivered)
+    assert [text for text, _ in offered] == buttons
+    assert all(follow_up(delivered, change) != delivered for _, change in offered)
 
 
 def test_unknown_follow_up() -> None:

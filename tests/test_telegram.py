@@ -452,11 +452,12 @@ async def test_key_tempo_and_a_follow_up_without_the_model(
         lambda: [c for c in botapi.sent("editMessageText") if "reply_markup" in c.params and "✅" in c.params["text"]]
     )
     buttons = [b for row in done[0].params["reply_markup"]["inline_keyboard"] for b in row]
-    assert [b["text"] for b in buttons] == ["Key \u22121", "Key +1", "Slower 80 %", "Original"]
+    # tempo steps from the 80 % result, and each label names its target
+    assert [b["text"] for b in buttons] == ["Key \u22121", "Key +1", "Tempo 70 %", "Tempo 90 %", "Original"]
     status = next(
         c.result for c in botapi.sent("sendMessage") if c.result["message_id"] == done[0].params["message_id"]
     )
-    botapi.press(status, ALICE, buttons[3]["callback_data"])
+    botapi.press(status, ALICE, buttons[4]["callback_data"])
     again = await botapi.wait_for(lambda: botapi.sent("sendAudio")[1:], timeout=120)
     assert again[0].params["title"] == "Rock — vocals"
     await botapi.wait_for(

@@ -85,6 +85,20 @@ def test_check_user(running: int, used_s: float, duration_s: float, error: type[
             check_user(running, used_s, duration_s, max_jobs=1, daily_minutes=120)
 
 
+@pytest.mark.parametrize(
+    ("cancel_how", "said"),
+    [
+        ("/cancel it", "Wait for it to finish, or /cancel it."),
+        ("press Cancel under its status", "Wait for it to finish, or press Cancel under its status."),
+        ("", "Wait for it to finish."),
+    ],
+)
+def test_busy_names_the_frontends_own_cancel(cancel_how: str, said: str) -> None:
+    with pytest.raises(TooManyJobs) as caught:
+        check_user(1, 0, 10, max_jobs=1, daily_minutes=120, cancel_how=cancel_how)
+    assert caught.value.user_message == f"You already have a song in progress. {said}"
+
+
 def _stem(tmp_path: Path, fmt: OutputFormat, seconds: float = 6.0) -> Path:
     import numpy as np
 

@@ -10,7 +10,7 @@ import torch
 from core.settings import Settings
 from worker import compiled
 from worker.compiled import Precision
-from worker.models import ModelCache, resolve_device
+from worker.models import ModelCache, in_repo, resolve_device
 from worker.separator import DemucsSeparator, Separator
 from worker.windowed import Backend, CompileMode, WindowedSeparator
 
@@ -69,6 +69,10 @@ class Engine:
         self.backend, self.precision = engine_choice(
             settings.engine_backend, settings.engine_precision, self.device.type
         )
+
+    def available_models(self, names: Collection[str]) -> list[str]:
+        """Those of `names` this worker can load, for the bots to offer (no model is loaded)."""
+        return [name for name in names if in_repo(name, self.settings.model_repo)]
 
     def separator(self, model_name: str, needed: Collection[str] | None = None) -> Separator:
         """A warm separator for `model_name`; `needed` lets a bag of specialists run only some."""

@@ -75,10 +75,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     # With one job at a time (one per GPU) a worker is one slot.
     ctx["slot"] = {"free_since": time.time(), "tasks": set()}
     engine = make_engine(settings)
+    # What it can load is known from the files: said at once, the bots offer the right
+    # choices even while the model below loads (and compiles, which may take minutes).
+    models = engine.available_models([settings.model, settings.six_stem_model])
+    log.info("models this worker can load: %s", ", ".join(models))
+    await queue.announce_models(models, 3 * _BEAT_S)
     # Load (and compile) the default model before taking jobs, so the first user does not wait.
     await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
-    ctx["presence"] = asyncio.create_task(_announce(queue))
+    ctx["presence"] = asyncio.create_task(_announce(queue, models))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -126,8 +131,9 @@ def _name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def _announce(queue: QueueClient) -> None:
-    """A key per live worker, for /stats, and its job slots, for ETAs: both lapse three beats after it dies."""
+async def _announce(queue: QueueClient, models: list[str]) -> None:
+    """A key per live worker, for /stats, its job slots, for ETAs, and the models it can load,
+    for what the bots offer: all lapse three beats after it dies."""
     settings, redis = queue.settings, queue.pool
     key = f"{settings.key_prefix}workers:{_name()}"
     beat = 0
@@ -135,6 +141,7 @@ async def _announce(queue: QueueClient) -> None:
         try:
             await redis.set(key, b"1", ex=3 * _BEAT_S)
             await queue.announce_worker(_name(), settings.worker_max_jobs, 3 * _BEAT_S)
+            await queue.announce_models(models, 3 * _BEAT_S)
             await queue.prune_running()
             running = await redis.zcard(queue.keys.running())
             metrics.RUNNING.set(running)

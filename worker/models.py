@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import torch
+import yaml  # type: ignore[import-untyped]
 from demucs.apply import BagOfModels
 from demucs.pretrained import get_model
 from demucs.repo import ModelLoadingError
@@ -29,13 +30,34 @@ def load_model(name: str, repo: Path | None, device: torch.device) -> BagOfModel
     try:
         model = get_model(name, repo=repo)
     except (ModelLoadingError, SystemExit, OSError, ValueError) as exc:
+        # The path is the host's: it goes to the log, never to a user.
         where = f"the local repo {repo}" if repo else "the official download"
-        raise ModelUnavailable(f"The model {name!r} is not available from {where}.", detail=repr(exc)) from exc
+        log.error("model %s is not available from %s: %r", name, where, exc)
+        raise ModelUnavailable(
+            f"The model {name} is not available on this bot.", detail=f"not in {where}: {exc!r}"
+        ) from exc
     if not isinstance(model, BagOfModels):
         model = BagOfModels([model])
     model.to(device).eval()
     log.info("loaded model %s (%s) on %s", name, ", ".join(model.sources), device)
     return model
+
+
+def in_repo(name: str, repo: Path | None) -> bool:
+    """Whether `name` can be loaded, without loading it: from a local repo, its bag's yaml and
+    every weights file it names (or a single model's own file); the official download is
+    taken to have every model demucs names."""
+    if repo is None:
+        return True
+    weights = {p.stem.split("-")[0] for p in repo.glob("*.th")}
+    bag = repo / f"{name}.yaml"
+    if not bag.is_file():
+        return name in weights
+    try:
+        members = yaml.safe_load(bag.read_text()).get("models") or []
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return bool(members) and all(str(sig) in weights for sig in members)
 
 
 class ModelCache:

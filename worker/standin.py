@@ -96,5 +96,8 @@ class StandinEngine:
             settings.benchmark_seconds_per_audio_second,
         )
 
+    def available_models(self, names: Collection[str]) -> list[str]:
+        return list(names)  # it pretends every model
+
     def separator(self, model_name: str, needed: Collection[str] | None = None) -> StandinSeparator:
         return StandinSeparator(sources_for(model_name), self.settings.benchmark_seconds_per_audio_second)

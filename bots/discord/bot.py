@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import tasks
 
-from bots.discord.commands import register
+from bots.discord.commands import answer_dm, register
 from bots.discord.service import DiscordService
 from core.links import warm_up
 from core.queue import QueueClient
@@ -49,6 +49,11 @@ class StembotBot(discord.Client):
             await self._service.queue.close()
             self._service = None
         await super().close()
+
+    async def on_message(self, message: discord.Message) -> None:
+        """DMs only: in a server the bot answers its commands and menus, not every message."""
+        if message.guild is None and not message.author.bot:
+            await answer_dm(self.service, message)
 
     @tasks.loop(seconds=1.0)
     async def deliver(self) -> None:

@@ -10,6 +10,7 @@ deferred reply of a request, `on_command_error` for commands, `on_error` for com
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -133,7 +134,8 @@ async def split(
 @split.autocomplete("stems")
 async def stems_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     typed = current.strip().lower()
-    options = [app_commands.Choice(name=label, value=spec) for label, spec in texts.CHOICES]
+    offered = await _service(interaction).desk.stem_choices()  # only what the workers can load
+    options = [app_commands.Choice(name=label, value=spec) for label, spec in offered]
     matching = [o for o in options if typed in o.name.lower() or typed in o.value]
     if typed and typed not in (o.value for o in matching):
         matching.insert(0, app_commands.Choice(name=current[:100], value=current[:100]))
@@ -162,14 +164,17 @@ async def karaoke(interaction: discord.Interaction, message: discord.Message) ->
 class StemPicker(discord.ui.View):
     """The choices behind "Split stems"; only the person who opened it can pick."""
 
-    def __init__(self, source: discord.Attachment | str, user_id: int) -> None:
+    def __init__(self, source: discord.Attachment | str, user_id: int, choices: list[tuple[str, str]]) -> None:
         super().__init__(timeout=600)
         self.source = source
         self.user_id = user_id
-        self.pick.options = [discord.SelectOption(label=label, value=spec) for label, spec in texts.CHOICES]  # type: ignore[assignment]
+        self.pick.options = [discord.SelectOption(label=label, value=spec) for label, spec in choices]  # type: ignore[assignment]
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
+        if interaction.user.id == self.user_id:
+            return True
+        await _refuse(interaction, texts.NOT_YOUR_PICKER)  # privately: the channel sees nothing
+        return False
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, item: Any) -> None:
         await _fail(interaction, error)
@@ -181,20 +186,40 @@ class StemPicker(discord.ui.View):
         await _begin(interaction, self.source, parse_stems(select.values[0]), None, False)
 
 
+async def answer_dm(service: DiscordService, message: discord.Message) -> None:
+    """A DM with no command gets one answer: a song, the stem picker; anything else, a pointer.
+    (Message content is not privileged in DMs, so this needs no extra intent.)"""
+    try:
+        source = song_in(message)
+        if source is not None:
+            choices = await service.desk.stem_choices()
+            await message.reply(texts.PICK, view=StemPicker(source, message.author.id, choices))
+        elif message.attachments:
+            await message.reply(texts.NOT_AUDIO)
+        else:
+            await message.reply(texts.DM_HINT)
+    except Exception:  # Redis down, a bug: still one answer
+        log.exception("answering a DM")
+        with contextlib.suppress(discord.HTTPException):
+            await message.reply(f"⚠️ {SOMETHING_WRONG}")
+
+
 @app_commands.context_menu(name="Split stems")
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def split_stems(interaction: discord.Interaction, message: discord.Message) -> None:
     source = await _message_song(interaction, message)
     if source is not None:
-        await interaction.response.send_message(texts.PICK, view=StemPicker(source, interaction.user.id))
+        choices = await _service(interaction).desk.stem_choices()
+        await interaction.response.send_message(texts.PICK, view=StemPicker(source, interaction.user.id, choices))
 
 
 @app_commands.command(name="help", description="How to use stembot")
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def help_command(interaction: discord.Interaction) -> None:
-    await interaction.response.send_message(texts.HELP, ephemeral=True)
+    stem_words = await _service(interaction).desk.stem_words()
+    await interaction.response.send_message(texts.help_text(stem_words), ephemeral=True)
 
 
 admin = app_commands.Group(
@@ -311,9 +336,17 @@ class AgainButton(
         return cls(match["id"], match["change"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        service = _service(interaction)
+        try:  # another user's tap, or a song no longer kept: a private answer, nothing public
+            await service.desk.check_again(self.delivery_id, str(interaction.user.id))
+        except Exception as exc:
+            await _fail(interaction, exc)
+            return
+        # A private result's buttons answer privately too, down the whole chain.
+        private = interaction.message is not None and interaction.message.flags.ephemeral
+        await interaction.response.defer(thinking=True, ephemeral=private)
         try:
-            await _service(interaction).again(interaction, self.delivery_id, self.change)
+            await service.again(interaction, self.delivery_id, self.change)
         except Exception as exc:  # a refusal, or a bug: the "thinking…" reply says so
             await _fail(interaction, exc)
 

@@ -1,9 +1,10 @@
 """The Discord bot's work, kept apart from commands: get songs in, follow jobs, send stems.
 
-Replies go through the interaction's webhook (application id + token, kept in the
-delivery record), so a restarted bot can still edit the "thinking…" message. The token
-lives 15 minutes; a result that comes later is posted in the channel (or, for private
-requests and channels the bot cannot post in, by DM) with a mention of the requester.
+Replies go through the interaction's own application webhook (application id + token,
+kept in the delivery record), so a restarted bot can still edit the "thinking…" message
+and send private (ephemeral) results. The token lives 15 minutes; a result that comes
+later is posted in the channel (or, for private requests and channels the bot cannot
+post in, by DM, saying why) with a mention of the requester.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import logging
 import re
 from datetime import timedelta
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import discord
 
@@ -26,7 +27,7 @@ from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
 from core.queue import QueueClient
-from core.render import FOLLOWUPS, RenderOptions
+from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
 from core.uploads import pack
@@ -83,10 +84,12 @@ def cancel_view(delivery_id: str) -> discord.ui.View:
     return view
 
 
-def followup_view(delivery_id: str) -> discord.ui.View:
+def followup_view(delivery_id: str, buttons: list[tuple[str, str]]) -> discord.ui.View | None:
     """One-tap re-renders of a delivered song from its cached sources (handled by AgainButton)."""
+    if not buttons:
+        return None
     view = discord.ui.View(timeout=None)
-    for text, change in FOLLOWUPS:
+    for text, change in buttons:
         custom_id = again_id(delivery_id, change)
         view.add_item(discord.ui.Button(label=text, style=discord.ButtonStyle.secondary, custom_id=custom_id))
     return view
@@ -111,7 +114,7 @@ class DiscordService:
     def __init__(self, settings: Settings, queue: QueueClient) -> None:
         self.settings = settings
         self.queue = queue
-        self.desk = JobDesk(settings, queue, "discord")
+        self.desk = JobDesk(settings, queue, "discord", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
         self.guilds = GuildConfigStore(queue.pool, settings.key_prefix)
         self.downloads = DownloadSlots.from_settings(settings)
@@ -211,22 +214,29 @@ class DiscordService:
             await self._edit(client, delivery, f"⚠️ {delivery.song}: {SOMETHING_WRONG}", None)
 
     async def _send(self, client: discord.Client, delivery: Delivery, outcome: str, result: JobResult) -> None:
+        """The result text once, with the files; the follow-up buttons under the last of them."""
         uploads = await self.desk.files(delivery, result)
         outcome += links_text(uploads, self.settings.link_ttl_s)
         attached = [u for u in uploads if u.url is None]
-        await self._edit(client, delivery, outcome, followup_view(delivery.id))
+        await self._edit(client, delivery, f"✅ {delivery.song}: done, sent below.", None)
+        buttons = await self.desk.follow_ups(delivery.id)
         batches = pack([len(u.data) for u in attached], delivery.upload_limit, MAX_FILES) or [[]]
         for number, batch in enumerate(batches):
             files = [attached[i] for i in batch]
             text = f"{delivery.extra.get('mention', '')} {outcome}" if number == 0 else ""
-            await self._post(client, delivery, text.strip(), files)
+            view = followup_view(delivery.id, buttons) if number == len(batches) - 1 else None
+            await self._post(client, delivery, text.strip(), files, view)
 
     def _token_alive(self, delivery: Delivery) -> bool:
         expires = float(delivery.extra.get("token_expires_at") or 0)
         return discord.utils.utcnow().timestamp() < expires
 
     def _webhook(self, client: discord.Client, delivery: Delivery) -> discord.Webhook:
-        return discord.Webhook.partial(int(delivery.extra["app_id"]), delivery.extra["token"], client=client)
+        """The interaction's followup webhook, as `Interaction.followup` builds it: an application
+        webhook (type 3), the only kind that may send ephemeral messages (`Webhook.partial`
+        makes an incoming one, which discord.py and Discord refuse them from)."""
+        payload = {"id": int(delivery.extra["app_id"]), "type": 3, "token": delivery.extra["token"]}
+        return discord.Webhook.from_state(data=cast(Any, payload), state=client._connection)
 
     async def _edit(self, client: discord.Client, delivery: Delivery, text: str, view: discord.ui.View | None) -> None:
         if not self._token_alive(delivery) or delivery.status_message_id is None:
@@ -238,26 +248,45 @@ class DiscordService:
         except discord.HTTPException as exc:  # deleted, or the token died early
             log.info("edit of %s failed: %s", delivery.id, exc)
 
-    async def _post(self, client: discord.Client, delivery: Delivery, text: str, uploads: list[Upload]) -> None:
-        """A follow-up while the token lives; afterwards the channel, or a DM for private requests."""
+    async def _post(
+        self,
+        client: discord.Client,
+        delivery: Delivery,
+        text: str,
+        uploads: list[Upload],
+        view: discord.ui.View | None = None,
+    ) -> None:
+        """A follow-up while the token lives (ephemeral for private requests); afterwards the
+        channel, or a DM that says why for private requests and channels the bot cannot post in."""
         private = bool(delivery.extra.get("private"))
-        text = chat_text(text)
         pings = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(delivery.user_id))])
+        shown = chat_text(text)
         if self._token_alive(delivery):
-            files = _files(uploads)
             await self._webhook(client, delivery).send(
-                content=text or discord.utils.MISSING, files=files, ephemeral=private, allowed_mentions=pings
+                content=shown or discord.utils.MISSING,
+                files=_files(uploads),
+                ephemeral=private,
+                allowed_mentions=pings,
+                view=view or discord.utils.MISSING,
             )
             return
         if not private:
             try:
                 channel = client.get_channel(int(delivery.chat_id)) or await client.fetch_channel(int(delivery.chat_id))
-                await channel.send(content=text or None, files=_files(uploads), allowed_mentions=pings)  # type: ignore[union-attr]
+                await channel.send(  # type: ignore[union-attr]
+                    content=shown or None, files=_files(uploads), allowed_mentions=pings, view=view or discord.ui.View()
+                )
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
+        why = texts.DM_PRIVATE_LATE if private else texts.DM_CHANNEL_CLOSED
         user = await client.fetch_user(int(delivery.user_id))
-        await user.send(content=text or None, files=_files(uploads), allowed_mentions=pings)
+        await user.send(
+            content=chat_text(f"{text}\n{why}") if text else None,
+            files=_files(uploads),
+            allowed_mentions=pings,
+            view=view or discord.ui.View(),
+        )
 
     async def cancel(self, delivery_id: str, user_id: int) -> str:
         return await self.desk.cancel(delivery_id, str(user_id))

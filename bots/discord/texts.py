@@ -1,8 +1,6 @@
 """What the Discord bot says."""
 
-from core.stems import STEM_CHOICES
-
-HELP = """\
+HELP_TEMPLATE = """\
 **stembot** splits a song into stems.
 
 `/split file:<song> stems:vocals` — the singing only
@@ -14,11 +12,12 @@ HELP = """\
 `/split … stems:vocals 1:10-2:30` — only that part of the song
 `/split … private:True` — only you see the result
 
-Under every result, **Key −1 · Key +1 · Slower 80 % · Original** render it again in seconds,
-without separating it again.
+Under every result, **Key −1 · Key +1 · Tempo −10 % · Tempo +10 % · Original** render it
+again in seconds, stepping from that result, without separating it again.
 
-Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**.
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
+Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**,
+or send me the song in a DM and pick the stems. **Cancel** under a song's status stops it.
+Stems: {stems} (at most 8 files at once).
 Formats: mp3, flac, wav.
 Files that would not fit Discord's upload limit come at a lower bitrate, or in numbered parts.
 Server admins: `/stembot config` sets the channels I answer in, the default format and the longest song."""
@@ -27,6 +26,20 @@ NO_SONG = "Attach a song (the file option) or give a link (the url option)."
 NOT_AUDIO = "That attachment is not audio or video. Send an audio file (mp3, flac, wav, ogg, m4a…) or a video."
 NO_SONG_IN_MESSAGE = "That message has no audio or video attachment and no link."
 PICK = "What should I extract?"
+DM_HINT = "Send me a song (an audio or video file, or a link) and I'll ask which stems you want. `/help` says more."
+# How a song in progress is stopped here: Discord has no /cancel, its status has a button.
+CANCEL_HOW = "press Cancel under its status"
+# Said with a result sent by DM instead of where it was asked for.
+DM_PRIVATE_LATE = (
+    "(Sent here by DM: you asked for a private result, and Discord lets me answer privately "
+    "only within 15 minutes of your request.)"
+)
+DM_CHANNEL_CLOSED = "(Sent here by DM: I couldn't post in the channel where you asked.)"
+NOT_YOUR_PICKER = "This menu belongs to the person who opened it. Open Split stems on the message yourself."
 
-CHOICES = STEM_CHOICES  # (label, stem spec) offered by autocomplete and the picker
 FORMATS = ["mp3", "flac", "wav"]
+
+
+def help_text(stem_words: str) -> str:
+    """/help, listing only the stems the workers can serve (`JobDesk.stem_words`)."""
+    return HELP_TEMPLATE.format(stems=stem_words)

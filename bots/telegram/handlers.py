@@ -39,10 +39,11 @@ def _service(context: ContextTypes.DEFAULT_TYPE) -> TelegramService:
     return service
 
 
-def keyboard(fmt: str, preferred: str | None = None) -> InlineKeyboardMarkup:
+def keyboard(fmt: str, choices: list[tuple[str, str]], preferred: str | None = None) -> InlineKeyboardMarkup:
+    """What to extract: `choices` are what the workers can serve (`JobDesk.stem_choices`)."""
     rows = [
         [InlineKeyboardButton(("• " if spec == preferred else "") + label, callback_data=f"split|{spec}|{fmt}")]
-        for label, spec in texts.CHOICES
+        for label, spec in texts.keyboard_choices(choices)
     ]
     rows.append(
         [InlineKeyboardButton(("• " if f == fmt else "") + f.upper(), callback_data=f"fmt|{f}") for f in texts.FORMATS]
@@ -52,7 +53,7 @@ def keyboard(fmt: str, preferred: str | None = None) -> InlineKeyboardMarkup:
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.HELP)
+    await update.effective_message.reply_text(texts.help_text(await _service(context).desk.stem_words()))
 
 
 async def _prefs(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> UserPrefs:
@@ -64,9 +65,11 @@ async def offer_keyboard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     message = update.effective_message
     assert message is not None and update.effective_user is not None
     prefs = await _prefs(context, update.effective_user.id)
-    fmt = prefs.format or _service(context).settings.default_format
+    service = _service(context)
+    fmt = prefs.format or service.settings.default_format
+    choices = await service.desk.stem_choices()
     await message.reply_text(
-        texts.PICK, reply_markup=keyboard(fmt, prefs.stems), reply_to_message_id=message.message_id
+        texts.PICK, reply_markup=keyboard(fmt, choices, prefs.stems), reply_to_message_id=message.message_id
     )
 
 
@@ -151,10 +154,16 @@ async def on_again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None and isinstance(query.message, Message)
     _, previous, change = query.data.split("|")
+    service = _service(context)
+    try:  # another user's tap, or a song no longer kept: a toast for the tapper, nothing in the chat
+        await service.desk.check_again(previous, str(query.from_user.id))
+    except StembotError as exc:
+        await query.answer(exc.user_message[:200], show_alert=True)
+        return
     await query.answer()
     status = await query.message.reply_text("⏳ Rendering…")
     try:
-        await _service(context).again(previous, change, query.from_user.id, status)
+        await service.again(previous, change, query.from_user.id, status)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
     except Exception:  # a bug must not leave "Rendering…" standing
@@ -166,7 +175,8 @@ async def on_format(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None and isinstance(query.message, Message)
     await query.answer()
-    await query.message.edit_reply_markup(keyboard(query.data.split("|")[1]))
+    choices = await _service(context).desk.stem_choices()
+    await query.message.edit_reply_markup(keyboard(query.data.split("|")[1], choices))
 
 
 async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -195,11 +205,11 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await update.effective_message.reply_text(f"{mine}\nSongs in the queue: {queued}.")
 
 
-def settings_markup(prefs: UserPrefs, default_format: str) -> InlineKeyboardMarkup:
+def settings_markup(prefs: UserPrefs, default_format: str, choices: list[tuple[str, str]]) -> InlineKeyboardMarkup:
     fmt = prefs.format or default_format
     rows = [
         [InlineKeyboardButton(("• " if spec == prefs.stems else "") + label, callback_data=f"set|stems|{spec}")]
-        for label, spec in texts.CHOICES
+        for label, spec in texts.keyboard_choices(choices)
     ]
     rows.append(
         [
@@ -218,9 +228,11 @@ def describe_prefs(prefs: UserPrefs, default_format: str) -> str:
 async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert update.effective_message is not None and update.effective_user is not None
     prefs = await _prefs(context, update.effective_user.id)
-    default = _service(context).settings.default_format
+    service = _service(context)
+    default = service.settings.default_format
+    choices = await service.desk.stem_choices()
     await update.effective_message.reply_text(
-        describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default)
+        describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default, choices)
     )
 
 
@@ -236,7 +248,8 @@ async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     prefs = await service.prefs.update(f"telegram:{query.from_user.id}", **{field: value})
     await query.answer("Saved.")
     default = service.settings.default_format
-    await query.message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default))
+    choices = await service.desk.stem_choices()
+    await query.message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default, choices))
 
 
 async def _admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:

@@ -23,6 +23,7 @@ from telegram import (
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
+from bots.telegram import texts
 from core.audio import megabytes
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
@@ -31,7 +32,7 @@ from core.errors import DownloadFailed, StembotError, TooLarge
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
-from core.render import FOLLOWUPS, RenderOptions
+from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
 
@@ -59,10 +60,12 @@ def cancel_markup(delivery_id: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel|{delivery_id}")]])
 
 
-def followup_markup(delivery_id: str) -> InlineKeyboardMarkup:
-    """One-tap re-renders of a delivered song from its cached sources."""
-    buttons = [InlineKeyboardButton(text, callback_data=f"again|{delivery_id}|{change}") for text, change in FOLLOWUPS]
-    return InlineKeyboardMarkup([buttons])
+def followup_markup(delivery_id: str, buttons: list[tuple[str, str]]) -> InlineKeyboardMarkup | None:
+    """One-tap re-renders of a delivered song from its cached sources (`render.follow_ups`)."""
+    if not buttons:
+        return None
+    row = [InlineKeyboardButton(text, callback_data=f"again|{delivery_id}|{change}") for text, change in buttons]
+    return InlineKeyboardMarkup([row])
 
 
 def user_error(exc: StembotError) -> str:
@@ -73,7 +76,7 @@ class TelegramService:
     def __init__(self, settings: Settings, queue: QueueClient) -> None:
         self.settings = settings
         self.queue = queue
-        self.desk = JobDesk(settings, queue, "telegram")
+        self.desk = JobDesk(settings, queue, "telegram", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
         self.prefs = PrefsStore(queue.pool, settings.key_prefix)
         self.downloads = DownloadSlots.from_settings(settings)
@@ -182,7 +185,7 @@ class TelegramService:
             return
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
-        await self._edit(bot, delivery, text, followup_markup(delivery.id))
+        await self._edit(bot, delivery, text, followup_markup(delivery.id, await self.desk.follow_ups(delivery.id)))
 
     async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> str:
         """Upload the stems, or re-send the file_ids Telegram gave for the same job before.

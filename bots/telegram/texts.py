@@ -1,8 +1,6 @@
 """What the Telegram bot says."""
 
-from core.stems import STEM_CHOICES
-
-HELP = """\
+HELP_TEMPLATE = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.
 
 In this chat: just send the file or link and pick what you want.
@@ -17,17 +15,27 @@ Anywhere, also in groups: reply to a message with audio with
 /split vocals 1:10-2:30 — only that part of the song
 /split vocals https://example.com/song.mp3 — from a link (direct audio links, YouTube, SoundCloud, Bandcamp, Vimeo…)
 
-Stems: vocals, drums, bass, other, guitar, piano, karaoke, guide, all, 6 (at most 8 files at once).
+Stems: {stems} (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
 Key: key-12 … key+12 semitones. Tempo: tempo50 … tempo150 (percent). Section: m:ss-m:ss or seconds.
-After the files come, the buttons under them (Key −1 · Key +1 · Slower 80 % · Original)
-render the song again in seconds, without separating it again.
+After the files come, the buttons with the result (Key −1 · Key +1 · Tempo −10 % ·
+Tempo +10 % · Original) render the song again in seconds, stepping from that result,
+without separating it again.
 /settings sets your default stems and format.
 /status shows your jobs and the queue; /cancel stops your running jobs.
 Files over 20 MB: send them as MP3 or as a link."""
 
 PICK = "What should I extract?"
+CANCEL_HOW = "/cancel it"  # how a song in progress is stopped here (core's messages name it)
 NO_AUDIO = "Reply to a message that has audio, or send /split as the caption of a file."
-# the keyboard leaves out single guitar/piano: the six-stem row gives both
-CHOICES = [(label, spec) for label, spec in STEM_CHOICES if spec not in ("guitar", "piano")]
 FORMATS = ["mp3", "flac", "wav"]
+
+
+def help_text(stem_words: str) -> str:
+    """/help, listing only the stems the workers can serve (`JobDesk.stem_words`)."""
+    return HELP_TEMPLATE.format(stems=stem_words)
+
+
+def keyboard_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The keyboard leaves out single guitar/piano: the six-stem row gives both."""
+    return [(label, spec) for label, spec in choices if spec not in ("guitar", "piano")]
