@@ -153,11 +153,14 @@ class BotApiServer:
     def _bot_message(self, params: dict[str, Any], **fields: Any) -> dict[str, Any]:
         chat_id = int(params.get("chat_id", 0))
         mid = int(params["message_id"]) if "message_id" in params else next(self._message_ids)
+        # as Telegram does: the message comes back with its keyboard, which a press then carries
+        markup = {"reply_markup": params["reply_markup"]} if params.get("reply_markup") else {}
         return {
             "message_id": mid,
             "date": int(time.time()),
             "chat": {"id": chat_id, "type": "private"},
             "from": BOT_USER,
+            **markup,
             **fields,
         }
 

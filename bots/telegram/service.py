@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 
 from telegram import (
     Bot,
@@ -23,10 +24,13 @@ from telegram import (
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
-from core.audio import megabytes
+from bots.telegram.texts import RESTARTED
+from core.audio import AudioInfo, inspect_bytes, megabytes
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
 from core.errors import DownloadFailed, StembotError, TooLarge
+from core.fetching import HEARTBEAT_S, Fetch, FetchBook
+from core.ffmpeg import Sandbox
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
@@ -75,8 +79,12 @@ class TelegramService:
         self.desk = JobDesk(settings, queue, "telegram")
         self.book = self.desk.book
         self.prefs = PrefsStore(queue.pool, settings.key_prefix)
+        # longer than any fetch takes: yt-dlp's page, the download, then ffprobe
+        fetch_s = 3 * settings.download_timeout_s + settings.ffmpeg_timeout_s
+        self.fetching = FetchBook(queue.pool, "telegram", settings.key_prefix, fetch_s)
         self._loop_task: asyncio.Task[None] | None = None
         self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
+        self._beat_at = 0.0
 
     @property
     def upload_limit(self) -> int:
@@ -103,6 +111,12 @@ class TelegramService:
         name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
         return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
+    async def probe(self, song: Song) -> AudioInfo:
+        """What `JobDesk.accept` refuses about the file itself (not audio, corrupt, too long)."""
+        s = self.settings
+        sandbox = Sandbox.from_settings(s)
+        return await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, s.max_duration_s, 60, sandbox)
+
     def _delivery(self, user_id: int, status: Message) -> Delivery:
         return Delivery(
             platform="telegram",
@@ -121,9 +135,12 @@ class TelegramService:
         user_id: int,
         status: Message,
         options: RenderOptions | None = None,
+        admitted: bool = False,
     ) -> Delivery:
         delivery = self._delivery(user_id, status)
-        accepted = await self.desk.accept(song, selection, fmt, delivery, self.upload_limit, options=options)
+        accepted = await self.desk.accept(
+            song, selection, fmt, delivery, self.upload_limit, options=options, admitted=admitted
+        )
         return accepted.delivery
 
     async def again(self, previous_id: str, change: str, user_id: int, status: Message) -> Delivery:
@@ -143,6 +160,10 @@ class TelegramService:
     async def _run(self, bot: Bot) -> None:
         while True:
             try:
+                await self._answer_orphans(bot)
+            except Exception:  # the deliveries still go on
+                log.exception("answering fetches of a stopped bot")
+            try:
                 for delivery in await self.book.pending():
                     try:
                         await self.advance(bot, delivery)
@@ -151,6 +172,25 @@ class TelegramService:
             except Exception:  # keep delivering whatever Redis did
                 log.exception("delivery loop")
             await asyncio.sleep(self.settings.delivery_poll_s)
+
+    async def _answer_orphans(self, bot: Bot) -> None:
+        """Prove this bot alive, and answer the fetches a killed bot left unanswered."""
+        if time.monotonic() - self._beat_at >= HEARTBEAT_S:
+            self._beat_at = time.monotonic()
+            await self.fetching.heartbeat()
+            for fetch in await self.fetching.orphans():
+                await self._tell_restarted(bot, fetch)
+
+    async def _tell_restarted(self, bot: Bot, fetch: Fetch) -> None:
+        chat = int(fetch.chat_id)
+        try:
+            if fetch.status_message_id is not None:
+                await bot.edit_message_text(RESTARTED, chat_id=chat, message_id=int(fetch.status_message_id))
+            else:
+                reply = int(fetch.reply_to_message_id) if fetch.reply_to_message_id else None
+                await bot.send_message(chat, RESTARTED, reply_to_message_id=reply)
+        except TelegramError as exc:  # the chat or message is gone: nobody left to tell
+            log.info("telling %s about a restart failed: %s", fetch.chat_id, exc)
 
     async def advance(self, bot: Bot, delivery: Delivery) -> None:
         """Move one delivery on: edit its status, or send its result once."""
@@ -168,8 +208,9 @@ class TelegramService:
             await self._edit(bot, delivery, outcome_line(result, delivery.song), None)
             return
         await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
+        buttons = followup_markup(delivery.id)
         try:
-            links = await self.send_stems(bot, delivery, result)
+            links, placed = await self.send_stems(bot, delivery, result, buttons)
         except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
             log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
@@ -180,12 +221,16 @@ class TelegramService:
             return
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
-        await self._edit(bot, delivery, text, followup_markup(delivery.id))
+        await self._edit(bot, delivery, text, None if placed else buttons)
 
-    async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> str:
+    async def send_stems(
+        self, bot: Bot, delivery: Delivery, result: JobResult, buttons: InlineKeyboardMarkup | None = None
+    ) -> tuple[str, bool]:
         """Upload the stems, or re-send the file_ids Telegram gave for the same job before.
 
-        Returns the text of download links for stems too large to upload (S3 store only).
+        Returns the text of download links for stems too large to upload (S3 store only), and
+        whether `buttons` went under the delivered file: a single file carries them; an album
+        cannot (Telegram takes no keyboard on a media group), so they stay with the status text.
         """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
@@ -201,25 +246,35 @@ class TelegramService:
             links = links_text(uploads, self.settings.link_ttl_s)
             items = [(u.filename, u.data, u.title) for u in uploads if u.url is None]
         if not items:
-            return links
+            return links, False
         await bot.send_chat_action(chat, ChatAction.UPLOAD_DOCUMENT if not as_audio else ChatAction.UPLOAD_VOICE)
         sent: list[Message] = []
+        single = buttons if len(items) == 1 else None
         for start in range(0, len(items), 10):
-            sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio)
+            sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio, single)
         file_ids = [_file_id(m) for m in sent]
         if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
             await self.queue.pool.set(cache_key, json.dumps(record), ex=self.settings.result_ttl_s)
-        return links
+        return links, single is not None
 
     async def _send_batch(
-        self, bot: Bot, chat: int, batch: list[tuple[str, str | bytes, str]], as_audio: bool
+        self,
+        bot: Bot,
+        chat: int,
+        batch: list[tuple[str, str | bytes, str]],
+        as_audio: bool,
+        buttons: InlineKeyboardMarkup | None = None,
     ) -> list[Message]:
         if len(batch) == 1:
             name, media, title = batch[0]
             if as_audio:
-                return [await bot.send_audio(chat, media, filename=name, title=title, read_timeout=120)]
-            return [await bot.send_document(chat, media, filename=name, read_timeout=120)]
+                return [
+                    await bot.send_audio(
+                        chat, media, filename=name, title=title, read_timeout=120, reply_markup=buttons
+                    )
+                ]
+            return [await bot.send_document(chat, media, filename=name, read_timeout=120, reply_markup=buttons)]
         group = [
             InputMediaAudio(media, filename=name, title=title) if as_audio else InputMediaDocument(media, filename=name)
             for name, media, title in batch

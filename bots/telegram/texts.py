@@ -31,3 +31,12 @@ NO_AUDIO = "Reply to a message that has audio, or send /split as the caption of 
 # the keyboard leaves out single guitar/piano: the six-stem row gives both
 CHOICES = [(label, spec) for label, spec in STEM_CHOICES if spec not in ("guitar", "piano")]
 FORMATS = ["mp3", "flac", "wav"]
+WHAT_TO_SEND = (
+    "Send me a song — an audio file, a voice note, a video or a link — and I split it into stems "
+    "(vocals, karaoke, drums…). /help shows everything."
+)
+NOT_A_SONG = "{name} doesn't look like a song. Send an audio file, a voice note, a video or a link; /help shows how."
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I do."
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
+FORGOTTEN = "I no longer keep that song. Please send it again."
+RESTARTED = "⚠️ I was restarted while getting your song. Please send it again."
