@@ -35,6 +35,7 @@ class Fetch(BaseModel):
     status_message_id: str | None = None  # the "Getting the file…" message to edit, if any
     reply_to_message_id: str | None = None  # else the user's message to answer
     counted: bool = True  # False: a quick check before a choice is offered, not a request
+    started_at: float = Field(default_factory=time.time)
     expires_at: float
 
 
@@ -79,11 +80,12 @@ class FetchBook:
         return [Fetch.model_validate_json(r) for r in raw]
 
     async def others(self, fetch: Fetch) -> int:
-        """How many other songs `fetch`'s user is getting right now."""
+        """How many songs `fetch`'s user began getting before it, for a request. Only earlier
+        ones count: of two sent at once, the first goes ahead and the second is refused,
+        rather than each refusing for the other."""
         now = time.time()
-        return sum(
-            1 for f in await self._all() if f.user_id == fetch.user_id and f.id != fetch.id and f.expires_at > now
-        )
+        mine = [f for f in await self._all() if f.user_id == fetch.user_id and f.counted and f.expires_at > now]
+        return sum(1 for f in mine if (f.started_at, f.id) < (fetch.started_at, fetch.id))
 
     async def orphans(self) -> list[Fetch]:
         """Records of bot processes that died mid-fetch, each returned to exactly one caller."""
