@@ -383,3 +383,26 @@ async def test_a_bot_killed_mid_download_answers_after_its_restart(
                     proc.kill()
                     proc.wait()
         await drip.stop()
+
+
+async def test_one_chats_slow_upload_holds_up_no_other_chat(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+    tmp_path: Path,
+) -> None:
+    """N1's class in the delivery loop: Alice's upload hangs; Bob's stems still come."""
+    from tests.helpers import ROCK, make_clip
+
+    held = botapi.holds[("sendAudio", ALICE["id"])] = asyncio.Event()
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "sending 1 file" in t], timeout=120)
+    other = make_clip(ROCK / "mixture.flac", tmp_path / "other.flac", seconds=2)
+    botapi.message(BOB_DM, BOB, audio=_audio(botapi, other), caption="/split drums")
+    bobs = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("sendAudio") if c.params["chat_id"] == BOB["id"]], timeout=120
+    )
+    assert bobs and botapi.sent("sendAudio") == bobs  # Alice's upload still hangs
+    held.set()
+    await botapi.wait_for(lambda: [c for c in botapi.sent("sendAudio") if c.params["chat_id"] == ALICE["id"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -43,6 +44,8 @@ GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
 UPLOAD_LIMIT = 50 * 1000 * 1000  # the cloud Bot API's upload limit
 LOCAL_UPLOAD_LIMIT = 2000 * 1000 * 1000  # a self-hosted Bot API server's
 AUDIO_FORMATS = ("mp3", "m4a")
+# Chats a bot process serves at once (edits, uploads); past it the rest wait a poll.
+DELIVERIES_AT_ONCE = 32
 
 
 def _attachment(message: Message) -> object | None:
@@ -85,6 +88,7 @@ class TelegramService:
         self._loop_task: asyncio.Task[None] | None = None
         self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
         self._beat_at = 0.0
+        self._advancing: dict[str, asyncio.Task[None]] = {}
 
     @property
     def upload_limit(self) -> int:
@@ -152,12 +156,16 @@ class TelegramService:
         self._loop_task = asyncio.create_task(self._run(bot))
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        tasks = [t for t in (self._loop_task, *self._advancing.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await task
 
     async def _run(self, bot: Bot) -> None:
+        """Each delivery moves on in a task of its own (one at a time per delivery), so one
+        chat's slow upload holds up no other chat's status or files."""
         while True:
             try:
                 await self._answer_orphans(bot)
@@ -165,13 +173,23 @@ class TelegramService:
                 log.exception("answering fetches of a stopped bot")
             try:
                 for delivery in await self.book.pending():
-                    try:
-                        await self.advance(bot, delivery)
-                    except Exception:  # one broken delivery must not hold up the others
-                        log.exception("delivery %s", delivery.id)
+                    if delivery.id in self._advancing or len(self._advancing) >= DELIVERIES_AT_ONCE:
+                        continue
+                    task = asyncio.create_task(self._advance_one(bot, delivery))
+                    self._advancing[delivery.id] = task
+                    task.add_done_callback(functools.partial(self._done, delivery.id))
             except Exception:  # keep delivering whatever Redis did
                 log.exception("delivery loop")
             await asyncio.sleep(self.settings.delivery_poll_s)
+
+    def _done(self, delivery_id: str, _: asyncio.Task[None]) -> None:
+        self._advancing.pop(delivery_id, None)
+
+    async def _advance_one(self, bot: Bot, delivery: Delivery) -> None:
+        try:
+            await self.advance(bot, delivery)
+        except Exception:  # one broken delivery must not hold up the others
+            log.exception("delivery %s", delivery.id)
 
     async def _answer_orphans(self, bot: Bot) -> None:
         """Prove this bot alive, and answer the fetches a killed bot left unanswered."""
