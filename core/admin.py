@@ -41,13 +41,16 @@ class Gate:
     def is_admin(self, user_key: str) -> bool:
         return user_key in self.settings.admin_keys
 
+    async def is_banned(self, user_key: str) -> bool:
+        return bool(await self.redis.sismember(self._bans, user_key))  # type: ignore[misc]
+
     async def check(self, user_key: str, chat_key: str) -> None:
         """Raise the StembotError a user should see, or return when the request may go ahead."""
         await self.check_ban(user_key)
         await self.check_rate(user_key, chat_key)
 
     async def check_ban(self, user_key: str) -> None:
-        if await self.redis.sismember(self._bans, user_key):  # type: ignore[misc]
+        if await self.is_banned(user_key):
             raise Banned("You can't use this bot.")
 
     async def check_rate(self, user_key: str, chat_key: str) -> None:

@@ -23,7 +23,7 @@ from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import InvalidCommand, ModelUnavailable, StembotError, TooLarge, WorkerFailed
+from core.errors import Banned, InvalidCommand, ModelUnavailable, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
@@ -187,15 +187,18 @@ class JobDesk:
         upload_limit: int | None = None,
         max_duration_s: float | None = None,
         options: RenderOptions | None = None,
+        admitted: bool = False,
     ) -> Accepted:
         """Check, store and queue a song for the chat `delivery` describes; raise StembotError to refuse.
 
         `max_duration_s` tightens the operator's limit (a server's own, say), never loosens it.
+        `admitted`: `admit` let this request in before its song was fetched (its rate-limit hit
+        is not counted twice).
         """
         try:
             with refusing_when_full():
                 accepted = await self._accept(
-                    song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions()
+                    song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions(), admitted
                 )
         except StembotError as exc:
             metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
@@ -217,10 +220,12 @@ class JobDesk:
         upload_limit: int | None,
         max_duration_s: float | None,
         options: RenderOptions,
+        admitted: bool = False,
     ) -> Accepted:
         s = self.settings
         user = self.user_key(delivery.user_id)
-        await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
+        if not admitted:
+            await self.gate.check(user, f"{self.book.platform}:{delivery.chat_id}")
         await self._check_model(selection)
         longest = min(s.max_duration_s, max_duration_s or s.max_duration_s)
         info = await asyncio.to_thread(
@@ -249,6 +254,26 @@ class JobDesk:
             requester=delivery.requester,
         )
         return await self._queue(request, delivery, cost, duration)
+
+    async def admit(self, user_id: str, chat_id: str, fetching: int = 0, rate: bool = True) -> None:
+        """The checks that need no song, made before one is fetched so that a refused request
+        downloads nothing: banned, too fast, a song already in progress (its jobs, plus
+        `fetching` songs the user is still getting), no minutes left today (a song's own
+        length is known only once fetched, and a cached one is free). `rate=False` leaves
+        the rate limits to the request that follows (a keyboard's tap), so nothing counts twice."""
+        user = self.user_key(user_id)
+        try:
+            if rate:
+                await self.gate.check(user, f"{self.book.platform}:{chat_id}")
+            elif await self.gate.is_banned(user):
+                raise Banned("You can't use this bot.")
+            if not self.gate.is_admin(user):
+                running = len(await self.book.for_user(user_id)) + fetching
+                s = self.settings
+                check_user(running, await self.usage.used_s(user), 0.0, s.max_jobs_per_user, s.daily_minutes_per_user)
+        except StembotError as exc:
+            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            raise
 
     async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
         """Seconds of audio a request counts against the daily limit: what the model will

@@ -235,6 +235,10 @@ def rubberband(options: RenderOptions, keep_formants: bool) -> str | None:
 TEMPO_STEP = 10
 # Follow-ups of buttons sent before tempo stepped, still under old messages: (change, tempo).
 _LEGACY_TEMPO = {"slower": 80}
+# every change a follow-up button may carry (buttons of older results included)
+FOLLOW_UP_CHANGES = frozenset(
+    {"key-1", "key+1", f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}", "original", *_LEGACY_TEMPO}
+)
 
 
 def follow_up(options: RenderOptions, change: str) -> RenderOptions:
@@ -260,7 +264,7 @@ def follow_ups(options: RenderOptions) -> list[tuple[str, str]]:
     """The buttons under a result delivered with `options`: (label, change), each one a
     change that gives another file (none re-sends the same); tempo labels name their target."""
     buttons = []
-    for change in ("key-1", "key+1", f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}", "original"):
+    for change in ("key-1", "key+1", f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}", "original"):  # button order
         after = follow_up(options, change)
         if after == options:
             continue

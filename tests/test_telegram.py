@@ -310,18 +310,13 @@ async def test_cancel_button_stops_the_job(
     tmp_path: Path,  # type: ignore[type-arg]
     worker_factory: list[WorkerProcess],
 ) -> None:
-    status = botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
+    botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
     service = bot.bot_data["service"]
-    import asyncio
-
-    pending = []
-
-    for _ in range(100):
-        pending = await service.book.pending()
-        if pending:
-            break
-        await asyncio.sleep(0.1)
-    [delivery] = pending
+    edits = await botapi.wait_for(
+        lambda: [c for c in botapi.sent("editMessageText") if c.params.get("reply_markup")], timeout=60
+    )
+    status = edits[0].result  # the status message, with its Cancel button
+    [delivery] = await service.book.pending()
     bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
     botapi.press(status, bob, f"cancel|{delivery.id}")
     botapi.press(status, ALICE, f"cancel|{delivery.id}")
@@ -448,16 +443,10 @@ async def test_key_tempo_and_a_follow_up_without_the_model(
     botapi.message(DM, ALICE, audio=_audio(botapi, rock_short, title="Rock"), caption=caption)
     first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
     assert first[0].params["title"] == "Rock — vocals (key \u22122, 80 %)"
-    done = await botapi.wait_for(
-        lambda: [c for c in botapi.sent("editMessageText") if "reply_markup" in c.params and "✅" in c.params["text"]]
-    )
-    buttons = [b for row in done[0].params["reply_markup"]["inline_keyboard"] for b in row]
-    # tempo steps from the 80 % result, and each label names its target
+    buttons = [b for row in first[0].params["reply_markup"]["inline_keyboard"] for b in row]
+    # under the delivered file; tempo steps from the 80 % result, and each label names its target
     assert [b["text"] for b in buttons] == ["Key \u22121", "Key +1", "Tempo 70 %", "Tempo 90 %", "Original"]
-    status = next(
-        c.result for c in botapi.sent("sendMessage") if c.result["message_id"] == done[0].params["message_id"]
-    )
-    botapi.press(status, ALICE, buttons[4]["callback_data"])
+    botapi.press(first[0].result, ALICE, buttons[4]["callback_data"])
     again = await botapi.wait_for(lambda: botapi.sent("sendAudio")[1:], timeout=120)
     assert again[0].params["title"] == "Rock — vocals"
     await botapi.wait_for(
@@ -491,11 +480,10 @@ async def test_malformed_links_get_one_clear_answer(botapi: BotApiServer, bot: A
     assert _texts(botapi, "sendMessage") == ["⏳ Getting the file…"]
 
 
-async def test_a_malformed_link_from_the_keyboard(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
-    link = botapi.message(DM, ALICE, text="http://127.0.0.1:99999/song.mp3")
-    offer = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if "reply_markup" in c.params])
-    botapi.press(offer[0].result | {"reply_to_message": link}, ALICE, "split|vocals|mp3")
-    await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "not a valid web address" in t])
+async def test_a_malformed_bare_link_is_refused_before_the_keyboard(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
+    botapi.message(DM, ALICE, text="http://127.0.0.1:99999/song.mp3")
+    await botapi.wait_for(lambda: [t for t in _texts(botapi, "sendMessage") if "not a valid web address" in t])
+    assert len(botapi.sent("sendMessage")) == 1 and "reply_markup" not in botapi.sent("sendMessage")[0].params
 
 
 async def test_an_unexpected_failure_still_gets_one_answer(
@@ -504,28 +492,27 @@ async def test_an_unexpected_failure_still_gets_one_answer(
     rock_short: Path,
     caplog: pytest.LogCaptureFixture,  # type: ignore[type-arg]
 ) -> None:
-    async def broken(*args: object) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
     bot.bot_data["service"].submit = broken  # stands in for any bug past the checks
     botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")
     await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "Something went wrong" in t])
     assert "a bug" in caplog.text
-    botapi.message(DM, ALICE, text="hi")  # nothing to do: no answer owed
-    keyboard = botapi.message(DM, ALICE, text="the keyboard", reply_markup={"inline_keyboard": []})
-    botapi.press(keyboard, ALICE, "split|bogus|mp3")  # a forged or stale button
-    botapi.press(keyboard, ALICE, "set|format|exe")
-    botapi.press(keyboard, ALICE, "set|stems|bogus")
-    botapi.press(keyboard, ALICE, "split|vocals")  # a handler's own bug
-    answers = await botapi.wait_for(
-        lambda: len(botapi.sent("answerCallbackQuery")) >= 4 and botapi.sent("answerCallbackQuery")
+    botapi.message(DM, ALICE, **_command("/settings"))
+    settings = await botapi.wait_for(
+        lambda: [c.result for c in botapi.sent("sendMessage") if c.result.get("reply_markup")]
     )
-    texts = [a.params.get("text", "") for a in answers]
-    assert 'Unknown stem "bogus"' in texts[0] and "Unknown format" in texts[1] and "Unknown stem" in texts[2]
-    assert "Something went wrong" in texts[3]
-    assert all(a.params["show_alert"] for a in answers)
-    prefs = await bot.bot_data["service"].prefs.get("telegram:42")
-    assert prefs.stems is None and prefs.format is None
+
+    async def cancel_bug(*args: object) -> str:
+        raise RuntimeError("a cancel bug")
+
+    bot.bot_data["service"].cancel = cancel_bug
+    button = {"text": "Cancel", "callback_data": f"cancel|{'a' * 32}"}
+    botapi.press(settings[0] | {"reply_markup": {"inline_keyboard": [[button]]}}, ALICE, button["callback_data"])
+    answer = await botapi.wait_for(lambda: botapi.sent("answerCallbackQuery"))
+    assert "Something went wrong" in answer[0].params["text"] and answer[0].params["show_alert"]
+    assert "a cancel bug" in caplog.text
 
 
 async def test_a_cached_result_carries_nothing_of_the_first_requester(
@@ -545,6 +532,8 @@ async def test_a_cached_result_carries_nothing_of_the_first_requester(
     assert first[0].params["title"] == "Alice Secret Demo — vocals"
     await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
     botapi.message({"id": 7, "type": "private"}, bob, audio=_audio(botapi, rock_short, file_name="bob_song.flac"))
+    # the keyboard comes after a check of the file; the /split follows it, as a user's would
+    await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if c.params.get("reply_markup")])
     botapi.message(
         {"id": 7, "type": "private"},
         bob,

@@ -7,10 +7,11 @@ from core.settings import Settings
 
 def run(settings: Settings) -> int:
     from bots.telegram.app import build_application
-    from core import metrics
+    from core import metrics, tempdirs
     from core.logs import setup_logging
 
     setup_logging(settings)
+    tempdirs.adopt()  # temp files of a bot killed mid-download go at the next start
     metrics.serve(settings.metrics_port)
     build_application(settings).run_polling()
     return 0

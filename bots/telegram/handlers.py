@@ -5,17 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import BotCommand, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.telegram import texts
+from bots.telegram import callbacks, texts
 from bots.telegram.service import TelegramService, has_audio, user_error
-from core.audio import FORMAT_NAMES
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG, Song, status_line
-from core.errors import InvalidCommand, StembotError
-from core.fetch import find_url
+from core.errors import LinkRefused, StembotError
+from core.fetch import find_url, is_public_address, resolve, split_link
 from core.links import fetch_song
 from core.prefs import UserPrefs
 from core.render import RenderOptions
@@ -61,9 +60,18 @@ async def _prefs(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> UserPrefs:
 
 
 async def offer_keyboard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A song or a bare link in a DM: ask what to extract."""
+    """A song or a bare link in a DM: check it, then ask what to extract."""
     message = update.effective_message
     assert message is not None and update.effective_user is not None
+    source = _source(message)
+    if source is None:  # a link-like text find_url does not take
+        await message.reply_text(texts.WHAT_TO_SEND)
+        return
+    try:
+        await _precheck(context, source, update.effective_user.id, message)
+    except StembotError as exc:  # refused before any choice is offered: the only answer
+        await message.reply_text(user_error(exc), reply_to_message_id=message.message_id)
+        return
     prefs = await _prefs(context, update.effective_user.id)
     service = _service(context)
     fmt = prefs.format or service.settings.default_format
@@ -71,6 +79,36 @@ async def offer_keyboard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await message.reply_text(
         texts.PICK, reply_markup=keyboard(fmt, choices, prefs.stems), reply_to_message_id=message.message_id
     )
+
+
+async def _precheck(context: ContextTypes.DEFAULT_TYPE, source: Message | str, user_id: int, asked: Message) -> None:
+    """What `/split` would refuse at once about this input, before a keyboard offers choices:
+    a file is fetched and probed, a link's address is checked."""
+    service = _service(context)
+    if isinstance(source, str):
+        await check_link(source, service.settings.allow_private_urls)
+        return
+    fetch = await service.fetching.begin(
+        str(user_id), str(asked.chat_id), reply_to_message_id=str(asked.message_id), counted=False
+    )
+    try:
+        # no rate-limit hit here: the tap that follows is the request
+        await service.desk.admit(str(user_id), str(asked.chat_id), await service.fetching.others(fetch), rate=False)
+        await service.probe(await service.download(source))
+    finally:
+        await service.fetching.end(fetch)
+
+
+async def check_link(url: str, allow_private: bool) -> None:
+    """Refuse a malformed link, or one whose host is a private or local address. A host that
+    does not resolve now is left to the download, which tries again and says so."""
+    parts = split_link(url)
+    try:
+        addresses = await resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError, ValueError):
+        return
+    if not allow_private and not all(is_public_address(a) for a in addresses):
+        raise LinkRefused("That link points at a private or local address, which I don't fetch.")
 
 
 async def _start(
@@ -82,20 +120,27 @@ async def _start(
     status: Message,
     options: RenderOptions | None = None,
 ) -> None:
-    """Get the song (a message's file or a link) and queue it; any refusal ends up in `status`."""
+    """Get the song (a message's file or a link) and queue it; any refusal ends up in `status`.
+
+    The per-user limits come first, and the fetch is on record (for the one-song rule and
+    for a restarted bot to answer) until the song is queued or refused."""
     service = _service(context)
+    fetch = await service.fetching.begin(str(user_id), str(status.chat_id), status_message_id=str(status.message_id))
     try:
+        await service.desk.admit(str(user_id), str(status.chat_id), await service.fetching.others(fetch))
         async with service.downloads.slot(f"telegram:{user_id}"):  # the song's bytes live till stored
             if isinstance(source, str):
                 song: Song = await fetch_song(source, service.settings)
             else:
                 song = await service.download(source)
-            await service.submit(song, selection, fmt, user_id, status, options)
+            await service.submit(song, selection, fmt, user_id, status, options, admitted=True)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
     except Exception:  # a bug must not leave "Getting the file…" standing
         log.exception("starting a job")
         await status.edit_text(f"⚠️ {SOMETHING_WRONG}")
+    finally:
+        await service.fetching.end(fetch)
 
 
 def _source(message: Message) -> Message | str | None:
@@ -132,58 +177,73 @@ async def split_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await _start(context, source, selection, fmt, update.effective_user.id, status, command.options)
 
 
-async def on_choice(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+def _carries(message: Message, data: str | None) -> bool:
+    """True when `message` has a button with this very data: a press comes from a keyboard
+    the bot put there, not from data a client made up for another message."""
+    markup = message.reply_markup
+    return markup is not None and any(b.callback_data == data for row in markup.inline_keyboard for b in row)
+
+
+async def on_press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Every inline button: parsed once, checked against the message it sits on, then served."""
     query = update.callback_query
-    assert query is not None and query.data is not None and isinstance(query.message, Message)
-    _, spec, fmt = query.data.split("|")
-    selection = parse_stems(spec)  # a stale or forged button is refused before anything happens
-    if fmt not in FORMAT_NAMES:
-        raise InvalidCommand(f"Unknown format. Choose one of {', '.join(FORMAT_NAMES)}.")
-    await query.answer()
-    reply = query.message.reply_to_message
-    source = _source(reply) if reply is not None else None
-    if source is None:
-        await query.message.edit_text(texts.NO_AUDIO)
+    assert query is not None
+    message = query.message
+    if not isinstance(message, Message) or not _carries(message, query.data):
+        raise callbacks.StaleButton()
+    press = callbacks.parse(query.data)
+    if isinstance(press, callbacks.Split):
+        await on_choice(query, message, press, context)
+    elif isinstance(press, callbacks.Format):
+        await query.answer()
+        await message.edit_reply_markup(keyboard(press.fmt, await _service(context).desk.stem_choices()))
+    elif isinstance(press, callbacks.Again):
+        await on_again(query, message, press, context)
+    elif isinstance(press, callbacks.Cancel):
+        await query.answer(await _service(context).cancel(press.delivery_id, query.from_user.id))
+    else:
+        await on_setting(query, message, press, context)
+
+
+async def on_choice(
+    query: CallbackQuery, message: Message, press: callbacks.Split, context: ContextTypes.DEFAULT_TYPE
+) -> None:
+    """A tap on the keyboard under "What should I extract?", which replies to the user's song."""
+    reply = message.reply_to_message
+    if message.from_user is None or message.from_user.id != context.bot.id or reply is None:
+        raise callbacks.StaleButton()
+    if reply.from_user is None or reply.from_user.id != query.from_user.id:
+        await query.answer(texts.NOT_YOURS, show_alert=True)
         return
-    await query.message.edit_text("⏳ Getting the file…")
-    await _start(context, source, selection, fmt, query.from_user.id, query.message)
+    await query.answer()
+    source = _source(reply)
+    if source is None:
+        await message.edit_text(texts.NO_AUDIO)
+        return
+    await message.edit_text("⏳ Getting the file…")
+    await _start(context, source, press.selection, press.fmt, query.from_user.id, message)
 
 
-async def on_again(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A follow-up button under a delivered song: render it again from the cached sources."""
-    query = update.callback_query
-    assert query is not None and query.data is not None and isinstance(query.message, Message)
-    _, previous, change = query.data.split("|")
+async def on_again(
+    query: CallbackQuery, message: Message, press: callbacks.Again, context: ContextTypes.DEFAULT_TYPE
+) -> None:
+    """A follow-up button under a delivered song: render it again from the cached sources.
+    Anyone else's tap is answered with a toast: nothing is posted in the chat."""
     service = _service(context)
     try:  # another user's tap, or a song no longer kept: a toast for the tapper, nothing in the chat
-        await service.desk.check_again(previous, str(query.from_user.id))
+        await service.desk.check_again(press.delivery_id, str(query.from_user.id))
     except StembotError as exc:
         await query.answer(exc.user_message[:200], show_alert=True)
         return
     await query.answer()
-    status = await query.message.reply_text("⏳ Rendering…")
+    status = await message.reply_text("⏳ Rendering…")
     try:
-        await service.again(previous, change, query.from_user.id, status)
+        await service.again(press.delivery_id, press.change, query.from_user.id, status)
     except StembotError as exc:
         await status.edit_text(user_error(exc))
     except Exception:  # a bug must not leave "Rendering…" standing
         log.exception("a follow-up")
         await status.edit_text(f"⚠️ {SOMETHING_WRONG}")
-
-
-async def on_format(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    query = update.callback_query
-    assert query is not None and query.data is not None and isinstance(query.message, Message)
-    await query.answer()
-    choices = await _service(context).desk.stem_choices()
-    await query.message.edit_reply_markup(keyboard(query.data.split("|")[1], choices))
-
-
-async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    query = update.callback_query
-    assert query is not None and query.data is not None
-    answer = await _service(context).cancel(query.data.split("|")[1], query.from_user.id)
-    await query.answer(answer)
 
 
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -236,20 +296,30 @@ async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     )
 
 
-async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    query = update.callback_query
-    assert query is not None and query.data is not None and isinstance(query.message, Message)
-    _, field, value = query.data.split("|")
-    if field == "stems":
-        parse_stems(value)  # a stale or forged button must not store what /split refuses
-    elif value not in FORMAT_NAMES:
-        raise InvalidCommand(f"Unknown format. Choose one of {', '.join(FORMAT_NAMES)}.")
+async def on_setting(
+    query: CallbackQuery, message: Message, press: callbacks.Setting, context: ContextTypes.DEFAULT_TYPE
+) -> None:
     service = _service(context)
-    prefs = await service.prefs.update(f"telegram:{query.from_user.id}", **{field: value})
+    prefs = await service.prefs.update(f"telegram:{query.from_user.id}", **{press.field: press.value})
     await query.answer("Saved.")
     default = service.settings.default_format
     choices = await service.desk.stem_choices()
-    await query.message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default, choices))
+    await message.edit_text(describe_prefs(prefs, default), reply_markup=settings_markup(prefs, default, choices))
+
+
+async def other_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Anything else in a DM (a greeting, a text file, a photo, an unknown command): one
+    short answer that says what to send, rather than silence."""
+    message = update.effective_message
+    assert message is not None
+    document = message.document
+    if document is not None:
+        name = document.file_name or "That file"
+        await message.reply_text(texts.NOT_A_SONG.format(name=name), reply_to_message_id=message.message_id)
+    elif (message.text or "").startswith("/"):
+        await message.reply_text(texts.UNKNOWN_COMMAND)
+    else:
+        await message.reply_text(texts.WHAT_TO_SEND)
 
 
 async def _admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
@@ -322,22 +392,29 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def register(app: Application) -> None:  # type: ignore[type-arg]
+    """Handlers that fetch a song (seconds, or a minute for a slow link) run beside the rest
+    (block=False), so one user's download never holds up anyone's update. The others stay
+    in order: /settings taps read-modify-write the user's defaults, and are instant."""
     app.add_error_handler(on_error)
     app.add_handler(CommandHandler(["start", "help"], help_command))
-    app.add_handler(CommandHandler("split", split_command))
-    app.add_handler(MessageHandler(MEDIA & filters.CaptionRegex(r"^/split(@\w+)?(\s|$)"), split_command))
+    app.add_handler(CommandHandler("split", split_command, block=False))
+    app.add_handler(MessageHandler(MEDIA & filters.CaptionRegex(r"^/split(@\w+)?(\s|$)"), split_command, block=False))
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("status", status_command))
     app.add_handler(CommandHandler("settings", settings_command))
     app.add_handler(CommandHandler("stats", stats_command))
     app.add_handler(CommandHandler("ban", ban_command))
     app.add_handler(CommandHandler("unban", unban_command))
-    app.add_handler(MessageHandler(filters.ChatType.PRIVATE & MEDIA, offer_keyboard))
+    app.add_handler(MessageHandler(filters.ChatType.PRIVATE & MEDIA, offer_keyboard, block=False))
     app.add_handler(
-        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & filters.Regex(r"https?://"), offer_keyboard)
+        MessageHandler(
+            filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND & filters.Regex(r"https?://"),
+            offer_keyboard,
+            block=False,
+        )
     )
-    app.add_handler(CallbackQueryHandler(on_choice, pattern=r"^split\|"))
-    app.add_handler(CallbackQueryHandler(on_format, pattern=r"^fmt\|"))
-    app.add_handler(CallbackQueryHandler(on_again, pattern=r"^again\|"))
-    app.add_handler(CallbackQueryHandler(on_cancel, pattern=r"^cancel\|"))
-    app.add_handler(CallbackQueryHandler(on_setting, pattern=r"^set\|(stems|format)\|"))
+    app.add_handler(
+        MessageHandler(filters.ChatType.PRIVATE & ~filters.StatusUpdate.ALL & ~filters.UpdateType.EDITED, other_message)
+    )
+    app.add_handler(CallbackQueryHandler(on_press, pattern=r"^split\|", block=False))
+    app.add_handler(CallbackQueryHandler(on_press))

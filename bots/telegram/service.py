@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import time
 
 from telegram import (
     Bot,
@@ -24,11 +26,14 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
 from bots.telegram import texts
-from core.audio import megabytes
+from bots.telegram.texts import RESTARTED
+from core.audio import AudioInfo, inspect_bytes, megabytes
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
 from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, StembotError, TooLarge
+from core.fetching import HEARTBEAT_S, Fetch, FetchBook
+from core.ffmpeg import Sandbox
 from core.jobs import JobResult
 from core.prefs import PrefsStore
 from core.queue import QueueClient
@@ -41,6 +46,8 @@ GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
 UPLOAD_LIMIT = 50 * 1000 * 1000  # the cloud Bot API's upload limit
 LOCAL_UPLOAD_LIMIT = 2000 * 1000 * 1000  # a self-hosted Bot API server's
 AUDIO_FORMATS = ("mp3", "m4a")
+# Chats a bot process serves at once (edits, uploads); past it the rest wait a poll.
+DELIVERIES_AT_ONCE = 32
 
 
 def _attachment(message: Message) -> object | None:
@@ -80,8 +87,13 @@ class TelegramService:
         self.book = self.desk.book
         self.prefs = PrefsStore(queue.pool, settings.key_prefix)
         self.downloads = DownloadSlots.from_settings(settings)
+        # longer than any fetch takes: yt-dlp's page, the download, then ffprobe
+        fetch_s = 3 * settings.download_timeout_s + settings.ffmpeg_timeout_s
+        self.fetching = FetchBook(queue.pool, "telegram", settings.key_prefix, fetch_s)
         self._loop_task: asyncio.Task[None] | None = None
         self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
+        self._beat_at = 0.0
+        self._advancing: dict[str, asyncio.Task[None]] = {}
 
     @property
     def upload_limit(self) -> int:
@@ -108,6 +120,12 @@ class TelegramService:
         name = getattr(item, "file_name", None) or getattr(item, "title", None) or type(item).__name__.lower()
         return Song(data, name, getattr(item, "title", None), getattr(item, "performer", None))
 
+    async def probe(self, song: Song) -> AudioInfo:
+        """What `JobDesk.accept` refuses about the file itself (not audio, corrupt, too long)."""
+        s = self.settings
+        sandbox = Sandbox.from_settings(s)
+        return await asyncio.to_thread(inspect_bytes, song.data, s.max_input_bytes, s.max_duration_s, 60, sandbox)
+
     def _delivery(self, user_id: int, status: Message) -> Delivery:
         return Delivery(
             platform="telegram",
@@ -126,9 +144,12 @@ class TelegramService:
         user_id: int,
         status: Message,
         options: RenderOptions | None = None,
+        admitted: bool = False,
     ) -> Delivery:
         delivery = self._delivery(user_id, status)
-        accepted = await self.desk.accept(song, selection, fmt, delivery, self.upload_limit, options=options)
+        accepted = await self.desk.accept(
+            song, selection, fmt, delivery, self.upload_limit, options=options, admitted=admitted
+        )
         return accepted.delivery
 
     async def again(self, previous_id: str, change: str, user_id: int, status: Message) -> Delivery:
@@ -140,22 +161,59 @@ class TelegramService:
         self._loop_task = asyncio.create_task(self._run(bot))
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        tasks = [t for t in (self._loop_task, *self._advancing.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await task
 
     async def _run(self, bot: Bot) -> None:
+        """Each delivery moves on in a task of its own (one at a time per delivery), so one
+        chat's slow upload holds up no other chat's status or files."""
         while True:
             try:
+                await self._answer_orphans(bot)
+            except Exception:  # the deliveries still go on
+                log.exception("answering fetches of a stopped bot")
+            try:
                 for delivery in await self.book.pending():
-                    try:
-                        await self.advance(bot, delivery)
-                    except Exception:  # one broken delivery must not hold up the others
-                        log.exception("delivery %s", delivery.id)
+                    if delivery.id in self._advancing or len(self._advancing) >= DELIVERIES_AT_ONCE:
+                        continue
+                    task = asyncio.create_task(self._advance_one(bot, delivery))
+                    self._advancing[delivery.id] = task
+                    task.add_done_callback(functools.partial(self._done, delivery.id))
             except Exception:  # keep delivering whatever Redis did
                 log.exception("delivery loop")
             await asyncio.sleep(self.settings.delivery_poll_s)
+
+    def _done(self, delivery_id: str, _: asyncio.Task[None]) -> None:
+        self._advancing.pop(delivery_id, None)
+
+    async def _advance_one(self, bot: Bot, delivery: Delivery) -> None:
+        try:
+            await self.advance(bot, delivery)
+        except Exception:  # one broken delivery must not hold up the others
+            log.exception("delivery %s", delivery.id)
+
+    async def _answer_orphans(self, bot: Bot) -> None:
+        """Prove this bot alive, and answer the fetches a killed bot left unanswered."""
+        if time.monotonic() - self._beat_at >= HEARTBEAT_S:
+            self._beat_at = time.monotonic()
+            await self.fetching.heartbeat()
+            for fetch in await self.fetching.orphans():
+                await self._tell_restarted(bot, fetch)
+
+    async def _tell_restarted(self, bot: Bot, fetch: Fetch) -> None:
+        chat = int(fetch.chat_id)
+        try:
+            if fetch.status_message_id is not None:
+                await bot.edit_message_text(RESTARTED, chat_id=chat, message_id=int(fetch.status_message_id))
+            else:
+                reply = int(fetch.reply_to_message_id) if fetch.reply_to_message_id else None
+                await bot.send_message(chat, RESTARTED, reply_to_message_id=reply)
+        except TelegramError as exc:  # the chat or message is gone: nobody left to tell
+            log.info("telling %s about a restart failed: %s", fetch.chat_id, exc)
 
     async def advance(self, bot: Bot, delivery: Delivery) -> None:
         """Move one delivery on: edit its status, or send its result once."""
@@ -173,8 +231,9 @@ class TelegramService:
             await self._edit(bot, delivery, outcome_line(result, delivery.song), None)
             return
         await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
+        buttons = followup_markup(delivery.id, await self.desk.follow_ups(delivery.id))
         try:
-            links = await self.send_stems(bot, delivery, result)
+            links, placed = await self.send_stems(bot, delivery, result, buttons)
         except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
             log.warning("sending stems of %s failed: %s", delivery.job_id, exc)
             await self._edit(bot, delivery, f"⚠️ {delivery.song}: I couldn't send the files ({exc}).", None)
@@ -185,12 +244,16 @@ class TelegramService:
             return
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
-        await self._edit(bot, delivery, text, followup_markup(delivery.id, await self.desk.follow_ups(delivery.id)))
+        await self._edit(bot, delivery, text, None if placed else buttons)
 
-    async def send_stems(self, bot: Bot, delivery: Delivery, result: JobResult) -> str:
+    async def send_stems(
+        self, bot: Bot, delivery: Delivery, result: JobResult, buttons: InlineKeyboardMarkup | None = None
+    ) -> tuple[str, bool]:
         """Upload the stems, or re-send the file_ids Telegram gave for the same job before.
 
-        Returns the text of download links for stems too large to upload (S3 store only).
+        Returns the text of download links for stems too large to upload (S3 store only), and
+        whether `buttons` went under the delivered file: a single file carries them; an album
+        cannot (Telegram takes no keyboard on a media group), so they stay with the status text.
         """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
@@ -206,25 +269,35 @@ class TelegramService:
             links = links_text(uploads, self.settings.link_ttl_s)
             items = [(u.filename, u.data, u.title) for u in uploads if u.url is None]
         if not items:
-            return links
+            return links, False
         await bot.send_chat_action(chat, ChatAction.UPLOAD_DOCUMENT if not as_audio else ChatAction.UPLOAD_VOICE)
         sent: list[Message] = []
+        single = buttons if len(items) == 1 else None
         for start in range(0, len(items), 10):
-            sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio)
+            sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio, single)
         file_ids = [_file_id(m) for m in sent]
         if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
             await self.queue.pool.set(cache_key, json.dumps(record), ex=self.settings.result_ttl_s)
-        return links
+        return links, single is not None
 
     async def _send_batch(
-        self, bot: Bot, chat: int, batch: list[tuple[str, str | bytes, str]], as_audio: bool
+        self,
+        bot: Bot,
+        chat: int,
+        batch: list[tuple[str, str | bytes, str]],
+        as_audio: bool,
+        buttons: InlineKeyboardMarkup | None = None,
     ) -> list[Message]:
         if len(batch) == 1:
             name, media, title = batch[0]
             if as_audio:
-                return [await bot.send_audio(chat, media, filename=name, title=title, read_timeout=120)]
-            return [await bot.send_document(chat, media, filename=name, read_timeout=120)]
+                return [
+                    await bot.send_audio(
+                        chat, media, filename=name, title=title, read_timeout=120, reply_markup=buttons
+                    )
+                ]
+            return [await bot.send_document(chat, media, filename=name, read_timeout=120, reply_markup=buttons)]
         group = [
             InputMediaAudio(media, filename=name, title=title) if as_audio else InputMediaDocument(media, filename=name)
             for name, media, title in batch

@@ -39,3 +39,13 @@ def help_text(stem_words: str) -> str:
 def keyboard_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The keyboard leaves out single guitar/piano: the six-stem row gives both."""
     return [(label, spec) for label, spec in choices if spec not in ("guitar", "piano")]
+
+
+WHAT_TO_SEND = (
+    "Send me a song — an audio file, a voice note, a video or a link — and I split it into stems "
+    "(vocals, karaoke, drums…). /help shows everything."
+)
+NOT_A_SONG = "{name} doesn't look like a song. Send an audio file, a voice note, a video or a link; /help shows how."
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I do."
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
+RESTARTED = "⚠️ I was restarted while getting your song. Please send it again."
