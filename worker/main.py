@@ -14,7 +14,7 @@ from arq import func
 from arq.worker import Worker
 
 from core import metrics
-from core.logs import setup_logging
+from core.logs import masked_url, setup_logging
 from core.queue import SEPARATE_FUNCTION, JobKeys, QueueClient, redis_settings
 from core.settings import Settings, get_settings
 from worker.scratch import remove_orphans
@@ -182,5 +182,10 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
 def run_worker(settings: Settings) -> None:
     setup_logging(settings)
     metrics.serve(settings.metrics_port)
-    log.info("stembot worker on %s, queue %s, engine %s", settings.redis_url, settings.queue_name, settings.engine)
+    log.info(
+        "stembot worker on %s, queue %s, engine %s",
+        masked_url(settings.redis_url),
+        settings.queue_name,
+        settings.engine,
+    )
     create_worker(settings).run()
