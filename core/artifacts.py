@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -213,6 +213,15 @@ class RedisArtifactStore:
         return int(await self._redis.get(self._total) or 0)
 
 
+LIFECYCLE_RULE_ID = "stembot-expiry"
+
+
+def with_rule(rules: list[dict[str, Any]], rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """A bucket's lifecycle rules with stembot's own `rule` in place of its earlier version:
+    S3 replaces the whole configuration on each put, so the operator's rules must be kept."""
+    return [r for r in rules if r.get("ID") != rule["ID"]] + [rule]
+
+
 class S3ArtifactStore:
     """Artifacts as objects in an S3-compatible bucket (AWS S3, MinIO, …) under `prefix`.
 
@@ -255,12 +264,22 @@ class S3ArtifactStore:
         except ClientError:
             self._client.create_bucket(Bucket=self._bucket)
         rule = {
-            "ID": "stembot-expiry",
+            "ID": LIFECYCLE_RULE_ID,
             "Filter": {"Prefix": self._prefix},
             "Status": "Enabled",
             "Expiration": {"Days": self._lifetime_days + 1},
         }
-        self._client.put_bucket_lifecycle_configuration(Bucket=self._bucket, LifecycleConfiguration={"Rules": [rule]})
+        try:
+            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)["Rules"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        merged = with_rule(rules, rule)
+        if merged != rules:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self._bucket, LifecycleConfiguration={"Rules": merged}
+            )
         self._ready = True
 
     def _alive(self, key: str) -> dict[str, str] | None:
