@@ -17,6 +17,7 @@ import time
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.settings import Settings
 
@@ -37,6 +38,13 @@ def checked_key(key: str) -> str:
     if not _KEY.fullmatch(key) or ".." in key:
         raise ValueError(f"not an artifact key: {key[:80]!r}")
     return key
+
+
+def redacted(exc: RedisError, doing: str) -> RedisError:
+    """The same class of error without the command's arguments, which redis-py quotes in a
+    failed pipeline's message: a log or a result must never carry an artifact's bytes."""
+    reason = str(exc).rpartition("caused error: ")[2][:200]
+    return type(exc)(f"{doing} failed: {reason}")
 
 
 class ArtifactStore(Protocol):
@@ -140,12 +148,15 @@ class RedisArtifactStore:
         return [key, size, time.time(), self._prefix, self._pins, budget]
 
     async def put(self, key: str, data: bytes, ttl_s: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._k(key), data, ex=ttl_s)
-            await self._account(
-                keys=[self._index, self._sizes, self._total], args=self._account_args(key, len(data)), client=pipe
-            )
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._k(key), data, ex=ttl_s)
+                await self._account(
+                    keys=[self._index, self._sizes, self._total], args=self._account_args(key, len(data)), client=pipe
+                )
+                await pipe.execute()
+        except RedisError as exc:
+            raise redacted(exc, f"storing {key} ({len(data)} bytes)") from None
 
     async def get(self, key: str) -> bytes:
         data = await self._redis.get(self._k(key))

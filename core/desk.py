@@ -219,7 +219,8 @@ class JobDesk:
             options=options,
             requester=delivery.requester,
         )
-        return await self._queue(request, delivery, cost, duration)
+        expected = len(selection.outputs) * estimated_bytes(fmt, seconds, s.mp3_bitrate_kbps)
+        return await self._queue(request, delivery, cost, duration, int(expected))
 
     async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
         """Seconds of audio a request counts against the daily limit: what the model will
@@ -240,9 +241,12 @@ class JobDesk:
             s = self.settings
             check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user)
 
-    async def _queue(self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float) -> Accepted:
+    async def _queue(
+        self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float, expected_bytes: int
+    ) -> Accepted:
+        """Submit `request`, holding `expected_bytes` (its stems' estimated size) for its result."""
         user = self.user_key(delivery.user_id)
-        submission = await self.queue.submit(request)
+        submission = await self.queue.submit(request, expected_bytes)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
         await self._remember(delivery, request, duration)
@@ -299,7 +303,8 @@ class JobDesk:
         delivery.song = record.song
         delivery.format = request.format
         delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
-        return await self._queue(request, delivery, cost, record.duration_s)
+        expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+        return await self._queue(request, delivery, cost, record.duration_s, int(expected))
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from core.artifacts import ArtifactStore, artifact_store_for
 from core.errors import InternalError, QueueFull, StorageFull, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
+from core.room import Room
 from core.settings import Settings
 
 SEPARATE_FUNCTION = "separate"
@@ -70,7 +71,9 @@ def refusing_when_full() -> Iterator[None]:
     try:
         yield
     except redis_errors.OutOfMemoryError as exc:
-        raise StorageFull(detail=str(exc)) from exc
+        # Only the server's words: redis-py puts a failed pipeline command's arguments (a
+        # stem's bytes) into the text, and this detail may be logged.
+        raise StorageFull(detail=str(exc).rpartition("caused error: ")[2][:200]) from None
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class QueueClient:
         self.store = store or artifact_store_for(settings, pool)
         self.keys = JobKeys(settings.key_prefix)
         self._place_script = pool.register_script(_PLACE)
+        self.room = Room(pool, settings)
 
     @classmethod
     async def connect(cls, settings: Settings) -> QueueClient:
@@ -172,7 +176,7 @@ class QueueClient:
     ) -> InputRef:
         digest = hashlib.sha256(data).hexdigest()
         key = f"input:{digest}"
-        await self.check_room()
+        await self.check_room(len(data))
         with refusing_when_full():
             if not await self.store.touch(key, self.settings.result_ttl_s):
                 await self.store.put(key, data, self.settings.result_ttl_s)
@@ -180,33 +184,25 @@ class QueueClient:
             artifact_key=key, sha256=digest, filename=filename, size_bytes=len(data), title=title, artist=artist
         )
 
-    async def check_room(self) -> None:
-        """Refuse new work while Redis is past `redis_full_ratio` of its `maxmemory`.
+    async def check_room(self, extra_bytes: int = 0) -> None:
+        """Refuse new work unless `extra_bytes` more fit under `redis_full_ratio` of Redis's
+        `maxmemory`, beside the room every accepted job holds for its result (see core.room)."""
+        await self.room.check(extra_bytes)
 
-        With `noeviction` a full Redis fails every write, a worker's result included: the
-        headroom left here is what lets the jobs already accepted finish.
-        """
-        try:
-            memory = await self.pool.info("memory")
-        except redis_errors.ResponseError:  # a managed Redis that hides INFO: its own OOM refusals still count
-            return
-        limit = int(memory.get("maxmemory", 0))
-        used = int(memory.get("used_memory", 0))
-        if limit and used >= self.settings.redis_full_ratio * limit:
-            raise StorageFull(detail=f"Redis holds {used} of {limit} bytes")
-
-    async def submit(self, request: SeparationRequest) -> Submission:
+    async def submit(self, request: SeparationRequest, expected_bytes: int = 0) -> Submission:
+        """Queue `request` (or join or answer it); `expected_bytes`, an estimate of its stems'
+        size, is held in Redis for the job until its worker lets go of it."""
         with refusing_when_full():
-            return await self._submit(request)
+            return await self._submit(request, expected_bytes)
 
-    async def _submit(self, request: SeparationRequest) -> Submission:
+    async def _submit(self, request: SeparationRequest, expected_bytes: int) -> Submission:
         job_id = request.content_key()
         if await self._reusable_result(job_id) is not None:
             await self._add_waiter(job_id, request.requester)
             return Submission(job_id, "cached")
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
-        await self.check_room()
+        await self._reserve(job_id, expected_bytes)
         # Until the job ends its input is not evicted, however full the artifact budget gets.
         await self.store.pin(request.input.artifact_key, job_id, self.settings.result_ttl_s)
         job = await self.pool.enqueue_job(
@@ -223,6 +219,16 @@ class QueueClient:
             return Submission(job_id, "joined")
         await self.set_progress(Progress(job_id=job_id, stage=Stage.queued))
         return Submission(job_id, "queued")
+
+    async def _reserve(self, job_id: str, expected_bytes: int) -> None:
+        """Hold room for the job's result, or refuse it when there is none left."""
+        reserved = await self.room.reserve(job_id, min(expected_bytes, self.settings.max_job_output_bytes))
+        try:
+            await self.room.check()
+        except BaseException:
+            if reserved:
+                await self.room.release(job_id)
+            raise
 
     async def _reusable_result(self, job_id: str) -> JobResult | None:
         """A stored result that can answer a new request, or None after clearing a stale one.
@@ -289,6 +295,7 @@ class QueueClient:
             pipe.exists(result_key_prefix + job_id)
             _, finished = await pipe.execute()
         if finished:
+            await self.room.release(job_id)
             await self.store.release(job_id)
 
     async def record_cycle(self, seconds: float) -> None:

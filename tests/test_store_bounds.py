@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.artifacts import RedisArtifactStore
+from core.deliveries import Delivery
+from core.desk import JobDesk, Song
+from core.errors import StorageFull
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
+from core.queue import QueueClient
 from core.settings import Settings
+from core.stems import parse_stems
 from tests.conftest import wait_for
-from tests.helpers import RedisServer, WorkerProcess, stembot_env
+from tests.helpers import ROCK, RedisServer, WorkerProcess, ffmpeg, fill, stembot_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,3 +89,76 @@ def test_the_worker_never_logs_its_redis_password(tmp_path: Path, work_tmp: Path
     finally:
         redis.Redis(port=server.port, password="hunter2").config_set("requirepass", "")  # so stop() may shut it
         server.stop()
+
+
+# --- N4: a full Redis keeps room for the results of the jobs it accepted -------------------
+
+
+def bench_env(url: str, work_tmp: Path) -> dict[str, str]:
+    return stembot_env(
+        STEMBOT_REDIS_URL=url,
+        TMPDIR=str(work_tmp),
+        STEMBOT_ENGINE="benchmark",  # stems are copies of the input: their size is known
+        STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND="0.05",
+        STEMBOT_JOB_HEARTBEAT_S="1",
+    )
+
+
+async def test_accepted_jobs_keep_room_for_their_results(
+    full_redis: RedisServer, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    url = full_redis.url
+    songs = []
+    for i in range(10):  # ten different songs: ten jobs, none shared
+        path = tmp_path / f"song{i}.wav"
+        ffmpeg("-ss", f"{i * 0.3}", "-i", f"file:{ROCK / 'mixture.flac'}", "-t", "3", "-ac", "2", f"file:{path}")
+        songs.append(path.read_bytes())
+    fill(url, 0.45)  # 32 MB maxmemory: about 14 MB left below the 90 % mark
+    settings = Settings(redis_url=url, redis_full_ratio=0.9, user_rate="100/minute", chat_rate="100/minute")
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        accepted, refused = [], 0
+        for i, data in enumerate(songs):
+            delivery = Delivery(platform="test", job_id="", chat_id=f"c{i}", user_id=f"u{i}")
+            try:
+                # Four WAV stems of 3 s: 2.1 MB of results for a 0.5 MB input.
+                done = await desk.accept(
+                    Song(data, f"song{i}.wav"), parse_stems("vocals,drums,bass,other"), "wav", delivery
+                )
+                accepted.append(done.delivery.job_id)
+            except StorageFull:
+                refused += 1
+        assert len(accepted) >= 2 and refused >= 1, (len(accepted), refused)
+
+        worker = WorkerProcess(bench_env(url, work_tmp), tmp_path / "w.log").start()
+        worker_factory.append(worker)
+        results = [await queue.wait_result(job_id, timeout_s=90) for job_id in accepted]
+        assert [r.status for r in results] == ["done"] * len(accepted), [r.error for r in results]
+        for result in results:
+            assert [len(await queue.fetch(s)) for s in result.stems] == [len(songs[0])] * 4
+        assert await queue.room.reserved_bytes() == 0  # every reservation was given back
+    finally:
+        await queue.close()
+
+
+async def test_a_refused_store_carries_and_logs_no_payload(full_redis: RedisServer, captured: io.StringIO) -> None:
+    client = redis.asyncio.Redis.from_url(full_redis.url)
+    store = RedisArtifactStore(client)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):  # fill Redis past its maxmemory
+        for i in range(64):
+            await client.set(f"filler:{i}", b"\0" * 1024 * 1024)
+    setup_logging(Settings())
+    logging.getLogger().handlers[0].setStream(captured)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError) as err:
+            await store.put("result:job:vocals.wav", bytes(range(256)) * 12_000, ttl_s=60)
+        assert len(str(err.value)) < 500 and "maxmemory" in str(err.value)
+        try:
+            raise err.value
+        except redis.exceptions.RedisError:
+            logging.getLogger("worker.tasks").exception("job x failed")
+        assert 0 < len(captured.getvalue()) < 4000
+        assert "\\x01\\x02\\x03" not in captured.getvalue()
+    finally:
+        await client.aclose()

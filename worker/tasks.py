@@ -161,6 +161,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
     except BaseException:
         await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
         raise
+    await queue.room.release(job_id)  # the stems hold the room they were given now
     return artifacts
 
 
@@ -205,6 +206,10 @@ async def _keep_sources(
     section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
     key = entry_key(request.input.sha256, model, section)
     try:
+        if not await run.queue.room.fits(sum(p.stat().st_size for p in sources.paths.values())):
+            # Other accepted jobs' results come first: their room is not this cache's.
+            log.warning("could not keep the sources of %s: Redis has no room to spare", request.input.sha256[:12])
+            return
         if await cache.put(key, sources):
             run.kept.add(key)
         else:
