@@ -31,6 +31,8 @@ class Delivery(BaseModel):
     upload_limit: int | None = None  # bytes per upload on this chat's platform
     note: str | None = None  # told to the user with the result (e.g. a format fallback)
     extra: dict[str, str] = Field(default_factory=dict)  # platform-specific reply details
+    # This chat's requester withdrew: it is told "cancelled" whatever the shared job does.
+    cancelled: bool = False
 
     @property
     def requester(self) -> Requester:

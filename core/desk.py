@@ -136,6 +136,7 @@ class _Again(BaseModel):
     song: str
     duration_s: float
     note: str | None = None
+    expected_bytes: int = 0
 
 
 class JobDesk:
@@ -249,7 +250,7 @@ class JobDesk:
         submission = await self.queue.submit(request, expected_bytes)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
-        await self._remember(delivery, request, duration)
+        await self._remember(delivery, request, duration, expected_bytes)
         if submission.state != "cached":
             await self.usage.add(user, cost)
         await self.counters.add("requests")
@@ -262,9 +263,14 @@ class JobDesk:
     def _again_key(self, delivery_id: str) -> str:
         return f"{self.settings.key_prefix}{self.book.platform}:again:{delivery_id}"
 
-    async def _remember(self, delivery: Delivery, request: SeparationRequest, duration: float) -> None:
-        """What a follow-up button needs to ask for this song again, for as long as its sources live."""
-        record = _Again(request=request, song=delivery.song, duration_s=duration, note=delivery.note)
+    async def _remember(
+        self, delivery: Delivery, request: SeparationRequest, duration: float, expected_bytes: int
+    ) -> None:
+        """What a follow-up button (or a job stopped under this chat by another's cancel) needs
+        to ask for this song again, for as long as its sources live."""
+        record = _Again(
+            request=request, song=delivery.song, duration_s=duration, note=delivery.note, expected_bytes=expected_bytes
+        )
         ttl = max(self.settings.sources_ttl_s, 60)
         await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
 
@@ -327,7 +333,13 @@ class JobDesk:
 
     async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
         """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
-        result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+        if delivery.cancelled:
+            # Withdrawn: whoever else waits for the shared job, this chat gets no stems.
+            result: JobResult | None = JobResult(job_id=delivery.job_id, status="cancelled", model="")
+        else:
+            result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+        if result is not None and result.status == "cancelled" and not delivery.cancelled:
+            result = await self._rerun(delivery)
         if result is None:
             text = status_line(await self.queue.progress(delivery.job_id), delivery.song)
             if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
@@ -338,6 +350,20 @@ class JobDesk:
         if not await self.book.claim(delivery):
             return None
         return Finished(result)
+
+    async def _rerun(self, delivery: Delivery) -> JobResult | None:
+        """The job stopped for another chat's cancel, one this chat never made: ask for it
+        again (None: wait for it), or the failure to tell when that is not possible."""
+        raw = await self.queue.pool.get(self._again_key(delivery.id))
+        if raw is None:
+            err = WorkerFailed("The job was stopped before it could finish. Please send the song again.")
+            return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
+        record = _Again.model_validate_json(raw)
+        try:
+            await self.queue.submit(record.request, record.expected_bytes)
+        except StembotError as exc:
+            return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(exc))
+        return None
 
     async def _lost(self, delivery: Delivery) -> JobResult | None:
         """A failed result for a job that vanished, so no chat waits forever."""
@@ -376,6 +402,9 @@ class JobDesk:
         if not await self.queue.cancel(delivery.job_id, delivery.requester):
             await self.book.finish(delivery)
             return "Cancelled."
+        # The job may yet finish for someone who sends the same song now: not for this chat.
+        delivery.cancelled = True
+        await self.book.save(delivery)
         return "Cancelling…"
 
     async def cancel_all(self, user_id: str) -> int:

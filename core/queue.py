@@ -129,6 +129,27 @@ return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', K
 """
 
 
+# A requester joins a job (KEYS: waiters, cancel flag; ARGV: requester, ttl): a cancel by
+# the last waiter before it no longer stands.
+_JOIN = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+"""
+
+# A requester withdraws (KEYS: waiters, cancel flag, result; ARGV: requester or '', ttl): the
+# job is told to stop only when nobody waits any more and it has not finished.
+_CANCEL = """
+if ARGV[1] ~= '' then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Place:
     position: int | None
@@ -162,6 +183,8 @@ class QueueClient:
         self.keys = JobKeys(settings.key_prefix)
         self._place_script = pool.register_script(_PLACE)
         self.room = Room(pool, settings)
+        self._join_script = pool.register_script(_JOIN)
+        self._cancel_script = pool.register_script(_CANCEL)
 
     @classmethod
     async def connect(cls, settings: Settings) -> QueueClient:
@@ -213,9 +236,7 @@ class QueueClient:
             _expires=self.settings.result_ttl_s,
         )
         await self._add_waiter(job_id, request.requester)
-        if job is None:
-            # Someone else wants this too: make sure a stale cancel does not stop it.
-            await self.pool.delete(self.keys.cancel(job_id))
+        if job is None:  # someone else wants this too (and a cancel of theirs no longer stands)
             return Submission(job_id, "joined")
         await self.set_progress(Progress(job_id=job_id, stage=Stage.queued))
         return Submission(job_id, "queued")
@@ -253,9 +274,9 @@ class QueueClient:
         return None
 
     async def _add_waiter(self, job_id: str, requester: Requester) -> None:
-        key = self.keys.waiters(job_id)
-        await self.pool.sadd(key, requester.key)  # type: ignore[misc]
-        await self.pool.expire(key, self.settings.result_ttl_s)
+        """`requester` waits for the job now: a cancel of the last one before it no longer stands."""
+        keys = [self.keys.waiters(job_id), self.keys.cancel(job_id)]
+        await self._join_script(keys=keys, args=[requester.key, self.settings.result_ttl_s])
 
     async def set_progress(self, progress: Progress) -> None:
         await self.pool.set(
@@ -390,16 +411,12 @@ class QueueClient:
     async def cancel(self, job_id: str, requester: Requester | None = None) -> bool:
         """Withdraw a requester; the work stops when nobody is left waiting for it.
 
-        Returns True when the job itself was told to stop.
+        Returns True when the job itself was told to stop. Joining and cancelling are each
+        one script, so the stop flag stands exactly while nobody waits.
         """
-        if requester is not None:
-            await self.pool.srem(self.keys.waiters(job_id), requester.key)  # type: ignore[misc]
-            if await self.pool.scard(self.keys.waiters(job_id)) > 0:  # type: ignore[misc]
-                return False
-        if await self.result(job_id) is not None:
-            return False
-        await self.pool.set(self.keys.cancel(job_id), b"1", ex=self.settings.result_ttl_s)
-        return True
+        keys = [self.keys.waiters(job_id), self.keys.cancel(job_id), result_key_prefix + job_id]
+        who = "" if requester is None else requester.key
+        return bool(await self._cancel_script(keys=keys, args=[who, self.settings.result_ttl_s]))
 
     async def fetch(self, artifact: StemArtifact) -> bytes:
         return await self.store.get(artifact.artifact_key)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import redis
 
 from core.artifacts import RedisArtifactStore
 from core.deliveries import Delivery
-from core.desk import JobDesk, Song
+from core.desk import Finished, JobDesk, Song
 from core.errors import StorageFull
+from core.jobs import JobResult
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
 from core.queue import QueueClient
 from core.settings import Settings
@@ -162,3 +165,71 @@ async def test_a_refused_store_carries_and_logs_no_payload(full_redis: RedisServ
         assert "\\x01\\x02\\x03" not in captured.getvalue()
     finally:
         await client.aclose()
+
+
+# --- N12: a cancel is one waiter's, never another's ---------------------------------------
+
+
+async def _until_finished(desk: JobDesk, delivery_id: str, timeout_s: float = 90) -> JobResult:
+    """Walk one chat's delivery as a bot's loop does, until it is told a result."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        delivery = await desk.book.get(delivery_id)
+        assert delivery is not None
+        step = await desk.step(delivery)
+        if isinstance(step, Finished):
+            return step.result
+        await asyncio.sleep(0.2)
+    raise TimeoutError(delivery_id)
+
+
+async def test_a_cancel_right_before_another_user_sends_the_same_song(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    song = tmp_path / "song.wav"
+    ffmpeg("-i", f"file:{ROCK / 'mixture.flac'}", "-t", "2", f"file:{song}")
+    settings = Settings(redis_url=redis_url)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        stems = parse_stems("vocals")
+
+        async def ask(user: str) -> str:
+            delivery = Delivery(platform="test", job_id="", chat_id=f"chat-{user}", user_id=user)
+            return (await desk.accept(Song(song.read_bytes(), "song.wav"), stems, "mp3", delivery)).delivery.id
+
+        alice = await ask("alice")
+        assert await desk.cancel(alice, "alice") == "Cancelling…"  # she alone waited: the job is told to stop
+        bob = await ask("bob")  # the same song a moment later: the same job, which must run for him
+        worker = WorkerProcess(bench_env(redis_url, work_tmp), tmp_path / "w.log").start()
+        worker_factory.append(worker)
+        assert (await _until_finished(desk, alice)).status == "cancelled"
+        done = await _until_finished(desk, bob)
+        assert done.status == "done" and len(await queue.fetch(done.stems[0])) > 10_000
+    finally:
+        await queue.close()
+
+
+async def test_a_job_stopped_by_anothers_cancel_runs_again_for_those_still_waiting(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """The worker saw Alice's cancel and stopped just as Bob joined: Bob still gets his stems."""
+    song = tmp_path / "song.wav"
+    ffmpeg("-i", f"file:{ROCK / 'mixture.flac'}", "-t", "2", f"file:{song}")
+    settings = Settings(redis_url=redis_url)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        stems = parse_stems("vocals")
+        delivery = Delivery(platform="test", job_id="", chat_id="chat-bob", user_id="bob")
+        bob = (await desk.accept(Song(song.read_bytes(), "song.wav"), stems, "mp3", delivery)).delivery
+        # The stop flag as the worker read it in the instant before Bob joined (the race itself).
+        await queue.pool.set(queue.keys.cancel(bob.job_id), b"1")
+        worker = WorkerProcess(bench_env(redis_url, work_tmp), tmp_path / "w.log").start()
+        worker_factory.append(worker)
+        stopped = await queue.wait_result(bob.job_id, timeout_s=90)
+        assert stopped.status == "cancelled"
+        done = await _until_finished(desk, bob.id)
+        assert done.status == "done" and len(await queue.fetch(done.stems[0])) > 10_000
+    finally:
+        await queue.close()
