@@ -120,6 +120,19 @@ redis.call('DEL', KEYS[1])
 """
 
 
+# Bytes of live, pinned artifacts (KEYS: index, sizes; ARGV: data prefix, pin prefix). The
+# index holds what fits in the budget, a few thousand entries at most.
+_PINNED = """
+local total = 0
+for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, 19999)) do
+  if redis.call('EXISTS', ARGV[2] .. k) == 1 and redis.call('EXISTS', ARGV[1] .. k) == 1 then
+    total = total + tonumber(redis.call('HGET', KEYS[2], k) or '0')
+  end
+end
+return total
+"""
+
+
 class RedisArtifactStore:
     """Artifacts as plain Redis strings under `<prefix>artifact:<key>`, each with its own TTL.
 
@@ -139,6 +152,7 @@ class RedisArtifactStore:
         self.budget_bytes = budget_bytes
         self._account = redis.register_script(_ACCOUNT_AND_EVICT)
         self._release = redis.register_script(_RELEASE)
+        self._pinned = redis.register_script(_PINNED)
 
     def _k(self, key: str) -> str:
         return self._prefix + checked_key(key)
@@ -195,6 +209,10 @@ class RedisArtifactStore:
 
     async def release(self, holder: str) -> None:
         await self._release(keys=[self._held + holder], args=[self._pins, holder])
+
+    async def pinned_bytes(self) -> int:
+        """Bytes of the artifacts a holder keeps from eviction now: room the budget cannot free."""
+        return int(await self._pinned(keys=[self._index, self._sizes], args=[self._prefix, self._pins]))
 
     async def sweep(self) -> int:
         """Drop index entries whose artifact expired or was deleted, and evict down to the budget.

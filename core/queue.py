@@ -25,8 +25,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from core.artifacts import ArtifactStore, artifact_store_for
-from core.errors import InternalError, QueueFull, StorageFull, WorkerFailed
+from core.artifacts import ArtifactStore, RedisArtifactStore, artifact_store_for
+from core.audio import megabytes
+from core.errors import InternalError, QueueFull, StorageFull, TooLarge, WorkerFailed
 from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
 from core.room import Room
 from core.settings import Settings
@@ -211,6 +212,12 @@ class QueueClient:
         """Refuse new work unless `extra_bytes` more fit under `redis_full_ratio` of Redis's
         `maxmemory`, beside the room every accepted job holds for its result (see core.room)."""
         await self.room.check(extra_bytes)
+        store = self.store
+        if isinstance(store, RedisArtifactStore) and store.budget_bytes is not None:
+            # What the budget cannot evict: pinned inputs and stems, and the stems to come.
+            held = await store.pinned_bytes() + await self.room.reserved_bytes()
+            if held + extra_bytes > store.budget_bytes:
+                raise StorageFull(detail=f"{held} bytes of the artifact budget held, {extra_bytes} more asked")
 
     async def submit(self, request: SeparationRequest, expected_bytes: int = 0) -> Submission:
         """Queue `request` (or join or answer it); `expected_bytes`, an estimate of its stems'
@@ -243,9 +250,16 @@ class QueueClient:
 
     async def _reserve(self, job_id: str, expected_bytes: int) -> None:
         """Hold room for the job's result, or refuse it when there is none left."""
-        reserved = await self.room.reserve(job_id, min(expected_bytes, self.settings.max_job_output_bytes))
+        expected_bytes = min(expected_bytes, self.settings.max_job_output_bytes)
+        budget = self.store.budget_bytes if isinstance(self.store, RedisArtifactStore) else None
+        if budget is not None and expected_bytes > budget:
+            raise TooLarge(
+                f"These stems would come to about {megabytes(expected_bytes)}, more than I can keep at once "
+                f"({megabytes(budget)}). Ask for fewer stems, a shorter section, or a compressed format such as mp3."
+            )
+        reserved = await self.room.reserve(job_id, expected_bytes)
         try:
-            await self.room.check()
+            await self.check_room()
         except BaseException:
             if reserved:
                 await self.room.release(job_id)

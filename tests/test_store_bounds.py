@@ -16,14 +16,14 @@ import redis
 from core.artifacts import RedisArtifactStore
 from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song
-from core.errors import StorageFull
+from core.errors import StorageFull, TooLarge
 from core.jobs import JobResult
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
 from core.queue import QueueClient
 from core.settings import Settings
 from core.stems import parse_stems
 from tests.conftest import wait_for
-from tests.helpers import ROCK, RedisServer, WorkerProcess, ffmpeg, fill, stembot_env
+from tests.helpers import ROCK, RedisServer, WorkerProcess, ffmpeg, fill, run_stembot, stembot_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -231,5 +231,99 @@ async def test_a_job_stopped_by_anothers_cancel_runs_again_for_those_still_waiti
         assert stopped.status == "cancelled"
         done = await _until_finished(desk, bob.id)
         assert done.status == "done" and len(await queue.fetch(done.stems[0])) > 10_000
+    finally:
+        await queue.close()
+
+
+# --- N5: the artifact budget never evicts stems before their chats fetch them -------------
+
+FOUR_WAV = "vocals,drums,bass,other"  # with the benchmark engine: four copies of the input
+
+
+def wav_songs(tmp_path: Path, count: int) -> list[bytes]:
+    """`count` different 3 s WAVs of 529 kB each."""
+    out = []
+    for i in range(count):
+        path = tmp_path / f"song{i}.wav"
+        ffmpeg("-ss", f"{i * 0.3}", "-i", f"file:{ROCK / 'mixture.flac'}", "-t", "3", "-ac", "2", f"file:{path}")
+        out.append(path.read_bytes())
+    return out
+
+
+async def test_stems_outlive_a_crowded_budget_until_fetched(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    songs = wav_songs(tmp_path, 6)
+    # 7 MB: room for the inputs and stems (2.6 MB a job) of two jobs at once, not six.
+    settings = Settings(redis_url=redis_url, artifact_budget_mb=7, user_rate="100/minute", chat_rate="100/minute")
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        accepted, refused = [], 0
+        for i, data in enumerate(songs):
+            delivery = Delivery(platform="test", job_id="", chat_id=f"c{i}", user_id=f"u{i}")
+            try:
+                done = await desk.accept(Song(data, f"song{i}.wav"), parse_stems(FOUR_WAV), "wav", delivery)
+                accepted.append(done.delivery.job_id)
+            except StorageFull:
+                refused += 1
+        assert len(accepted) >= 2 and refused >= 1, (len(accepted), refused)
+        env = bench_env(redis_url, work_tmp) | {"STEMBOT_ARTIFACT_BUDGET_MB": "7"}
+        worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+        results = [await queue.wait_result(job_id, timeout_s=90) for job_id in accepted]
+        assert [r.status for r in results] == ["done"] * len(accepted)
+        # Fetched only now, all at once, as delivery loops that fell behind would.
+        fetched = [len(await queue.fetch(s)) for r in results for s in r.stems]
+        assert fetched == [len(songs[0])] * 4 * len(accepted)
+    finally:
+        await queue.close()
+
+
+async def test_a_job_larger_than_the_budget_is_refused_up_front(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """Four WAV stems of 2.1 MB under a 1.5 MB budget: one message at once, in a bot and in
+    `stembot enqueue`; before, the job evicted its own stems and enqueue died on a traceback."""
+    (song,) = wav_songs(tmp_path, 1)
+    settings = Settings(redis_url=redis_url, artifact_budget_mb=1.5)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        delivery = Delivery(platform="test", job_id="", chat_id="c", user_id="u")
+        with pytest.raises(TooLarge, match="more than I can keep at once"):
+            await desk.accept(Song(song, "song.wav"), parse_stems(FOUR_WAV), "wav", delivery)
+    finally:
+        await queue.close()
+    env = bench_env(redis_url, work_tmp) | {"STEMBOT_ARTIFACT_BUDGET_MB": "1.5"}
+    worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+    done = run_stembot(
+        "enqueue", str(tmp_path / "song0.wav"), "--stems", FOUR_WAV, "--format", "wav", "--wait",
+        "-o", str(tmp_path / "out"), env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "stembot: These stems would come to about 2.1 MB, more than I can keep at once (1.5 MB). Ask for fewer "
+        "stems, a shorter section, or a compressed format such as mp3."
+    ]
+
+
+async def test_a_job_never_evicts_its_own_stems(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """2.1 MB of stems and the 0.5 MB input, pinned while the job runs, under a 2.5 MB budget:
+    before, storing the last stem evicted the first."""
+    (song,) = wav_songs(tmp_path, 1)
+    settings = Settings(redis_url=redis_url, artifact_budget_mb=2.5)
+    queue = await QueueClient.connect(settings)
+    try:
+        delivery = Delivery(platform="test", job_id="", chat_id="c", user_id="u")
+        accepted = await JobDesk(settings, queue, "test").accept(
+            Song(song, "song.wav"), parse_stems(FOUR_WAV), "wav", delivery
+        )
+        env = bench_env(redis_url, work_tmp) | {"STEMBOT_ARTIFACT_BUDGET_MB": "2.5"}
+        worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+        result = await queue.wait_result(accepted.delivery.job_id, timeout_s=90)
+        assert result.status == "done"
+        assert [len(await queue.fetch(s)) for s in result.stems] == [len(song)] * 4
     finally:
         await queue.close()

@@ -139,6 +139,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
         raise _output_too_large(total, limit)
     artifacts: list[StemArtifact] = []
     stored = 0
+    holder, pin_s = f"deliver:{job_id}", queue.settings.result_pin_s
     try:
         for f in files:
             data = f.path.read_bytes()
@@ -146,6 +147,8 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
             if stored > limit:  # the files changed under us: the bound holds for what is stored
                 raise _output_too_large(stored, limit)
             key = f"result:{job_id}:{f.output.name}.{fmt}"
+            if pin_s:  # before the put: neither this job's next stems nor others' evict it
+                await queue.store.pin(key, holder, pin_s)
             artifacts.append(
                 StemArtifact(
                     stem=f.label or f.output.name,
@@ -160,6 +163,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
             await queue.store.put(key, data, queue.settings.result_ttl_s)
     except BaseException:
         await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
+        await asyncio.shield(queue.store.release(holder))
         raise
     await queue.room.release(job_id)  # the stems hold the room they were given now
     return artifacts
