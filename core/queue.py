@@ -57,6 +57,10 @@ class JobKeys:
         """Moving average of how long a worker slot takes per job, dispatch and all."""
         return f"{self.prefix}stats:cycle_seconds"
 
+    def sequence(self) -> str:
+        """The last queue score handed out: scores only grow, so the queue is first come, first served."""
+        return f"{self.prefix}queue_sequence"
+
     def running(self) -> str:
         """Jobs a worker is running now, scored by their place in the queue."""
         return f"{self.prefix}running"
@@ -130,6 +134,13 @@ return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', K
 """
 
 
+# The next queue score (KEYS: the last one; ARGV: now in ms): now, or one past the last.
+_NEXT_SCORE = """
+local score = math.max(tonumber(ARGV[1]), tonumber(redis.call('GET', KEYS[1]) or '0') + 1)
+redis.call('SET', KEYS[1], string.format('%d', score))
+return score
+"""
+
 # A requester joins a job (KEYS: waiters, cancel flag; ARGV: requester, ttl): a cancel by
 # the last waiter before it no longer stands.
 _JOIN = """
@@ -185,6 +196,7 @@ class QueueClient:
         self._place_script = pool.register_script(_PLACE)
         self.room = Room(pool, settings)
         self._join_script = pool.register_script(_JOIN)
+        self._score_script = pool.register_script(_NEXT_SCORE)
         self._cancel_script = pool.register_script(_CANCEL)
 
     @classmethod
@@ -241,6 +253,7 @@ class QueueClient:
             _job_id=job_id,
             _queue_name=self.settings.queue_name,
             _expires=self.settings.result_ttl_s,
+            _defer_until=await self._next_score(),
         )
         await self._add_waiter(job_id, request.requester)
         if job is None:  # someone else wants this too (and a cancel of theirs no longer stands)
@@ -264,6 +277,13 @@ class QueueClient:
             if reserved:
                 await self.room.release(job_id)
             raise
+
+    async def _next_score(self) -> datetime:
+        """The queue score of a job submitted now: arq's own (the millisecond) ties for jobs
+        submitted in the same one, which arq then orders by id, so a later job could go first;
+        this one is that millisecond or, on a tie, one past the last score handed out."""
+        score = await self._score_script(keys=[self.keys.sequence()], args=[int(time.time() * 1000)])
+        return datetime.fromtimestamp(int(score) / 1000, UTC)
 
     async def _reusable_result(self, job_id: str) -> JobResult | None:
         """A stored result that can answer a new request, or None after clearing a stale one.

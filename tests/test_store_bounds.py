@@ -17,7 +17,7 @@ from core.artifacts import RedisArtifactStore
 from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song
 from core.errors import StorageFull, TooLarge
-from core.jobs import JobResult
+from core.jobs import JobResult, Requester, SeparationRequest
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
 from core.queue import QueueClient
 from core.settings import Settings
@@ -327,3 +327,27 @@ async def test_a_job_never_evicts_its_own_stems(
         assert [len(await queue.fetch(s)) for s in result.stems] == [len(song)] * 4
     finally:
         await queue.close()
+
+
+# --- item 5: first come, first served, whatever the clock says ----------------------------
+
+
+async def test_jobs_submitted_in_the_same_millisecond_keep_their_order(
+    queue_client: QueueClient, rock_short: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq scores a job by the millisecond it is enqueued in, and orders ties by id; here
+    every job is enqueued in one millisecond, as bursts of users are on a fast host."""
+    import arq.connections
+
+    monkeypatch.setattr(arq.connections, "timestamp_ms", lambda: 1_800_000_000_000)
+    queue = queue_client
+    ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
+    stems = ("vocals", "drums", "bass", "other", "vocals drums", "bass other", "drums bass")
+    jobs = []
+    for i, spec in enumerate(stems):
+        request = SeparationRequest(
+            input=ref, stems=spec, model="htdemucs", requester=Requester(platform="test", user_id=str(i))
+        )
+        jobs.append((await queue.submit(request)).job_id)
+    assert [m.decode() for m in await queue.pool.zrange(queue.settings.queue_name, 0, -1)] == jobs
+    assert [await queue.position(j) for j in jobs] == list(range(1, len(jobs) + 1))
