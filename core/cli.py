@@ -157,7 +157,7 @@ async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.artifacts import ArtifactMissing
-    from core.desk import output_s
+    from core.desk import output_s, section_s
     from core.queue import QueueClient
     from core.uploads import estimated_bytes
 
@@ -185,7 +185,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         expected = len(selection.outputs) * estimated_bytes(
             request.format, seconds, args.bitrate or settings.mp3_bitrate_kbps, args.bit_depth
         )
-        submission = await queue.submit(request, int(expected))
+        submission = await queue.submit(request, int(expected), section_s(info.duration_s or 0.0, options))
         print(f"job {submission.job_id} {submission.state}", flush=True)
         if not args.wait:
             progress = await queue.progress(submission.job_id)

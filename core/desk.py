@@ -247,7 +247,7 @@ class JobDesk:
     ) -> Accepted:
         """Submit `request`, holding `expected_bytes` (its stems' estimated size) for its result."""
         user = self.user_key(delivery.user_id)
-        submission = await self.queue.submit(request, expected_bytes)
+        submission = await self.queue.submit(request, expected_bytes, cost)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
         await self._remember(delivery, request, duration, expected_bytes)
@@ -360,7 +360,7 @@ class JobDesk:
             return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
         record = _Again.model_validate_json(raw)
         try:
-            await self.queue.submit(record.request, record.expected_bytes)
+            await self.queue.submit(record.request, record.expected_bytes, record.duration_s)
         except StembotError as exc:
             return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(exc))
         return None

@@ -61,6 +61,14 @@ class JobKeys:
         """The last queue score handed out: scores only grow, so the queue is first come, first served."""
         return f"{self.prefix}queue_sequence"
 
+    def job_audio(self) -> str:
+        """Seconds of audio each queued or running job will separate (0: a render from the cache)."""
+        return f"{self.prefix}job_audio"
+
+    def worker_rates(self) -> str:
+        """Each worker's seconds of processing per second of audio, from the jobs it finished."""
+        return f"{self.prefix}stats:worker_rates"
+
     def running(self) -> str:
         """Jobs a worker is running now, scored by their place in the queue."""
         return f"{self.prefix}running"
@@ -112,25 +120,50 @@ def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> J
     return JobResult(job_id=job_id, status="failed", model=model, error=ErrorInfo.from_exception(err))
 
 
-# A job's rank in the queue, how many of those ahead run, whether it runs, the live workers'
-# slots, the running count and the average time a slot takes per job (KEYS: queue, running,
-# live workers, job seconds, the job's in-progress key, cycle seconds; ARGV: job id, now).
+# Where a job stands (KEYS: queue, running, live workers, job seconds, the job's in-progress
+# key, cycle seconds, job audio, worker rates; ARGV: job id, now). Returns its rank, how many
+# of those ahead run, whether it runs, the live slots, the running count, the average slot
+# time per job; the audio seconds of the waiting jobs ahead and how many of them have none
+# recorded; the audio seconds of the running jobs; and the live workers' throughput (audio
+# seconds a second, all slots together, "0" when none has measured its rate yet). Reals go
+# back as strings: Redis would truncate them.
 _PLACE = """
-local rank = -1
-local ahead = 0
+local rank, ahead, ahead_audio, unknown = -1, 0, 0, 0
 if ARGV[1] ~= '' then
   local r = redis.call('ZRANK', KEYS[1], ARGV[1])
   if r then
     rank = r
     ahead = redis.call('ZCOUNT', KEYS[2], '-inf', redis.call('ZSCORE', KEYS[1], ARGV[1]))
+    if r > 0 then
+      for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, r - 1)) do
+        if not redis.call('ZSCORE', KEYS[2], id) then
+          local a = redis.call('HGET', KEYS[7], id)
+          if a then ahead_audio = ahead_audio + tonumber(a) else unknown = unknown + 1 end
+        end
+      end
+    end
   end
 end
-local slots = 0
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
-  slots = slots + (tonumber(string.match(m, ':(%d+)$')) or 0)
+local running_audio = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  running_audio = running_audio + tonumber(redis.call('HGET', KEYS[7], id) or '0')
 end
+local slots, rated, throughput = 0, 0, 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
+  local name, n = string.match(m, '^(.*):(%d+)$')
+  n = tonumber(n) or 0
+  slots = slots + n
+  local rate = tonumber(name and redis.call('HGET', KEYS[8], name) or '0') or 0
+  if rate > 0 then
+    rated = rated + n
+    throughput = throughput + n / rate
+  end
+end
+-- slots without a measured rate yet are counted at the others' mean rate
+if rated > 0 then throughput = throughput * slots / rated end
 local avg = redis.call('GET', KEYS[6]) or redis.call('GET', KEYS[4]) or false
-return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]), avg}
+return {rank, ahead, redis.call('EXISTS', KEYS[5]), slots, redis.call('ZCARD', KEYS[2]), avg,
+        tostring(ahead_audio), unknown, tostring(running_audio), tostring(throughput)}
 """
 
 
@@ -168,6 +201,35 @@ class Place:
     slots: int
     running: int
     avg_job_s: float | None
+    ahead_audio_s: float = 0.0  # audio of the waiting jobs ahead
+    ahead_unknown: int = 0  # waiting jobs ahead whose audio length is not recorded
+    running_audio_s: float = 0.0
+    throughput: float = 0.0  # audio seconds the live workers process a second (0: not measured)
+
+    def eta_s(self) -> float | None:
+        """The wait before this job starts: by the workers' measured rates when every job
+        ahead has a known length, else by the average slot time."""
+        if self.throughput > 0 and self.ahead_unknown == 0:
+            return estimate_wait_by_rate(
+                self.position, self.slots, self.running, self.ahead_audio_s, self.running_audio_s, self.throughput
+            )
+        return estimate_wait(self.position, self.avg_job_s, self.slots, self.running)
+
+
+def estimate_wait_by_rate(
+    position: int | None, slots: int, running: int, ahead_audio_s: float, running_audio_s: float, throughput: float
+) -> float | None:
+    """Wait before a job at `position` starts, from the audio ahead of it and the live workers'
+    `throughput` (audio seconds they process a second, all slots together).
+
+    Idle slots take the first jobs at once. Otherwise the job starts once the workers have
+    got through the waiting jobs ahead and, on average, half of the running ones. None with
+    no live worker: nothing can be promised then."""
+    if position is None or slots == 0 or throughput <= 0:
+        return None
+    if position - max(0, slots - running) <= 0:
+        return 0.0
+    return (ahead_audio_s + running_audio_s / 2) / throughput
 
 
 def estimate_wait(position: int | None, avg_job_s: float | None, slots: int, running: int) -> float | None:
@@ -231,13 +293,14 @@ class QueueClient:
             if held + extra_bytes > store.budget_bytes:
                 raise StorageFull(detail=f"{held} bytes of the artifact budget held, {extra_bytes} more asked")
 
-    async def submit(self, request: SeparationRequest, expected_bytes: int = 0) -> Submission:
+    async def submit(self, request: SeparationRequest, expected_bytes: int = 0, audio_s: float = 0.0) -> Submission:
         """Queue `request` (or join or answer it); `expected_bytes`, an estimate of its stems'
-        size, is held in Redis for the job until its worker lets go of it."""
+        size, is held in Redis for the job until its worker lets go of it. `audio_s`, the
+        seconds of audio the model will separate, is what ETAs count the job by."""
         with refusing_when_full():
-            return await self._submit(request, expected_bytes)
+            return await self._submit(request, expected_bytes, audio_s)
 
-    async def _submit(self, request: SeparationRequest, expected_bytes: int) -> Submission:
+    async def _submit(self, request: SeparationRequest, expected_bytes: int, audio_s: float) -> Submission:
         job_id = request.content_key()
         if await self._reusable_result(job_id) is not None:
             await self._add_waiter(job_id, request.requester)
@@ -245,6 +308,7 @@ class QueueClient:
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
         await self._reserve(job_id, expected_bytes)
+        await self.pool.hset(self.keys.job_audio(), job_id, f"{max(0.0, audio_s):.3f}")  # type: ignore[misc]
         # Until the job ends its input is not evicted, however full the artifact budget gets.
         await self.store.pin(request.input.artifact_key, job_id, self.settings.result_ttl_s)
         job = await self.pool.enqueue_job(
@@ -328,11 +392,30 @@ class QueueClient:
         which of those ahead are running, whatever the queue's length.
         """
         keys = [self.settings.queue_name, self.keys.running(), self.keys.live_workers(), self.keys.job_seconds()]
-        rank, running_ahead, is_running, slots, running, avg = await self._place_script(
-            keys=[*keys, in_progress_key_prefix + job_id, self.keys.cycle_seconds()], args=[job_id, time.time()]
-        )
+        keys += [in_progress_key_prefix + job_id, self.keys.cycle_seconds(), self.keys.job_audio()]
+        (
+            rank,
+            running_ahead,
+            is_running,
+            slots,
+            running,
+            avg,
+            ahead_audio,
+            unknown,
+            running_audio,
+            throughput,
+        ) = await self._place_script(keys=[*keys, self.keys.worker_rates()], args=[job_id, time.time()])
         position = None if rank < 0 else 0 if is_running else max(1, 1 + rank - running_ahead)
-        return Place(position, int(slots), int(running), float(avg) if avg else None)
+        return Place(
+            position,
+            int(slots),
+            int(running),
+            float(avg) if avg else None,
+            float(ahead_audio),
+            int(unknown),
+            float(running_audio),
+            float(throughput),
+        )
 
     async def capacity(self) -> tuple[int, int]:
         """(job slots of the live workers, jobs running now)."""
@@ -350,6 +433,7 @@ class QueueClient:
             pipe.exists(result_key_prefix + job_id)
             _, finished = await pipe.execute()
         if finished:
+            await self.pool.hdel(self.keys.job_audio(), job_id)  # type: ignore[misc]
             await self.room.release(job_id)
             await self.store.release(job_id)
 
@@ -363,6 +447,15 @@ class QueueClient:
         old = await self.pool.get(key)
         avg = seconds if old is None else 0.8 * float(old) + 0.2 * seconds
         await self.pool.set(key, f"{avg:.3f}")
+
+    async def record_rate(self, worker: str, seconds: float, audio_s: float) -> None:
+        """Fold a finished job's seconds of processing per second of audio into `worker`'s rate."""
+        if audio_s <= 0 or not worker:
+            return
+        key = self.keys.worker_rates()
+        old = await self.pool.hget(key, worker)  # type: ignore[misc]
+        rate = seconds / audio_s if old is None else 0.7 * float(old) + 0.3 * seconds / audio_s
+        await self.pool.hset(key, worker, f"{rate:.5f}")  # type: ignore[misc]
 
     async def prune_running(self) -> None:
         """Forget jobs marked running whose worker died without saying so (arq's claim lapsed)."""
@@ -385,6 +478,7 @@ class QueueClient:
 
     async def withdraw_worker(self, name: str, slots: int) -> None:
         await self.pool.zrem(self.keys.live_workers(), f"{name}:{slots}")
+        await self.pool.hdel(self.keys.worker_rates(), name)  # type: ignore[misc]
 
     async def eta_s(self, position: int | None) -> float | None:
         """Rough wait before a job at `position` starts (see `estimate_wait`)."""
@@ -399,7 +493,8 @@ class QueueClient:
         if progress.stage == Stage.queued:
             place = await self._place(job_id)
             progress.queue_position = place.position
-            progress.eta_s = estimate_wait(place.position, place.avg_job_s, place.slots, place.running)
+            progress.workers = place.slots
+            progress.eta_s = place.eta_s() if place.slots else None
         return progress
 
     async def result(self, job_id: str) -> JobResult | None:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from arq.constants import in_progress_key_prefix
 
 from core.artifacts import RedisArtifactStore
 from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song
+from core.desk import Finished, JobDesk, Song, status_line
 from core.errors import StorageFull, TooLarge
-from core.jobs import JobResult, Requester, SeparationRequest
+from core.jobs import JobResult, Progress, Requester, SeparationRequest, Stage
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
-from core.queue import QueueClient
+from core.queue import QueueClient, estimate_wait_by_rate
 from core.settings import Settings
 from core.stems import parse_stems
 from tests.conftest import wait_for
@@ -351,3 +352,92 @@ async def test_jobs_submitted_in_the_same_millisecond_keep_their_order(
         jobs.append((await queue.submit(request)).job_id)
     assert [m.decode() for m in await queue.pool.zrange(queue.settings.queue_name, 0, -1)] == jobs
     assert [await queue.position(j) for j in jobs] == list(range(1, len(jobs) + 1))
+
+
+# --- item 5: ETAs from the workers' measured rates; no worker, no promise -----------------
+
+
+@pytest.mark.parametrize(
+    ("position", "slots", "running", "ahead", "running_audio", "throughput", "expected"),
+    [
+        (None, 2, 0, 0.0, 0.0, 4.0, None),  # not queued
+        (1, 0, 0, 0.0, 0.0, 4.0, None),  # no live worker: nothing to promise
+        (1, 2, 1, 0.0, 60.0, 4.0, 0.0),  # an idle slot takes it at once
+        (2, 2, 0, 30.0, 0.0, 4.0, 0.0),
+        (1, 1, 1, 0.0, 60.0, 4.0, 7.5),  # half of the running song's 60 s at 4 audio-s/s
+        (3, 1, 1, 90.0, 60.0, 4.0, 30.0),  # and the 90 s waiting ahead
+        (3, 2, 2, 90.0, 60.0, 0.0, None),  # rates not measured yet
+    ],
+)
+def test_estimate_wait_by_rate(
+    position: int | None,
+    slots: int,
+    running: int,
+    ahead: float,
+    running_audio: float,
+    throughput: float,
+    expected: float | None,
+) -> None:
+    assert estimate_wait_by_rate(position, slots, running, ahead, running_audio, throughput) == expected
+
+
+async def test_the_eta_counts_the_songs_ahead_by_the_workers_rates(queue_client: QueueClient, rock_short: Path) -> None:
+    queue = queue_client
+    ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
+    lengths = {"vocals": 60.0, "drums": 120.0, "bass": 30.0, "other": 90.0}
+    jobs = []
+    for stems, audio_s in lengths.items():
+        request = SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
+        jobs.append((await queue.submit(request, audio_s=audio_s)).job_id)
+    for job_id in jobs:
+        await queue.set_progress(Progress(job_id=job_id, stage=Stage.queued))
+    # The slot times say 10 s a job; the songs are minutes long: the rates must win.
+    await queue.pool.set(queue.keys.job_seconds(), "10")
+    await queue.announce_worker("host-a:1", 1, 30)
+    await queue.announce_worker("host-b:2", 1, 30)
+    await queue.record_rate("host-a:1", 30.0, 60.0)  # 0.5 s of work per s of audio: 2 audio-s/s
+    await queue.record_rate("host-b:2", 30.0, 120.0)  # 0.25: 4 audio-s/s, 6 in all
+    for job_id in jobs[:2]:  # as a worker does when it takes a job
+        await queue.pool.set(in_progress_key_prefix + job_id, b"1")
+        await queue.job_started(job_id, int(await queue.pool.zscore(queue.settings.queue_name, job_id) or 0))
+    third, fourth = [await queue.progress(j) for j in jobs[2:]]
+    assert third is not None and fourth is not None
+    assert (third.queue_position, fourth.queue_position) == (1, 2)
+    assert third.eta_s == pytest.approx((60 + 120) / 2 / 6)  # half of the running songs
+    assert fourth.eta_s == pytest.approx((30 + (60 + 120) / 2) / 6)  # and the 30 s song ahead
+    assert status_line(third, "Song") == "⏳ Song: queued (position 1, about 15 s)"
+
+
+async def test_with_no_worker_online_the_status_says_so(queue_client: QueueClient, rock_short: Path) -> None:
+    queue = queue_client
+    ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
+    request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
+    job_id = (await queue.submit(request, audio_s=3.0)).job_id
+    await queue.set_progress(Progress(job_id=job_id, stage=Stage.queued))
+    await queue.pool.set(queue.keys.cycle_seconds(), "5")  # workers were here before
+    await queue.announce_worker("gone:1", 1, 0.01)  # and the last one's presence lapsed
+    await asyncio.sleep(0.05)
+    progress = await queue.progress(job_id)
+    assert progress is not None and progress.eta_s is None
+    text = "⏳ Song: no worker is online right now; your song is queued (position 1)"
+    assert status_line(progress, "Song") == text
+
+
+async def test_a_worker_measures_its_own_rate(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """The benchmark engine works 0.5 s per second of audio: no finished job can show less."""
+    (song,) = wav_songs(tmp_path, 1)
+    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    try:
+        ref = await queue.store_input(song, "song.wav")
+        request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
+        job_id = (await queue.submit(request, audio_s=3.0)).job_id
+        env = bench_env(redis_url, work_tmp) | {"STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND": "0.5"}
+        worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+        assert (await queue.wait_result(job_id, timeout_s=90)).status == "done"
+        rates = {k.decode(): float(v) for k, v in (await queue.pool.hgetall(queue.keys.worker_rates())).items()}  # type: ignore[misc]
+        assert len(rates) == 1 and 0.5 <= next(iter(rates.values())) < 30
+        assert await queue.pool.hget(queue.keys.job_audio(), job_id) is None  # forgotten once done
+    finally:
+        await queue.close()

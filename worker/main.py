@@ -72,6 +72,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     for orphan in remove_orphans():
         log.info("removed %s, left by a worker that died", orphan)
     queue = ctx["queue"] = QueueClient(ctx["redis"], settings)
+    ctx["worker_name"] = _name()  # its measured rate (for ETAs) is filed under this name
     # With one job at a time (one per GPU) a worker is one slot.
     ctx["slot"] = {"free_since": time.time(), "tasks": set()}
     engine = make_engine(settings)

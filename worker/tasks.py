@@ -393,6 +393,7 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     await queue.set_progress(result.final_progress())
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
+        await queue.record_rate(ctx.get("worker_name", ""), result.timings["total"], result.audio_seconds)
     metrics.JOBS.labels(result.status).inc()
     metrics.AUDIO_MINUTES.inc(result.audio_seconds / 60)
     for stage in metrics.JOB_STAGES:
