@@ -293,14 +293,18 @@ class QueueClient:
             if held + extra_bytes > store.budget_bytes:
                 raise StorageFull(detail=f"{held} bytes of the artifact budget held, {extra_bytes} more asked")
 
-    async def submit(self, request: SeparationRequest, expected_bytes: int = 0, audio_s: float = 0.0) -> Submission:
+    async def submit(
+        self, request: SeparationRequest, expected_bytes: int = 0, audio_s: float | None = None
+    ) -> Submission:
         """Queue `request` (or join or answer it); `expected_bytes`, an estimate of its stems'
         size, is held in Redis for the job until its worker lets go of it. `audio_s`, the
-        seconds of audio the model will separate, is what ETAs count the job by."""
+        seconds of audio the model will separate (0: a render from cached sources), is what
+        ETAs count the job by; unknown (None), the ETA of those behind it falls back on the
+        average slot time."""
         with refusing_when_full():
             return await self._submit(request, expected_bytes, audio_s)
 
-    async def _submit(self, request: SeparationRequest, expected_bytes: int, audio_s: float) -> Submission:
+    async def _submit(self, request: SeparationRequest, expected_bytes: int, audio_s: float | None) -> Submission:
         job_id = request.content_key()
         if await self._reusable_result(job_id) is not None:
             await self._add_waiter(job_id, request.requester)
@@ -308,7 +312,9 @@ class QueueClient:
         if await self.pool.zcard(self.settings.queue_name) >= self.settings.max_queue:
             raise QueueFull("The queue is full right now. Please try again in a few minutes.")
         await self._reserve(job_id, expected_bytes)
-        await self.pool.hset(self.keys.job_audio(), job_id, f"{max(0.0, audio_s):.3f}")  # type: ignore[misc]
+        if audio_s is not None:
+            await self.pool.hset(self.keys.job_audio(), job_id, f"{max(0.0, audio_s):.3f}")  # type: ignore[misc]
+            await self.pool.expire(self.keys.job_audio(), self.settings.result_ttl_s)
         # Until the job ends its input is not evicted, however full the artifact budget gets.
         await self.store.pin(request.input.artifact_key, job_id, self.settings.result_ttl_s)
         job = await self.pool.enqueue_job(
