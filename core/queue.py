@@ -129,24 +129,37 @@ def _result_from_arq(job_id: str, success: bool, value: object, model: str) -> J
 # back as strings: Redis would truncate them.
 _PLACE = """
 local rank, ahead, ahead_audio, unknown = -1, 0, 0, 0
+local running_ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+local is_running = {}
+for _, id in ipairs(running_ids) do is_running[id] = true end
+-- the audio of `ids`, in HMGETs of at most 1000 (Lua's unpack has a limit)
+local function audio_of(ids)
+  local out = {}
+  for i = 1, #ids, 1000 do
+    local values = redis.call('HMGET', KEYS[7], unpack(ids, i, math.min(i + 999, #ids)))
+    for _, v in ipairs(values) do out[#out + 1] = v end
+  end
+  return out
+end
 if ARGV[1] ~= '' then
   local r = redis.call('ZRANK', KEYS[1], ARGV[1])
   if r then
     rank = r
     ahead = redis.call('ZCOUNT', KEYS[2], '-inf', redis.call('ZSCORE', KEYS[1], ARGV[1]))
     if r > 0 then
+      local waiting = {}
       for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, r - 1)) do
-        if not redis.call('ZSCORE', KEYS[2], id) then
-          local a = redis.call('HGET', KEYS[7], id)
-          if a then ahead_audio = ahead_audio + tonumber(a) else unknown = unknown + 1 end
-        end
+        if not is_running[id] then waiting[#waiting + 1] = id end
+      end
+      for _, a in ipairs(audio_of(waiting)) do
+        if a then ahead_audio = ahead_audio + tonumber(a) else unknown = unknown + 1 end
       end
     end
   end
 end
 local running_audio = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  running_audio = running_audio + tonumber(redis.call('HGET', KEYS[7], id) or '0')
+for _, a in ipairs(audio_of(running_ids)) do
+  if a then running_audio = running_audio + tonumber(a) end
 end
 local slots, rated, throughput = 0, 0, 0
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], '+inf')) do
