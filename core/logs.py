@@ -43,14 +43,18 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{who}@{host}{port}"))
 
 
+# A Telegram bot token where the Bot API puts it, in the path: `/bot123456:AAE…/getMe`.
+_BOT_TOKEN = re.compile(r"/bot(?P<id>\d{1,20}):[A-Za-z0-9_-]{20,80}")
+
+
 def mask_credentials(text: str) -> str:
-    """Every URL's credentials in `text` masked, as `masked_url` masks one."""
+    """Every URL's credentials in `text` masked, as `masked_url` masks one, and Bot API tokens."""
 
     def one(match: re.Match[str]) -> str:
         user, sep, _ = match["userinfo"].partition(":")
         return f"{match['scheme']}{user}:{MASK}@" if sep else f"{match['scheme']}{MASK}@"
 
-    return _USERINFO.sub(one, text)
+    return _BOT_TOKEN.sub(rf"/bot\g<id>:{MASK}", _USERINFO.sub(one, text))
 
 
 def scrubbed(text: str) -> str:

@@ -47,6 +47,11 @@ def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert mask_credentials(f"connecting to {url} now") == f"connecting to {shown} now"
 
 
+def test_a_bot_token_in_a_logged_url_is_masked() -> None:
+    url = "https://api.telegram.org/bot123456789:AAEhBP0av28jPr_Qu4y5CWaxoNNtPuAbc9Q/getUpdates"
+    assert mask_credentials(f"POST {url} 200") == "POST https://api.telegram.org/bot123456789:***/getUpdates 200"
+
+
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
