@@ -345,7 +345,8 @@ class QueueClient:
         return Submission(job_id, "queued")
 
     async def _reserve(self, job_id: str, expected_bytes: int) -> None:
-        """Hold room for the job's result, or refuse it when there is none left."""
+        """Hold room for the job's result, or refuse it when there is none left. (A job that
+        finished meanwhile holds none for long: reservations of finished jobs are dropped.)"""
         expected_bytes = min(expected_bytes, self.settings.max_job_output_bytes)
         budget = self.store.budget_bytes if isinstance(self.store, RedisArtifactStore) else None
         if budget is not None and expected_bytes > budget:

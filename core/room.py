@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import time
 
+from arq.constants import result_key_prefix
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from core.errors import StorageFull
 from core.settings import Settings
 
-# Sum the live reservations and drop the lapsed ones (KEYS: the hash; ARGV: now). A value
-# is `<bytes>:<until>`; the hash holds one field per queued or running job, a few hundred.
+# Sum the live reservations and drop the lapsed ones, and those of jobs that have a result
+# (a worker that died never gave theirs back) (KEYS: the hash; ARGV: now, arq's result key
+# prefix). A value is `<bytes>:<until>`; the hash holds one field per queued or running job.
 _RESERVED = """
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local size, untl = string.match(fields[i + 1], '^(%d+):([%d.]+)$')
-  if size and tonumber(untl) > tonumber(ARGV[1]) then
+  local finished = redis.call('EXISTS', ARGV[2] .. fields[i]) == 1
+  if size and tonumber(untl) > tonumber(ARGV[1]) and not finished then
     total = total + tonumber(size)
   else
     redis.call('HDEL', KEYS[1], fields[i])
@@ -54,7 +57,7 @@ class Room:
         await self._redis.hdel(self._key, job_id)  # type: ignore[misc]
 
     async def reserved_bytes(self) -> int:
-        return int(await self._sum(keys=[self._key], args=[time.time()]))
+        return int(await self._sum(keys=[self._key], args=[time.time(), result_key_prefix]))
 
     async def _memory(self) -> tuple[int, int] | None:
         """(used, maxmemory), or None where a managed Redis hides INFO."""

@@ -446,3 +446,23 @@ async def test_a_worker_measures_its_own_rate(
         assert await queue.pool.hget(queue.keys.job_audio(), job_id) is None  # forgotten once done
     finally:
         await queue.close()
+
+
+async def test_reservations_of_finished_or_lapsed_jobs_are_dropped(redis_url: str) -> None:
+    from arq.constants import result_key_prefix
+
+    from core.room import Room
+
+    settings = Settings(redis_url=redis_url, result_ttl_s=60)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    room = Room(client, settings)
+    try:
+        assert await room.reserve("a", 1000) and await room.reserve("b", 500)
+        assert not await room.reserve("a", 9999)  # a second requester joining: held once
+        assert await room.reserved_bytes() == 1500
+        await client.set(result_key_prefix + "a", b"x")  # "a" finished; its worker died before giving it back
+        assert await room.reserved_bytes() == 500
+        await client.hset("stembot:reserved", "b", "500:1")  # lapsed long ago
+        assert await room.reserved_bytes() == 0
+    finally:
+        await client.aclose()
