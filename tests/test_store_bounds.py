@@ -7,13 +7,16 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import simcord
 from arq.constants import in_progress_key_prefix
 
+from bots.discord import create_bot
 from core.artifacts import RedisArtifactStore
 from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song, status_line
@@ -24,7 +27,8 @@ from core.queue import QueueClient, estimate_wait_by_rate
 from core.settings import Settings
 from core.stems import parse_stems
 from tests.conftest import wait_for
-from tests.helpers import ROCK, RedisServer, WorkerProcess, ffmpeg, fill, run_stembot, stembot_env
+from tests.helpers import ROCK, RedisServer, WorkerProcess, drive, ffmpeg, fill, make_clip, run_stembot, stembot_env
+from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -466,3 +470,41 @@ async def test_reservations_of_finished_or_lapsed_jobs_are_dropped(redis_url: st
         assert await room.reserved_bytes() == 0
     finally:
         await client.aclose()
+
+
+async def test_both_bots_say_when_no_worker_is_online(redis_url: str, botapi: Any, tmp_path: Path) -> None:
+    """No worker runs: each bot's status says so, in the same words, instead of an ETA that
+    never comes true (before: "queued (position 1, about 5 s)" for minutes)."""
+    clip = make_clip(ROCK / "mixture.flac", tmp_path / "rock.flac", seconds=3)
+    redis.Redis.from_url(redis_url).set("stembot:stats:cycle_seconds", "5")  # workers were here once
+    telegram = await start_bot(botapi, redis_url)
+    env = simcord.Env(create_bot(Settings(redis_url=redis_url)))
+    await env.start()
+    try:
+        said = "⏳ rock: no worker is online right now; your song is queued (position 1)"
+        botapi.message(DM, ALICE, audio=_audio(botapi, clip), caption="/split vocals")
+
+        def texts() -> list[str]:
+            return [str(c.params.get("text", "")) for c in botapi.sent("sendMessage") + botapi.sent("editMessageText")]
+
+        await botapi.wait_for(lambda: [t for t in texts() if said in t], timeout=60)
+        assert not [t for t in texts() if "about" in t]
+        guild = env.create_guild("band")
+        channel = guild.create_text_channel("music")
+        alice = guild.add_member(env.create_user("alice"))
+        asked = await alice.slash(channel, "split", file=("rock.flac", clip.read_bytes()), stems="drums")
+        second = said.replace("position 1", "position 2")  # behind Alice's Telegram song
+        await drive(env, lambda: asked.response is not None and second in asked.response.content, timeout=60)
+    finally:
+        await env.shutdown()
+        await stop_bot(telegram)
+
+
+@pytest.fixture
+async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
+    from tests.botapi import BotApiServer
+
+    server = BotApiServer()
+    await server.start(unused_tcp_port)
+    yield server
+    await server.stop()
