@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -46,8 +47,16 @@ class Delivery(BaseModel):
 
 
 class DeliveryBook:
-    def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: int = 86400) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        platform: str,
+        prefix: str = "stembot:",
+        ttl_s: int = 86400,
+        on_finish: Callable[[Delivery], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
+        self._on_finish = on_finish
         self.platform = platform
         self._pending = f"{prefix}{platform}:pending"
         self._record = f"{prefix}{platform}:delivery:"
@@ -86,3 +95,5 @@ class DeliveryBook:
     async def finish(self, delivery: Delivery) -> None:
         await self.redis.srem(self._pending, delivery.id)  # type: ignore[misc]
         await self.redis.delete(self._record + delivery.id)
+        if self._on_finish is not None:
+            await self._on_finish(delivery)

@@ -143,7 +143,9 @@ class JobDesk:
     def __init__(self, settings: Settings, queue: QueueClient, platform: str) -> None:
         self.settings = settings
         self.queue = queue
-        self.book = DeliveryBook(queue.pool, platform, settings.key_prefix, settings.result_ttl_s)
+        self.book = DeliveryBook(
+            queue.pool, platform, settings.key_prefix, settings.result_ttl_s, on_finish=self._delivered
+        )
         self.usage = UsageMeter(queue.pool, settings.key_prefix)
         self.gate = Gate(queue.pool, settings)
         self.counters = Counters(queue.pool, settings.key_prefix)
@@ -391,6 +393,10 @@ class JobDesk:
             )
             uploads += [Upload(filename, piece, title) for filename, piece in pieces]
         return uploads
+
+    async def _delivered(self, delivery: Delivery) -> None:
+        """This chat is done with its job: once no chat waits, the stems may be evicted again."""
+        await self.queue.delivered(delivery.job_id, delivery.requester)
 
     async def cancel(self, delivery_id: str, user_id: str) -> str:
         """Withdraw one user's request; the job stops when nobody else waits for it."""

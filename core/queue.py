@@ -396,6 +396,22 @@ class QueueClient:
         keys = [self.keys.waiters(job_id), self.keys.cancel(job_id)]
         await self._join_script(keys=keys, args=[requester.key, self.settings.result_ttl_s])
 
+    @staticmethod
+    def delivery_holder(job_id: str) -> str:
+        """Who pins a finished job's stems (see worker.tasks) until its chats have them."""
+        return f"deliver:{job_id}"
+
+    async def delivered(self, job_id: str, requester: Requester) -> None:
+        """`requester` has its stems (or its answer): when nobody else waits, unpin them, so
+        the budget may evict them before their delivery grace (`result_pin_s`) ends."""
+        key = self.keys.waiters(job_id)
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.srem(key, requester.key)
+            pipe.scard(key)
+            _, left = await pipe.execute()
+        if not left:
+            await self.store.release(self.delivery_holder(job_id))
+
     async def set_progress(self, progress: Progress) -> None:
         await self.pool.set(
             self.keys.progress(progress.job_id), progress.model_dump_json(), ex=self.settings.result_ttl_s

@@ -508,3 +508,37 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
     await server.start(unused_tcp_port)
     yield server
     await server.stop()
+
+
+async def test_stems_are_unpinned_once_every_chat_has_them(
+    redis_url: str, tmp_path: Path, work_tmp: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """The delivery grace is a cap: once the last chat waiting has its stems, the budget may
+    take them (else a busy hour of results would fill it for STEMBOT_RESULT_PIN_S)."""
+    (song,) = wav_songs(tmp_path, 1)
+    settings = Settings(redis_url=redis_url)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+        ids = []
+        for user in ("alice", "bob"):  # the same song: one job, two chats
+            delivery = Delivery(platform="test", job_id="", chat_id=f"chat-{user}", user_id=user)
+            ids.append((await desk.accept(Song(song, "song.wav"), parse_stems("vocals"), "wav", delivery)).delivery.id)
+        worker_factory.append(WorkerProcess(bench_env(redis_url, work_tmp), tmp_path / "w.log").start())
+        store = queue.store
+        assert isinstance(store, RedisArtifactStore)
+        for delivery_id in ids:
+            assert (await _until_finished(desk, delivery_id)).status == "done"
+        # The one stem, for its two chats (the input's pin goes as the worker lets go of the job).
+        deadline = time.monotonic() + 30
+        while await store.pinned_bytes() != len(song) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await store.pinned_bytes() == len(song)
+        alice, bob = [await desk.book.get(i) for i in ids]
+        assert alice is not None and bob is not None
+        await desk.book.finish(alice)
+        assert await store.pinned_bytes() == len(song)  # Bob has not got it yet
+        await desk.book.finish(bob)
+        assert await store.pinned_bytes() == 0
+    finally:
+        await queue.close()

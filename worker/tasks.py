@@ -139,7 +139,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
         raise _output_too_large(total, limit)
     artifacts: list[StemArtifact] = []
     stored = 0
-    holder, pin_s = f"deliver:{job_id}", queue.settings.result_pin_s
+    holder, pin_s = queue.delivery_holder(job_id), queue.settings.result_pin_s
     try:
         for f in files:
             data = f.path.read_bytes()
