@@ -50,6 +50,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         STEMBOT_ENGINE="benchmark",
         STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND="0.0005",
         STEMBOT_ARTIFACT_BUDGET_MB=str(budget_mb),
+        # No chat fetches these stems (a bot unpins them once delivered): no delivery grace.
+        STEMBOT_RESULT_PIN_S="0",
         TMPDIR=str(tmp),
     )
     workers = [WorkerProcess(env, tmp / f"w{i}.log").start() for i in range(args.workers)]

@@ -132,7 +132,7 @@ async def user(queue: QueueClient, number: int, data: bytes, at: float, args: ar
         bitrate_kbps=64,
         requester=Requester(platform="test", user_id=str(number)),
     )
-    job = await queue.submit(request)
+    job = await queue.submit(request, audio_s=args.audio_s)  # as the bots do: ETAs count it by its length
     outcome = Outcome(job.job_id, "lost", submitted=time.time())
     first = True
     try:

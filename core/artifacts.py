@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.settings import Settings
 
@@ -37,6 +38,13 @@ def checked_key(key: str) -> str:
     if not _KEY.fullmatch(key) or ".." in key:
         raise ValueError(f"not an artifact key: {key[:80]!r}")
     return key
+
+
+def redacted(exc: RedisError, doing: str) -> RedisError:
+    """The same class of error without the command's arguments, which redis-py quotes in a
+    failed pipeline's message: a log or a result must never carry an artifact's bytes."""
+    reason = str(exc).rpartition("caused error: ")[2][:200]
+    return type(exc)(f"{doing} failed: {reason}")
 
 
 class ArtifactStore(Protocol):
@@ -112,6 +120,19 @@ redis.call('DEL', KEYS[1])
 """
 
 
+# Bytes of live, pinned artifacts (KEYS: index, sizes; ARGV: data prefix, pin prefix). The
+# index holds what fits in the budget, a few thousand entries at most.
+_PINNED = """
+local total = 0
+for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, 19999)) do
+  if redis.call('EXISTS', ARGV[2] .. k) == 1 and redis.call('EXISTS', ARGV[1] .. k) == 1 then
+    total = total + tonumber(redis.call('HGET', KEYS[2], k) or '0')
+  end
+end
+return total
+"""
+
+
 class RedisArtifactStore:
     """Artifacts as plain Redis strings under `<prefix>artifact:<key>`, each with its own TTL.
 
@@ -131,6 +152,7 @@ class RedisArtifactStore:
         self.budget_bytes = budget_bytes
         self._account = redis.register_script(_ACCOUNT_AND_EVICT)
         self._release = redis.register_script(_RELEASE)
+        self._pinned = redis.register_script(_PINNED)
 
     def _k(self, key: str) -> str:
         return self._prefix + checked_key(key)
@@ -140,12 +162,15 @@ class RedisArtifactStore:
         return [key, size, time.time(), self._prefix, self._pins, budget]
 
     async def put(self, key: str, data: bytes, ttl_s: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._k(key), data, ex=ttl_s)
-            await self._account(
-                keys=[self._index, self._sizes, self._total], args=self._account_args(key, len(data)), client=pipe
-            )
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._k(key), data, ex=ttl_s)
+                await self._account(
+                    keys=[self._index, self._sizes, self._total], args=self._account_args(key, len(data)), client=pipe
+                )
+                await pipe.execute()
+        except RedisError as exc:
+            raise redacted(exc, f"storing {key} ({len(data)} bytes)") from None
 
     async def get(self, key: str) -> bytes:
         data = await self._redis.get(self._k(key))
@@ -185,6 +210,10 @@ class RedisArtifactStore:
     async def release(self, holder: str) -> None:
         await self._release(keys=[self._held + holder], args=[self._pins, holder])
 
+    async def pinned_bytes(self) -> int:
+        """Bytes of the artifacts a holder keeps from eviction now: room the budget cannot free."""
+        return int(await self._pinned(keys=[self._index, self._sizes], args=[self._prefix, self._pins]))
+
     async def sweep(self) -> int:
         """Drop index entries whose artifact expired or was deleted, and evict down to the budget.
 
@@ -211,6 +240,15 @@ class RedisArtifactStore:
     async def stored_bytes(self) -> int:
         await self.sweep()
         return int(await self._redis.get(self._total) or 0)
+
+
+LIFECYCLE_RULE_ID = "stembot-expiry"
+
+
+def with_rule(rules: list[dict[str, Any]], rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """A bucket's lifecycle rules with stembot's own `rule` in place of its earlier version:
+    S3 replaces the whole configuration on each put, so the operator's rules must be kept."""
+    return [r for r in rules if r.get("ID") != rule["ID"]] + [rule]
 
 
 class S3ArtifactStore:
@@ -255,12 +293,22 @@ class S3ArtifactStore:
         except ClientError:
             self._client.create_bucket(Bucket=self._bucket)
         rule = {
-            "ID": "stembot-expiry",
+            "ID": LIFECYCLE_RULE_ID,
             "Filter": {"Prefix": self._prefix},
             "Status": "Enabled",
             "Expiration": {"Days": self._lifetime_days + 1},
         }
-        self._client.put_bucket_lifecycle_configuration(Bucket=self._bucket, LifecycleConfiguration={"Rules": [rule]})
+        try:
+            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)["Rules"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        merged = with_rule(rules, rule)
+        if merged != rules:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self._bucket, LifecycleConfiguration={"Rules": merged}
+            )
         self._ready = True
 
     def _alive(self, key: str) -> dict[str, str] | None:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from core.audio import FORMAT_NAMES, check_size
+from core.audio import FORMAT_NAMES, check_size, inspect
 from core.errors import Cancelled, StembotError
 from core.jobs import Requester, SeparationRequest, describe_progress, model_for
 from core.naming import excerpt, song_name, stem_filename
@@ -156,7 +156,10 @@ async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[
 
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from core.artifacts import ArtifactMissing
+    from core.desk import output_s, section_s
     from core.queue import QueueClient
+    from core.uploads import estimated_bytes
 
     selection = parse_stems(args.stems)
     options = make_options(args.key, args.tempo, args.start, args.end)
@@ -165,6 +168,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
             path, filename = await obtain_input(args.input, Path(tmp), settings)
             check_size(path, settings.max_input_bytes)
+            info = await asyncio.to_thread(inspect, path, settings.max_input_bytes, settings.max_duration_s)
             data = path.read_bytes()
         ref = await queue.store_input(data, filename)
         request = SeparationRequest(
@@ -177,7 +181,11 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             options=options,
             requester=Requester(platform="cli"),
         )
-        submission = await queue.submit(request)
+        seconds = output_s(info.duration_s or 0.0, options)
+        expected = len(selection.outputs) * estimated_bytes(
+            request.format, seconds, args.bitrate or settings.mp3_bitrate_kbps, args.bit_depth
+        )
+        submission = await queue.submit(request, int(expected), section_s(info.duration_s or 0.0, options))
         print(f"job {submission.job_id} {submission.state}", flush=True)
         if not args.wait:
             progress = await queue.progress(submission.job_id)
@@ -197,7 +205,11 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         writable_dir(args.output)
         for stem in result.stems:  # named from this input: a cached result carries no one's name
             dest = args.output / stem_filename(song_name(filename), stem.file_stem or stem.stem, stem.format)
-            dest.write_bytes(await queue.fetch(stem))
+            try:
+                dest.write_bytes(await queue.fetch(stem))
+            except ArtifactMissing:
+                print(f"stembot: the {stem.stem} stem is no longer stored; run the command again", file=sys.stderr)
+                return EXIT_FAILED
             print(dest)
         return 0
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -31,6 +32,8 @@ class Delivery(BaseModel):
     upload_limit: int | None = None  # bytes per upload on this chat's platform
     note: str | None = None  # told to the user with the result (e.g. a format fallback)
     extra: dict[str, str] = Field(default_factory=dict)  # platform-specific reply details
+    # This chat's requester withdrew: it is told "cancelled" whatever the shared job does.
+    cancelled: bool = False
 
     @property
     def requester(self) -> Requester:
@@ -44,8 +47,16 @@ class Delivery(BaseModel):
 
 
 class DeliveryBook:
-    def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: int = 86400) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        platform: str,
+        prefix: str = "stembot:",
+        ttl_s: int = 86400,
+        on_finish: Callable[[Delivery], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
+        self._on_finish = on_finish
         self.platform = platform
         self._pending = f"{prefix}{platform}:pending"
         self._record = f"{prefix}{platform}:delivery:"
@@ -84,3 +95,5 @@ class DeliveryBook:
     async def finish(self, delivery: Delivery) -> None:
         await self.redis.srem(self._pending, delivery.id)  # type: ignore[misc]
         await self.redis.delete(self._record + delivery.id)
+        if self._on_finish is not None:
+            await self._on_finish(delivery)

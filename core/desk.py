@@ -140,6 +140,7 @@ class _Again(BaseModel):
     song: str
     duration_s: float
     note: str | None = None
+    expected_bytes: int = 0
 
 
 class JobDesk:
@@ -150,7 +151,9 @@ class JobDesk:
         self.settings = settings
         self.queue = queue
         self.cancel_how = cancel_how
-        self.book = DeliveryBook(queue.pool, platform, settings.key_prefix, settings.result_ttl_s)
+        self.book = DeliveryBook(
+            queue.pool, platform, settings.key_prefix, settings.result_ttl_s, on_finish=self._delivered
+        )
         self.usage = UsageMeter(queue.pool, settings.key_prefix)
         self.gate = Gate(queue.pool, settings)
         self.counters = Counters(queue.pool, settings.key_prefix)
@@ -253,7 +256,8 @@ class JobDesk:
             options=options,
             requester=delivery.requester,
         )
-        return await self._queue(request, delivery, cost, duration)
+        expected = len(selection.outputs) * estimated_bytes(fmt, seconds, s.mp3_bitrate_kbps)
+        return await self._queue(request, delivery, cost, duration, int(expected))
 
     async def admit(self, user_id: str, chat_id: str, fetching: int = 0, rate: bool = True) -> None:
         """The checks that need no song, made before one is fetched so that a refused request
@@ -298,12 +302,15 @@ class JobDesk:
             s = self.settings
             check_user(running, used, cost, s.max_jobs_per_user, s.daily_minutes_per_user, self.cancel_how)
 
-    async def _queue(self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float) -> Accepted:
+    async def _queue(
+        self, request: SeparationRequest, delivery: Delivery, cost: float, duration: float, expected_bytes: int
+    ) -> Accepted:
+        """Submit `request`, holding `expected_bytes` (its stems' estimated size) for its result."""
         user = self.user_key(delivery.user_id)
-        submission = await self.queue.submit(request)
+        submission = await self.queue.submit(request, expected_bytes, cost)
         delivery.job_id = submission.job_id
         await self.book.add(delivery)
-        await self._remember(delivery, request, duration)
+        await self._remember(delivery, request, duration, expected_bytes)
         if submission.state != "cached":
             await self.usage.add(user, cost)
         await self.counters.add("requests")
@@ -316,9 +323,14 @@ class JobDesk:
     def _again_key(self, delivery_id: str) -> str:
         return f"{self.settings.key_prefix}{self.book.platform}:again:{delivery_id}"
 
-    async def _remember(self, delivery: Delivery, request: SeparationRequest, duration: float) -> None:
-        """What a follow-up button needs to ask for this song again, for as long as its sources live."""
-        record = _Again(request=request, song=delivery.song, duration_s=duration, note=delivery.note)
+    async def _remember(
+        self, delivery: Delivery, request: SeparationRequest, duration: float, expected_bytes: int
+    ) -> None:
+        """What a follow-up button (or a job stopped under this chat by another's cancel) needs
+        to ask for this song again, for as long as its sources live."""
+        record = _Again(
+            request=request, song=delivery.song, duration_s=duration, note=delivery.note, expected_bytes=expected_bytes
+        )
         ttl = max(self.settings.sources_ttl_s, 60)
         await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
 
@@ -379,7 +391,8 @@ class JobDesk:
         delivery.song = record.song
         delivery.format = request.format
         delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
-        return await self._queue(request, delivery, cost, record.duration_s)
+        expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+        return await self._queue(request, delivery, cost, record.duration_s, int(expected))
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""
@@ -402,7 +415,13 @@ class JobDesk:
 
     async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
         """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
-        result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+        if delivery.cancelled:
+            # Withdrawn: whoever else waits for the shared job, this chat gets no stems.
+            result: JobResult | None = JobResult(job_id=delivery.job_id, status="cancelled", model="")
+        else:
+            result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+        if result is not None and result.status == "cancelled" and not delivery.cancelled:
+            result = await self._rerun(delivery)
         if result is None:
             text = status_line(await self.queue.progress(delivery.job_id), delivery.song)
             if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
@@ -413,6 +432,20 @@ class JobDesk:
         if not await self.book.claim(delivery):
             return None
         return Finished(result)
+
+    async def _rerun(self, delivery: Delivery) -> JobResult | None:
+        """The job stopped for another chat's cancel, one this chat never made: ask for it
+        again (None: wait for it), or the failure to tell when that is not possible."""
+        raw = await self.queue.pool.get(self._again_key(delivery.id))
+        if raw is None:
+            err = WorkerFailed("The job was stopped before it could finish. Please send the song again.")
+            return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
+        record = _Again.model_validate_json(raw)
+        try:
+            await self.queue.submit(record.request, record.expected_bytes, record.duration_s)
+        except StembotError as exc:
+            return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(exc))
+        return None
 
     async def _lost(self, delivery: Delivery) -> JobResult | None:
         """A failed result for a job that vanished, so no chat waits forever."""
@@ -441,6 +474,10 @@ class JobDesk:
             uploads += [Upload(filename, piece, title) for filename, piece in pieces]
         return uploads
 
+    async def _delivered(self, delivery: Delivery) -> None:
+        """This chat is done with its job: once no chat waits, the stems may be evicted again."""
+        await self.queue.delivered(delivery.job_id, delivery.requester)
+
     async def cancel(self, delivery_id: str, user_id: str) -> str:
         """Withdraw one user's request; the job stops when nobody else waits for it."""
         delivery = await self.book.get(delivery_id)
@@ -451,6 +488,9 @@ class JobDesk:
         if not await self.queue.cancel(delivery.job_id, delivery.requester):
             await self.book.finish(delivery)
             return "Cancelled."
+        # The job may yet finish for someone who sends the same song now: not for this chat.
+        delivery.cancelled = True
+        await self.book.save(delivery)
         return "Cancelling…"
 
     async def cancel_all(self, user_id: str) -> int:

@@ -97,6 +97,7 @@ class Progress(BaseModel):
     percent: float = 0.0
     queue_position: int | None = None
     eta_s: float | None = None
+    workers: int | None = None  # job slots of the live workers (0: none online), for a queued job
     updated_at: float = Field(default_factory=time.time)
 
 
@@ -122,9 +123,15 @@ class StemArtifact(BaseModel):
     duration_s: float
 
 
+NO_WORKER = "no worker is online right now; your song is queued"
+
+
 def describe_progress(progress: Progress) -> str:
     """`queued (position 2, about 30 s)`, `separating 45%`: the same words on every frontend."""
     if progress.stage == Stage.queued:
+        if progress.workers == 0:  # no ETA can be true then: say why the song waits
+            where = f" (position {progress.queue_position})" if progress.queue_position else ""
+            return f"{NO_WORKER}{where}"
         eta = f", about {progress.eta_s:.0f} s" if progress.eta_s else ""
         return f"queued (position {progress.queue_position}{eta})" if progress.queue_position else "queued"
     return f"{progress.stage.value} {progress.percent:.0f}%"

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     artifact_budget_mb: float = Field(
         2048, gt=0, description="Redis store: MB of artifacts kept before the least recently used finished ones go"
     )
+    result_pin_s: int = Field(
+        900, ge=0, description="Redis store: most seconds a finished job's stems stay pinned until every chat has them"
+    )
     redis_full_ratio: float = Field(
         0.9, gt=0, le=1, description="share of Redis maxmemory past which new requests are refused (jobs keep room)"
     )

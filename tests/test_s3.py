@@ -135,3 +135,22 @@ async def test_every_object_lies_under_the_prefix(s3_url: str) -> None:
     listed = [o["Key"] for o in client.list_objects_v2(Bucket=options["s3_bucket"])["Contents"]]
     assert sorted(listed) == sorted("stembot/" + k for k in keys)
     assert [await store.get(k) for k in keys] == [k.encode() for k in keys]
+
+
+async def test_the_operators_lifecycle_rules_are_kept(s3_url: str) -> None:
+    import boto3
+
+    settings = Settings(**s3_settings(s3_url))  # type: ignore[arg-type]
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+    s3.create_bucket(Bucket=settings.s3_bucket)
+    own = {"ID": "logs-90d", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 90}}
+    s3.put_bucket_lifecycle_configuration(Bucket=settings.s3_bucket, LifecycleConfiguration={"Rules": [own]})
+    for _ in range(2):  # a second process (or a restart) must not add its rule twice
+        await S3ArtifactStore(settings).put("a", b"x", ttl_s=60)
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.s3_bucket)["Rules"]
+    by_id = {r["ID"]: r for r in rules}
+    assert sorted(by_id) == ["logs-90d", "stembot-expiry"] and len(rules) == 2
+    assert by_id["logs-90d"]["Expiration"] == {"Days": 90} and by_id["logs-90d"]["Filter"] == {"Prefix": "logs/"}
+    assert by_id["stembot-expiry"]["Filter"] == {"Prefix": settings.s3_prefix}

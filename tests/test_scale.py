@@ -157,7 +157,8 @@ async def test_evicted_result_is_recomputed_and_a_queued_input_is_kept(
         first = await queue.submit(request(ref, "vocals"))
         await queue.store.put("filler:1", b"\0" * budget, 600)  # a whole budget of newer bytes
         assert await queue.store.exists(ref.artifact_key) == 1  # queued, so pinned: kept
-        env = bench_env(redis_url, work_tmp, STEMBOT_ARTIFACT_BUDGET_MB="2")
+        # No delivery grace for the stems (STEMBOT_RESULT_PIN_S=0), so they may go as soon as they are made.
+        env = bench_env(redis_url, work_tmp, STEMBOT_ARTIFACT_BUDGET_MB="2", STEMBOT_RESULT_PIN_S="0")
         bench_worker(env, tmp_path / "w.log", worker_factory)
         done = await queue.wait_result(first.job_id, timeout_s=60)
         assert done.status == "done", done.error

@@ -14,7 +14,7 @@ from arq import func
 from arq.worker import Worker
 
 from core import metrics
-from core.logs import setup_logging
+from core.logs import masked_url, setup_logging
 from core.queue import SEPARATE_FUNCTION, JobKeys, QueueClient, redis_settings
 from core.settings import Settings, get_settings
 from worker.scratch import remove_orphans
@@ -72,6 +72,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     for orphan in remove_orphans():
         log.info("removed %s, left by a worker that died", orphan)
     queue = ctx["queue"] = QueueClient(ctx["redis"], settings)
+    ctx["worker_name"] = _name()  # its measured rate (for ETAs) is filed under this name
     # With one job at a time (one per GPU) a worker is one slot.
     ctx["slot"] = {"free_since": time.time(), "tasks": set()}
     engine = make_engine(settings)
@@ -189,5 +190,10 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
 def run_worker(settings: Settings) -> None:
     setup_logging(settings)
     metrics.serve(settings.metrics_port)
-    log.info("stembot worker on %s, queue %s, engine %s", settings.redis_url, settings.queue_name, settings.engine)
+    log.info(
+        "stembot worker on %s, queue %s, engine %s",
+        masked_url(settings.redis_url),
+        settings.queue_name,
+        settings.engine,
+    )
     create_worker(settings).run()

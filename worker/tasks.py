@@ -139,6 +139,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
         raise _output_too_large(total, limit)
     artifacts: list[StemArtifact] = []
     stored = 0
+    holder, pin_s = queue.delivery_holder(job_id), queue.settings.result_pin_s
     try:
         for f in files:
             data = f.path.read_bytes()
@@ -146,6 +147,8 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
             if stored > limit:  # the files changed under us: the bound holds for what is stored
                 raise _output_too_large(stored, limit)
             key = f"result:{job_id}:{f.output.name}.{fmt}"
+            if pin_s:  # before the put: neither this job's next stems nor others' evict it
+                await queue.store.pin(key, holder, pin_s)
             artifacts.append(
                 StemArtifact(
                     stem=f.label or f.output.name,
@@ -160,7 +163,9 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
             await queue.store.put(key, data, queue.settings.result_ttl_s)
     except BaseException:
         await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
+        await asyncio.shield(queue.store.release(holder))
         raise
+    await queue.room.release(job_id)  # the stems hold the room they were given now
     return artifacts
 
 
@@ -205,6 +210,10 @@ async def _keep_sources(
     section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
     key = entry_key(request.input.sha256, model, section)
     try:
+        if not await run.queue.room.fits(sum(p.stat().st_size for p in sources.paths.values())):
+            # Other accepted jobs' results come first: their room is not this cache's.
+            log.warning("could not keep the sources of %s: Redis has no room to spare", request.input.sha256[:12])
+            return
         if await cache.put(key, sources):
             run.kept.add(key)
         else:
@@ -384,6 +393,7 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
     await queue.set_progress(result.final_progress())
     if result.status == "done":
         await _record_job_seconds(queue, result.timings["total"])
+        await queue.record_rate(ctx.get("worker_name", ""), result.timings["total"], result.audio_seconds)
     metrics.JOBS.labels(result.status).inc()
     metrics.AUDIO_MINUTES.inc(result.audio_seconds / 60)
     for stage in metrics.JOB_STAGES:
