@@ -75,7 +75,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # With one job at a time (one per GPU) a worker is one slot.
     ctx["slot"] = {"free_since": time.time(), "tasks": set()}
     engine = make_engine(settings)
-    # Load (and compile) the default model before taking jobs, so the first user does not wait.
+    # Load the default model before taking jobs, so the first user does not wait for it. On
+    # a GPU its compile starts here too, in the background: jobs run eager until it is done.
     await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
     ctx["presence"] = asyncio.create_task(_announce(queue))
