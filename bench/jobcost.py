@@ -203,17 +203,21 @@ async def cost_table(settings: Settings, engine: StubEngine, songs: list[Path], 
     return totals
 
 
-async def rate(settings: Settings, engine: StubEngine, songs: list[Path], at_once: int, rounds: int) -> float:
-    """Jobs a minute with `at_once` jobs running side by side in one event loop (one vocals job each)."""
+async def rate(
+    settings: Settings, engine: StubEngine, songs: list[Path], at_once: int, rounds: int
+) -> tuple[float, float]:
+    """Jobs a minute with `at_once` jobs running side by side in one event loop (one vocals
+    job each), and the cores they kept busy (CPU seconds, children's too, per wall second)."""
     queue = await QueueClient.connect(settings)
     try:
         await queue.pool.flushdb()
-        start = time.perf_counter()
+        start, used = time.perf_counter(), sum(cpu())
         for r in range(rounds):
             await queue.pool.flushdb()  # every job a fresh separation
             jobs = [one_job(queue, engine, songs[i], "vocals", f"rate-{at_once}-{r}-{i}") for i in range(at_once)]
             await asyncio.gather(*jobs)
-        return 60 * at_once * rounds / (time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        return 60 * at_once * rounds / wall, (sum(cpu()) - used) / wall
     finally:
         await queue.pool.flushdb()
         await queue.close()
@@ -247,12 +251,12 @@ def main() -> None:
         settings = Settings(redis_url=args.redis, max_duration_s=args.seconds + 60)
         totals = asyncio.run(cost_table(settings, engine, songs, args.repeat))
         say(f"\n## jobs at once in one worker process (vocals, fresh separations), {cores} cores")
-        say("| at once | jobs a minute | speed-up over 1 | load average |")
-        say("|---|---|---|---|")
+        say("| at once | jobs a minute | speed-up over 1 | cores kept busy | load average |")
+        say("|---|---|---|---|---|")
         rates: dict[int, float] = {}
         for n in args.jobs:
-            rates[n] = asyncio.run(rate(settings, engine, songs, n, args.rounds))
-            say(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.jobs[0]]:.2f}x | {load()} |")
+            rates[n], busy = asyncio.run(rate(settings, engine, songs, n, args.rounds))
+            say(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.jobs[0]]:.2f}x | {busy:.2f} of {cores} | {load()} |")
     say(
         f"one_stem_cpu_s={totals['vocals']:.2f} karaoke_cpu_s={totals['karaoke']:.2f} "
         f"four_stems_cpu_s={totals['four stems']:.2f} "

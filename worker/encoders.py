@@ -26,7 +26,7 @@ Render = Callable[[], np.ndarray]
 # stretches waiting per encoder: enough to ride out a slow moment, few enough to bound memory
 _DEPTH = 4
 # libsndfile's FLAC level (0-1 for levels 0-8): level 0 costs 0.29 CPU-s for a 240 s
-# source, against 0.56 for ffmpeg's FLAC through a pipe, for 2 % more bytes (README, "Sizing")
+# source, against 0.56 for ffmpeg's FLAC through a pipe, for 2 % more bytes (README, "Whole jobs")
 _FLAC_LEVEL = 0.0
 
 
