@@ -27,7 +27,7 @@ from core.sources import SourcesCache, SourceSet
 from core.stems import parse_stems
 from tests.helpers import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
 from worker import pipeline
-from worker.encoders import SourceWriter, read_source
+from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.windowed import WindowedSeparator
 
 pytestmark = pytest.mark.timeout(300)
@@ -165,6 +165,16 @@ def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path)
     assert np.max(np.abs(back - audio)) <= 2**-23
     assert np.max(np.abs(back[:, 2:4] - audio[:, 2:4])) == 0  # silence and the smallest steps exactly
     assert 10 * np.log10(np.sum(audio.astype(np.float64) ** 2) / np.sum((back - audio).astype(np.float64) ** 2)) > 130
+
+
+def test_a_kept_source_aborted_while_written_leaves_nothing(tmp_path: Path) -> None:
+    """A cancelled job aborts its kept sources from its own thread while their feeders write."""
+    block = np.random.default_rng(1).uniform(-1, 1, (2, 441_000)).astype(np.float32)
+    writer = ParallelWriter(SourceWriter(tmp_path / "vocals.wav"))
+    for _ in range(8):
+        writer.put(lambda: block)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redis_url: str) -> None:

@@ -54,16 +54,22 @@ class SourceWriter:
         kind = dest.suffix.lstrip(".").upper()
         level = {"compression_level": _FLAC_LEVEL} if kind == "FLAC" else {}
         self._file = soundfile.SoundFile(dest, "w", SAMPLE_RATE, CHANNELS, "PCM_24", format=kind, **level)
+        # `abort` comes from another thread than the writes: libsndfile must not close a file
+        # a write is still in (a write takes one stretch's time, never blocks on anything)
+        self._lock = threading.Lock()
 
     def write(self, block: np.ndarray) -> None:
         """(2, n) float32, within ±1 (the caller clips: libsndfile would wrap, not clip)."""
-        self._file.write(np.ascontiguousarray(block.T, dtype=np.float32))
+        frames = np.ascontiguousarray(block.T, dtype=np.float32)
+        with self._lock:
+            self._file.write(frames)  # on a file `abort` closed: RuntimeError, which the feeder keeps
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):  # a failed write may leave it half closed
+        with self._lock, contextlib.suppress(Exception):  # a failed write may leave it half closed
             self._file.close()
         with contextlib.suppress(OSError):
             self.dest.unlink(missing_ok=True)
