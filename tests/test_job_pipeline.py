@@ -167,6 +167,16 @@ def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path)
     assert 10 * np.log10(np.sum(audio.astype(np.float64) ** 2) / np.sum((back - audio).astype(np.float64) ** 2)) > 130
 
 
+def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:
+    """Entries kept before the worker wrote its own (ffmpeg's FLAC 24-bit) read back as written."""
+    from core.audio import encode
+
+    audio = np.random.default_rng(2).uniform(-0.9, 0.9, (2, 44_100)).astype(np.float32)
+    old = encode(audio, tmp_path / "vocals.flac", OutputFormat("flac", bit_depth=24))
+    back = np.concatenate(list(read_source(old)), axis=-1)
+    assert back.shape == audio.shape and np.max(np.abs(back - audio)) <= 2**-23
+
+
 def test_a_kept_source_aborted_while_written_leaves_nothing(tmp_path: Path) -> None:
     """A cancelled job aborts its kept sources from its own thread while their feeders write."""
     block = np.random.default_rng(1).uniform(-1, 1, (2, 441_000)).astype(np.float32)
