@@ -12,6 +12,7 @@ request whose result was evicted is recomputed, as one whose result expired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -179,7 +180,8 @@ class RedisArtifactStore:
                 )
                 await pipe.execute()
         except BaseException:  # a full Redis, say: the pieces are not left to expire
-            await asyncio.shield(self._redis.delete(staging))
+            with contextlib.suppress(Exception):  # the first failure is the one to raise
+                await asyncio.shield(self._redis.delete(staging))
             raise
 
     async def get(self, key: str) -> bytes:
