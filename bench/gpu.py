@@ -369,7 +369,6 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     from core.jobs import Requester, SeparationRequest
     from core.queue import QueueClient
     from core.settings import Settings
-    from core.sources import SOURCES_FORMAT
     from tests.helpers import ffmpeg
     from worker import pipeline, tasks
 
@@ -421,7 +420,10 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     # the encodes alone, one after another, for their CPU time
     stems = pipeline.load_audio(song, cached.max_input_bytes, cached.max_duration_s)[0]
     encode_cpu = {}
-    for label, fmt in (("mp3", OutputFormat("mp3", cached.mp3_bitrate_kbps)), ("flac24", SOURCES_FORMAT)):
+    for label, fmt in (
+        ("mp3", OutputFormat("mp3", cached.mp3_bitrate_kbps)),
+        ("flac24", OutputFormat("flac", bit_depth=24)),
+    ):
         before = children_cpu()
         for i in range(4):
             encode(stems * (0.3 + 0.1 * i), tmp / f"stem{i}.{fmt.ext}", fmt)

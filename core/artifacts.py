@@ -12,8 +12,10 @@ request whose result was evicted is recomputed, as one whose result expired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
+import uuid
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -132,6 +134,11 @@ end
 return total
 """
 
+# Values past this go to Redis in pieces of this size. Python 3.11's asyncio sends a big
+# write by deleting what went out from the front of one buffer, a copy of all the rest each
+# time: for four kept sources of a 240 s song, 0.45 CPU-s against 0.19 in pieces (README).
+_PIECE = 4 << 20
+
 
 class RedisArtifactStore:
     """Artifacts as plain Redis strings under `<prefix>artifact:<key>`, each with its own TTL.
@@ -149,6 +156,7 @@ class RedisArtifactStore:
         self._total = prefix + "artifacts:bytes"
         self._pins = prefix + "artifacts:pin:"
         self._held = prefix + "artifacts:held:"
+        self._staging = prefix + "artifacts:staging:"
         self.budget_bytes = budget_bytes
         self._account = redis.register_script(_ACCOUNT_AND_EVICT)
         self._release = redis.register_script(_RELEASE)
@@ -163,6 +171,9 @@ class RedisArtifactStore:
 
     async def put(self, key: str, data: bytes, ttl_s: int) -> None:
         try:
+            if len(data) > _PIECE:
+                await self._put_in_pieces(key, data, ttl_s)
+                return
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._k(key), data, ex=ttl_s)
                 await self._account(
@@ -171,6 +182,31 @@ class RedisArtifactStore:
                 await pipe.execute()
         except RedisError as exc:
             raise redacted(exc, f"storing {key} ({len(data)} bytes)") from None
+
+    async def _put_in_pieces(self, key: str, data: bytes, ttl_s: int) -> None:
+        """A big value written piece by piece beside its key (a name of its own, so two puts
+        of one key never mix), then moved in place with its books in one transaction:
+        nobody ever reads half of it."""
+        staging = f"{self._staging}{checked_key(key)}:{uuid.uuid4().hex}"
+        view = memoryview(data)
+        try:
+            # the last piece first: Redis allocates the whole string once, the others fill it
+            last = (len(data) - 1) // _PIECE * _PIECE
+            await self._redis.setrange(staging, last, view[last:])
+            await self._redis.expire(staging, ttl_s)
+            for at in range(0, last, _PIECE):
+                await self._redis.setrange(staging, at, view[at : at + _PIECE])
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rename(staging, self._k(key))
+                pipe.expire(self._k(key), ttl_s)
+                await self._account(
+                    keys=[self._index, self._sizes, self._total], args=self._account_args(key, len(data)), client=pipe
+                )
+                await pipe.execute()
+        except BaseException:  # a full Redis, say: the pieces are not left to expire
+            with contextlib.suppress(Exception):  # the first failure is the one to raise
+                await asyncio.shield(self._redis.delete(staging))
+            raise
 
     async def get(self, key: str) -> bytes:
         data = await self._redis.get(self._k(key))

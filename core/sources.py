@@ -1,10 +1,11 @@
 """The separated sources of songs, kept so that any later request renders without the model.
 
-A separation stores every source once per (input sha256, model), as FLAC 24-bit stereo
-44.1 kHz (lossless, about half the size of PCM), under
+A separation stores every source once per (input sha256, model), 24-bit stereo 44.1 kHz,
+as WAV or FLAC (`STEMBOT_SOURCES_CODEC`: the same samples, FLAC in about 45 % fewer bytes
+on music for twice the CPU), under
 
-    sources:<sha256>:<model>[:<section>]:<source>.flac   one artifact per source
-    sources:<sha256>:<model>[:<section>]                  the manifest, written last
+    sources:<sha256>:<model>[:<section>]:<source>.<wav|flac>   one artifact per source
+    sources:<sha256>:<model>[:<section>]                        the manifest, written last
 
 in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
 separation (with its context) is kept under the section's key. Nothing here carries a
@@ -30,12 +31,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from core.artifacts import ArtifactMissing, ArtifactStore
-from core.audio import OutputFormat
+from core.errors import StorageFull
 from core.settings import Settings
 
-SOURCES_FORMAT = OutputFormat("flac", bit_depth=24)
 Claim = Literal["ours", "held", "unkept"]
 _UNKEPT = "-unkept-"  # a claim's value once its holder ended without keeping the sources
 # KEYS[1] the claim; ARGV[1] the job; ARGV[2] milliseconds
@@ -77,6 +78,10 @@ class Manifest(BaseModel):
     size_bytes: int
     title: str | None = None
     artist: str | None = None
+    codec: str = "flac"  # the file type of its sources (entries from before WAV was kept: FLAC)
+
+    def source_key(self, key: str, name: str) -> str:
+        return f"{key}:{name}.{self.codec}"
 
 
 def entry_key(sha256: str, model: str, section: tuple[int, int | None] | None = None) -> str:
@@ -94,6 +99,9 @@ class SourcesCache:
         self.ttl_s = settings.sources_ttl_s
         self.max_bytes = settings.sources_max_bytes
         self._prefix = settings.key_prefix
+        # sources in Redis must leave the room `redis_full_ratio` keeps for accepted jobs
+        self._in_redis = settings.artifact_store == "redis"
+        self._full_ratio = settings.redis_full_ratio
         self._lru = f"{settings.key_prefix}sources:lru"
         self._sizes = f"{settings.key_prefix}sources:sizes"
 
@@ -118,7 +126,7 @@ class SourcesCache:
             await self._forget(key)
             return None
         manifest = Manifest.model_validate_json(raw)
-        keys = [f"{key}:{name}.flac" for name in manifest.sources]
+        keys = [manifest.source_key(key, name) for name in manifest.sources]
         if await self.store.exists(*keys) != len(keys):  # the store's budget took a source
             await self.drop(key)
             return None
@@ -129,14 +137,15 @@ class SourcesCache:
         paths = {}
         try:
             for name in manifest.sources:
-                path = dest / f"{name}.flac"
-                path.write_bytes(await self.store.get(f"{key}:{name}.flac"))
+                path = dest / f"{name}.{manifest.codec}"
+                data = await self.store.get(manifest.source_key(key, name))
+                await asyncio.to_thread(path.write_bytes, data)  # tens of MB: not in the event loop's thread
                 paths[name] = path
         except ArtifactMissing:
             await self.drop(key)
             return None
         for name in manifest.sources:
-            await self.store.touch(f"{key}:{name}.flac", self.ttl_s)
+            await self.store.touch(manifest.source_key(key, name), self.ttl_s)
         await self.store.touch(key, self.ttl_s)
         await self.redis.zadd(self._lru, {key: time.time()})
         return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
@@ -151,17 +160,22 @@ class SourcesCache:
         size = sum(path.stat().st_size for path in sources.paths.values())
         if not self.enabled or size > self.max_bytes:
             return False
+        await self._check_room(size)
+        codecs = {path.suffix.lstrip(".") for path in sources.paths.values()}
+        if len(codecs) != 1:
+            raise ValueError(f"a song's sources are kept in one file type, not {sorted(codecs)}")
         written: list[str] = []
         try:
             for name, path in sources.paths.items():
-                written.append(f"{key}:{name}.flac")
-                await self.store.put(written[-1], path.read_bytes(), self.ttl_s)
+                written.append(f"{key}:{name}.{next(iter(codecs))}")
+                data = await asyncio.to_thread(path.read_bytes)  # tens of MB: not in the event loop's thread
+                await self.store.put(written[-1], data, self.ttl_s)
             # the books before the manifest: an entry anyone can find is one the cap can evict
             await self.redis.zadd(self._lru, {key: time.time()})
             await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
-                size_bytes=size, title=sources.title, artist=sources.artist,
+                size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),
             )  # fmt: skip
             await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
         except BaseException:  # a half-kept entry (the store full, say) is not left to expire
@@ -169,6 +183,24 @@ class SourcesCache:
                 await asyncio.shield(self._undo(key, written))
             raise
         return key not in await self.evict()
+
+    async def _check_room(self, size: int) -> None:
+        """Refuse to keep `size` bytes in a Redis that would then be past `redis_full_ratio`.
+
+        Not only to leave accepted jobs their room: a write Redis refuses for want of memory
+        leaves its buffer in Redis for a moment (until Redis's cron trims it), and the job's
+        own next writes (its final progress, arq's result) were refused meanwhile, so a job
+        whose sources did not fit sometimes failed (issue #20's flaky test).
+        """
+        if not self._in_redis:
+            return
+        try:
+            memory = await self.redis.info("memory")
+        except ResponseError:  # a managed Redis that hides INFO: its own refusals still count
+            return
+        limit, used = int(memory.get("maxmemory", 0)), int(memory.get("used_memory", 0))
+        if limit and used + size > self._full_ratio * limit:
+            raise StorageFull(detail=f"Redis holds {used} of {limit} bytes: no room for {size} bytes of sources")
 
     async def _undo(self, key: str, written: list[str]) -> None:
         await self.store.delete(key, *written)
@@ -229,7 +261,7 @@ class SourcesCache:
             manifest = None
         await self.store.delete(key)
         if manifest is not None:
-            await self.store.delete(*(f"{key}:{name}.flac" for name in manifest.sources))
+            await self.store.delete(*(manifest.source_key(key, name) for name in manifest.sources))
         await self._forget(key)
 
     async def _forget(self, key: str) -> None:

@@ -144,7 +144,10 @@ def test_compiled_network_with_static_batches_equals_apply_model(bag: Any, monke
     sep = WindowedSeparator(
         bag, CPU, layout="reference", batch_size=3, compile_mode="default", cache_dir=tmp_path, fused_attention=False
     )
-    assert isinstance(sep.models[0], inductor.CompiledHTDemucs) and sep.static_batch
+    handover = sep.models[0]
+    assert isinstance(handover, inductor.Handover) and sep.static_batch
+    assert handover.settled.wait(300)
+    assert isinstance(handover.compiled, inductor.CompiledHTDemucs)
     sizes: list[int] = []
     through = sep._through
 
@@ -166,8 +169,10 @@ def test_failed_compile_runs_eager_and_says_why(bag: Any, monkeypatch: Any, tmp_
     monkeypatch.setattr(torch, "compile", broken)
     with caplog.at_level(logging.WARNING, logger="worker.inductor"):
         sep = WindowedSeparator(bag, CPU, batch_size=2, compile_mode="default", cache_dir=tmp_path / "fresh")
+        handover = sep.models[0]
+        assert isinstance(handover, inductor.Handover) and handover.settled.wait(60)
     assert "could not compile the network (RuntimeError: no C++ compiler on this host); running it eager" in caplog.text
-    assert sep.models[0] is sep.fp32_models[0] and not sep.static_batch
+    assert handover.compiled is None and handover.eager is sep.fp32_models[0]
     wav = noise(3.0)
     plain = WindowedSeparator(bag, CPU, batch_size=2)
     np.testing.assert_allclose(stacked(sep, sep.separate(wav)), stacked(plain, plain.separate(wav)), atol=0)
@@ -288,3 +293,95 @@ def test_gpu_defaults() -> None:
     assert (choose_batch_size(0, "cuda"), choose_batch_size(0, "cpu"), choose_batch_size(4, "cpu")) == (16, 1, 4)
     assert choose_shared_batches("auto", "cuda", 8) and not choose_shared_batches("auto", "cuda", 1)
     assert not choose_shared_batches("auto", "cpu", 8) and choose_shared_batches("on", "cpu", 1)
+
+
+class SlowCompile:
+    """Stands in for `worker.inductor.compile_network`: blocks until released, then gives a
+    "compiled" network (the eager one, counting its calls), or fails."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+
+    def __call__(self, eager: nn.Module, precision: Any, batch: int, cache_dir: Path, mode: str) -> nn.Module:
+        self.started.set()
+        assert self.release.wait(120), "the test never released the compile"
+        if self.fails:
+            raise RuntimeError("the compiler broke")
+        outer = self
+
+        class Compiled(nn.Module):
+            def forward(self, mix: torch.Tensor) -> torch.Tensor:
+                outer.calls += 1
+                return eager(mix)  # type: ignore[no-any-return]
+
+        return Compiled()
+
+
+def _cold_engine(tiny_repo: Path, tmp_path: Path, compiler: SlowCompile) -> Any:
+    from core.settings import Settings
+    from worker.engine import Engine
+
+    settings = Settings(
+        model_repo=tiny_repo, device="cpu", engine_backend="torch", engine_compile="default",
+        engine_batch_size=2, engine_cache_dir=tmp_path / "engine",
+    )  # fmt: skip
+    return Engine(settings, compiler=compiler)
+
+
+def _job(engine: Any, clip: Path, out: Path) -> np.ndarray:
+    """A whole job as the CLI runs it (decode, separate, encode): the vocals as a WAV file."""
+    from core.audio import OutputFormat
+    from core.settings import Settings
+    from core.stems import parse_stems
+    from tests.helpers import read_audio
+    from worker.pipeline import separate_file
+
+    out.mkdir()
+    done = separate_file(clip, out, "song", parse_stems("vocals"), OutputFormat("wav", bit_depth=24),
+                         engine.separator("htdemucs"), Settings())  # fmt: skip
+    return read_audio(done.files[0].path)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    from core.audio import OutputFormat, encode
+
+    return encode(noise(4.0, seed=5), tmp_path / "clip.wav", OutputFormat("wav", bit_depth=24))
+
+
+def test_jobs_run_eager_while_the_network_compiles_and_compiled_once_it_is_ready(
+    tiny_repo: Path, tmp_path: Path, clip: Path
+) -> None:
+    """No cold start: the worker's separator is there at once, its first job is done while
+    the compile still runs, and the compiled network serves the jobs after it is ready."""
+    compiler = SlowCompile()
+    engine = _cold_engine(tiny_repo, tmp_path, compiler)
+    handover = engine.separator("htdemucs").models[0]
+    assert isinstance(handover, inductor.Handover)
+    assert compiler.started.wait(60)
+    eager_out = _job(engine, clip, tmp_path / "first")
+    assert compiler.calls == 0 and not handover.settled.is_set()  # done, eager, with the compile under way
+    compiler.release.set()
+    assert handover.settled.wait(60) and handover.compiled is not None
+    compiled_out = _job(engine, clip, tmp_path / "second")
+    assert compiler.calls > 0
+    np.testing.assert_array_equal(compiled_out, eager_out)  # the same network, through the other path
+
+
+def test_a_failed_background_compile_leaves_the_jobs_eager(
+    tiny_repo: Path, tmp_path: Path, clip: Path, caplog: Any
+) -> None:
+    compiler = SlowCompile(fails=True)
+    engine = _cold_engine(tiny_repo, tmp_path, compiler)
+    handover = engine.separator("htdemucs").models[0]
+    first = _job(engine, clip, tmp_path / "first")
+    with caplog.at_level(logging.WARNING, logger="worker.inductor"):
+        compiler.release.set()
+        assert handover.settled.wait(60)
+    assert "could not compile the network (RuntimeError: the compiler broke); running it eager" in caplog.text
+    assert handover.compiled is None
+    np.testing.assert_array_equal(_job(engine, clip, tmp_path / "second"), first)
+    assert compiler.calls == 0

@@ -18,6 +18,7 @@ from demucs.pretrained import get_model
 
 from core.artifacts import RedisArtifactStore
 from core.audio import AudioWriter, OutputFormat
+from core.errors import StorageFull
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.render import RenderOptions
@@ -26,6 +27,7 @@ from core.sources import SourcesCache, SourceSet
 from core.stems import parse_stems
 from tests.helpers import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
 from worker import pipeline
+from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.windowed import WindowedSeparator
 
 pytestmark = pytest.mark.timeout(300)
@@ -71,9 +73,15 @@ def watched(monkeypatch: pytest.MonkeyPatch, separator: WindowedSeparator) -> It
             seen["during" if running.is_set() else "after"][self.dest.name] += 1
             super().write(block)
 
-    for decoder in ("stream_decode", "decode_to_file", "load_audio"):
+    class WatchedSource(SourceWriter):
+        def write(self, block: np.ndarray) -> None:
+            seen["during" if running.is_set() else "after"][self.dest.name] += 1
+            super().write(block)
+
+    for decoder in ("stream_decode", "decode_to_file", "load_audio", "read_source"):
         monkeypatch.setattr(pipeline, decoder, counting(getattr(pipeline, decoder)))
     monkeypatch.setattr(pipeline, "AudioWriter", Watched)
+    monkeypatch.setattr(pipeline, "SourceWriter", WatchedSource)
     monkeypatch.setattr(separator, "separate_stream", flagged)
     yield seen
 
@@ -92,13 +100,13 @@ def test_a_separation_decodes_once_and_feeds_every_encoder_while_the_model_runs(
     made = sorted(f.path.name for f in done.files)
     assert made == ["tune.drums.mp3", "tune.instrumental.mp3"]
     kept = sorted(p.name for p in done.sources.paths.values())
-    assert kept == ["bass.flac", "drums.flac", "other.flac", "vocals.flac"]
+    assert kept == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     # Each encoder had audio before the model finished: they ran beside it, not after it.
     assert set(watched["during"]) == set(made) | set(kept)
     assert set(timings) == {"decode", "separate", "encode"} and all(t > 0 for t in timings.values())
     for f in done.files:
         assert abs(read_audio(f.path).shape[-1] / 44100 - 16.0) < 0.1
-    vocals = read_audio(keep_in / "vocals.flac")
+    vocals = read_audio(keep_in / "vocals.wav")
     mixture = read_audio(song)[:, : vocals.shape[-1]]
     instrumental = read_audio(out / "tune.instrumental.mp3")[:, : vocals.shape[-1]]
     # the instrumental is the song less the vocals (mp3 keeps it to within its own noise)
@@ -115,7 +123,7 @@ def test_a_render_from_kept_sources_decodes_only_what_its_files_need(
     watched["decoded"].clear()
     spec = pipeline.RenderSpec(tmp_path, "tune", parse_stems("karaoke"), OutputFormat("flac"), RenderOptions())
     files = pipeline.render_files(first.sources, song, spec, Settings())
-    assert sorted(watched["decoded"]) == ["song.mp3", "vocals.flac"]
+    assert sorted(watched["decoded"]) == ["song.mp3", "vocals.wav"]
     assert [f.path.name for f in files] == ["tune.instrumental.flac"]
 
 
@@ -139,6 +147,109 @@ def test_a_section_is_cut_to_the_sample_while_streaming(
     assert (done.sources.offset, done.sources.whole) == (0, False)  # 3 s less 4 s of context, from 0
 
 
+@pytest.mark.parametrize("codec", ["wav", "flac"])
+def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path) -> None:
+    """A kept source read back is the float audio written, within one 24-bit step (libsndfile
+    scales by 2^23 - 1, so ±1 fits: at most a step off, 138 dB under full scale), written
+    block by block and read back in blocks of another size."""
+    rng = np.random.default_rng(7)
+    audio = np.clip(rng.normal(0, 0.3, (2, 3 * 44100 + 17)), -1, 1).astype(np.float32)
+    audio[:, :4] = [[1.0, -1.0, 0.0, 2**-23], [-1.0, 1.0, 0.0, -(2**-22)]]  # full scale, and the smallest steps
+    dest = tmp_path / f"vocals.{codec}"
+    writer = SourceWriter(dest)
+    for at in range(0, audio.shape[-1], 10_000):
+        writer.write(audio[:, at : at + 10_000])
+    writer.close()
+    back = np.concatenate(list(read_source(dest, block=44_100)), axis=-1)
+    assert back.shape == audio.shape
+    assert np.max(np.abs(back - audio)) <= 2**-23
+    assert np.max(np.abs(back[:, 2:4] - audio[:, 2:4])) == 0  # silence and the smallest steps exactly
+    assert 10 * np.log10(np.sum(audio.astype(np.float64) ** 2) / np.sum((back - audio).astype(np.float64) ** 2)) > 130
+
+
+def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:
+    """Entries kept before the worker wrote its own (ffmpeg's FLAC 24-bit) read back as written."""
+    from core.audio import encode
+
+    audio = np.random.default_rng(2).uniform(-0.9, 0.9, (2, 44_100)).astype(np.float32)
+    old = encode(audio, tmp_path / "vocals.flac", OutputFormat("flac", bit_depth=24))
+    back = np.concatenate(list(read_source(old)), axis=-1)
+    assert back.shape == audio.shape and np.max(np.abs(back - audio)) <= 2**-23
+
+
+def test_a_kept_source_aborted_while_written_leaves_nothing(tmp_path: Path) -> None:
+    """A cancelled job aborts its kept sources from its own thread while their feeders write."""
+    block = np.random.default_rng(1).uniform(-1, 1, (2, 441_000)).astype(np.float32)
+    writer = ParallelWriter(SourceWriter(tmp_path / "vocals.wav"))
+    for _ in range(8):
+        writer.put(lambda: block)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redis_url: str) -> None:
+    """Values past `_PIECE` are written beside their key and moved in place whole."""
+    from core.artifacts import _PIECE
+
+    settings = Settings(redis_url=redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    store = RedisArtifactStore(client, settings.key_prefix)
+    data = np.random.default_rng(3).bytes(2 * _PIECE + 12345)
+    try:
+        await store.put("sources:big:m:vocals.wav", data, 60)
+        assert await store.get("sources:big:m:vocals.wav") == data
+        assert 0 < await client.ttl(f"{settings.key_prefix}artifact:sources:big:m:vocals.wav") <= 60
+        assert await store.stored_bytes() == len(data)
+        assert await client.keys("*staging*") == []
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+async def test_a_big_artifact_refused_half_way_leaves_no_pieces(full_redis: RedisServer) -> None:
+    from core.artifacts import _PIECE
+
+    settings = Settings(redis_url=full_redis.url)
+    client = redis.asyncio.Redis.from_url(full_redis.url)
+    store = RedisArtifactStore(client, settings.key_prefix)
+    fill(full_redis.url, 0.9)  # room for a piece or two of it, not for all
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            await store.put("sources:big:m:vocals.wav", b"z" * (3 * _PIECE + 1), 60)
+        assert await client.keys("*staging*") == []
+        assert await client.keys("*sources*") == []
+    finally:
+        await client.aclose()
+
+
+async def test_sources_that_would_fill_redis_are_not_sent(full_redis: RedisServer, tmp_path: Path) -> None:
+    """Sources that would take Redis past `redis_full_ratio` are refused before a byte is
+    sent: a refused write leaves Redis over `maxmemory` for a moment, and the job's next
+    writes (its answer's books) failed meanwhile (issue #20's flaky test)."""
+    settings = Settings(redis_url=full_redis.url, redis_full_ratio=1.0)
+    client = redis.asyncio.Redis.from_url(full_redis.url)
+    cache = SourcesCache(RedisArtifactStore(client, settings.key_prefix), client, settings)
+    paths = {}
+    for name in ("drums", "vocals"):
+        paths[name] = tmp_path / f"{name}.wav"
+        paths[name].write_bytes(np.random.default_rng(len(name)).bytes(1024 * 1024))
+    fill(full_redis.url, 0.97)  # under 1 MB of room
+    sent: list[bytes] = []
+    try:
+        async with client.monitor() as monitor:  # every command Redis gets, from any client
+            with pytest.raises(StorageFull):
+                await cache.put("sources:abc:htdemucs", SourceSet(paths, 0, 44100))
+            await client.set("after", b"ok")  # the next write of a job: room for it
+            async for command in monitor.listen():  # bounded: ends at the SET above
+                sent.append(command["command"].encode())
+                if command["command"].startswith("SET after"):
+                    break
+        assert not any(b"sources" in c for c in sent if not c.startswith(b"INFO"))
+        assert await client.keys("*sources*") == []
+    finally:
+        await client.aclose()
+
+
 async def test_a_failed_keep_leaves_no_half_entry(full_redis: RedisServer, tmp_path: Path) -> None:
     settings = Settings(redis_url=full_redis.url)
     client = redis.asyncio.Redis.from_url(full_redis.url)
@@ -151,6 +262,11 @@ async def test_a_failed_keep_leaves_no_half_entry(full_redis: RedisServer, tmp_p
     fill(full_redis.url, 0.9)  # room for some of the four sources, not all
     stored = []
     put = store.put
+
+    async def room(size: int) -> None:  # Redis had room when asked; another client filled it since
+        pass
+
+    cache._check_room = room  # type: ignore[method-assign]
 
     async def noted(key: str, data: bytes, ttl_s: int) -> None:
         await put(key, data, ttl_s)
@@ -183,7 +299,7 @@ async def test_a_job_whose_sources_cannot_be_kept_still_answers(
         worker = WorkerProcess(env, tmp_path / "worker.log").start()
         worker_factory.append(worker)
         result = await queue.wait_result(job.job_id, timeout_s=120)
-        assert result.status == "done"
+        assert result.status == "done", (result.error, worker.log()[-3000:])
         assert len(await queue.fetch(result.stems[0])) > 10_000
         assert "could not keep the sources" in worker.log()
         claim = f"stembot:claim:sources:{ref.sha256}:htdemucs"

@@ -219,7 +219,7 @@ def test_a_partly_evicted_song_is_separated_again(
     _enqueue(rock_short, tmp_path / "a", tiny_env, "--stems", "vocals")
     client = redis.Redis.from_url(redis_url)
     try:
-        drums = client.keys("stembot:artifact:sources:*:drums.flac")
+        drums = client.keys("stembot:artifact:sources:*:drums.wav")
         assert len(drums) == 1
         client.delete(*drums)  # as the store's budget would
     finally:

@@ -12,7 +12,7 @@ from worker import compiled
 from worker.compiled import Precision
 from worker.models import ModelCache, in_repo, resolve_device
 from worker.separator import DemucsSeparator, Separator
-from worker.windowed import Backend, CompileMode, WindowedSeparator
+from worker.windowed import Backend, CompileMode, Compiler, WindowedSeparator
 
 
 def choose_backend(setting: str, device: str, have_openvino: bool) -> Backend:
@@ -60,8 +60,10 @@ def engine_choice(backend_setting: str, precision_setting: str, device: str) -> 
 class Engine:
     keeps_sources = True  # its separations leave sources for the cache (the benchmark engine's do not)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, compiler: Compiler | None = None) -> None:
+        """`compiler`: what compiles the network on GPUs (tests pass a stand-in)."""
         self.settings = settings
+        self.compiler = compiler
         self.device: torch.device = resolve_device(settings.device)
         self.models = ModelCache(settings.model_repo, self.device)
         self._separators: dict[tuple[str, frozenset[str] | None], Separator] = {}
@@ -94,5 +96,6 @@ class Engine:
                     cache_dir=s.engine_cache_dir,
                     compile_mode=choose_compile(s.engine_compile, self.device.type, self.backend),
                     shared_batches=choose_shared_batches(s.engine_shared_batches, self.device.type, s.worker_max_jobs),
+                    compiler=self.compiler,
                 )
             return self._separators[key]

@@ -81,7 +81,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     models = engine.available_models([settings.model, settings.six_stem_model])
     log.info("models this worker can load: %s", ", ".join(models))
     await queue.announce_models(models, 3 * _BEAT_S)
-    # Load (and compile) the default model before taking jobs, so the first user does not wait.
+    # Load the default model before taking jobs, so the first user does not wait for it. On
+    # a GPU its compile starts here too, in the background: jobs run eager until it is done.
     await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
     ctx["presence"] = asyncio.create_task(_announce(queue, models))

@@ -3,7 +3,7 @@
 A separation (`separate_sources`) decodes the song once and streams the model's output,
 as it comes, to every encoder at once: the files the request asked for (`Renderer`:
 stems and mixes, karaoke, guide vocals, a section, key and tempo) and, in the worker, every
-source losslessly (FLAC 24-bit). The worker keeps those sources (`core.sources`), so a
+source losslessly (24-bit WAV or FLAC, written in this process). The worker keeps those sources (`core.sources`), so a
 later request on the same song renders from them (`render_files`) without running the
 model again, through the same `Renderer`, and answers exactly as a first request would.
 """
@@ -40,9 +40,9 @@ from core.jobs import Stage
 from core.naming import stem_filename
 from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, label, rubberband
 from core.settings import Settings
-from core.sources import SOURCES_FORMAT, SourceSet
+from core.sources import SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
-from worker.encoders import ParallelWriter
+from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
@@ -262,7 +262,7 @@ def separate_sources(
 ) -> Separation:
     """Separate `input_path` (only the request's section and some context, if it has one),
     writing the files `render` asks for as the model's output comes, and every source
-    losslessly into `keep_in` (FLAC 24-bit: the sources cache's entry).
+    losslessly into `keep_in` (24-bit WAV or FLAC: the sources cache's entry).
 
     `timings` gets `decode`, `separate` (the encoders run meanwhile) and `encode` (what
     the encoders take after the model is done).
@@ -314,11 +314,9 @@ class _Outputs:
         self.writers: dict[str, ParallelWriter] = {}
         self.renderer: Renderer | None = None
         self.files: list[StemFile] = []
-        sandbox = Sandbox.from_settings(settings)
         try:
-            for dest in [keep_in / f"{name}.flac" for name in self.names] if keep_in is not None else []:
-                encoder = AudioWriter(dest, SOURCES_FORMAT, None, settings.ffmpeg_timeout_s, sandbox=sandbox)
-                self.writers[dest.stem] = ParallelWriter(encoder)
+            for dest in [keep_in / f"{n}.{settings.sources_codec}" for n in self.names] if keep_in is not None else []:
+                self.writers[dest.stem] = ParallelWriter(SourceWriter(dest))
             if render is not None:
                 self.renderer = Renderer(render, settings, covered, info.title, info.artist)
         except BaseException:
@@ -332,7 +330,7 @@ class _Outputs:
     def emit(self, sources: np.ndarray, mixture: np.ndarray) -> None:
         """(sources, channels, n) separated audio of the next n samples (this receiver's own,
         clipped here in place), and the song's own."""
-        # Kept sources are stored clipped (FLAC holds ±1): the files made now are made from
+        # Kept sources are stored clipped (24-bit PCM holds ±1): the files made now are made from
         # the same samples, so a later render from the cache gives what this one gives.
         np.clip(sources, -1.0, 1.0, out=sources)
         named = dict(zip(self.names, sources, strict=True))
@@ -463,6 +461,12 @@ def _decoded(
     return _closing(frames_between(decoded, start, stop), decoded)
 
 
+def _kept(path: Path, start: int, stop: int | None) -> contextlib.closing[Generator[np.ndarray, None, None]]:
+    """Samples [start, stop) of a kept source, decoded in this process (no ffmpeg, no pipe)."""
+    source = read_source(path)
+    return _closing(frames_between(source, start, stop), source)
+
+
 def render_files(
     sources: SourceSet,
     mixture_path: Path | None,
@@ -489,7 +493,7 @@ def render_files(
             names = [n for n in sources.paths if n in wanted]
             if set(names) != wanted:
                 raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
-            streams = [stack.enter_context(_decoded(sources.paths[n], settings, sandbox, *cut)) for n in names]
+            streams = [stack.enter_context(_kept(sources.paths[n], *cut)) for n in names]
             if renderer.needs_mixture and mixture_path is not None:
                 mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
                 streams.append(stack.enter_context(mixed))

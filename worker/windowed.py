@@ -62,6 +62,8 @@ Layout = Literal["even", "reference"]
 Backend = Literal["torch", "openvino"]
 # torch.compile's mode ("default", "reduce-overhead", "max-autotune"), or None: eager PyTorch
 CompileMode = str | None
+# (eager module, precision, batch, cache dir, mode) -> the compiled one, or None to stay eager
+Compiler = Callable[[nn.Module, Precision, int, Path, str], nn.Module | None]
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]
 # Receives finished output: (sources, channels, n) separated audio and the (channels, n) mixture.
@@ -114,11 +116,14 @@ def prepare(
     cache_dir: Path,
     compile_mode: CompileMode = None,
     batch: int = 1,
+    compiler: Compiler | None = None,
 ) -> nn.Module:
     """The module that runs `model`'s windows: as it is, with fused attention, or compiled.
 
     `compile_mode` (PyTorch backend): torch.compile the network for batches of exactly
-    `batch` windows at `precision`, compiling now; eager (logged) if that fails.
+    `batch` windows at `precision` (`compiler`, by default `worker.inductor.compile_network`),
+    in the background: the module runs eager until the compiled network is ready, and stays
+    eager (logged) if compiling fails.
     """
     compiling = backend == "torch" and compile_mode is not None
     key: _PreparedKey = (
@@ -131,11 +136,11 @@ def prepare(
     done = _prepared.setdefault(model, {})
     if key not in done:
         if backend == "torch" and compile_mode is not None:
-            from worker.inductor import compile_network  # torch.compile's import is slow; GPUs only
+            from worker.inductor import Handover, compile_network  # torch.compile's import is slow; GPUs only
 
             eager = prepare(model, "torch", "fp32", fused, cache_dir)
-            built = compile_network(eager, precision, batch, cache_dir, compile_mode)
-            done[key] = built if built is not None else eager
+            build = compiler or compile_network
+            done[key] = Handover(eager, lambda: build(eager, precision, batch, cache_dir, compile_mode))
         else:
             # copy.copy: a shell sharing the weights, so no value refers back to its weak key
             shell = copy.copy(model)
@@ -179,6 +184,7 @@ class WindowedSeparator:
         cache_dir: Path | None = None,
         compile_mode: CompileMode = None,
         shared_batches: bool = False,
+        compiler: Compiler | None = None,
     ) -> None:
         self.bag = model
         self.device = device
@@ -203,7 +209,7 @@ class WindowedSeparator:
         cache = cache_dir or Settings().engine_cache_dir
         compile_mode = compile_mode if backend == "torch" else None
         self.models = [
-            prepare(m.to(device), backend, precision, fused_attention, cache, compile_mode, batch_size)
+            prepare(m.to(device), backend, precision, fused_attention, cache, compile_mode, batch_size, compiler)
             for m, _ in members
         ]
         # A reduced-precision PyTorch batch that comes out not finite runs again through these,

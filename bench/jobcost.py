@@ -1,0 +1,270 @@
+"""The host's CPU seconds per whole job, by stage, and the job rate at 1, 2 and 4 jobs at once.
+
+A 240 s mp3 goes through the worker's own job code (`worker.tasks._execute`: fetch from
+Redis, one decode, the engine, every encoder, store, keep) with the network stubbed out
+(bench/gpu.py's null network: each source is the window's input, so the encoders get real
+music) and the sources cache on, as production runs it. CPU seconds are this process's
+(every thread) plus every child's (ffprobe, the decoder, the encoders), from getrusage.
+A child's CPU counts when it is reaped, so the encoders' show up where they finish (the
+`encode` stage); the `self`/`children` columns keep the two apart. Redis's own CPU is not
+counted (another process, not a child).
+
+Cases: one stem (vocals), karaoke (the instrumental: the mixture minus the vocals), four
+stems, each a fresh separation; and a render from the kept sources (karaoke again).
+Targets (issue #19, CPU seconds, this 2-core machine): one mp3 stem <= 3.0, four <= 6.5.
+
+Then N jobs at once (different songs) through one event loop, as one worker process with
+STEMBOT_WORKER_MAX_JOBS=N runs them: jobs a minute at N = 1, 2, 4, and the speed-up over
+N = 1 (at most the core count).
+
+Run: python bench/jobcost.py [--seconds 240] [--repeat 3] [--redis redis://127.0.0.1:6379/14]
+Last line: one_stem_cpu_s=… karaoke_cpu_s=… four_stems_cpu_s=… jobs_per_min=…(1/2/4)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.gpu import load_bag, stubbed
+from core.jobs import Requester, SeparationRequest, Stage
+from core.queue import QueueClient
+from core.settings import Settings
+from tests.helpers import SONGS, ffmpeg
+from worker import tasks
+from worker.windowed import WindowedSeparator
+
+TARGETS = {"vocals": 3.0, "karaoke": 3.0, "four stems": 6.5}
+CASES = {"vocals": "vocals", "karaoke": "instrumental", "four stems": "drums bass other vocals"}
+# checkpoints, in the order a fresh job passes them
+MARKS = ("start", "decoded", "separated", "encoded", "stored", "end")
+STAGES = {
+    "fetch + decode": ("start", "decoded"),
+    "separate (encoders meanwhile)": ("decoded", "separated"),
+    "encode (tail)": ("separated", "encoded"),
+    "store": ("encoded", "stored"),
+    "keep": ("stored", "end"),
+}
+
+
+def cpu() -> tuple[float, float]:
+    """(this process, its reaped children): user + system seconds."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Costs:
+    marks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, cpu())
+
+    def stage(self, a: str, b: str) -> tuple[float, float]:
+        """(self, children) CPU seconds between two checkpoints (a stage the job skipped: 0)."""
+        if a not in self.marks or b not in self.marks:
+            return 0.0, 0.0
+        (s0, c0), (s1, c1) = self.marks[a], self.marks[b]
+        return s1 - s0, c1 - c0
+
+    @property
+    def total(self) -> float:
+        s, c = self.stage("start", "end")
+        return s + c
+
+
+class MeteredRun(tasks.JobRun):
+    """The job's own progress reports are its stage boundaries (called from its threads too)."""
+
+    costs: Costs
+
+    def report(self, stage: Stage, percent: float) -> None:
+        first = {Stage.separating: "decoded", Stage.rendering: "decoded", Stage.encoding: "separated"}
+        if stage in first:
+            self.costs.mark(first[stage])
+        if stage == Stage.uploading:
+            self.costs.mark("decoded")  # a render from kept sources has no separation of its own
+            self.costs.mark("separated")
+            self.costs.mark("encoded")
+        super().report(stage, percent)
+
+
+def make_songs(seconds: float, count: int, tmp: Path) -> list[Path]:
+    """`count` songs of the same music and length whose bytes differ (so each is a fresh separation)."""
+    base = tmp / "base.mp3"
+    src = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
+    ffmpeg("-stream_loop", "-1", "-i", f"file:{src}", "-t", str(seconds), "-c:a", "libmp3lame", "-b:a", "192k",
+           f"file:{base}")  # fmt: skip
+    songs = []
+    for i in range(count):
+        song = tmp / f"song{i}.mp3"
+        ffmpeg("-i", f"file:{base}", "-c", "copy", "-metadata", f"comment=copy {i}", f"file:{song}")
+        songs.append(song)
+    return songs
+
+
+class StubEngine:
+    keeps_sources = True
+
+    def __init__(self, sep: WindowedSeparator) -> None:
+        self.sep = sep
+
+    def separator(self, name: str, needed: Any = None) -> WindowedSeparator:
+        return self.sep
+
+
+async def one_job(queue: QueueClient, engine: StubEngine, song: Path, stems: str, job_id: str) -> Costs:
+    ref = await queue.store_input(song.read_bytes(), song.name)
+    request = SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
+    run = MeteredRun(queue, job_id)
+    run.costs = Costs()
+    run.costs.mark("start")
+    keep = tasks._keep_sources
+
+    async def metered_keep(*args: Any) -> None:
+        run.costs.mark("stored")
+        await keep(*args)
+
+    with _patched(tasks, "_keep_sources", metered_keep):
+        result = await tasks._execute(run, engine, request, job_id)  # type: ignore[arg-type]
+    run.costs.mark("stored")
+    run.costs.mark("end")
+    assert result.status == "done", result
+    return run.costs
+
+
+@contextlib.contextmanager
+def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+async def cost_table(settings: Settings, engine: StubEngine, songs: list[Path], repeat: int) -> dict[str, float]:
+    queue = await QueueClient.connect(settings)
+    rows: dict[str, list[Costs]] = {}
+    try:
+        await queue.pool.flushdb()
+        await one_job(queue, engine, songs[0], "vocals", "warm-up")  # imports, first allocations
+        for r in range(repeat):
+            for name, stems in CASES.items():
+                await queue.pool.flushdb()
+                rows.setdefault(name, []).append(
+                    await one_job(queue, engine, songs[0], stems, f"{name.replace(' ', '-')}-{r}")
+                )
+            # the song's sources are kept now (four stems ran last): karaoke from them
+            rows.setdefault("karaoke from kept sources", []).append(
+                await one_job(queue, engine, songs[0], "instrumental", f"cached-{r}")
+            )
+    finally:
+        await queue.pool.flushdb()
+        await queue.close()
+    say(f"\n## CPU seconds per {args.seconds:g} s mp3 job (network stubbed, sources cache on), "
+        f"median of {repeat}; load average {load()}")  # fmt: skip
+    say("| stage: self + children | " + " | ".join(rows) + " |")
+    say("|---|" + "---|" * len(rows))
+    for stage, (a, b) in STAGES.items():
+        cells = []
+        for runs in rows.values():
+            parts = [r.stage(a, b) for r in runs]
+            s, c = statistics.median(p[0] for p in parts), statistics.median(p[1] for p in parts)
+            cells.append(f"{s:.2f} + {c:.2f}")
+        say(f"| {stage} | " + " | ".join(cells) + " |")
+    totals = {name: statistics.median(r.total for r in runs) for name, runs in rows.items()}
+    say("| **total CPU-s** | " + " | ".join(f"**{t:.2f}**" for t in totals.values()) + " |")
+    say(
+        "| target | "
+        + " | ".join(
+            f"{TARGETS[n]:.1f} ({totals[n] / TARGETS[n]:.0%}: {'met' if totals[n] <= TARGETS[n] else 'NOT met'})"
+            if n in TARGETS
+            else ""
+            for n in rows
+        )
+        + " |"
+    )
+    return totals
+
+
+async def rate(
+    settings: Settings, engine: StubEngine, songs: list[Path], at_once: int, rounds: int
+) -> tuple[float, float]:
+    """Jobs a minute with `at_once` jobs running side by side in one event loop (one vocals
+    job each), and the cores they kept busy (CPU seconds, children's too, per wall second)."""
+    queue = await QueueClient.connect(settings)
+    try:
+        await queue.pool.flushdb()
+        start, used = time.perf_counter(), sum(cpu())
+        for r in range(rounds):
+            await queue.pool.flushdb()  # every job a fresh separation
+            jobs = [one_job(queue, engine, songs[i], "vocals", f"rate-{at_once}-{r}-{i}") for i in range(at_once)]
+            await asyncio.gather(*jobs)
+        wall = time.perf_counter() - start
+        return 60 * at_once * rounds / wall, (sum(cpu()) - used) / wall
+    finally:
+        await queue.pool.flushdb()
+        await queue.close()
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=240, help="the song's length")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each case (the median is shown)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4], help="jobs at once for the rate")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of jobs at once, per rate")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    global args
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    say(f"{cores} cores, load average {load()}; torch {torch.__version__}, {args.seconds:g} s songs")
+    with tempfile.TemporaryDirectory(prefix="stembot-jobcost-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        songs = make_songs(args.seconds, max(args.jobs), tmp)
+        bag = load_bag("toy", tmp)
+        bag.eval()
+        engine = StubEngine(stubbed(WindowedSeparator(bag, torch.device("cpu"), overlap_s=0.25)))
+        settings = Settings(redis_url=args.redis, max_duration_s=args.seconds + 60)
+        totals = asyncio.run(cost_table(settings, engine, songs, args.repeat))
+        say(f"\n## jobs at once in one worker process (vocals, fresh separations), {cores} cores")
+        say("| at once | jobs a minute | speed-up over 1 | cores kept busy | load average |")
+        say("|---|---|---|---|---|")
+        rates: dict[int, float] = {}
+        for n in args.jobs:
+            rates[n], busy = asyncio.run(rate(settings, engine, songs, n, args.rounds))
+            say(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.jobs[0]]:.2f}x | {busy:.2f} of {cores} | {load()} |")
+    say(
+        f"one_stem_cpu_s={totals['vocals']:.2f} karaoke_cpu_s={totals['karaoke']:.2f} "
+        f"four_stems_cpu_s={totals['four stems']:.2f} "
+        f"jobs_per_min={'/'.join(f'{rates[n]:.1f}' for n in args.jobs)}"
+    )
+
+
+args: argparse.Namespace
+
+if __name__ == "__main__":
+    main()
