@@ -31,7 +31,7 @@ from bench.scale import on_private_redis
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import WorkerProcess, stembot_env
+from testkit import WorkerProcess, stembot_env
 
 
 async def sample(queue: QueueClient, peak: list[int], stop: asyncio.Event) -> None:

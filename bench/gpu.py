@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import MODELS, ROCK, SONGS, write_tiny_repo
+from testkit import MODELS, ROCK, SONGS, write_tiny_repo
 from worker.separator import DemucsSeparator
 from worker.windowed import WindowedSeparator
 
@@ -80,7 +80,7 @@ def load_clip() -> tuple[np.ndarray, dict[str, np.ndarray]]:
             return np.ascontiguousarray(pcm / 32768, dtype=np.float32)
 
         return raw("mixture"), {s: raw(s) for s in SOURCES}
-    from tests.helpers import read_audio
+    from testkit import read_audio
 
     return read_audio(ROCK / "mixture.flac"), {s: read_audio(ROCK / f"{s}.flac") for s in SOURCES}
 
@@ -92,7 +92,7 @@ def tiled(clip: np.ndarray, seconds: float) -> np.ndarray:
 
 def sdr_of(truth: dict[str, np.ndarray], est: dict[str, np.ndarray]) -> dict[str, float]:
     try:
-        from bench.sdr import sdr_many
+        from testkit.sdr import sdr_many
 
         return sdr_many(truth, est)
     except ImportError:  # no museval on the GPU machine: whole-clip SDR
@@ -275,7 +275,7 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
     from core.jobs import Requester, SeparationRequest
     from core.queue import QueueClient
     from core.settings import Settings
-    from tests.helpers import WorkerProcess, read_audio, stembot_env
+    from testkit import WorkerProcess, read_audio, stembot_env
 
     say(f"\n## throughput through one real worker: {args.worker_seconds:g} s songs, toy model, CPU")
     base = read_audio(SONGS / "librosa_kevin_macleod_vibe_ace.ogg")
@@ -353,7 +353,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     from core.queue import QueueClient
     from core.settings import Settings
     from core.sources import SOURCES_FORMAT
-    from tests.helpers import ffmpeg
+    from testkit import ffmpeg
     from worker import pipeline, tasks
 
     cores = os.cpu_count() or 1

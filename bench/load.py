@@ -31,7 +31,7 @@ from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
 from core.sources import SourcesCache
-from tests.helpers import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
+from testkit import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
 
 
 def songs(count: int, dest: Path) -> list[bytes]:

@@ -24,7 +24,7 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache
-from tests.helpers import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
+from testkit import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
 
 SOURCE = SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg"
 

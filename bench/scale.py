@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.jobs import Requester, SeparationRequest, Stage
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import WorkerProcess, stembot_env
+from testkit import WorkerProcess, stembot_env
 
 
 @dataclass

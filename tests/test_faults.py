@@ -12,7 +12,7 @@ import pytest
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import SONGS, RedisServer, WorkerProcess, make_clip
+from testkit import SONGS, RedisServer, WorkerProcess, make_clip
 
 pytestmark = pytest.mark.timeout(300)
 

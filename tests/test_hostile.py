@@ -7,7 +7,6 @@ a `stembot worker` with the toy model on the test Redis.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import errno
 import struct
@@ -46,7 +45,7 @@ from core.queue import QueueClient
 from core.settings import Settings
 from core.stems import parse_stems
 from core.uploads import part_name
-from tests.helpers import ROOT, WorkerProcess, ffmpeg, run_stembot, write_tiny_repo
+from testkit import ROOT, WorkerProcess, ffmpeg, run_stembot, write_tiny_repo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -613,20 +612,7 @@ async def test_separate_and_enqueue_exit_alike_for_a_refusal(
     assert "doesn't look like an audio" in separated.stderr
 
 
-# --- core stands on its own -----------------------------------------------------------------
-
-
-def test_core_imports_nothing_of_worker_or_bots() -> None:
-    offenders = []
-    for path in sorted((ROOT / "core").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("worker", "bots")]
-    assert offenders == []
+# --- core stands on its own (tests/test_layers.py checks its imports) -----------------------
 
 
 def test_help_lists_every_command_without_heavy_imports() -> None:

@@ -24,7 +24,7 @@ from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache, SourceSet
 from core.stems import parse_stems
-from tests.helpers import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
+from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
 from worker import pipeline
 from worker.windowed import WindowedSeparator
 

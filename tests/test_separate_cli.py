@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sdr import sdr, sdr_many
 from core.cli import main
-from tests.helpers import MODELS, ROCK, SONGS, ffmpeg, make_clip, read_audio, run_stembot, stembot_env
-from tests.test_audio import INPUTS
+from testkit import INPUTS, MODELS, ROCK, SONGS, ffmpeg, make_clip, read_audio, run_stembot, stembot_env
+from testkit.sdr import sdr, sdr_many
 
 STEMS4 = ("drums", "bass", "other", "vocals")
 
