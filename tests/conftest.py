@@ -99,14 +99,14 @@ def _item_names(item: pytest.Item) -> set[str]:
 
 def _shared_missing() -> str | None:
     missing = [p for p in (SHARED, MODELS) if not p.is_dir()]
-    return f"needs the shared test data at {missing[0]}" if missing else None
+    return f"the shared test data (../shared) is not at {missing[0]}" if missing else None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     missing = _shared_missing()
     # CI must test everything: a missing ../shared there is an error, never a row of skips.
     if missing and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise pytest.UsageError(f"CI=true and the tests {missing}")
+        raise pytest.UsageError(f"CI=true but {missing}: CI runs every test")
     # One OpenVINO conversion per model per run, shared by every worker the tests start. The
     # xdist controller's sessionstart runs before it spawns the workers, so they inherit
     # this directory; worker/compiled.py's temp-dir + rename keeps two racing converters safe.

@@ -57,7 +57,8 @@ def test_network_is_converted_once_and_then_read_from_the_cache(
     again = ensure_ir(model, True, tmp_path)
     assert first == again and first.exists() and first.with_suffix(".bin").exists()
     assert len(conversions) == 1 and conversions[0][1:3] == ["-m", "worker.compiled"]
-    assert [p.name for p in tmp_path.iterdir()] == [first.parent.name]  # no model.pt, no half-written dirs
+    left = [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]  # the lock file may stay
+    assert left == [first.parent.name]  # no model.pt, no half-written dirs
     other = ensure_ir(model, False, tmp_path)  # another network structure: its own entry
     assert other != first and len(conversions) == 2
 
