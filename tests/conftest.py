@@ -53,9 +53,10 @@ _AUTO_MARKS: dict[str, frozenset[str]] = {
     ),
     "openvino": frozenset({"OpenVinoHTDemucs", "ensure_ir", "compiled", "openvino"}),
 }
-# Slow however it is written: the real model takes many seconds of CPU per song on 2 cores.
+# Slow however it is written: the real model takes many seconds of CPU per song on 2 cores; a
+# process of our own (a worker, the CLI, an OpenVINO conversion) seconds just to import torch.
 # Other slow tests carry an explicit @pytest.mark.slow.
-_SLOW_BECAUSE = ("real_weights",)
+_SLOW_BECAUSE = ("real_weights", "subprocess", "openvino")
 
 
 def _code_names(code: types.CodeType) -> Iterator[str]:

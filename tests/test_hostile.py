@@ -491,7 +491,10 @@ async def test_a_deterministic_failure_runs_once(
     assert list(work_tmp.iterdir()) == []
     again = await queue.submit(request)  # the same request again: answered, not re-run
     assert again.state == "cached"
-    await asyncio.sleep(2)
+    # A re-run would have been queued before this job: the worker takes jobs in order, so once
+    # this one is done, a re-run would have started (no sleep waiting for it not to happen).
+    after = SeparationRequest(input=ref, stems="drums", model="htdemucs", requester=Requester(platform="test"))
+    assert (await queue.wait_result((await queue.submit(after)).job_id, timeout_s=120)).status == "done"
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 1, starts
     # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped)
