@@ -467,7 +467,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help="throughput through a real worker (Redis, ffmpeg)")
     parser.add_argument("--worker-seconds", type=float, default=20)
     parser.add_argument("--job-seconds", type=float, default=240)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "stembot-bench-cache")
     parser.add_argument("--budget-s", type=float, default=480, help="skip what would start after this many seconds")
     parser.add_argument("--out", type=Path, default=None, help="also write results.json here")
