@@ -3,10 +3,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,6 +19,7 @@ from testkit import (
     stembot_env,
     write_tiny_repo,
 )
+from testkit.tiers import item_names, marks_for, shared_missing
 
 
 def _test_redis_db() -> int:
@@ -41,70 +40,9 @@ TEST_REDIS_DB = _test_redis_db()
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
 _CACHE_KEY = pytest.StashKey[str]()
 
-# --- tiers ----------------------------------------------------------------------------------
-# A test gets a marker when its code, its fixtures' code, or a function of its own module that
-# it calls (transitively) names one of these: new test files are sorted without edits.
-_SHARED_NAMES = frozenset({"SHARED", "MODELS", "MULTITRACK", "SONGS", "ROCK"})
-_AUTO_MARKS: dict[str, frozenset[str]] = {
-    "needs_shared": _SHARED_NAMES | {"rock_short", "real_worker"},
-    "real_weights": frozenset({"MODELS", "real_worker"}),
-    "subprocess": frozenset(
-        {"WorkerProcess", "run_stembot", "RedisServer", "Popen", "tiny_worker", "real_worker", "worker_factory"}
-    ),
-    "openvino": frozenset({"OpenVinoHTDemucs", "ensure_ir", "compiled", "openvino"}),
-}
-# Slow however it is written: the real model takes many seconds of CPU per song on 2 cores; a
-# process of our own (a worker, the CLI, an OpenVINO conversion) seconds just to import torch.
-# Other slow tests carry an explicit @pytest.mark.slow.
-_SLOW_BECAUSE = ("real_weights", "subprocess", "openvino")
-
-
-def _code_names(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    yield from code.co_varnames
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_names(const)
-
-
-def _names_used(func: Callable[..., Any], seen: set[int]) -> set[str]:
-    """Names a function's code mentions, following the functions of its own module it calls."""
-    func = getattr(func, "__wrapped__", func)
-    code = getattr(func, "__code__", None)
-    if code is None or id(code) in seen:
-        return set()
-    seen.add(id(code))
-    names = set(_code_names(code))
-    module_globals: dict[str, Any] = getattr(func, "__globals__", {})
-    for name in list(names):
-        called = module_globals.get(name)
-        if isinstance(called, types.FunctionType) and called.__module__ == func.__module__:
-            names |= _names_used(called, seen)
-    return names
-
-
-def _item_names(item: pytest.Item) -> set[str]:
-    seen: set[int] = set()
-    names = set(getattr(item, "fixturenames", ()))
-    callspec = getattr(item, "callspec", None)  # a parametrized test: its values count as names
-    names |= {v for v in getattr(callspec, "params", {}).values() if isinstance(v, str)}
-    test = getattr(item, "function", None)
-    if test is not None:
-        names |= _names_used(test, seen)
-    info = getattr(item, "_fixtureinfo", None)
-    for defs in getattr(info, "name2fixturedefs", {}).values():
-        for fixturedef in defs:
-            names |= _names_used(fixturedef.func, seen)
-    return names
-
-
-def _shared_missing() -> str | None:
-    missing = [p for p in (SHARED, MODELS) if not p.is_dir()]
-    return f"the shared test data (../shared) is not at {missing[0]}" if missing else None
-
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    missing = _shared_missing()
+    missing = shared_missing([SHARED, MODELS])
     # CI must test everything: a missing ../shared there is an error, never a row of skips.
     if missing and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise pytest.UsageError(f"CI=true but {missing}: CI runs every test")
@@ -124,14 +62,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    missing = _shared_missing()
+    """Tiers from what each test uses (testkit/tiers.py); a skip with the reason without ../shared."""
+    missing = shared_missing([SHARED, MODELS])
     for item in items:
-        names = _item_names(item)
-        found = {mark for mark, triggers in _AUTO_MARKS.items() if names & triggers}
-        found |= {mark.name for mark in item.iter_markers() if mark.name in _AUTO_MARKS}
-        if found & set(_SLOW_BECAUSE):
-            found.add("slow")
-        for mark in sorted(found - {m.name for m in item.iter_markers()}):
+        have = {m.name for m in item.iter_markers()}
+        found = marks_for(item_names(item), have)
+        for mark in sorted(found - have):
             item.add_marker(mark)
         if missing and "needs_shared" in found:
             item.add_marker(pytest.mark.skip(reason=missing))
