@@ -15,11 +15,17 @@ from testkit import (
     SHARED,
     RedisServer,
     WorkerProcess,
+    free_port,
     make_clip,
     stembot_env,
+    wait_for,
     write_tiny_repo,
 )
 from testkit.tiers import item_names, marks_for, shared_missing
+
+# Moved to testkit; re-exported only for branches in flight that import them from here
+# (tests/test_layers.py fails on such an import).
+__all__ = ["free_port", "wait_for"]
 
 
 def _test_redis_db() -> int:
