@@ -111,6 +111,7 @@ def test_truncated_mp3(tmp_path: Path) -> None:
         load_audio(path, MB, 60)
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_over_duration_refused_from_probe(tmp_path: Path) -> None:
     path = tmp_path / "long.opus"
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "600", "-c:a", "libopus", "-b:a", "6k", str(path))

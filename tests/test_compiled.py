@@ -29,6 +29,7 @@ def model(tiny_repo: Path) -> Any:
     return get_model("htdemucs", repo=tiny_repo).models[0].eval()
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize("short_by", [0, 1, 30_000])
 def test_network_cut_out_of_htdemucs_gives_the_same_output(model: Any, short_by: int) -> None:
     mix = torch.randn(2, 2, training_length(model) - short_by, generator=torch.Generator().manual_seed(short_by))

@@ -400,6 +400,7 @@ def test_cap_bytes(text: str, limit: int, expected: str) -> None:
     assert cap_bytes(text, limit) == expected
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_separate_writes_a_62_emoji_name(tiny_model_env: Path, rock_short: Path, tmp_path: Path) -> None:
     source = tmp_path / ("😀" * 62 + ".flac")
     source.write_bytes(rock_short.read_bytes())

@@ -118,6 +118,7 @@ def test_every_output_format(tiny_model: Path, tmp_path: Path, rock_short: Path,
         assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize(
     ("spec", "files"),
     [
