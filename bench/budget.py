@@ -31,7 +31,11 @@ from bench.scale import on_private_redis
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import WorkerProcess, stembot_env
+from testkit import WorkerProcess, stembot_env, wait_until
+
+
+async def _backlog_within(queue: QueueClient, settings: Settings, backlog: int) -> bool:
+    return int(await queue.pool.zcard(settings.queue_name)) <= backlog
 
 
 async def sample(queue: QueueClient, peak: list[int], stop: asyncio.Event) -> None:
@@ -72,8 +76,7 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
             if len(jobs) % args.backlog == 0:
                 queued = [j for j in jobs[-args.backlog :] if await queue.position(j) not in (None, 0)]
                 evicted_inputs += await _queued_inputs_missing(queue, queued)
-                while await queue.pool.zcard(settings.queue_name) > args.backlog:
-                    await asyncio.sleep(0.2)
+                await wait_until(lambda: _backlog_within(queue, settings, args.backlog), timeout=600, interval=0.2)
         results = [await queue.wait_result(j, timeout_s=600) for j in jobs]
         stop.set()
         await sampler

@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import MODELS, ROCK, SONGS, write_tiny_repo
+from testkit import MODELS, ROCK, SONGS, write_tiny_repo
+from testkit.networks import IdentityNetwork
 from worker.separator import DemucsSeparator
 from worker.windowed import WindowedSeparator
 
@@ -80,7 +81,7 @@ def load_clip() -> tuple[np.ndarray, dict[str, np.ndarray]]:
             return np.ascontiguousarray(pcm / 32768, dtype=np.float32)
 
         return raw("mixture"), {s: raw(s) for s in SOURCES}
-    from tests.helpers import read_audio
+    from testkit import read_audio
 
     return read_audio(ROCK / "mixture.flac"), {s: read_audio(ROCK / f"{s}.flac") for s in SOURCES}
 
@@ -92,7 +93,7 @@ def tiled(clip: np.ndarray, seconds: float) -> np.ndarray:
 
 def sdr_of(truth: dict[str, np.ndarray], est: dict[str, np.ndarray]) -> dict[str, float]:
     try:
-        from bench.sdr import sdr_many
+        from testkit.sdr import sdr_many
 
         return sdr_many(truth, est)
     except ImportError:  # no museval on the GPU machine: whole-clip SDR
@@ -210,21 +211,8 @@ def engine_section(bag: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"reference_s": t_ref, "variants": rows, "best": best}
 
 
-class NullNetwork(torch.nn.Module):
-    """Output of the right shape at no cost, so the engine's own work is all that is timed: each
-    source is the window's input itself (a view), so encoders downstream get real music."""
-
-    def __init__(self, sources: int) -> None:
-        super().__init__()
-        self.sources = sources
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        b, c, n = mix.shape
-        return mix[:, None].expand(b, self.sources, c, n)
-
-
 def stubbed(sep: WindowedSeparator) -> WindowedSeparator:
-    return sep.use_network(NullNetwork(len(sep.sources)))
+    return sep.use_network(IdentityNetwork(len(sep.sources)))
 
 
 def null_section(bag: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -292,7 +280,7 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
     from core.jobs import Requester, SeparationRequest
     from core.queue import QueueClient
     from core.settings import Settings
-    from tests.helpers import WorkerProcess, read_audio, stembot_env
+    from testkit import WorkerProcess, read_audio, stembot_env
 
     say(f"\n## throughput through one real worker: {args.worker_seconds:g} s songs, toy model, CPU")
     base = read_audio(SONGS / "librosa_kevin_macleod_vibe_ace.ogg")
@@ -369,7 +357,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     from core.jobs import Requester, SeparationRequest
     from core.queue import QueueClient
     from core.settings import Settings
-    from tests.helpers import ffmpeg
+    from testkit import ffmpeg
     from worker import pipeline, tasks
 
     cores = os.cpu_count() or 1
@@ -486,7 +474,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help="throughput through a real worker (Redis, ffmpeg)")
     parser.add_argument("--worker-seconds", type=float, default=20)
     parser.add_argument("--job-seconds", type=float, default=240)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "stembot-bench-cache")
     parser.add_argument("--budget-s", type=float, default=480, help="skip what would start after this many seconds")
     parser.add_argument("--out", type=Path, default=None, help="also write results.json here")

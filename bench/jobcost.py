@@ -45,7 +45,7 @@ from bench.gpu import load_bag, stubbed
 from core.jobs import Requester, SeparationRequest, Stage
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import SONGS, ffmpeg
+from testkit import SONGS, ffmpeg
 from worker import tasks
 from worker.windowed import WindowedSeparator
 

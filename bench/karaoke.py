@@ -14,10 +14,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sdr import sdr
 from core.settings import Settings
 from core.stems import parse_stems
-from tests.helpers import MODELS, MULTITRACK, read_audio
+from testkit import MODELS, MULTITRACK, read_audio
+from testkit.sdr import sdr
 from worker.engine import Engine
 from worker.pipeline import render_output
 

@@ -7,7 +7,7 @@ with a toy-size htdemucs (the point is the queue, not the model). Last line:
     sources_mb=<separated sources kept for re-renders> redis_used_mb=<Redis memory at the end>
 `lost` counts jobs that never reached a final state: it must be 0.
 
-Run: python bench/load.py [--users 200] [--workers 2] [--redis redis://127.0.0.1:6379/14]
+Run: python bench/load.py [--users 200] [--workers 2] [--redis redis://127.0.0.1:6379/15]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
 from core.sources import SourcesCache
-from tests.helpers import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
+from testkit import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
 
 
 def songs(count: int, dest: Path) -> list[bytes]:
@@ -110,5 +110,5 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--spread", type=float, default=30.0, help="users arrive over this many seconds")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     asyncio.run(main(parser.parse_args()))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import MODELS, SONGS
+from testkit import MODELS, SONGS
 
 SOURCE = SONGS / "bytedance_mss_vocals_accompaniment_10s.mp3"
 

@@ -6,7 +6,7 @@ karaoke and for the drums 2 semitones down at 80 % (rendered from the cached sou
 Times are the worker's own job totals. Last line:
     minutes=<n> first_s=<s> karaoke_from_cache_s=<s> key_tempo_from_cache_s=<s> ratio=<first/karaoke> sources_mb=<MB>
 
-Run: python bench/renders.py [--minutes 4] [--model-repo PATH] [--redis redis://127.0.0.1:6379/14]
+Run: python bench/renders.py [--minutes 4] [--model-repo PATH] [--redis redis://127.0.0.1:6379/15]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache
-from tests.helpers import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
+from testkit import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
 
 SOURCE = SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg"
 
@@ -95,5 +95,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--model-repo", type=Path, default=MODELS)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     asyncio.run(main(parser.parse_args()))

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.jobs import Requester, SeparationRequest, Stage
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import WorkerProcess, stembot_env
+from testkit import WorkerProcess, stembot_env, wait_until
 
 
 @dataclass
@@ -119,6 +119,10 @@ def on_private_redis(directory: Path, main: Callable[[str], Coroutine[Any, Any, 
         asyncio.run(main(server.url))
     finally:
         server.stop()
+
+
+async def _announced(queue: QueueClient, workers: int) -> bool:
+    return (await queue.capacity())[0] >= workers
 
 
 async def user(queue: QueueClient, number: int, data: bytes, at: float, args: argparse.Namespace) -> Outcome:
@@ -217,8 +221,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     try:
         for w in workers:
             w.wait_ready(timeout=300)
-        while (await queue.capacity())[0] < args.workers:  # every worker has announced its slot
-            await asyncio.sleep(0.5)
+        # every worker has announced its slot
+        await wait_until(lambda: _announced(queue, args.workers), timeout=300, interval=0.5)
         # Warm up: one job per worker, so the ETA's average job time exists, as on a running service.
         warm = argparse.Namespace(**{**vars(args), "poll_s": 0.5})
         await asyncio.gather(*(user(queue, -1 - i, song(-1 - i, args.audio_s), 0, warm) for i in range(args.workers)))

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sdr import sdr_many
 from core.settings import Settings
-from tests.helpers import MODELS, MULTITRACK, read_audio
+from testkit import MODELS, MULTITRACK, read_audio
+from testkit.sdr import sdr_many
 
 DEFAULT_CLIP = MULTITRACK / "cc0_everything_is_free_2_Lithium_30s"
 RATE = 44100

@@ -4,7 +4,7 @@ The dispatcher and the commands that need only `core` (`enqueue`, `run`) live he
 commands that run the separation (`separate`, `worker`) are provided by `worker.cli` and
 the chat frontends (`telegram`, `discord`) by `bots.cli`: `PROVIDERS` names those modules
 and the dispatcher loads them with importlib when it builds the parser, so `core` has no
-import of `worker` or `bots` (tests/test_hostile.py checks) and works without them. Heavy
+import of `worker` or `bots` (tests/test_layers.py checks) and works without them. Heavy
 imports (torch, chat libraries) happen inside the command that needs them, so
 `stembot --help` and the bots stay light.
 """

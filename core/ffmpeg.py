@@ -20,26 +20,10 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from core.settings import Settings
+from core.settings import DEFAULT_INPUT_FORMATS, Settings
 
-# ffmpeg demuxer names. One name of a demuxer is enough: "mov" admits mov,mp4,m4a,3gp,3g2,mj2
-# and "matroska" admits matroska,webm; the others are listed for the reader.
-DEFAULT_INPUT_FORMATS: tuple[str, ...] = (
-    "mp3",  # MP3 (and MP2)
-    "aac",  # raw ADTS AAC
-    "mov", "mp4", "m4a", "3gp",  # M4A, MP4, MOV and phone videos
-    "ogg",  # Ogg Vorbis, Opus (Telegram voice notes), Ogg FLAC
-    "flac",
-    "wav", "w64",
-    "aiff",
-    "matroska", "webm",  # MKV, WebM (Discord and browser recordings)
-    "amr", "amrnb", "amrwb",  # old phones' voice memos
-    "caf",  # Apple Core Audio (iOS recordings)
-    "asf",  # WMA
-)  # fmt: skip
 _INPUT_PROTOCOLS = "file,pipe"
 # Address space a child may map. ffmpeg's shared libraries alone map about 250 MB; decoding a
 # song needs tens of MB more. The test-time bomb that motivated this took 2 GB.

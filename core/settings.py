@@ -10,7 +10,23 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.ffmpeg import DEFAULT_INPUT_FORMATS
+# ffmpeg demuxer names a user's file may be opened with (STEMBOT_INPUT_FORMATS; core/ffmpeg.py
+# enforces them). One name of a demuxer is enough: "mov" admits mov,mp4,m4a,3gp,3g2,mj2
+# and "matroska" admits matroska,webm; the others are listed for the reader.
+DEFAULT_INPUT_FORMATS: tuple[str, ...] = (
+    "mp3",  # MP3 (and MP2)
+    "aac",  # raw ADTS AAC
+    "mov", "mp4", "m4a", "3gp",  # M4A, MP4, MOV and phone videos
+    "ogg",  # Ogg Vorbis, Opus (Telegram voice notes), Ogg FLAC
+    "flac",
+    "wav", "w64",
+    "aiff",
+    "matroska", "webm",  # MKV, WebM (Discord and browser recordings)
+    "amr", "amrnb", "amrwb",  # old phones' voice memos
+    "caf",  # Apple Core Audio (iOS recordings)
+    "asf",  # WMA
+)  # fmt: skip
+
 
 # Sites whose links yt-dlp reads (yt-dlp's extractor names): known public sites only.
 DEFAULT_LINK_SITES = "youtube,youtube:tab,soundcloud,soundcloud:set,bandcamp,bandcamp:album,vimeo,mixcloud,audiomack"

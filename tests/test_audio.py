@@ -9,43 +9,9 @@ import pytest
 
 from core.audio import OutputFormat, Tags, check_size, decode, encode, load_audio, probe
 from core.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
-from tests.helpers import ROCK, SONGS, ffmpeg, make_clip, read_audio
+from testkit import INPUTS, ROCK, SONGS, ffmpeg, make_clip, read_audio
 
 MB = 1024 * 1024
-
-# (file name, extra ffmpeg args): every container a chat user may send.
-INPUTS = [
-    ("song.mp3", ()),
-    ("song.m4a", ("-c:a", "aac")),
-    ("voice.ogg", ("-c:a", "libopus", "-ac", "1", "-b:a", "32k")),
-    ("song.opus", ("-c:a", "libopus")),
-    ("song.flac", ()),
-    ("song.wav", ()),
-    (
-        "clip.mp4",
-        (
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=64x64:rate=10",
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-        ),
-    ),
-    (
-        "clip.webm",
-        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "libvpx", "-c:a", "libopus"),
-    ),
-    (
-        "clip.mov",
-        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "mpeg4", "-c:a", "pcm_s16le"),
-    ),
-]
 
 
 @pytest.mark.parametrize(("name", "extra"), INPUTS)
@@ -145,6 +111,7 @@ def test_truncated_mp3(tmp_path: Path) -> None:
         load_audio(path, MB, 60)
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_over_duration_refused_from_probe(tmp_path: Path) -> None:
     path = tmp_path / "long.opus"
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "600", "-c:a", "libopus", "-b:a", "6k", str(path))

@@ -29,6 +29,7 @@ def model(tiny_repo: Path) -> Any:
     return get_model("htdemucs", repo=tiny_repo).models[0].eval()
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize("short_by", [0, 1, 30_000])
 def test_network_cut_out_of_htdemucs_gives_the_same_output(model: Any, short_by: int) -> None:
     mix = torch.randn(2, 2, training_length(model) - short_by, generator=torch.Generator().manual_seed(short_by))
@@ -57,7 +58,8 @@ def test_network_is_converted_once_and_then_read_from_the_cache(
     again = ensure_ir(model, True, tmp_path)
     assert first == again and first.exists() and first.with_suffix(".bin").exists()
     assert len(conversions) == 1 and conversions[0][1:3] == ["-m", "worker.compiled"]
-    assert [p.name for p in tmp_path.iterdir()] == [first.parent.name]  # no model.pt, no half-written dirs
+    left = [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]  # the lock file may stay
+    assert left == [first.parent.name]  # no model.pt, no half-written dirs
     other = ensure_ir(model, False, tmp_path)  # another network structure: its own entry
     assert other != first and len(conversions) == 2
 

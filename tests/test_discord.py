@@ -16,10 +16,10 @@ import pytest
 import simcord
 from aiohttp import web
 
-from bench.sdr import sdr
 from bots.discord import create_bot
 from core.settings import Settings
-from tests.helpers import ROCK, WorkerProcess, drive, make_clip, read_audio
+from testkit import ROCK, WorkerProcess, drive, make_clip, read_audio
+from testkit.sdr import sdr
 
 pytestmark = pytest.mark.timeout(300)
 

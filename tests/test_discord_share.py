@@ -14,7 +14,7 @@ import simcord
 
 from bots.discord import create_bot
 from core.settings import Settings
-from tests.helpers import WorkerProcess, drive
+from testkit import WorkerProcess, drive
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -115,7 +115,7 @@ async def test_practice_taps_step_the_tempo_and_renders_skip_the_rate_limit(
     """A result at 80 % offers Tempo 70 % and Tempo 90 % (not "Slower 80 %", which re-sent
     the same file); taps rendered from the cached sources do not count against the
     per-minute limit (here 1 an hour), while a new song, which runs the model, still does."""
-    from tests.helpers import make_clip
+    from testkit import make_clip
 
     async with simcord.run(create_bot(make_settings(redis_url, user_rate="1/hour"))) as env:
         channel, (alice,) = server_with(env, "alice")
@@ -187,9 +187,10 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
     it into a refusal: now only Bob sees an answer, as a callback toast."""
     import asyncio
 
-    from tests.botapi import BotApiServer
-    from tests.helpers import free_port
-    from tests.test_telegram import ALICE, _audio, start_bot, stop_bot
+    from testkit import free_port
+    from testkit.botapi import BotApiServer
+    from testkit.tgbot import ALICE, start_bot, stop_bot
+    from testkit.tgbot import audio as _audio
 
     botapi = BotApiServer()
     await botapi.start(free_port())

@@ -142,8 +142,10 @@ async def test_discord_refuses_a_second_download_of_one_user(redis_url: str, son
 async def test_telegram_refuses_a_second_download_of_one_user(
     redis_url: str, song_server: list[str], unused_tcp_port_factory: Any
 ) -> None:
-    from tests.botapi import BotApiServer
-    from tests.test_telegram import ALICE, DM, _command, _texts, start_bot, stop_bot
+    from testkit.botapi import BotApiServer
+    from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+    from testkit.tgbot import command as _command
+    from testkit.tgbot import texts as _texts
 
     base = song_server.pop()
     botapi = BotApiServer()

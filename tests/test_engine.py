@@ -77,6 +77,7 @@ def test_reference_layout_equals_apply_model(bag, seconds: float, backend: Backe
     np.testing.assert_allclose(stacked(sep, sep.separate(wav)), reference(bag, wav), atol=2e-5)
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_streaming_equals_whole_song_processing(bag) -> None:  # type: ignore[no-untyped-def]
     """Blocks of any size give the same output as the song in one piece: no seams from streaming."""
     wav = noise(7.3, seed=1)
@@ -158,6 +159,7 @@ def test_six_stem_model_through_the_engine(tiny_repo: Path, backend: Backend) ->
     np.testing.assert_allclose(stacked(sep, out), reference(bag6, wav), atol=2e-5)
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_bag_of_specialists_and_the_vocals_fast_path(tiny_repo: Path, backend: Backend) -> None:
     """htdemucs_ft's shape: four models; karaoke runs only the vocals specialist."""

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.helpers import write_tiny_repo
+from testkit import write_tiny_repo
+from testkit.networks import IdentityNetwork
 from worker import windowed
 from worker.separator import normalisation
 from worker.windowed import WindowedSeparator, input_span
@@ -32,18 +33,6 @@ from worker.windowed import WindowedSeparator, input_span
 RATE = 44100
 CPU = torch.device("cpu")
 ATOL = 2e-6  # float32 rounding of (x - mean) / std * std + mean, overlaps averaged
-
-
-class IdentityNetwork(nn.Module):
-    """Every source is the window's input itself: a view, as a network's output may alias it."""
-
-    def __init__(self, sources: int) -> None:
-        super().__init__()
-        self.sources = sources
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        b, c, n = mix.shape
-        return mix[:, None].expand(b, self.sources, c, n)
 
 
 class ConvNetwork(nn.Module):

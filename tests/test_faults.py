@@ -12,7 +12,7 @@ import pytest
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import SONGS, RedisServer, WorkerProcess, make_clip
+from testkit import SONGS, RedisServer, WorkerProcess, make_clip, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,8 +70,7 @@ async def test_redis_restart_keeps_queued_jobs_and_workers_reconnect(
         worker.wait_ready()
         running = await _submit(queue, clip, "vocals")
         queued = await _submit(queue, clip, "drums")
-        while _starts(worker, running) == 0:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: _starts(worker, running), timeout=120)
         own_redis.stop()  # mid-job, with a second job waiting
         await asyncio.sleep(2)
         own_redis.start()

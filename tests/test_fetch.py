@@ -10,7 +10,7 @@ from aiohttp import web
 
 from core.errors import DownloadFailed, LinkRefused, TooLarge
 from core.fetch import check_url, fetch_url, find_url, is_public_address
-from tests.helpers import ROCK
+from testkit import ROCK
 
 
 @pytest.fixture

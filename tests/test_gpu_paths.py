@@ -83,6 +83,7 @@ def test_every_sample_is_written_once_by_its_last_window(
     assert (written == 1).all()
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize(("layout", "batch_size"), [("reference", 1), ("reference", 3), ("even", 2)])
 def test_the_gpu_host_path_gives_what_the_cpu_path_gives(bag: Any, layout: Any, batch_size: int) -> None:
     """Tensors all the way (the GPU's path, minus the pinned copy) against numpy (the CPU's)."""
@@ -118,6 +119,7 @@ class Overflows(nn.Module):
         return out
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_a_batch_that_is_not_finite_runs_again_in_fp32(bag: Any, precision: Any, caplog: Any) -> None:
     wav = noise(6.0)
@@ -136,6 +138,7 @@ def test_a_batch_that_is_not_finite_runs_again_in_fp32(bag: Any, precision: Any,
     assert 15 < snr < 120  # the first pass kept its reduced precision
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_compiled_network_with_static_batches_equals_apply_model(bag: Any, monkeypatch: Any, tmp_path: Path) -> None:
     """Dynamo traces the network (its "eager" backend stands in for inductor's code
     generation, which needs a GPU to pay off); the last pass is padded to the batch size."""
@@ -178,6 +181,7 @@ def test_failed_compile_runs_eager_and_says_why(bag: Any, monkeypatch: Any, tmp_
     np.testing.assert_allclose(stacked(sep, sep.separate(wav)), stacked(plain, plain.separate(wav)), atol=0)
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_songs_share_forward_passes_and_get_what_they_would_alone(bag: Any) -> None:
     songs = [noise(s, seed=i) for i, s in enumerate((5.5, 9.0, 3.3, 7.1))]
     alone = WindowedSeparator(bag, CPU, batch_size=2, overlap_s=0.25)
@@ -336,7 +340,7 @@ def _job(engine: Any, clip: Path, out: Path) -> np.ndarray:
     from core.audio import OutputFormat
     from core.settings import Settings
     from core.stems import parse_stems
-    from tests.helpers import read_audio
+    from testkit import read_audio
     from worker.pipeline import separate_file
 
     out.mkdir()

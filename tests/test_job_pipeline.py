@@ -25,7 +25,7 @@ from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache, SourceSet
 from core.stems import parse_stems
-from tests.helpers import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
+from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
 from worker import pipeline
 from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.windowed import WindowedSeparator
@@ -86,6 +86,7 @@ def watched(monkeypatch: pytest.MonkeyPatch, separator: WindowedSeparator) -> It
     yield seen
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_a_separation_decodes_once_and_feeds_every_encoder_while_the_model_runs(
     separator: WindowedSeparator, song: Path, tmp_path: Path, watched: dict[str, Any]
 ) -> None:
@@ -114,6 +115,7 @@ def test_a_separation_decodes_once_and_feeds_every_encoder_while_the_model_runs(
     assert 10 * np.log10(np.mean((mixture - vocals) ** 2) / np.mean(residual**2)) > 20
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_a_render_from_kept_sources_decodes_only_what_its_files_need(
     separator: WindowedSeparator, song: Path, tmp_path: Path, watched: dict[str, Any]
 ) -> None:
@@ -127,6 +129,7 @@ def test_a_render_from_kept_sources_decodes_only_what_its_files_need(
     assert [f.path.name for f in files] == ["tune.instrumental.flac"]
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 def test_a_section_is_cut_to_the_sample_while_streaming(
     separator: WindowedSeparator, song: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

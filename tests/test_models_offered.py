@@ -20,12 +20,13 @@ from bots.discord import create_bot
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.botapi import BotApiServer
-from tests.helpers import MODELS, WorkerProcess
-from tests.test_telegram import ALICE, DM, _audio, _command, botapi, start_bot, stop_bot
+from testkit import MODELS, WorkerProcess
+from testkit.botapi import BotApiServer
+from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+from testkit.tgbot import audio as _audio
+from testkit.tgbot import command as _command
 
 pytestmark = pytest.mark.timeout(300)
-__all__ = ["botapi"]  # a fixture
 SIX_LABELS = {"Guitar", "Piano", "All 6 stems (guitar, piano too)"}
 
 

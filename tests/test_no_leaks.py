@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import WorkerProcess, run_stembot
+from testkit import WorkerProcess, run_stembot, tags
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def tags(path: Path) -> dict[str, str]:
-    """Every tag of the file's container and streams, as ffprobe reads them."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format_tags:stream_tags", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    probed = json.loads(out)
-    found: dict[str, str] = dict(probed.get("format", {}).get("tags", {}))
-    for stream in probed.get("streams", []):
-        found.update(stream.get("tags", {}))
-    return found
 
 
 def test_enqueue_names_the_cached_result_from_its_own_input(

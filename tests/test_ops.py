@@ -9,8 +9,7 @@ from pathlib import Path
 from core.jobs import Requester, SeparationRequest
 from core.metrics import JOB_STAGES
 from core.queue import QueueClient
-from tests.conftest import free_port
-from tests.helpers import WorkerProcess
+from testkit import WorkerProcess, free_port
 
 
 def _metric(text: str, name: str) -> float:

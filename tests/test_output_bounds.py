@@ -11,7 +11,7 @@ import redis
 from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
-from tests.helpers import WorkerProcess
+from testkit import WorkerProcess
 
 pytestmark = pytest.mark.timeout(300)
 

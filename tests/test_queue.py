@@ -10,7 +10,7 @@ import pytest
 
 from core.jobs import Progress, Requester, SeparationRequest, Stage
 from core.queue import QueueClient
-from tests.helpers import SONGS, WorkerProcess, make_clip, read_audio, run_stembot
+from testkit import SONGS, WorkerProcess, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -286,7 +286,7 @@ def test_run_starts_redis_and_a_worker(tiny_env: dict[str, str], tmp_path: Path)
 
     import redis
 
-    from tests.conftest import free_port, wait_for
+    from testkit import free_port, wait_for
 
     port = free_port()
     env = tiny_env | {"STEMBOT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}

@@ -19,7 +19,7 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import SourcesCache, entry_key
-from tests.helpers import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
+from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(600)
 RATE = 44100

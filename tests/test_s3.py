@@ -16,8 +16,7 @@ from moto.server import ThreadedMotoServer
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing, S3ArtifactStore
 from core.settings import Settings
-from tests.conftest import free_port
-from tests.helpers import WorkerProcess, drive, read_audio
+from testkit import WorkerProcess, drive, free_port, read_audio
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,8 +19,9 @@ from core.artifacts import ArtifactMissing, RedisArtifactStore
 from core.jobs import InputRef, Requester, SeparationRequest, Stage
 from core.queue import QueueClient, estimate_wait
 from core.settings import Settings
-from tests.helpers import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, stembot_env
-from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
+from testkit import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, stembot_env
+from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+from testkit.tgbot import audio as _audio
 
 pytestmark = pytest.mark.timeout(300)
 BOB = {"id": 43, "is_bot": False, "first_name": "Bob"}
@@ -223,7 +224,7 @@ def _texts(botapi: Any) -> list[str]:
 
 @pytest.fixture
 async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
-    from tests.botapi import BotApiServer
+    from testkit.botapi import BotApiServer
 
     server = BotApiServer()
     await server.start(unused_tcp_port)

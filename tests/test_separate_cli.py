@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sdr import sdr, sdr_many
 from core.cli import main
-from tests.helpers import MODELS, ROCK, SONGS, ffmpeg, make_clip, read_audio, run_stembot, stembot_env
-from tests.test_audio import INPUTS
+from testkit import INPUTS, MODELS, ROCK, SONGS, ffmpeg, make_clip, read_audio, run_stembot, stembot_env
+from testkit.sdr import sdr, sdr_many
 
 STEMS4 = ("drums", "bass", "other", "vocals")
 
@@ -119,6 +118,7 @@ def test_every_output_format(tiny_model: Path, tmp_path: Path, rock_short: Path,
         assert abs(read_audio(path).shape[1] / 44100 - 3.0) < 0.1
 
 
+@pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize(
     ("spec", "files"),
     [

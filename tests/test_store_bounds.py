@@ -26,9 +26,9 @@ from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logg
 from core.queue import QueueClient, estimate_wait_by_rate
 from core.settings import Settings
 from core.stems import parse_stems
-from tests.conftest import wait_for
-from tests.helpers import ROCK, RedisServer, WorkerProcess, drive, ffmpeg, fill, make_clip, run_stembot, stembot_env
-from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
+from testkit import ROCK, RedisServer, WorkerProcess, drive, ffmpeg, fill, make_clip, run_stembot, stembot_env, wait_for
+from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+from testkit.tgbot import audio as _audio
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -502,7 +502,7 @@ async def test_both_bots_say_when_no_worker_is_online(redis_url: str, botapi: An
 
 @pytest.fixture
 async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
-    from tests.botapi import BotApiServer
+    from testkit.botapi import BotApiServer
 
     server = BotApiServer()
     await server.start(unused_tcp_port)

@@ -11,51 +11,16 @@ from typing import Any
 import pytest
 from telegram.ext import Application
 
-from bench.sdr import sdr
 from core.settings import Settings
-from tests.botapi import BotApiServer
-from tests.helpers import ROCK, WorkerProcess, ffmpeg, make_clip, read_audio
+from testkit import ROCK, WorkerProcess, ffmpeg, make_clip, read_audio, tags
+from testkit.botapi import BotApiServer
+from testkit.sdr import sdr
+from testkit.tgbot import ALICE, DM, GROUP, start_bot, stop_bot
+from testkit.tgbot import audio as _audio
+from testkit.tgbot import command as _command
+from testkit.tgbot import texts as _texts
 
 pytestmark = pytest.mark.timeout(300)
-ALICE = {"id": 42, "is_bot": False, "first_name": "Alice"}
-DM = {"id": 42, "type": "private"}
-GROUP = {"id": -100, "type": "supergroup", "title": "band"}
-
-
-@pytest.fixture
-async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
-    server = BotApiServer()
-    await server.start(unused_tcp_port)
-    yield server
-    await server.stop()
-
-
-async def start_bot(botapi: BotApiServer, redis_url: str, **overrides: Any) -> Application:  # type: ignore[type-arg]
-    from bots.telegram.app import build_application
-
-    settings = Settings(
-        redis_url=redis_url,
-        telegram_token="123:TEST",
-        telegram_api_url=f"{botapi.url}/bot",
-        telegram_file_url=f"{botapi.url}/file/bot",
-        **overrides,
-    )
-    app = build_application(settings)
-    await app.initialize()
-    assert app.post_init is not None
-    await app.post_init(app)
-    await app.start()
-    assert app.updater is not None
-    await app.updater.start_polling(poll_interval=0.0, timeout=1)
-    return app
-
-
-async def stop_bot(app: Application) -> None:  # type: ignore[type-arg]
-    assert app.updater is not None and app.post_shutdown is not None
-    await app.updater.stop()
-    await app.stop()
-    await app.post_shutdown(app)
-    await app.shutdown()
 
 
 @pytest.fixture
@@ -63,19 +28,6 @@ async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application
     app = await start_bot(botapi, redis_url)
     yield app
     await stop_bot(app)
-
-
-def _audio(botapi: BotApiServer, clip: Path, **extra: Any) -> dict[str, Any]:
-    file_id = botapi.add_file(clip.read_bytes(), clip.name)
-    return {
-        "file_id": file_id,
-        "file_unique_id": f"u-{file_id}",
-        "duration": 3,
-        "file_name": clip.name,
-        "mime_type": "audio/flac",
-        "file_size": clip.stat().st_size,
-        **extra,
-    }
 
 
 async def test_dm_audio_keyboard_vocals(
@@ -182,15 +134,6 @@ async def test_restarted_bot_delivers_exactly_once(
         await stop_bot(second)
         await stop_bot(third)
     assert len(botapi.sent("sendAudio")) == 1
-
-
-def _command(text: str) -> dict[str, Any]:
-    word = text.split()[0]
-    return {"text": text, "entities": [{"type": "bot_command", "offset": 0, "length": len(word)}]}
-
-
-def _texts(botapi: BotApiServer, *methods: str) -> list[str]:
-    return [c.params.get("text", "") for c in botapi.sent(*methods)]
 
 
 async def test_voice_note_in_a_dm_gets_the_keyboard_and_karaoke(
@@ -523,7 +466,6 @@ async def test_a_cached_result_carries_nothing_of_the_first_requester(
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     """Alice and Bob send the same bytes under different names: Bob sees only his own."""
-    from tests.test_no_leaks import tags
 
     bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
     alice_song = _audio(botapi, rock_short, file_name="alice_secret_demo.flac", title="Alice Secret Demo")

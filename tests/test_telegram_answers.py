@@ -22,9 +22,12 @@ from telegram.ext import Application
 
 from bots.telegram import callbacks, texts
 from core.stems import parse_stems
-from tests.botapi import BOT_USER, BotApiServer
-from tests.helpers import ROOT, WorkerProcess, stembot_env
-from tests.test_telegram import ALICE, DM, _audio, _command, _texts, start_bot, stop_bot
+from testkit import ROOT, WorkerProcess, stembot_env
+from testkit.botapi import BOT_USER, BotApiServer
+from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+from testkit.tgbot import audio as _audio
+from testkit.tgbot import command as _command
+from testkit.tgbot import texts as _texts
 
 pytestmark = pytest.mark.timeout(300)
 BOB = {"id": 7, "is_bot": False, "first_name": "Bob"}
@@ -393,7 +396,7 @@ async def test_one_chats_slow_upload_holds_up_no_other_chat(
     tmp_path: Path,
 ) -> None:
     """N1's class in the delivery loop: Alice's upload hangs; Bob's stems still come."""
-    from tests.helpers import ROCK, make_clip
+    from testkit import ROCK, make_clip
 
     held = botapi.holds[("sendAudio", ALICE["id"])] = asyncio.Event()
     botapi.message(DM, ALICE, audio=_audio(botapi, rock_short), caption="/split vocals")

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from core import tempdirs
-from tests.conftest import wait_for
-from tests.helpers import ROOT
+from testkit import ROOT, wait_for
 
 # a process that adopts a temp directory, writes a download into it, says where, and waits
 _OWNER = """

@@ -10,7 +10,7 @@ from core.audio import OutputFormat, encode, probe
 from core.errors import QuotaExceeded, TooManyJobs
 from core.limits import check_user
 from core.uploads import UploadPlan, fit_stem, pack, plan_upload
-from tests.helpers import read_audio
+from testkit import read_audio
 
 MIB = 1024 * 1024
 

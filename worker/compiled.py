@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from demucs.htdemucs import HTDemucs
+from filelock import FileLock
 from torch import nn
 
 from worker.network import NetworkCore, example_inputs, forward_around, fuse_attention
@@ -42,6 +43,7 @@ _HINTS: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 # Bump when NetworkCore or the conversion changes, so stale IR is not reused.
 _FORMAT = "stembot-network-1"
 _CONVERTING = ".converting-"
+_CONVERT_TIMEOUT_S = 900  # 25 s for htdemucs here; a hung conversion must not hold the worker forever
 
 
 def openvino_available() -> bool:
@@ -90,10 +92,22 @@ def convert_to_ir(model: HTDemucs, fused: bool, dest: Path) -> None:
 
 def ensure_ir(model: HTDemucs, fused: bool, cache_dir: Path) -> Path:
     """The cached IR for `model`, converting it first (in a child process) when missing."""
-    final = cache_dir / cache_key(model, fused)
+    key = cache_key(model, fused)
+    final = cache_dir / key
     if (final / "network.xml").exists():
         return final / "network.xml"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # One conversion of a network at a time on this host: a second worker starting with the
+    # same model (or a parallel test run) waits for the first's IR instead of spending
+    # another 30 s and 3 GB on the same one. The rename below keeps it safe without the lock.
+    with FileLock(cache_dir / f".{key}.lock", timeout=_CONVERT_TIMEOUT_S + 60):
+        if (final / "network.xml").exists():
+            return final / "network.xml"
+        return _convert(model, fused, cache_dir, final)
+
+
+def _convert(model: HTDemucs, fused: bool, cache_dir: Path, final: Path) -> Path:
+    """Convert in a child process into a directory of our own, then rename it to `final`."""
     remove_orphans(cache_dir, _CONVERTING)
     started = time.perf_counter()
     work = owned_dir(cache_dir, _CONVERTING)
@@ -101,8 +115,9 @@ def ensure_ir(model: HTDemucs, fused: bool, cache_dir: Path) -> Path:
         torch.save(model.cpu(), work / "model.pt")
         command = [sys.executable, "-m", "worker.compiled", str(work / "model.pt"), str(work)]
         flags = ["--fused"] if fused else []
-        # 25 s for htdemucs here; a hung conversion must not hold the worker forever
-        run = subprocess.run([*command, *flags], capture_output=True, text=True, check=False, timeout=900)
+        run = subprocess.run(
+            [*command, *flags], capture_output=True, text=True, check=False, timeout=_CONVERT_TIMEOUT_S
+        )
         if run.returncode != 0:
             raise RuntimeError(f"OpenVINO conversion failed ({run.returncode}): {run.stderr[-2000:]}")
         (work / "model.pt").unlink()

@@ -1,8 +1,16 @@
-"""Shared test helpers: shared-data paths, ffmpeg clip making, tiny demucs repos, workers."""
+"""Helpers shared by tests/ and bench/: shared-data paths, ffmpeg clips, tiny demucs repos, workers.
+
+Both import this package and never each other, and no test module imports another: what
+two of them need lives here (`testkit.sdr` scores stems, `testkit.botapi` is the local
+Telegram Bot API server, `testkit.tgbot` starts the real bot against it). A top-level
+package, not `tests.helpers`, so that a bench script needs nothing of the test suite.
+It is not shipped (pyproject packages only core, worker and bots).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -11,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -24,6 +32,40 @@ MULTITRACK = SHARED / "audio" / "multitrack"
 SONGS = SHARED / "audio" / "songs"
 ROCK = MULTITRACK / "musdb18_7s_Music_Delta_-_80s_Rock"
 RATE = 44100
+
+# (file name, extra ffmpeg args): every container a chat user may send.
+INPUTS = [
+    ("song.mp3", ()),
+    ("song.m4a", ("-c:a", "aac")),
+    ("voice.ogg", ("-c:a", "libopus", "-ac", "1", "-b:a", "32k")),
+    ("song.opus", ("-c:a", "libopus")),
+    ("song.flac", ()),
+    ("song.wav", ()),
+    (
+        "clip.mp4",
+        (
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+        ),
+    ),
+    (
+        "clip.webm",
+        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "libvpx", "-c:a", "libopus"),
+    ),
+    (
+        "clip.mov",
+        ("-f", "lavfi", "-i", "testsrc=size=64x64:rate=10", "-shortest", "-c:v", "mpeg4", "-c:a", "pcm_s16le"),
+    ),
+]
 
 
 def ffmpeg(*args: str) -> None:
@@ -187,10 +229,51 @@ class RedisServer:
 
 def fill(url: str, ratio: float) -> None:
     """Fill Redis with unrelated bytes up to `ratio` of its maxmemory."""
+    chunk = 256 * 1024
     r = redis.Redis.from_url(url)
-    limit = int(r.config_get("maxmemory")["maxmemory"])
-    i = 0
-    while int(r.info("memory")["used_memory"]) < ratio * limit:
-        r.set(f"filler:{i}", b"\0" * 256 * 1024)
-        i += 1
+    limit = int(cast(dict[str, str], r.config_get("maxmemory"))["maxmemory"])
+    assert limit > 0, "fill() needs a Redis with a maxmemory"
+    for i in range(int(ratio * limit) // chunk + 1):  # bound: the bytes written alone reach the mark
+        if int(cast(dict[str, Any], r.info("memory"))["used_memory"]) >= ratio * limit:
+            break
+        r.set(f"filler:{i}", b"\0" * chunk)
     r.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
+    """`wait_for` for async tests: `predicate` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def tags(path: Path) -> dict[str, str]:
+    """Every tag of the file's container and streams, as ffprobe reads them."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags:stream_tags", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    probed = json.loads(out)
+    found: dict[str, str] = dict(probed.get("format", {}).get("tags", {}))
+    for stream in probed.get("streams", []):
+        found.update(stream.get("tags", {}))
+    return found
