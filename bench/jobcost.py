@@ -17,7 +17,7 @@ Then N jobs at once (different songs) through one event loop, as one worker proc
 STEMBOT_WORKER_MAX_JOBS=N runs them: jobs a minute at N = 1, 2, 4, and the speed-up over
 N = 1 (at most the core count).
 
-Run: python bench/jobcost.py [--seconds 240] [--repeat 3] [--redis redis://127.0.0.1:6379/14]
+Run: python bench/jobcost.py [--seconds 240] [--repeat 3] [--redis redis://127.0.0.1:6379/15]
 Last line: one_stem_cpu_s=… karaoke_cpu_s=… four_stems_cpu_s=… jobs_per_min=…(1/2/4)
 """
 
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case (the median is shown)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4], help="jobs at once for the rate")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of jobs at once, per rate")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     global args
     args = parser.parse_args()
     cores = os.cpu_count() or 1
