@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.clock import clock
 from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong
 from core.ffmpeg import DEFAULT_SANDBOX, Sandbox, as_file, refused_format
 from core.naming import cap_bytes
@@ -206,12 +207,7 @@ def _decoded_too_long(frames: int, max_duration_s: float) -> TooLong:
 
 
 def _clock(seconds: float) -> str:
-    seconds = round(seconds)
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60}:{seconds % 60:02d}"
-    )
+    return clock(seconds, tenths=False)
 
 
 def check_duration(info: AudioInfo, max_duration_s: float) -> None:

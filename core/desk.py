@@ -22,6 +22,7 @@ from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
+from core.clock import clock
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import InvalidCommand, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
@@ -29,7 +30,7 @@ from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, 
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient, refusing_when_full
-from core.render import RenderOptions, clock, follow_up
+from core.render import RenderOptions, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection, parse_stems

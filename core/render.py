@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, model_validator
 
+from core.clock import clock
 from core.errors import InvalidCommand
 from core.naming import excerpt
 from core.stems import GUIDE, GUIDE_LEVEL_DB
@@ -99,14 +100,6 @@ def parse_time(text: str) -> float:
     if value > MAX_TIME_S:
         raise InvalidCommand(f'"{excerpt(text)}" is later than any song I take.')
     return value
-
-
-def clock(seconds: float) -> str:
-    """`1:05`, `1:05.5`: how a time is shown back to the user."""
-    whole = int(seconds)
-    frac = seconds - whole
-    tail = f"{frac:.1f}".lstrip("0") if frac >= 0.05 else ""
-    return f"{whole // 60}:{whole % 60:02d}{tail}"
 
 
 _KEY_SPAN = "from key-12 to key+12 semitones"

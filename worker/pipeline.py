@@ -34,11 +34,12 @@ from core.audio import (
     stream_decode,
     stream_stats,
 )
+from core.clock import clock
 from core.errors import Cancelled, InvalidCommand
 from core.ffmpeg import Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
-from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, label, rubberband
+from core.render import SECTION_CONTEXT_S, RenderOptions, file_label, label, rubberband
 from core.settings import Settings
 from core.sources import SOURCES_FORMAT, SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
