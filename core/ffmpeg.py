@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ _INPUT_PROTOCOLS = "file,pipe"
 # song needs tens of MB more. The test-time bomb that motivated this took 2 GB.
 DEFAULT_MEMORY_MB = 1024
 DEFAULT_CPU_S = 600
+# CPU seconds a rubberband child takes per minute of audio it stretches at `pitchq=quality`,
+# measured at 12 on the project's 2-core host; twice that leaves room for a slower or busier one.
+RUBBERBAND_CPU_S_PER_MIN = 24
 # glibc reserves 64 MB of address space per malloc arena and makes up to 8 per core; two keep a
 # many-core host's children inside the address-space limit without changing what they can do.
 _CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
@@ -65,6 +69,10 @@ class Sandbox:
             cpu_s=settings.ffmpeg_max_cpu_s,
             formats=settings.input_format_names,
         )
+
+    def for_audio(self, audio_s: float, cpu_s_per_min: float) -> Sandbox:
+        """This sandbox, its CPU cap raised for a child whose work grows with `audio_s` seconds of audio."""
+        return replace(self, cpu_s=cpu_cap_s(self.cpu_s, audio_s, cpu_s_per_min))
 
     def input_args(self, path: Path) -> list[str]:
         """ffmpeg/ffprobe options that open a user's file: whitelists, then the path."""
@@ -112,6 +120,12 @@ class Sandbox:
 
     def popen(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command(cmd), env=child_env(), preexec_fn=self.preexec(), **kwargs)
+
+
+def cpu_cap_s(base_s: int, audio_s: float, cpu_s_per_min: float) -> int:
+    """The CPU seconds a child may use: `base_s`, or more when its audio needs more (a flat cap
+    would fail a long song's render however healthy)."""
+    return max(base_s, math.ceil(max(audio_s, 0.0) / 60 * cpu_s_per_min))
 
 
 def as_file(path: Path | str) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from core.audio import too_long_error
+from core.audio import SAMPLE_RATE, too_long_error
 from core.clock import clock
-from core.render import describe, make_options
+from core.ffmpeg import cpu_cap_s
+from core.render import RenderOptions, describe, make_options
+from core.settings import Settings
+from worker.pipeline import _encoder_sandbox
 
 
 @pytest.mark.parametrize(
@@ -51,3 +54,36 @@ def test_times_in_messages_carry() -> None:
     """The two defects the red team saw, through the messages that showed them."""
     assert describe(make_options(start=0.96, end=119.96)) == "0:01\u20132:00"
     assert "1:00:00" in str(too_long_error(3599.7, 1800))
+
+
+@pytest.mark.parametrize(
+    ("base_s", "audio_s", "per_min", "cap_s"),
+    [
+        (600, 0.0, 24, 600),  # nothing to stretch: the flat cap
+        (600, 240.0, 24, 600),  # a 4-minute song needs 96 s: the flat cap holds
+        (600, 25 * 60.0, 24, 600),  # 25 minutes need exactly 600
+        (600, 30 * 60.0, 24, 720),
+        (600, 60 * 60.0, 24, 1440),  # the issue's hour-long input: 720 CPU-s measured, twice that allowed
+        (600, 60 * 60.0 + 1, 24, 1441),  # rounded up, never down
+        (30, 60.0, 12, 30),
+        (10, -5.0, 24, 10),
+    ],
+)
+def test_cpu_cap_grows_with_the_audio(base_s: int, audio_s: float, per_min: float, cap_s: int) -> None:
+    assert cpu_cap_s(base_s, audio_s, per_min) == cap_s
+
+
+@pytest.mark.parametrize(
+    ("options", "frames", "cap_s"),
+    [
+        (RenderOptions(), 3600 * SAMPLE_RATE, 600),  # no rubberband: the flat cap
+        (RenderOptions(key=-2), 3600 * SAMPLE_RATE, 1440),
+        (RenderOptions(tempo=50), 3600 * SAMPLE_RATE, 2880),  # twice as long once slowed down
+        (RenderOptions(tempo=150), 3600 * SAMPLE_RATE, 1440),
+        (RenderOptions(key=1), 60 * SAMPLE_RATE, 600),
+        (RenderOptions(key=1), None, 1440),  # length not known yet: the longest song taken
+    ],
+)
+def test_render_encoders_get_a_cap_for_their_length(options: RenderOptions, frames: int | None, cap_s: int) -> None:
+    settings = Settings(max_duration_s=3600, ffmpeg_max_cpu_s=600)
+    assert _encoder_sandbox(settings, options, frames).cpu_s == cap_s

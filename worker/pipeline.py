@@ -36,7 +36,7 @@ from core.audio import (
 )
 from core.clock import clock
 from core.errors import Cancelled, InvalidCommand
-from core.ffmpeg import Sandbox
+from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
 from core.render import SECTION_CONTEXT_S, RenderOptions, file_label, label, rubberband
@@ -195,7 +195,7 @@ class Renderer:
             for o in spec.selection.outputs
         ]  # fmt: skip
         album = title or spec.song
-        sandbox = Sandbox.from_settings(settings)
+        sandbox = _encoder_sandbox(settings, spec.options, None if end is None else last - first)
         self.writers: list[ParallelWriter] = []
         try:
             for f in self.files:
@@ -240,6 +240,16 @@ class Renderer:
     def abort(self) -> None:
         for writer in self.writers:
             writer.abort()
+
+
+def _encoder_sandbox(settings: Settings, options: RenderOptions, frames: int | None) -> Sandbox:
+    """The encoders' sandbox: with key or tempo, a CPU cap that grows with the audio rubberband
+    stretches (`frames` of song, None: not known yet, so the longest song taken)."""
+    sandbox = Sandbox.from_settings(settings)
+    if not options.stretches:
+        return sandbox
+    song_s = settings.max_duration_s if frames is None else frames / SAMPLE_RATE
+    return sandbox.for_audio(song_s * max(1.0, 100 / options.tempo), RUBBERBAND_CPU_S_PER_MIN)
 
 
 @dataclass
