@@ -22,7 +22,6 @@ from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
-from core.clock import clock
 from core.deliveries import Delivery, DeliveryBook
 from core.errors import InvalidCommand, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
@@ -30,7 +29,7 @@ from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, 
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient, refusing_when_full
-from core.render import RenderOptions, follow_up
+from core.render import RenderOptions, check_section, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection, parse_stems
@@ -225,9 +224,7 @@ class JobDesk:
     async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
         """Seconds of audio a request counts against the daily limit: what the model will
         separate (a section: that stretch), nothing when the song's sources are cached."""
-        start = options.start_s or 0.0
-        if duration and start >= duration:
-            raise InvalidCommand(f"The song is {clock(duration)} long: pick a section inside it.")
+        check_section(options, duration or None)
         cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
         if await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None:
             return 0.0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.audio import SAMPLE_RATE, too_long_error
 from core.clock import clock
+from core.errors import InvalidCommand
 from core.ffmpeg import cpu_cap_s
-from core.render import RenderOptions, describe, make_options
+from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
+from tests.helpers import run_stembot
 from worker.pipeline import _encoder_sandbox
 
 
@@ -87,3 +91,71 @@ def test_cpu_cap_grows_with_the_audio(base_s: int, audio_s: float, per_min: floa
 def test_render_encoders_get_a_cap_for_their_length(options: RenderOptions, frames: int | None, cap_s: int) -> None:
     settings = Settings(max_duration_s=3600, ffmpeg_max_cpu_s=600)
     assert _encoder_sandbox(settings, options, frames).cpu_s == cap_s
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (None, 0.00001, "is too short"),  # end-only: 0:00-0:00
+        (None, 0.01, "is too short"),
+        (None, "0:00.9", "is too short"),
+        (0.0, 0.5, "is too short"),
+        (5.0, 5.5, "is too short"),
+        (5.0, 4.0, "ends before it starts"),
+    ],
+)
+def test_every_section_lasts_a_second(start: float | None, end: float | str, message: str) -> None:
+    with pytest.raises(InvalidCommand, match=message):
+        make_options(start=start, end=end)
+    with pytest.raises(ValueError, match="at least a second"):
+        RenderOptions(start_s=start or None, end_s=end if isinstance(end, float) and end > 0 else 0.5)
+
+
+def test_an_end_only_word_is_a_section_too() -> None:
+    with pytest.raises(InvalidCommand, match="too short"):
+        split_render_words(["vocals", "-0.5"])
+    assert split_render_words(["-1"])[1] == RenderOptions(end_s=1.0)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "song_s", "refused"),
+    [
+        (None, None, 3.0, False),  # no section: any song
+        (None, None, 0.5, False),
+        (2.0, None, 3.0, False),  # start-only, a second left
+        (2.5, None, 3.0, True),  # start-only, half a second left
+        (5.0, None, 3.0, True),  # past the end
+        (None, 1.0, 3.0, False),
+        (1.0, 99.0, 3.0, False),  # an end past the song: cut to it, two seconds
+        (2.5, 99.0, 3.0, True),
+        (2.5, None, None, False),  # length unknown yet: only the section's own length
+        (0.0, 1.0, 0.5, True),  # a second asked of a half-second song
+    ],
+)
+def test_check_section(start: float | None, end: float | None, song_s: float | None, refused: bool) -> None:
+    options = RenderOptions(start_s=start, end_s=end)
+    if refused:
+        with pytest.raises(InvalidCommand, match="pick a section inside it, at least a second long"):
+            check_section(options, song_s)
+    else:
+        check_section(options, song_s)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--end", "0.00001"), "The section 0:00-0:00 is too short"),
+        (("--end", "0.01", "--key", "12", "--tempo", "50"), "The section 0:00-0:00 is too short"),
+        (("--start", "2.5"), "The song is 0:03 long: pick a section inside it, at least a second long"),
+    ],
+)
+def test_sections_under_a_second_are_refused_by_the_cli(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    """Once, with the user-error status and nothing written (they wrote an unreadable file,
+    or failed in ffmpeg and were retried)."""
+    out = tmp_path / "o"
+    done = run_stembot("separate", str(rock_short), "--stems", "vocals", *args, "-o", str(out), env=tiny_env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(message) == 1 and "Traceback" not in done.stderr
+    assert not list(out.glob("*"))

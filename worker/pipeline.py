@@ -34,12 +34,11 @@ from core.audio import (
     stream_decode,
     stream_stats,
 )
-from core.clock import clock
-from core.errors import Cancelled, InvalidCommand
+from core.errors import Cancelled
 from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
-from core.render import SECTION_CONTEXT_S, RenderOptions, file_label, label, rubberband
+from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_label, label, rubberband
 from core.settings import Settings
 from core.sources import SOURCES_FORMAT, SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
@@ -181,8 +180,9 @@ class Renderer:
             last = sys.maxsize
         else:
             last = end if last is None else min(last, end)
-            if first >= end or first < start:
-                raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
+            check_section(spec.options, end / SAMPLE_RATE)
+            if first < start:  # sources kept for another section: not this one's to cut
+                raise ValueError("the kept sources do not cover the section")
         self.first, self.last, self.done = first, last, 0
         self.tempo = spec.options.tempo
         self.needs_mixture = uses_mixture(spec.selection)
@@ -290,9 +290,9 @@ def separate_sources(
     wav, info = load_audio(
         input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
     )
+    check_section(options, wav.shape[-1] / SAMPLE_RATE)
     wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
     frames = wav.shape[-1]
-    _check_window(options, frames)
     t1 = time.perf_counter()
     # The outputs first: a section the song cannot hold is refused before the model runs.
     with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
@@ -376,11 +376,6 @@ class _Outputs:
             self.renderer.abort()
 
 
-def _check_window(options: RenderOptions, frames: int) -> None:
-    if frames <= 0:
-        raise InvalidCommand(f"The song ends before {clock(options.start_s or 0.0)}: pick a section inside it.")
-
-
 def _stream_sources(
     input_path: Path,
     separator: WindowedSeparator,
@@ -403,7 +398,9 @@ def _stream_sources(
     sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
-    whole = window == (0, None)
+    # (a section that starts within the context of the song's start separates it whole, but
+    # is cut to a length not known before the decode)
+    whole = window == (0, None) and not options.has_section
     with job_dir() as scratch, contextlib.ExitStack() as stack:
         # A whole song's encoders need not know its length: they start while it decodes,
         # on the core the decoder leaves idle. A section's are named after where it ends.
@@ -417,9 +414,10 @@ def _stream_sources(
         total = decode_to_file(
             input_path, raw, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox, until_s
         )
+        # `total` is the song's length, or past the section's end where decoding stopped there
+        check_section(options, total / SAMPLE_RATE)
         start, stop = window[0], total if window[1] is None else min(window[1], total)
         stats = stream_stats(read_raw(raw, start, stop))
-        _check_window(options, stats.frames)
         t1 = time.perf_counter()
         if outputs is None:
             covered = (window[0], window[0] + stats.frames)
