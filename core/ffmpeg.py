@@ -16,8 +16,11 @@ from __future__ import annotations
 import math
 import os
 import resource
+import selectors
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,8 +121,59 @@ class Sandbox:
             preexec_fn=self.preexec(),
         )
 
+    def run_capped(self, cmd: Sequence[str], timeout_s: float, max_stdout: int) -> Capped:
+        """`run` for a child whose output is the input's to size (ffprobe printing tags): at most
+        `max_stdout` bytes are read, and a child that prints more is killed then and there."""
+        with tempfile.TemporaryFile() as log:
+            proc = self.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            try:
+                out, over = _read_capped(proc, timeout_s, max_stdout)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _STDERR_TAIL))
+            return Capped(proc.returncode, out, log.read(), over)
+
     def popen(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command(cmd), env=child_env(), preexec_fn=self.preexec(), **kwargs)
+
+
+# The end of a child's complaints is where ffmpeg says what went wrong; the rest is repetition.
+_STDERR_TAIL = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Capped:
+    """What `Sandbox.run_capped` got: `stdout` is whole unless `over`."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    over: bool
+
+
+def _read_capped(proc: subprocess.Popen[bytes], timeout_s: float, max_stdout: int) -> tuple[bytes, bool]:
+    """Up to `max_stdout` bytes of `proc`'s stdout until it closes; TimeoutExpired past `timeout_s`."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    chunks: list[bytes] = []
+    got = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise subprocess.TimeoutExpired(proc.args, timeout_s)
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > max_stdout:
+                return b"".join(chunks)[:max_stdout], True
 
 
 def cpu_cap_s(base_s: int, audio_s: float, cpu_s_per_min: float) -> int:

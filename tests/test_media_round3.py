@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from core.audio import SAMPLE_RATE, too_long_error
+from core.audio import SAMPLE_RATE, UNREADABLE, probe, too_long_error
 from core.clock import clock
-from core.errors import InvalidCommand
+from core.errors import InvalidCommand, NotAudio
 from core.ffmpeg import cpu_cap_s
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
@@ -159,3 +162,55 @@ def test_sections_under_a_second_are_refused_by_the_cli(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count(message) == 1 and "Traceback" not in done.stderr
     assert not list(out.glob("*"))
+
+
+def _tagged_mp3(path: Path, seconds: float, **tags: str) -> Path:
+    """An MP3 with ID3 tags of any size (an ffmetadata file, not argv, carries them)."""
+    meta = path.with_suffix(".meta")
+    meta.write_text(";FFMETADATA1\n" + "".join(f"{k}={v}\n" for k, v in tags.items()))
+    make = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=d={seconds}", "-i", str(meta)]
+    subprocess.run([*make, "-map_metadata", "1", "-c:a", "libmp3lame", "-b:a", "64k", str(path)], check=True)
+    meta.unlink()
+    return path
+
+
+def test_a_huge_comment_is_not_read_into_the_process(tmp_path: Path) -> None:
+    """The red team's 95 MB ID3 comment, at 24 MB: the bot's process does not hold it (it
+    read all of ffprobe's JSON, about three times the tag, before). Python's own allocations
+    are counted; a process's peak RSS would hide them under whatever came before."""
+    song = _tagged_mp3(tmp_path / "c.mp3", 2, title="Song", comment="x" * 24_000_000)
+    tracemalloc.start()
+    try:
+        info = probe(song)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+    assert info.duration_s is not None and abs(info.duration_s - 2) < 0.1 and info.title == "Song"
+    assert peak_mb < 8, f"probing took {peak_mb:.0f} MB"
+
+
+def test_a_huge_title_is_left_out(tmp_path: Path) -> None:
+    """Tags past what probe reads: the song is still taken, untitled, its length known."""
+    info = probe(_tagged_mp3(tmp_path / "t.mp3", 2, title="y" * 2_000_000, artist="Someone"))
+    assert info.title is None and info.artist is None
+    assert info.duration_s is not None and abs(info.duration_s - 2) < 0.1
+    assert probe(_tagged_mp3(tmp_path / "s.mp3", 2, title="  Short    title ", artist="A")).title == "Short title"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['{"streams": [{"codec_type": "aud', "[1, 2]", '{"streams": "audio"}', "\\xff\\xfe not json"],
+    ids=["truncated", "a-list", "odd-shape", "not-utf8"],
+)
+def test_an_unreadable_ffprobe_answer_is_not_audio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """Whatever ffprobe prints (here a stand-in on PATH), probe refuses with one message, never a traceback."""
+    fake = tmp_path / "bin" / "ffprobe"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nprintf '{answer}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with pytest.raises(NotAudio) as refused:
+        probe(_tagged_mp3(tmp_path / "a.mp3", 1))
+    assert refused.value.user_message == UNREADABLE
