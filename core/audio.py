@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.clock import clock
-from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong
+from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong, WorkerFailed
 from core.ffmpeg import DEFAULT_SANDBOX, Capped, Sandbox, as_file, refused_format
 from core.naming import cap_bytes
 
@@ -108,10 +108,13 @@ def _run(
         raise CorruptAudio("Reading this file took too long; it may be damaged.", detail=str(exc)) from exc
 
 
-def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio:
+def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio | WorkerFailed:
     """The refusal for an input ffmpeg would not open: a format we don't take, one that needs
-    more memory or CPU than a child may use (`Sandbox`), or not media at all."""
+    more memory or CPU than a child may use (`Sandbox`), or not media at all; or, for a child
+    killed from outside, the host's failure, which says nothing of the file."""
     text = stderr.decode(errors="replace")[-500:]
+    if killed_from_outside(returncode):
+        return host_killed(text)
     if refused_format(text):
         return NotAudio(NOT_ACCEPTED, detail=text)
     if _over_limits(text, returncode):
@@ -120,8 +123,25 @@ def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio:
 
 
 def _over_limits(stderr_text: str, returncode: int) -> bool:
-    """The child ran out of the memory or CPU time its sandbox allows."""
-    return "Cannot allocate memory" in stderr_text or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+    """The child ran out of the memory or CPU time its sandbox allows: an allocation refused
+    under RLIMIT_AS, or SIGXCPU at RLIMIT_CPU's soft limit (ffmpeg does not catch it, so the
+    hard limit's SIGKILL, 5 s later, is never what ends it)."""
+    return "Cannot allocate memory" in stderr_text or returncode == -signal.SIGXCPU
+
+
+def killed_from_outside(returncode: int) -> bool:
+    """SIGKILL, which no limit of the sandbox sends first: the kernel's OOM killer, an operator,
+    a container stopping. Stembot's own kills (timeouts, aborts) are told apart where made."""
+    return returncode == -signal.SIGKILL
+
+
+def host_killed(detail: str = "") -> WorkerFailed:
+    """A child killed from outside: the host's failure, retried on the next request, never
+    kept as the song's answer."""
+    return WorkerFailed(
+        "Something went wrong on my side while reading this song. Please try again later.",
+        detail=f"ffmpeg was killed from outside (SIGKILL): {detail}"[:500],
+    )
 
 
 def _sandboxed_out(stderr: bytes, returncode: int) -> bool:
@@ -185,10 +205,10 @@ def probe(path: Path, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX)
     proc = _probe(path, _PROBE_FIELDS + _PROBE_TAGS, timeout_s, sandbox)
     if proc.over:
         proc = _probe(path, _PROBE_FIELDS, timeout_s, sandbox)
+    if proc.over:  # (run_capped killed it: its exit status says nothing)
+        raise NotAudio(UNREADABLE, detail="ffprobe's answer without tags is still too long")
     if proc.returncode != 0:
         raise _unreadable(proc.stderr, proc.returncode)
-    if proc.over:
-        raise NotAudio(UNREADABLE, detail="ffprobe's answer without tags is still too long")
     try:
         return _probed(json.loads(proc.stdout or b"{}"))
     except (ValueError, TypeError, AttributeError) as exc:  # invalid JSON or UTF-8, or an odd shape
@@ -301,6 +321,8 @@ def _check_decode(
     """A whole decode's result: not past the limit, not stopped by the sandbox, not far short of its header."""
     if frames / SAMPLE_RATE > max_duration_s:
         raise _decoded_too_long(frames, max_duration_s)
+    if killed_from_outside(proc.returncode):  # what it wrote is cut short by the host, not the file
+        raise host_killed(proc.stderr.decode(errors="replace")[-300:])
     if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
         raise _unreadable(proc.stderr, proc.returncode)
     _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
@@ -461,6 +483,9 @@ def stream_decode(
         log.seek(0)
         stderr_bytes = log.read()
         log.close()
+    # (the watchdog's own kill raised above; past it, a SIGKILL came from outside)
+    if killed_from_outside(proc.returncode):
+        raise host_killed(stderr_bytes.decode(errors="replace")[-300:])
     if frames == 0 and _sandboxed_out(stderr_bytes, proc.returncode):
         raise _unreadable(stderr_bytes, proc.returncode)
     _check_decoded(frames, info, stderr_bytes.decode(errors="replace")[-500:])

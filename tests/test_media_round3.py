@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from core.audio import SAMPLE_RATE, UNREADABLE, probe, too_long_error
+from core.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
 from core.clock import clock
-from core.errors import InvalidCommand, NotAudio
+from core.errors import InvalidCommand, NotAudio, StembotError, WorkerFailed
 from core.ffmpeg import cpu_cap_s
+from core.jobs import ErrorInfo
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
 from tests.helpers import run_stembot
@@ -206,11 +209,69 @@ def test_an_unreadable_ffprobe_answer_is_not_audio(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
 ) -> None:
     """Whatever ffprobe prints (here a stand-in on PATH), probe refuses with one message, never a traceback."""
+    song = _tagged_mp3(tmp_path / "a.mp3", 1)
+    _fake_ffprobe(tmp_path, monkeypatch, f"printf '{answer}'")
+    with pytest.raises(NotAudio) as refused:
+        probe(song)
+    assert refused.value.user_message == UNREADABLE
+
+
+def _fake_ffprobe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """A stand-in ffprobe first on PATH (run through the real sandbox), doing `script`."""
     fake = tmp_path / "bin" / "ffprobe"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\nprintf '{answer}'\n")
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!/bin/sh\n{script}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    with pytest.raises(NotAudio) as refused:
-        probe(_tagged_mp3(tmp_path / "a.mp3", 1))
-    assert refused.value.user_message == UNREADABLE
+
+
+@pytest.mark.parametrize(
+    ("script", "refusal"),
+    [
+        ("kill -KILL $$", None),  # the OOM killer, an operator: the host's failure
+        ("kill -XCPU $$", TOO_DEMANDING),  # RLIMIT_CPU's soft limit: the file's demand
+        ("echo 'Cannot allocate memory' >&2; exit 1", TOO_DEMANDING),  # RLIMIT_AS
+        ("echo 'Invalid data found when processing input' >&2; exit 1", UNREADABLE),
+    ],
+    ids=["sigkill", "sigxcpu", "enomem", "invalid"],
+)
+def test_a_child_killed_from_outside_is_not_blamed_on_the_song(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, refusal: str | None
+) -> None:
+    song = _tagged_mp3(tmp_path / "a.mp3", 1)
+    _fake_ffprobe(tmp_path, monkeypatch, script)
+    with pytest.raises(StembotError) as failed:
+        probe(song)
+    if refusal is None:
+        assert isinstance(failed.value, WorkerFailed) and failed.value.retryable
+        # a retryable error is never kept as the answer to the same song (core.queue)
+        assert ErrorInfo.from_exception(failed.value).to_exception().retryable
+        assert "song" in failed.value.user_message and "try again" in failed.value.user_message
+    else:
+        assert isinstance(failed.value, NotAudio) and failed.value.user_message == refusal
+
+
+def _children_named(name: str) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and stat.parent.joinpath("comm").read_text().strip() == name:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.parametrize("duration_s", [None, 120.0], ids=["length-unknown", "length-known"])
+def test_a_decoder_killed_mid_song_is_a_host_failure(tmp_path: Path, duration_s: float | None) -> None:
+    """SIGKILL to the real decoder after its first block: neither a silently short song nor
+    "truncated or damaged", both of which were kept as the song's answer."""
+    song = tmp_path / "long.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=120", str(song)], check=True)
+    info = AudioInfo(duration_s=duration_s, container="wav", codec="pcm_s16le", has_video=False)
+    blocks = stream_decode(song, info, 600, block_s=1.0)
+    with pytest.raises(WorkerFailed), contextlib.closing(blocks):
+        next(blocks)
+        (pid,) = _children_named("ffmpeg")
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(1000):  # bounded: 120 blocks at most
+            next(blocks)
