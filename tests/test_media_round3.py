@@ -6,6 +6,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from core.ffmpeg import cpu_cap_s
 from core.jobs import ErrorInfo
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
-from tests.helpers import run_stembot
+from tests.helpers import ROOT, run_stembot
 from worker.pipeline import _encoder_sandbox
+from worker.scratch import owned_dir, remove_orphans
 
 
 @pytest.mark.parametrize(
@@ -275,3 +278,38 @@ def test_a_decoder_killed_mid_song_is_a_host_failure(tmp_path: Path, duration_s:
         os.kill(pid, signal.SIGKILL)
         for _ in range(1000):  # bounded: 120 blocks at most
             next(blocks)
+
+
+HOLD_SCRATCH = """
+import sys, time
+from pathlib import Path
+from worker.scratch import owned_dir
+with owned_dir(Path(sys.argv[1]), "stembot-job-") as path:
+    (path / "decoded.f32").write_bytes(b"0" * 4096)
+    print(path, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_workers_scratch_is_removed_whatever_its_pid(tmp_path: Path) -> None:
+    """A worker SIGKILLed while holding its scratch, its directory named for a pid that is
+    alive again (in a container, every worker is PID 1): the next worker's sweep removes it;
+    a live worker's scratch, and one being made (no lock yet, live pid), are kept."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRATCH, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert holder.stdout is not None
+        held = Path(holder.stdout.readline().strip())
+        # what a restarted container's PID 1 finds: the dead worker's pid in use again
+        reused = held.rename(held.with_name(f"stembot-job-{os.getpid()}-{held.name.rsplit('-', 1)[1]}"))
+        assert remove_orphans(tmp_path) == [] and (reused / "decoded.f32").exists()  # its owner lives
+    finally:
+        holder.kill()
+        holder.wait()
+    with owned_dir(tmp_path, "stembot-job-") as mine:
+        unlocked = Path(tempfile.mkdtemp(prefix=f"stembot-job-{os.getpid()}-", dir=tmp_path))
+        dead = Path(tempfile.mkdtemp(prefix=f"stembot-job-{2**22 + 1}-", dir=tmp_path))  # past pid_max's default
+        assert sorted(remove_orphans(tmp_path)) == sorted([reused, dead])
+        assert mine.is_dir() and unlocked.is_dir() and remove_orphans(tmp_path) == []
+    assert not mine.exists() and sorted(p.name for p in tmp_path.iterdir()) == [unlocked.name]
