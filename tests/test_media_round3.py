@@ -20,7 +20,7 @@ from core.ffmpeg import cpu_cap_s
 from core.jobs import ErrorInfo
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
-from tests.helpers import ROOT, run_stembot
+from tests.helpers import ROOT, run_stembot, stembot_env
 from worker.pipeline import _encoder_sandbox
 from worker.scratch import owned_dir, remove_orphans
 
@@ -313,3 +313,15 @@ def test_a_killed_workers_scratch_is_removed_whatever_its_pid(tmp_path: Path) ->
         assert sorted(remove_orphans(tmp_path)) == sorted([reused, dead])
         assert mine.is_dir() and unlocked.is_dir() and remove_orphans(tmp_path) == []
     assert not mine.exists() and sorted(p.name for p in tmp_path.iterdir()) == [unlocked.name]
+
+
+def test_separate_offline_without_a_model_repo_says_what_to_set(tmp_path: Path, rock_short: Path) -> None:
+    """No STEMBOT_MODEL_REPO, no cached weights, no way out (a proxy that refuses): one
+    message naming the setting, after a line saying the model is being loaded."""
+    offline = {"HF_HUB_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    env = stembot_env(HOME=str(tmp_path), TORCH_HOME=str(tmp_path / "torch"), **offline)
+    done = run_stembot("separate", str(rock_short), "--stems", "vocals", "-o", str(tmp_path / "o"), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "stembot: loading htdemucs" in done.stderr
+    assert "set STEMBOT_MODEL_REPO to a folder holding the model's weights" in done.stderr
+    assert "Traceback" not in done.stderr and not list((tmp_path / "o").glob("*"))
