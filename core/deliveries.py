@@ -31,6 +31,10 @@ class Delivery(BaseModel):
     upload_limit: int | None = None  # bytes per upload on this chat's platform
     note: str | None = None  # told to the user with the result (e.g. a format fallback)
     extra: dict[str, str] = Field(default_factory=dict)  # platform-specific reply details
+    # What acceptance assumed, settled against the decoded length on delivery (core.desk):
+    charged_s: float = 0.0  # seconds counted against the user's daily limit
+    longest_s: float | None = None  # the longest song this request may be (None: the bot's limit)
+    tempo: int = 100  # the files' tempo, to tell the song's seconds from theirs
 
     @property
     def requester(self) -> Requester:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -15,12 +17,16 @@ import pytest
 
 from core.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
 from core.clock import clock
-from core.errors import InvalidCommand, NotAudio, StembotError, WorkerFailed
+from core.deliveries import Delivery
+from core.desk import Finished, JobDesk, Song, settle
+from core.errors import InvalidCommand, NotAudio, QuotaExceeded, StembotError, TooLong, WorkerFailed
 from core.ffmpeg import cpu_cap_s
-from core.jobs import ErrorInfo
+from core.jobs import ErrorInfo, JobResult
+from core.queue import QueueClient
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
-from tests.helpers import ROOT, run_stembot, stembot_env
+from core.stems import parse_stems
+from tests.helpers import ROOT, WorkerProcess, run_stembot, stembot_env
 from worker.pipeline import _encoder_sandbox
 from worker.scratch import owned_dir, remove_orphans
 
@@ -325,3 +331,79 @@ def test_separate_offline_without_a_model_repo_says_what_to_set(tmp_path: Path, 
     assert "stembot: loading htdemucs" in done.stderr
     assert "set STEMBOT_MODEL_REPO to a folder holding the model's weights" in done.stderr
     assert "Traceback" not in done.stderr and not list((tmp_path / "o").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("covered_s", "charged_s", "longest_s", "extra_s", "refused"),
+    [
+        (200.0, 1200.0, 1200.0, -1000.0, False),  # stated no length: charged the most, refunded the rest
+        (200.0, 30.0, 1200.0, 170.0, False),  # an ADTS header that said 30 s: the rest is charged
+        (30.4, 30.0, 1200.0, 0.0, False),  # rounding is not charged
+        (200.0, 0.0, 1200.0, 0.0, False),  # from cached sources: nothing was charged, nothing to settle
+        (200.0, 120.0, 120.0, 0.0, True),  # a server's 2-minute limit, passed by a song that said less
+        (1201.5, 1200.0, 1200.0, 0.0, True),
+        (1200.9, 1200.0, 1200.0, 0.0, False),
+    ],
+)
+def test_settle(covered_s: float, charged_s: float, longest_s: float, extra_s: float, refused: bool) -> None:
+    verdict = settle(covered_s, charged_s, longest_s)
+    assert verdict.extra_s == pytest.approx(extra_s)
+    assert (verdict.refusal is not None) == refused
+    if refused:
+        assert isinstance(verdict.refusal, TooLong)
+
+
+def _live_webm(path: Path, seconds: float) -> Path:
+    """Opus in a WebM written as a live stream: its container states no length (ffprobe: N/A)."""
+    make = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=d={seconds}:f=330"]
+    subprocess.run([*make, "-c:a", "libopus", "-live", "1", "-f", "webm", str(path)], check=True)
+    assert probe(path).duration_s is None
+    return path
+
+
+async def _finished(desk: JobDesk, delivery: Delivery) -> JobResult:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        step = await desk.step(delivery)
+        if isinstance(step, Finished):
+            return step.result
+        await asyncio.sleep(0.2)
+    raise TimeoutError("the job did not finish")
+
+
+async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decoded_length(
+    redis_url: str, tiny_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """The red team's live WebM: it was charged 0 s and passed a server's limit. Now it is
+    charged the most it may be, refused before any work where that passes the daily minutes,
+    refused on delivery where it is longer than the server allows, and otherwise charged what
+    it really lasts."""
+    settings = Settings(redis_url=redis_url, max_jobs_per_user=5, daily_minutes_per_user=30)
+    queue = await QueueClient.connect(settings)
+    try:
+        desk = JobDesk(settings, queue, "test")
+
+        def chat(user: str) -> Delivery:
+            return Delivery(platform="test", job_id="", chat_id="c", user_id=user)
+
+        song40 = Song(_live_webm(tmp_path / "a.webm", 40).read_bytes(), "live.webm")
+        # a server that takes songs of up to 30 s: accepted as at most 30 s, refused once decoded
+        alice = (await desk.accept(song40, parse_stems("vocals"), "mp3", chat("alice"), None, 30)).delivery
+        assert await desk.usage.used_s(desk.user_key("alice")) == 30
+        refused = await _finished(desk, alice)
+        assert refused.status == "failed" and refused.error is not None and refused.stems == []
+        assert refused.error.message == "That is 0:40 long; the limit is 0:30. Send a shorter excerpt."
+        # no such server: charged the bot's 20 minutes while queued, 41 s once decoded
+        song41 = Song(_live_webm(tmp_path / "b.webm", 41).read_bytes(), "live.webm")
+        bob = (await desk.accept(song41, parse_stems("vocals"), "mp3", chat("bob"))).delivery
+        assert await desk.usage.used_s(desk.user_key("bob")) == settings.max_duration_s
+        done = await _finished(desk, bob)
+        assert done.status == "done" and len(done.stems) == 1
+        assert abs(await desk.usage.used_s(desk.user_key("bob")) - 41) <= 1
+        # 10 minutes a day: a song that may last 20 is refused before it is queued
+        strict = JobDesk(Settings(redis_url=redis_url, daily_minutes_per_user=10), queue, "test")
+        song42 = Song(_live_webm(tmp_path / "c.webm", 42).read_bytes(), "live.webm")  # not cached: a model run
+        with pytest.raises(QuotaExceeded):
+            await strict.accept(song42, parse_stems("drums"), "mp3", chat("carol"))
+    finally:
+        await queue.close()
