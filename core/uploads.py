@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat
+from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat, megabytes
+from core.errors import TooLarge
 from core.ffmpeg import DEFAULT_SANDBOX, as_file
 
 # Bitrates a listener recognises; the plan picks the highest that fits.
@@ -149,3 +150,11 @@ def fit_stem(
     if len(parts) == 1:
         return [(filename, parts[0])]
     return [(part_name(filename, i, len(parts)), p) for i, p in enumerate(parts, 1)]
+
+
+def output_too_large(total: int, limit: int) -> TooLarge:
+    """The refusal of a request whose files come to more than one request may make."""
+    return TooLarge(
+        f"Those stems come to {megabytes(total)}; one request may make at most {megabytes(limit)}. "
+        "Ask for fewer stems, or a compressed format such as mp3."
+    )

@@ -21,7 +21,7 @@ from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song, settle
 from core.errors import InvalidCommand, NotAudio, QuotaExceeded, StembotError, TooLong, WorkerFailed
 from core.ffmpeg import cpu_cap_s
-from core.jobs import ErrorInfo, JobResult
+from core.jobs import ErrorInfo, JobResult, Requester, SeparationRequest
 from core.queue import QueueClient
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
@@ -405,5 +405,52 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
         song42 = Song(_live_webm(tmp_path / "c.webm", 42).read_bytes(), "live.webm")  # not cached: a model run
         with pytest.raises(QuotaExceeded):
             await strict.accept(song42, parse_stems("drums"), "mp3", chat("carol"))
+    finally:
+        await queue.close()
+
+
+def _scratch_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+async def test_the_output_bound_stops_the_encoders_not_only_the_store(
+    tiny_env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    work_tmp: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    """Two minutes as four WAV stems (85 MB) under a 5 MB bound: refused with the bound's
+    message, and the job's requested files never come near what they would have been (the red
+    team saw 423 MB written before a 50 MB bound refused a job). The scratch space is sampled
+    while the job runs: its decoded song (53 MB) and lossless sources are there too."""
+    song = tmp_path / "five.flac"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=300:f=220", "-ac", "2", str(song)], check=True
+    )
+    worker = WorkerProcess(tiny_env | {"STEMBOT_MAX_JOB_OUTPUT_MB": "5"}, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    try:
+        ref = await queue.store_input(song.read_bytes(), song.name)
+        request = SeparationRequest(input=ref, stems="all", model="htdemucs", format="wav", requester=Requester())
+        job = await queue.submit(request)
+        peak_out = 0
+        deadline = time.monotonic() + 240
+        while (result := await queue.result(job.job_id)) is None:
+            assert time.monotonic() < deadline, "the job did not finish"
+            outs = [Path(d) / "out" for d in work_tmp.glob("stembot-job-*")]
+            peak_out = max(peak_out, sum(_scratch_bytes(out) for out in outs))
+            await asyncio.sleep(0.02)
+        assert result.status == "failed" and result.error is not None and result.error.code == "too_large"
+        assert "one request may make at most 5 MB" in result.error.message
+        assert peak_out < 30_000_000, f"{peak_out / 1e6:.0f} MB of stems written under a 5 MB bound"
+        assert list(work_tmp.iterdir()) == []
     finally:
         await queue.close()

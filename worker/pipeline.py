@@ -42,6 +42,7 @@ from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_la
 from core.settings import Settings
 from core.sources import SOURCES_FORMAT, SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
+from core.uploads import output_too_large
 from worker.encoders import ParallelWriter
 from worker.scratch import job_dir
 
@@ -154,6 +155,9 @@ class RenderSpec:
     selection: StemSelection
     fmt: OutputFormat
     options: RenderOptions = field(default_factory=RenderOptions)
+    # Bytes the files may come to in all (the worker's STEMBOT_MAX_JOB_OUTPUT_MB): the encoders
+    # are stopped once they pass it, so a refused job has not filled the scratch disk first.
+    max_bytes: int | None = None
 
 
 class Renderer:
@@ -184,6 +188,7 @@ class Renderer:
             if first < start:  # sources kept for another section: not this one's to cut
                 raise ValueError("the kept sources do not cover the section")
         self.first, self.last, self.done = first, last, 0
+        self.max_bytes = spec.max_bytes
         self.tempo = spec.options.tempo
         self.needs_mixture = uses_mixture(spec.selection)
         # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
@@ -225,12 +230,23 @@ class Renderer:
         for f, writer in zip(self.files, self.writers, strict=True):
             writer.put(functools.partial(render_output, f.output, cut, mix))
         self.done += hi - lo
+        self._check_bytes()
+
+    def _check_bytes(self) -> None:
+        """The files as written so far, against `max_bytes` (each encoder runs a few blocks
+        behind its feed, so they pass it by at most that much before the job stops)."""
+        if self.max_bytes is None:
+            return
+        total = sum(_size(f.path) for f in self.files)
+        if total > self.max_bytes:
+            raise output_too_large(total, self.max_bytes)
 
     def close(self) -> list[StemFile]:
         """Wait for every encoder to finish its file; on any failure none is left behind."""
         try:
             for writer in self.writers:
                 writer.close()
+            self._check_bytes()
         except BaseException:
             self.abort()
             raise
@@ -250,6 +266,13 @@ def _encoder_sandbox(settings: Settings, options: RenderOptions, frames: int | N
         return sandbox
     song_s = settings.max_duration_s if frames is None else frames / SAMPLE_RATE
     return sandbox.for_audio(song_s * max(1.0, 100 / options.tempo), RUBBERBAND_CPU_S_PER_MIN)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # the encoder has not opened it yet
+        return 0
 
 
 @dataclass
