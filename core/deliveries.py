@@ -35,6 +35,7 @@ class Delivery(BaseModel):
     charged_s: float = 0.0  # seconds counted against the user's daily limit
     longest_s: float | None = None  # the longest song this request may be (None: the bot's limit)
     tempo: int = 100  # the files' tempo, to tell the song's seconds from theirs
+    artist: str | None = None  # the requester's artist for the song, written into the delivered files' tags
 
     @property
     def requester(self) -> Requester:

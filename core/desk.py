@@ -34,7 +34,7 @@ from core.render import RenderOptions, check_section, follow_up
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection, parse_stems
-from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
+from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
 SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
@@ -273,6 +273,7 @@ class JobDesk:
         user = self.user_key(delivery.user_id)
         submission = await self.queue.submit(request)
         delivery.job_id = submission.job_id
+        delivery.artist = request.input.artist
         delivery.charged_s = 0.0 if submission.state == "cached" else cost
         delivery.tempo = request.options.tempo
         await self.book.add(delivery)
@@ -410,7 +411,9 @@ class JobDesk:
                 url = await store.link(stem.artifact_key, self.settings.link_ttl_s)
                 uploads.append(Upload(name, b"", title, url))
                 continue
-            data = await self.queue.fetch(stem)
+            stored = await self.queue.fetch(stem)
+            tags = delivered_tags(delivery.song, stem.stem, delivery.artist)
+            data = await asyncio.to_thread(retag, stored, stem.format, tags)
             pieces = await asyncio.to_thread(
                 fit_stem, data, name, stem.duration_s, delivery.upload_limit, self.settings.mp3_bitrate_kbps
             )

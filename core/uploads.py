@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat, megabytes
+from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat, Tags, megabytes
 from core.errors import TooLarge
 from core.ffmpeg import DEFAULT_SANDBOX, as_file
 
@@ -126,6 +126,25 @@ def transcode(data: bytes, src_ext: str, fmt: OutputFormat, timeout_s: float = 3
         cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0:a"]
         _checked([*cmd, "-map_metadata", "0", *fmt.codec_args(), as_file(dest)], timeout_s)
         return dest.read_bytes()
+
+
+def retag(data: bytes, ext: str, tags: Tags, timeout_s: float = 120) -> bytes:
+    """A stem with `tags` as its only tags, the audio copied as it is (a remux: no re-encode).
+
+    Stored stems carry neutral tags ("song — vocals"), since one answers everyone who sends
+    the same bytes; each delivery writes its own requester's names in."""
+    with tempfile.TemporaryDirectory(prefix="stembot-tag-") as tmp:
+        source, dest = Path(tmp) / f"in.{ext}", Path(tmp) / f"out.{ext}"
+        source.write_bytes(data)
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0", "-c", "copy"]
+        muxer = {"mp3": ["-id3v2_version", "3"], "m4a": ["-movflags", "+faststart"]}.get(ext, [])
+        _checked([*cmd, "-map_metadata", "-1", *tags.ffmpeg_args(), *muxer, as_file(dest)], timeout_s)
+        return dest.read_bytes()
+
+
+def delivered_tags(song: str, stem: str, artist: str | None) -> Tags:
+    """The tags of a stem as one requester gets it: `<song> — <stem>` on the album `<song>`."""
+    return Tags(title=f"{song} \u2014 {stem}", artist=artist, extra={"album": song})
 
 
 def _checked(cmd: list[str], timeout_s: float) -> None:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
+from telegram.ext import Application
 
 from core.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
 from core.clock import clock
@@ -26,7 +31,10 @@ from core.queue import QueueClient
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
 from core.stems import parse_stems
+from tests.botapi import BotApiServer
 from tests.helpers import ROOT, WorkerProcess, run_stembot, stembot_env
+from tests.test_no_leaks import tags
+from tests.test_telegram import ALICE, DM, _audio, start_bot, stop_bot
 from worker.pipeline import _encoder_sandbox
 from worker.scratch import owned_dir, remove_orphans
 
@@ -454,3 +462,84 @@ async def test_the_output_bound_stops_the_encoders_not_only_the_store(
         assert list(work_tmp.iterdir()) == []
     finally:
         await queue.close()
+
+
+def _stored_results(redis_url: str, tmp_path: Path) -> list[dict[str, str]]:
+    """The tags of every stem the store holds, as ffprobe reads them."""
+    client = redis.Redis.from_url(redis_url)
+    found = []
+    for i, key in enumerate(sorted(client.keys("stembot:artifact:result:*"))):
+        path = tmp_path / f"stored-{i}.{key.decode().rsplit('.', 1)[1]}"
+        path.write_bytes(client.get(key) or b"")
+        found.append(tags(path))
+    client.close()
+    return found
+
+
+def test_enqueue_writes_its_own_requesters_names_into_the_tags(
+    tiny_env: dict[str, str], tmp_path: Path, rock_short: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """Alice, then Bob with the same bytes: each file says whose song it is; the stored stem
+    stays "song — vocals", and Bob's carries nothing of Alice."""
+    worker = WorkerProcess(tiny_env, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    files = {}
+    for who in ("alice_secret_demo", "bob_song"):
+        song = tmp_path / f"{who}.flac"
+        shutil.copy(rock_short, song)
+        out = tmp_path / f"out-{who}"
+        done = run_stembot("enqueue", str(song), "--stems", "vocals", "--wait", "-o", str(out), env=tiny_env)
+        assert done.returncode == 0, done.stderr
+        [files[who]] = list(out.iterdir())
+    alice, bob = tags(files["alice_secret_demo"]), tags(files["bob_song"])
+    assert (alice["title"], alice["album"]) == ("alice_secret_demo \u2014 vocals", "alice_secret_demo")
+    assert (bob["title"], bob["album"]) == ("bob_song \u2014 vocals", "bob_song")
+    assert "alice" not in json.dumps(bob).lower() and "artist" not in bob
+    [stored] = _stored_results(tiny_env["STEMBOT_REDIS_URL"], tmp_path)
+    assert (stored["title"], stored["album"]) == ("song \u2014 vocals", "song")
+
+
+@pytest.fixture
+async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
+    server = BotApiServer()
+    await server.start(unused_tcp_port)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+    app = await start_bot(botapi, redis_url)
+    yield app
+    await stop_bot(app)
+
+
+async def test_telegram_delivers_files_tagged_for_their_requester(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    tiny_worker: WorkerProcess,
+    redis_url: str,
+    rock_short: Path,
+    tmp_path: Path,
+) -> None:
+    """Through PTB and the Bot API test server: Alice's audio has a title and performer, Bob's
+    the same bytes and only a file name. What each receives is tagged with their own names."""
+    alice_song = _audio(botapi, rock_short, file_name="a.flac", title="Alice Secret Demo", performer="Alice Band")
+    botapi.message(DM, ALICE, audio=alice_song, caption="/split vocals")
+    first = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+    bob_song = _audio(botapi, rock_short, file_name="bob_song.flac")
+    botapi.message({"id": 7, "type": "private"}, bob, audio=bob_song, caption="/split vocals")
+    both = await botapi.wait_for(lambda: len(botapi.sent("sendAudio")) == 2 and botapi.sent("sendAudio"), timeout=60)
+    got = {}
+    for who, call in (("alice", first[0]), ("bob", both[1])):
+        path = tmp_path / f"{who}.mp3"
+        path.write_bytes(call.files["audio"])
+        got[who] = tags(path)
+    assert got["alice"]["title"] == "Alice Secret Demo \u2014 vocals" and got["alice"]["artist"] == "Alice Band"
+    assert got["alice"]["album"] == "Alice Secret Demo"
+    assert (got["bob"]["title"], got["bob"]["album"]) == ("bob_song \u2014 vocals", "bob_song")
+    assert "alice" not in json.dumps(got["bob"]).lower() and "artist" not in got["bob"]
+    [stored] = _stored_results(redis_url, tmp_path)
+    assert (stored["title"], stored["album"]) == ("song \u2014 vocals", "song")
