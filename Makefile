@@ -13,37 +13,46 @@ export STEMBOT_MODEL_REPO ?= $(if $(wildcard $(SHARED)/models/htdemucs),$(abspat
 JOBS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist worksteal
 
-.PHONY: setup system demo test check lint unit bench
+.PHONY: setup setup-dev system demo test check lint unit bench
 .DEFAULT_GOAL := demo
 
+# One venv, two stamps: the demo needs only what stembot runs with (`.[all]`); the checks
+# add the dev tools on top (`.[all,dev]`), so `make test` after `make demo` installs just those.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-dev: $(VENV)/.installed-dev
 
 system:
 	bash .ci/system-deps
 
 demo: setup system
 	$(VENV)/bin/stembot separate "$(DEMO_INPUT)" --stems "$(DEMO_STEMS)" -o $(DEMO_OUT)
+	@echo "stembot is installed in $(VENV): run $(VENV)/bin/stembot, or 'source $(VENV)/bin/activate' first"
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # Every test. pytest's status 5 (nothing collected) fails too, with a word on why.
-unit: setup system
+unit: setup-dev system
 	$(PYTEST) --durations=15 || { rc=$$?; [ $$rc -ne 5 ] || echo "make unit: no test ran" >&2; exit $$rc; }
 
 test: lint unit
 
 # The fast tier, for the edit-test loop: no test marked slow (the real weights, long runs).
-check: setup system
+check: setup-dev system
 	$(PYTEST) -m "not slow"
 
-bench: setup system
+bench: setup-dev system
 	$(PY) bench/separation.py

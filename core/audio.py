@@ -20,11 +20,13 @@ import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong
-from core.ffmpeg import DEFAULT_SANDBOX, Sandbox, as_file, refused_format
+from core.clock import clock
+from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong, WorkerFailed
+from core.ffmpeg import DEFAULT_SANDBOX, Capped, Sandbox, as_file, refused_format
 from core.naming import cap_bytes
 
 SAMPLE_RATE = 44100
@@ -106,20 +108,40 @@ def _run(
         raise CorruptAudio("Reading this file took too long; it may be damaged.", detail=str(exc)) from exc
 
 
-def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio:
+def _unreadable(stderr: bytes, returncode: int = 1) -> NotAudio | WorkerFailed:
     """The refusal for an input ffmpeg would not open: a format we don't take, one that needs
-    more memory or CPU than a child may use (`Sandbox`), or not media at all."""
+    more memory or CPU than a child may use (`Sandbox`), or not media at all; or, for a child
+    killed from outside, the host's failure, which says nothing of the file."""
     text = stderr.decode(errors="replace")[-500:]
+    if killed_from_outside(returncode):
+        return host_killed(text)
     if refused_format(text):
         return NotAudio(NOT_ACCEPTED, detail=text)
     if _over_limits(text, returncode):
         return NotAudio(TOO_DEMANDING, detail=text)
-    return NotAudio("That doesn't look like an audio or video file I can read.", detail=text)
+    return NotAudio(UNREADABLE, detail=text)
 
 
 def _over_limits(stderr_text: str, returncode: int) -> bool:
-    """The child ran out of the memory or CPU time its sandbox allows."""
-    return "Cannot allocate memory" in stderr_text or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+    """The child ran out of the memory or CPU time its sandbox allows: an allocation refused
+    under RLIMIT_AS, or SIGXCPU at RLIMIT_CPU's soft limit (ffmpeg does not catch it, so the
+    hard limit's SIGKILL, 5 s later, is never what ends it)."""
+    return "Cannot allocate memory" in stderr_text or returncode == -signal.SIGXCPU
+
+
+def killed_from_outside(returncode: int) -> bool:
+    """SIGKILL, which no limit of the sandbox sends first: the kernel's OOM killer, an operator,
+    a container stopping. Stembot's own kills (timeouts, aborts) are told apart where made."""
+    return returncode == -signal.SIGKILL
+
+
+def host_killed(detail: str = "") -> WorkerFailed:
+    """A child killed from outside: the host's failure, retried on the next request, never
+    kept as the song's answer."""
+    return WorkerFailed(
+        "Something went wrong on my side while reading this song. Please try again later.",
+        detail=f"ffmpeg was killed from outside (SIGKILL): {detail}"[:500],
+    )
 
 
 def _sandboxed_out(stderr: bytes, returncode: int) -> bool:
@@ -128,6 +150,7 @@ def _sandboxed_out(stderr: bytes, returncode: int) -> bool:
     return refused_format(text) or _over_limits(text, returncode)
 
 
+UNREADABLE = "That doesn't look like an audio or video file I can read."
 TOO_DEMANDING = "Reading that file takes more memory or time than I allow; it isn't audio I accept."
 NOT_ACCEPTED = (
     "That is not audio I accept. Send MP3, M4A/AAC, Ogg/Opus, FLAC, WAV, AIFF, AMR or WMA, "
@@ -167,30 +190,68 @@ def _tag(tags: dict[str, str], name: str) -> str | None:
     return None
 
 
+# Exactly what `probe` reads: ffprobe prints nothing else, whatever else the file carries.
+_PROBE_FIELDS = "format=format_name,duration:stream=codec_type,codec_name,duration:stream_disposition=attached_pic"
+_PROBE_TAGS = ":format_tags=title,artist:stream_tags=title,artist"
+# Those fields take a few hundred bytes; the rest is the title and artist tags, which a file
+# may make as large as it likes. Up to this, they are read and cut (`_tag`); past it, the
+# file is probed again without them (its tags then count as absent).
+_PROBE_MAX_BYTES = 1 << 20
+
+
 def probe(path: Path, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX) -> AudioInfo:
-    """Read container metadata; raise NotAudio if there is no audio stream at all."""
-    cmd = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", *sandbox.input_args(path)]
-    proc = _run(cmd, timeout_s, sandbox)
+    """Read container metadata; raise NotAudio if there is no audio stream at all, or
+    if what ffprobe says cannot be read. Tags too large to read are left out."""
+    proc = _probe(path, _PROBE_FIELDS + _PROBE_TAGS, timeout_s, sandbox)
+    if proc.over:
+        proc = _probe(path, _PROBE_FIELDS, timeout_s, sandbox)
+    if proc.over:  # (run_capped killed it: its exit status says nothing)
+        raise NotAudio(UNREADABLE, detail="ffprobe's answer without tags is still too long")
     if proc.returncode != 0:
         raise _unreadable(proc.stderr, proc.returncode)
-    data = json.loads(proc.stdout or b"{}")
+    try:
+        return _probed(json.loads(proc.stdout or b"{}"))
+    except (ValueError, TypeError, AttributeError) as exc:  # invalid JSON or UTF-8, or an odd shape
+        raise NotAudio(UNREADABLE, detail=f"ffprobe's answer: {exc}"[:500]) from None
+
+
+def _probe(path: Path, entries: str, timeout_s: float, sandbox: Sandbox) -> Capped:
+    cmd = ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "json", *sandbox.input_args(path)]
+    try:
+        return sandbox.run_capped(cmd, timeout_s, _PROBE_MAX_BYTES)
+    except subprocess.TimeoutExpired as exc:
+        raise CorruptAudio("Reading this file took too long; it may be damaged.", detail=str(exc)) from exc
+
+
+def _probed(data: dict[str, Any]) -> AudioInfo:
+    """ffprobe's JSON as `AudioInfo`."""
     streams = data.get("streams", [])
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     if not audio:
         raise NotAudio("That file has no audio track.")
     fmt = data.get("format", {})
-    duration = fmt.get("duration") or audio[0].get("duration")
+    # (a container without a length, such as a live WebM, may still state its stream's)
+    duration = _seconds(fmt.get("duration")) or _seconds(audio[0].get("duration"))
     tags = {**audio[0].get("tags", {}), **fmt.get("tags", {})}
     return AudioInfo(
-        duration_s=float(duration) if duration not in (None, "N/A") else None,
-        container=fmt.get("format_name", "unknown"),
-        codec=audio[0].get("codec_name", "unknown"),
+        duration_s=duration,
+        container=str(fmt.get("format_name", "unknown")),
+        codec=str(audio[0].get("codec_name", "unknown")),
         has_video=any(
             s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic") for s in streams
         ),
         title=_tag(tags, "title"),
         artist=_tag(tags, "artist"),
     )
+
+
+def _seconds(value: object) -> float | None:
+    """A duration as ffprobe writes it; None for `N/A`, nonsense, or a length no song has."""
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def too_long_error(duration_s: float, max_duration_s: float, at_least: bool = False) -> TooLong:
@@ -206,12 +267,7 @@ def _decoded_too_long(frames: int, max_duration_s: float) -> TooLong:
 
 
 def _clock(seconds: float) -> str:
-    seconds = round(seconds)
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60}:{seconds % 60:02d}"
-    )
+    return clock(seconds, tenths=False)
 
 
 def check_duration(info: AudioInfo, max_duration_s: float) -> None:
@@ -265,6 +321,8 @@ def _check_decode(
     """A whole decode's result: not past the limit, not stopped by the sandbox, not far short of its header."""
     if frames / SAMPLE_RATE > max_duration_s:
         raise _decoded_too_long(frames, max_duration_s)
+    if killed_from_outside(proc.returncode):  # what it wrote is cut short by the host, not the file
+        raise host_killed(proc.stderr.decode(errors="replace")[-300:])
     if frames == 0 and _sandboxed_out(proc.stderr, proc.returncode):
         raise _unreadable(proc.stderr, proc.returncode)
     _check_decoded(frames, info, proc.stderr.decode(errors="replace")[-500:])
@@ -425,6 +483,9 @@ def stream_decode(
         log.seek(0)
         stderr_bytes = log.read()
         log.close()
+    # (the watchdog's own kill raised above; past it, a SIGKILL came from outside)
+    if killed_from_outside(proc.returncode):
+        raise host_killed(stderr_bytes.decode(errors="replace")[-300:])
     if frames == 0 and _sandboxed_out(stderr_bytes, proc.returncode):
         raise _unreadable(stderr_bytes, proc.returncode)
     _check_decoded(frames, info, stderr_bytes.decode(errors="replace")[-500:])

@@ -35,6 +35,7 @@ from core.naming import excerpt, song_name, stem_filename
 from core.render import make_options
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
+from core.uploads import delivered_tags, retag
 
 # One exit status per kind of ending, the same from every command: a refusal of the input
 # or the request (also argparse's usage errors), a failure of the machinery, a cancel.
@@ -203,13 +204,16 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         if result.from_cache:
             print("rendered from the cached separation (the model did not run)", flush=True)
         writable_dir(args.output)
-        for stem in result.stems:  # named from this input: a cached result carries no one's name
-            dest = args.output / stem_filename(song_name(filename), stem.file_stem or stem.stem, stem.format)
+        song = song_name(filename)
+        for stem in result.stems:  # named and tagged from this input: a cached result carries no one's name
+            dest = args.output / stem_filename(song, stem.file_stem or stem.stem, stem.format)
             try:
-                dest.write_bytes(await queue.fetch(stem))
+                stored = await queue.fetch(stem)
             except ArtifactMissing:
                 print(f"stembot: the {stem.stem} stem is no longer stored; run the command again", file=sys.stderr)
                 return EXIT_FAILED
+            tagged = await asyncio.to_thread(retag, stored, stem.format, delivered_tags(song, stem.stem, None))
+            dest.write_bytes(tagged)
             print(dest)
         return 0
     finally:

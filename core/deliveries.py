@@ -34,6 +34,11 @@ class Delivery(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)  # platform-specific reply details
     # This chat's requester withdrew: it is told "cancelled" whatever the shared job does.
     cancelled: bool = False
+    # What acceptance assumed, settled against the decoded length on delivery (core.desk):
+    charged_s: float = 0.0  # seconds counted against the user's daily limit
+    longest_s: float | None = None  # the longest song this request may be (None: the bot's limit)
+    tempo: int = 100  # the files' tempo, to tell the song's seconds from theirs
+    artist: str | None = None  # the requester's artist for the song, written into the delivered files' tags
 
     @property
     def requester(self) -> Requester:

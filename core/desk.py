@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -21,19 +22,19 @@ from pydantic import BaseModel
 from core import metrics
 from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
-from core.audio import SAMPLE_RATE, inspect_bytes, megabytes
+from core.audio import SAMPLE_RATE, inspect_bytes, megabytes, too_long_error
 from core.deliveries import Delivery, DeliveryBook
-from core.errors import Banned, InvalidCommand, ModelUnavailable, StembotError, TooLarge, WorkerFailed
+from core.errors import Banned, InvalidCommand, ModelUnavailable, QuotaExceeded, StembotError, TooLarge, WorkerFailed
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import UsageMeter, check_user
 from core.naming import chat_filename, song_name
 from core.queue import QueueClient, refusing_when_full
-from core.render import RenderOptions, clock, follow_up, follow_ups
+from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection, parse_stems, stem_choices, stem_words
-from core.uploads import LOSSY, estimated_bytes, fit_stem, needs_parts, plan_upload
+from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
 SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
@@ -44,6 +45,9 @@ SIX_UNAVAILABLE = (
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,30 @@ def section_s(duration_s: float, options: RenderOptions) -> float:
 def output_s(duration_s: float, options: RenderOptions) -> float:
     """Seconds of each file a request makes: its section, stretched by its tempo."""
     return section_s(duration_s, options) * 100 / options.tempo
+
+
+@dataclass(frozen=True)
+class Settled:
+    """`settle`'s verdict: a refusal, or the seconds to add to the charge (negative: a refund)."""
+
+    extra_s: float = 0.0
+    refusal: StembotError | None = None
+
+
+# Headers round, and a decoder may give a frame more: differences this small are not charged.
+_SETTLE_TOLERANCE_S = 1.0
+
+
+def settle(covered_s: float, charged_s: float, longest_s: float) -> Settled:
+    """A delivered job's decoded seconds against what its request was accepted for.
+
+    `charged_s` 0 means it was not charged (a render from cached sources): nothing to settle
+    but the limit."""
+    if covered_s > longest_s + _SETTLE_TOLERANCE_S:
+        return Settled(refusal=too_long_error(covered_s, longest_s))
+    if not charged_s or abs(covered_s - charged_s) <= _SETTLE_TOLERANCE_S:
+        return Settled()
+    return Settled(extra_s=covered_s - charged_s)
 
 
 def status_line(progress: Progress | None, song: str) -> str:
@@ -234,7 +262,10 @@ class JobDesk:
         info = await asyncio.to_thread(
             inspect_bytes, song.data, s.max_input_bytes, longest, 60, Sandbox.from_settings(s)
         )
-        duration = info.duration_s or 0.0
+        # A length the container does not state counts as the most it may be; what it really
+        # is, decoded, settles the charge and the limits on delivery (`_settle`).
+        duration = info.duration_s if info.duration_s else longest
+        delivery.longest_s = longest
         model = model_for(selection, s.model, s.six_stem_model)
         cost = await self._cost(hashlib.sha256(song.data).hexdigest(), model, duration, options)
         await self._check_user(delivery, cost)
@@ -282,9 +313,7 @@ class JobDesk:
     async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
         """Seconds of audio a request counts against the daily limit: what the model will
         separate (a section: that stretch), nothing when the song's sources are cached."""
-        start = options.start_s or 0.0
-        if duration and start >= duration:
-            raise InvalidCommand(f"The song is {clock(duration)} long: pick a section inside it.")
+        check_section(options, duration or None)
         if await self._sources_cached(sha256, model, options):
             return 0.0
         return section_s(duration, options)
@@ -309,6 +338,9 @@ class JobDesk:
         user = self.user_key(delivery.user_id)
         submission = await self.queue.submit(request, expected_bytes, cost)
         delivery.job_id = submission.job_id
+        delivery.artist = request.input.artist
+        delivery.charged_s = 0.0 if submission.state == "cached" else cost
+        delivery.tempo = request.options.tempo
         await self.book.add(delivery)
         await self._remember(delivery, request, duration, expected_bytes)
         if submission.state != "cached":
@@ -431,7 +463,32 @@ class JobDesk:
             return StatusUpdate(text)
         if not await self.book.claim(delivery):
             return None
-        return Finished(result)
+        return Finished(await self._settle(delivery, result))
+
+    async def _settle(self, delivery: Delivery, result: JobResult) -> JobResult:
+        """A finished job against the length its request was accepted for: containers may state
+        none, or understate it (ADTS), so the decoded length is what counts. Past the request's
+        limit or the user's daily minutes, the result is refused; otherwise the charge is made
+        what the song really took (less, for one that stated no length and was charged the most)."""
+        if result.status != "done" or not result.stems:
+            return result
+        covered = max(stem.duration_s for stem in result.stems) * delivery.tempo / 100
+        verdict = settle(covered, delivery.charged_s, delivery.longest_s or self.settings.max_duration_s)
+        refusal: StembotError | None = verdict.refusal
+        user = self.user_key(delivery.user_id)
+        if refusal is None and verdict.extra_s > 0 and not self.gate.is_admin(user):
+            try:
+                check_user(0, await self.usage.used_s(user), verdict.extra_s, 1, self.settings.daily_minutes_per_user)
+            except QuotaExceeded as exc:
+                refusal = exc
+        if refusal is not None:
+            log.info("delivery %s refused on its decoded length: %s", delivery.id, refusal.code)
+            return result.model_copy(
+                update={"status": "failed", "stems": [], "error": ErrorInfo.from_exception(refusal)}
+            )
+        if verdict.extra_s:
+            await self.usage.add(user, verdict.extra_s)
+        return result
 
     async def _rerun(self, delivery: Delivery) -> JobResult | None:
         """The job stopped for another chat's cancel, one this chat never made: ask for it
@@ -467,7 +524,9 @@ class JobDesk:
                 url = await store.link(stem.artifact_key, self.settings.link_ttl_s)
                 uploads.append(Upload(name, b"", title, url))
                 continue
-            data = await self.queue.fetch(stem)
+            stored = await self.queue.fetch(stem)
+            tags = delivered_tags(delivery.song, stem.stem, delivery.artist)
+            data = await asyncio.to_thread(retag, stored, stem.format, tags)
             pieces = await asyncio.to_thread(
                 fit_stem, data, name, stem.duration_s, delivery.upload_limit, self.settings.mp3_bitrate_kbps
             )

@@ -13,12 +13,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
+import selectors
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,9 @@ _INPUT_PROTOCOLS = "file,pipe"
 # song needs tens of MB more. The test-time bomb that motivated this took 2 GB.
 DEFAULT_MEMORY_MB = 1024
 DEFAULT_CPU_S = 600
+# CPU seconds a rubberband child takes per minute of audio it stretches at `pitchq=quality`,
+# measured at 12 on the project's 2-core host; twice that leaves room for a slower or busier one.
+RUBBERBAND_CPU_S_PER_MIN = 24
 # glibc reserves 64 MB of address space per malloc arena and makes up to 8 per core; two keep a
 # many-core host's children inside the address-space limit without changing what they can do.
 _CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
@@ -49,6 +56,10 @@ class Sandbox:
             cpu_s=settings.ffmpeg_max_cpu_s,
             formats=settings.input_format_names,
         )
+
+    def for_audio(self, audio_s: float, cpu_s_per_min: float) -> Sandbox:
+        """This sandbox, its CPU cap raised for a child whose work grows with `audio_s` seconds of audio."""
+        return replace(self, cpu_s=cpu_cap_s(self.cpu_s, audio_s, cpu_s_per_min))
 
     def input_args(self, path: Path) -> list[str]:
         """ffmpeg/ffprobe options that open a user's file: whitelists, then the path."""
@@ -94,8 +105,65 @@ class Sandbox:
             preexec_fn=self.preexec(),
         )
 
+    def run_capped(self, cmd: Sequence[str], timeout_s: float, max_stdout: int) -> Capped:
+        """`run` for a child whose output is the input's to size (ffprobe printing tags): at most
+        `max_stdout` bytes are read, and a child that prints more is killed then and there."""
+        with tempfile.TemporaryFile() as log:
+            proc = self.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            try:
+                out, over = _read_capped(proc, timeout_s, max_stdout)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _STDERR_TAIL))
+            return Capped(proc.returncode, out, log.read(), over)
+
     def popen(self, cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command(cmd), env=child_env(), preexec_fn=self.preexec(), **kwargs)
+
+
+# The end of a child's complaints is where ffmpeg says what went wrong; the rest is repetition.
+_STDERR_TAIL = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Capped:
+    """What `Sandbox.run_capped` got: `stdout` is whole unless `over`."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    over: bool
+
+
+def _read_capped(proc: subprocess.Popen[bytes], timeout_s: float, max_stdout: int) -> tuple[bytes, bool]:
+    """Up to `max_stdout` bytes of `proc`'s stdout until it closes; TimeoutExpired past `timeout_s`."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    chunks: list[bytes] = []
+    got = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise subprocess.TimeoutExpired(proc.args, timeout_s)
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > max_stdout:
+                return b"".join(chunks)[:max_stdout], True
+
+
+def cpu_cap_s(base_s: int, audio_s: float, cpu_s_per_min: float) -> int:
+    """The CPU seconds a child may use: `base_s`, or more when its audio needs more (a flat cap
+    would fail a long song's render however healthy)."""
+    return max(base_s, math.ceil(max(audio_s, 0.0) / 60 * cpu_s_per_min))
 
 
 def as_file(path: Path | str) -> str:

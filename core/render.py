@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, model_validator
 
+from core.clock import clock
 from core.errors import InvalidCommand
 from core.naming import excerpt
 from core.stems import GUIDE, GUIDE_LEVEL_DB
@@ -53,7 +54,7 @@ class RenderOptions(BaseModel):
 
     @model_validator(mode="after")
     def _order(self) -> RenderOptions:
-        if self.start_s is not None and self.end_s is not None and self.end_s - self.start_s < MIN_SECTION_S:
+        if self.end_s is not None and self.end_s - (self.start_s or 0.0) < MIN_SECTION_S:
             raise ValueError("the section must end at least a second after it starts")
         return self
 
@@ -101,14 +102,6 @@ def parse_time(text: str) -> float:
     return value
 
 
-def clock(seconds: float) -> str:
-    """`1:05`, `1:05.5`: how a time is shown back to the user."""
-    whole = int(seconds)
-    frac = seconds - whole
-    tail = f"{frac:.1f}".lstrip("0") if frac >= 0.05 else ""
-    return f"{whole // 60}:{whole % 60:02d}{tail}"
-
-
 _KEY_SPAN = "from key-12 to key+12 semitones"
 _TEMPO_SPAN = "from tempo50 to tempo150 (percent)"
 
@@ -133,11 +126,29 @@ def make_options(
     end_s = parse_time(end) if isinstance(end, str) else end
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise InvalidCommand(f"The section {clock(start_s)}-{clock(end_s)} ends before it starts.")
-    if start_s is not None and end_s is not None and end_s - start_s < MIN_SECTION_S:
-        raise InvalidCommand(
-            f"The section {clock(start_s)}-{clock(end_s)} is too short: it must end at least a second after it starts."
-        )
+    if end_s is not None and end_s - (start_s or 0.0) < MIN_SECTION_S:  # `-0.5` is a section too
+        raise section_refused(start_s or 0.0, end_s, None)
     return RenderOptions(key=_check_key(key), tempo=_check_tempo(tempo), start_s=start_s or None, end_s=end_s)
+
+
+def check_section(options: RenderOptions, song_s: float | None) -> None:
+    """The one rule for a section, whichever end it names: it lies inside the song (`song_s`
+    long; None while that is unknown) and lasts at least `MIN_SECTION_S` of it."""
+    if not options.has_section:
+        return
+    start = options.start_s or 0.0
+    end = options.end_s if song_s is None else min(options.end_s or song_s, song_s)
+    if end is not None and end - start < MIN_SECTION_S:
+        raise section_refused(start, end, song_s)
+
+
+def section_refused(start_s: float, end_s: float, song_s: float | None) -> InvalidCommand:
+    """The refusal of a section shorter than a second of the song, or outside it."""
+    if song_s is not None:
+        return InvalidCommand(f"The song is {clock(song_s)} long: pick a section inside it, at least a second long.")
+    return InvalidCommand(
+        f"The section {clock(start_s)}-{clock(end_s)} is too short: it must end at least a second after it starts."
+    )
 
 
 @dataclass

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat
+from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat, Tags, megabytes
+from core.errors import TooLarge
 from core.ffmpeg import DEFAULT_SANDBOX, as_file
 
 # Bitrates a listener recognises; the plan picks the highest that fits.
@@ -127,6 +128,25 @@ def transcode(data: bytes, src_ext: str, fmt: OutputFormat, timeout_s: float = 3
         return dest.read_bytes()
 
 
+def retag(data: bytes, ext: str, tags: Tags, timeout_s: float = 120) -> bytes:
+    """A stem with `tags` as its only tags, the audio copied as it is (a remux: no re-encode).
+
+    Stored stems carry neutral tags ("song — vocals"), since one answers everyone who sends
+    the same bytes; each delivery writes its own requester's names in."""
+    with tempfile.TemporaryDirectory(prefix="stembot-tag-") as tmp:
+        source, dest = Path(tmp) / f"in.{ext}", Path(tmp) / f"out.{ext}"
+        source.write_bytes(data)
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0", "-c", "copy"]
+        muxer = {"mp3": ["-id3v2_version", "3"], "m4a": ["-movflags", "+faststart"]}.get(ext, [])
+        _checked([*cmd, "-map_metadata", "-1", *tags.ffmpeg_args(), *muxer, as_file(dest)], timeout_s)
+        return dest.read_bytes()
+
+
+def delivered_tags(song: str, stem: str, artist: str | None) -> Tags:
+    """The tags of a stem as one requester gets it: `<song> — <stem>` on the album `<song>`."""
+    return Tags(title=f"{song} \u2014 {stem}", artist=artist, extra={"album": song})
+
+
 def _checked(cmd: list[str], timeout_s: float) -> None:
     """ffmpeg in the default sandbox (these are stembot's own stems); raise on failure."""
     proc = DEFAULT_SANDBOX.run(cmd, timeout_s)
@@ -149,3 +169,11 @@ def fit_stem(
     if len(parts) == 1:
         return [(filename, parts[0])]
     return [(part_name(filename, i, len(parts)), p) for i, p in enumerate(parts, 1)]
+
+
+def output_too_large(total: int, limit: int) -> TooLarge:
+    """The refusal of a request whose files come to more than one request may make."""
+    return TooLarge(
+        f"Those stems come to {megabytes(total)}; one request may make at most {megabytes(limit)}. "
+        "Ask for fewer stems, or a compressed format such as mp3."
+    )

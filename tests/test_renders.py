@@ -256,7 +256,7 @@ def test_a_section_past_the_songs_end_is_named_as_it_was_cut(
             "is not a time",
         ),
         (("--start", "1:75"), "under 60"),
-        (("--start", "5:00", "--end", "6:00"), "The song ends before 5:00"),
+        (("--start", "5:00", "--end", "6:00"), "The song is 0:03 long: pick a section inside it"),
         # past the 3 s song, yet within the 4 s of context a section is separated with
         (("--start", "0:05"), "The song is 0:03 long: pick a section inside it"),
     ],

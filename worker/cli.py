@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from core.audio import OutputFormat, inspect
 from core.cli import Command, add_job_options, obtain_input, writable_dir
+from core.errors import ModelUnavailable
 from core.ffmpeg import Sandbox
 from core.jobs import Stage, model_for
 from core.naming import song_name
@@ -56,7 +58,15 @@ def separate(args: argparse.Namespace, settings: Settings) -> int:
         from worker.main import make_engine  # torch (but for the benchmark engine): only once the input passed
         from worker.pipeline import needed_sources, separate_file
 
-        separator = make_engine(settings).separator(model, needed_sources(selection))
+        # The first run on a machine converts the network for this CPU: half a minute that
+        # would otherwise pass without a word.
+        print(
+            f"stembot: loading {model} (the first run here also prepares it for this machine, ~30 s)", file=sys.stderr
+        )
+        try:
+            separator = make_engine(settings).separator(model, needed_sources(selection))
+        except ModelUnavailable as exc:
+            raise _with_setup_hint(exc, settings) from exc
         bar = StageBar()
         try:
             outcome = separate_file(
@@ -68,6 +78,18 @@ def separate(args: argparse.Namespace, settings: Settings) -> int:
     for f in outcome.files:
         print(f.path)
     return 0
+
+
+def _with_setup_hint(exc: ModelUnavailable, settings: Settings) -> ModelUnavailable:
+    """On the command line, say what to set when the official download cannot be had (offline)."""
+    if settings.model_repo is not None:
+        return exc
+    return ModelUnavailable(
+        f"{exc.user_message} It could not be downloaded (offline?): set STEMBOT_MODEL_REPO to a folder "
+        "holding the model's weights (its .yaml and .th files, such as ../shared/models/htdemucs), "
+        "or connect to the internet for the first run.",
+        detail=exc.detail,
+    )
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,7 +17,6 @@ import argparse
 import functools
 import hashlib
 import logging
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from filelock import FileLock
 from torch import nn
 
 from worker.network import NetworkCore, example_inputs, forward_around, fuse_attention
-from worker.scratch import owned_dir, remove_orphans
+from worker.scratch import LOCK_NAME, owned_dir, remove_orphans
 
 if TYPE_CHECKING:
     import openvino
@@ -110,8 +109,7 @@ def _convert(model: HTDemucs, fused: bool, cache_dir: Path, final: Path) -> Path
     """Convert in a child process into a directory of our own, then rename it to `final`."""
     remove_orphans(cache_dir, _CONVERTING)
     started = time.perf_counter()
-    work = owned_dir(cache_dir, _CONVERTING)
-    try:
+    with owned_dir(cache_dir, _CONVERTING) as work:
         torch.save(model.cpu(), work / "model.pt")
         command = [sys.executable, "-m", "worker.compiled", str(work / "model.pt"), str(work)]
         flags = ["--fused"] if fused else []
@@ -121,13 +119,12 @@ def _convert(model: HTDemucs, fused: bool, cache_dir: Path, final: Path) -> Path
         if run.returncode != 0:
             raise RuntimeError(f"OpenVINO conversion failed ({run.returncode}): {run.stderr[-2000:]}")
         (work / "model.pt").unlink()
+        (work / LOCK_NAME).unlink()  # the lock is the scratch's, not the cache entry's
         try:
             work.rename(final)  # atomic; another worker may have got there first
         except OSError:
             if not (final / "network.xml").exists():
                 raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("converted the htdemucs network to OpenVINO IR in %.1f s", time.perf_counter() - started)
     return final / "network.xml"
 

@@ -34,14 +34,15 @@ from core.audio import (
     stream_decode,
     stream_stats,
 )
-from core.errors import Cancelled, InvalidCommand
-from core.ffmpeg import Sandbox
+from core.errors import Cancelled
+from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
-from core.render import SECTION_CONTEXT_S, RenderOptions, clock, file_label, label, rubberband
+from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_label, label, rubberband
 from core.settings import Settings
 from core.sources import SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
+from core.uploads import output_too_large
 from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.scratch import job_dir
 
@@ -154,6 +155,9 @@ class RenderSpec:
     selection: StemSelection
     fmt: OutputFormat
     options: RenderOptions = field(default_factory=RenderOptions)
+    # Bytes the files may come to in all (the worker's STEMBOT_MAX_JOB_OUTPUT_MB): the encoders
+    # are stopped once they pass it, so a refused job has not filled the scratch disk first.
+    max_bytes: int | None = None
 
 
 class Renderer:
@@ -180,9 +184,11 @@ class Renderer:
             last = sys.maxsize
         else:
             last = end if last is None else min(last, end)
-            if first >= end or first < start:
-                raise InvalidCommand(f"The song is {clock(end / SAMPLE_RATE)} long: pick a section inside it.")
+            check_section(spec.options, end / SAMPLE_RATE)
+            if first < start:  # sources kept for another section: not this one's to cut
+                raise ValueError("the kept sources do not cover the section")
         self.first, self.last, self.done = first, last, 0
+        self.max_bytes = spec.max_bytes
         self.tempo = spec.options.tempo
         self.needs_mixture = uses_mixture(spec.selection)
         # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
@@ -194,7 +200,7 @@ class Renderer:
             for o in spec.selection.outputs
         ]  # fmt: skip
         album = title or spec.song
-        sandbox = Sandbox.from_settings(settings)
+        sandbox = _encoder_sandbox(settings, spec.options, None if end is None else last - first)
         self.writers: list[ParallelWriter] = []
         try:
             for f in self.files:
@@ -224,12 +230,23 @@ class Renderer:
         for f, writer in zip(self.files, self.writers, strict=True):
             writer.put(functools.partial(render_output, f.output, cut, mix))
         self.done += hi - lo
+        self._check_bytes()
+
+    def _check_bytes(self) -> None:
+        """The files as written so far, against `max_bytes` (each encoder runs a few blocks
+        behind its feed, so they pass it by at most that much before the job stops)."""
+        if self.max_bytes is None:
+            return
+        total = sum(_size(f.path) for f in self.files)
+        if total > self.max_bytes:
+            raise output_too_large(total, self.max_bytes)
 
     def close(self) -> list[StemFile]:
         """Wait for every encoder to finish its file; on any failure none is left behind."""
         try:
             for writer in self.writers:
                 writer.close()
+            self._check_bytes()
         except BaseException:
             self.abort()
             raise
@@ -239,6 +256,23 @@ class Renderer:
     def abort(self) -> None:
         for writer in self.writers:
             writer.abort()
+
+
+def _encoder_sandbox(settings: Settings, options: RenderOptions, frames: int | None) -> Sandbox:
+    """The encoders' sandbox: with key or tempo, a CPU cap that grows with the audio rubberband
+    stretches (`frames` of song, None: not known yet, so the longest song taken)."""
+    sandbox = Sandbox.from_settings(settings)
+    if not options.stretches:
+        return sandbox
+    song_s = settings.max_duration_s if frames is None else frames / SAMPLE_RATE
+    return sandbox.for_audio(song_s * max(1.0, 100 / options.tempo), RUBBERBAND_CPU_S_PER_MIN)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # the encoder has not opened it yet
+        return 0
 
 
 @dataclass
@@ -279,9 +313,9 @@ def separate_sources(
     wav, info = load_audio(
         input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox
     )
+    check_section(options, wav.shape[-1] / SAMPLE_RATE)
     wav = np.ascontiguousarray(wav[:, window[0] : window[1]])
     frames = wav.shape[-1]
-    _check_window(options, frames)
     t1 = time.perf_counter()
     # The outputs first: a section the song cannot hold is refused before the model runs.
     with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
@@ -363,11 +397,6 @@ class _Outputs:
             self.renderer.abort()
 
 
-def _check_window(options: RenderOptions, frames: int) -> None:
-    if frames <= 0:
-        raise InvalidCommand(f"The song ends before {clock(options.start_s or 0.0)}: pick a section inside it.")
-
-
 def _stream_sources(
     input_path: Path,
     separator: WindowedSeparator,
@@ -390,7 +419,9 @@ def _stream_sources(
     sandbox = Sandbox.from_settings(settings)
     t0 = time.perf_counter()
     info = inspect(input_path, settings.max_input_bytes, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox)
-    whole = window == (0, None)
+    # (a section that starts within the context of the song's start separates it whole, but
+    # is cut to a length not known before the decode)
+    whole = window == (0, None) and not options.has_section
     with job_dir() as scratch, contextlib.ExitStack() as stack:
         # A whole song's encoders need not know its length: they start while it decodes,
         # on the core the decoder leaves idle. A section's are named after where it ends.
@@ -404,9 +435,10 @@ def _stream_sources(
         total = decode_to_file(
             input_path, raw, info, settings.max_duration_s, settings.ffmpeg_timeout_s, sandbox, until_s
         )
+        # `total` is the song's length, or past the section's end where decoding stopped there
+        check_section(options, total / SAMPLE_RATE)
         start, stop = window[0], total if window[1] is None else min(window[1], total)
         stats = stream_stats(read_raw(raw, start, stop))
-        _check_window(options, stats.frames)
         t1 = time.perf_counter()
         if outputs is None:
             covered = (window[0], window[0] + stats.frames)

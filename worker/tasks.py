@@ -24,11 +24,12 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.admin import Counters
 from core.artifacts import ArtifactMissing
-from core.audio import SAMPLE_RATE, megabytes
-from core.errors import Cancelled, InternalError, StembotError, TooLarge, WorkerFailed
+from core.audio import SAMPLE_RATE
+from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
 from core.sources import SourcesCache, SourceSet, entry_key
+from core.uploads import output_too_large
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -124,19 +125,12 @@ class JobRun:
             raise
 
 
-def _output_too_large(total: int, limit: int) -> TooLarge:
-    return TooLarge(
-        f"Those stems come to {megabytes(total)}; one request may make at most {megabytes(limit)}. "
-        "Ask for fewer stems, or a compressed format such as mp3."
-    )
-
-
 async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile], fmt: str) -> list[StemArtifact]:
     """Store a job's stems, within `max_job_output_bytes` in all; on any failure none stays stored."""
     limit = queue.settings.max_job_output_bytes
     total = sum(f.path.stat().st_size for f in files)
     if total > limit:
-        raise _output_too_large(total, limit)
+        raise output_too_large(total, limit)
     artifacts: list[StemArtifact] = []
     stored = 0
     holder, pin_s = queue.delivery_holder(job_id), queue.settings.result_pin_s
@@ -145,7 +139,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
             data = f.path.read_bytes()
             stored += len(data)
             if stored > limit:  # the files changed under us: the bound holds for what is stored
-                raise _output_too_large(stored, limit)
+                raise output_too_large(stored, limit)
             key = f"result:{job_id}:{f.output.name}.{fmt}"
             if pin_s:  # before the put: neither this job's next stems nor others' evict it
                 await queue.store.pin(key, holder, pin_s)
@@ -274,7 +268,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name
         # (file name, title tag); the frontends name and title each delivery themselves.
-        spec = RenderSpec(work / "out", NEUTRAL_SONG, selection, request.output_format, request.options)
+        spec = RenderSpec(
+            work / "out", NEUTRAL_SONG, selection, request.output_format, request.options, settings.max_job_output_bytes
+        )
         separation = None
         if sources is None:
             assert in_path is not None
