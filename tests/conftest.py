@@ -22,6 +22,7 @@ from testkit import (
     write_tiny_repo,
 )
 from testkit.botapi import BotApiServer
+from testkit.testdb import hold_test_db
 from testkit.tiers import item_names, marks_for, shared_missing
 
 # Moved to testkit; re-exported only for branches in flight that import them from here
@@ -88,6 +89,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A real Redis db of the tests' own (one per xdist worker), emptied before each test."""
+    hold_test_db(TEST_REDIS_DB)
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.flushdb()
     yield TEST_REDIS_URL

@@ -186,9 +186,11 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
     """Bob's tap on Alice's follow-up buttons used to post a public "⏳ Rendering…" and edit
     it into a refusal: now only Bob sees an answer, as a callback toast."""
     import asyncio
+    import time
 
+    from bots.telegram.service import followup_markup
     from testkit import free_port
-    from testkit.botapi import BotApiServer
+    from testkit.botapi import BOT_USER, BotApiServer
     from testkit.tgbot import ALICE, start_bot, stop_bot
     from testkit.tgbot import audio as _audio
 
@@ -208,7 +210,19 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
         [delivery] = pending
         sent_before = len(botapi.sent("sendMessage"))
         bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
-        botapi.press(status, bob, f"again|{delivery.id}|key+1")
+        # The press comes from the buttons the bot puts under the delivered file (a press of
+        # data that no button of its message carries is refused as stale before anything).
+        markup = followup_markup(delivery.id, await service.desk.follow_ups(delivery.id))
+        assert markup is not None
+        delivered = {
+            "message_id": status["message_id"] + 1000,
+            "date": int(time.time()),
+            "chat": group,
+            "from": BOT_USER,
+            "text": "✅ rock: vocals",
+            "reply_markup": markup.to_dict(),
+        }
+        botapi.press(delivered, bob, f"again|{delivery.id}|key+1")
         [toast] = await botapi.wait_for(lambda: botapi.sent("answerCallbackQuery"))
         assert "belong to the person who asked" in toast.params["text"] and toast.params["show_alert"]
         assert len(botapi.sent("sendMessage")) == sent_before
