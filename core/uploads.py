@@ -8,6 +8,7 @@ parts on time boundaries (ffmpeg stream copy, so every part plays on its own).
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ LOSSY = ("mp3", "m4a", "opus")
 _FLAC_RATIO = 0.75
 _HEADROOM = 0.95  # container overhead, tags and VBR wobble
 _MAX_SPLIT_TRIES = 4
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,21 @@ def retag(data: bytes, ext: str, tags: Tags, timeout_s: float = 120) -> bytes:
     """A stem with `tags` as its only tags, the audio copied as it is (a remux: no re-encode).
 
     Stored stems carry neutral tags ("song — vocals"), since one answers everyone who sends
-    the same bytes; each delivery writes its own requester's names in."""
+    the same bytes; each delivery writes its own requester's names in. Tags are a courtesy:
+    a stem ffmpeg cannot remux (logged) is delivered as stored rather than not at all."""
     with tempfile.TemporaryDirectory(prefix="stembot-tag-") as tmp:
         source, dest = Path(tmp) / f"in.{ext}", Path(tmp) / f"out.{ext}"
         source.write_bytes(data)
         cmd = ["ffmpeg", "-nostdin", "-v", "error", *DEFAULT_SANDBOX.input_args(source), "-map", "0", "-c", "copy"]
         muxer = {"mp3": ["-id3v2_version", "3"], "m4a": ["-movflags", "+faststart"]}.get(ext, [])
-        _checked([*cmd, "-map_metadata", "-1", *tags.ffmpeg_args(), *muxer, as_file(dest)], timeout_s)
+        try:
+            _checked([*cmd, "-map_metadata", "-1", *tags.ffmpeg_args(), *muxer, as_file(dest)], timeout_s)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+            log.warning(
+                "could not write the requester's tags into a %s stem (%s); sending it as stored", ext, stderr[-300:]
+            )
+            return data
         return dest.read_bytes()
 
 

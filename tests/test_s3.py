@@ -78,9 +78,9 @@ async def test_too_large_for_chat_becomes_a_link(
         channel = guild.create_text_channel("music")
         alice = guild.add_member(env_.create_user("alice"))
         result = await alice.slash(channel, "split", file=("big.flac", rock_short.read_bytes()), stems="vocals")
-        await drive(env_, lambda: result.response is not None and "download within" in result.response.content)
-        assert result.response is not None
-        link = result.response.content.split("big - vocals.mp3: ", 1)[1].split()[0]
+        # the result is said once, in the follow-up that carries the files (here: their links)
+        [said] = await drive(env_, lambda: [m for m in result.followups if "download within" in m.content])
+        link = said.content.split("big - vocals.mp3: ", 1)[1].split()[0]
         assert all(not m.attachments for m in result.followups)
     out = tmp_path / "linked.mp3"
     with urllib.request.urlopen(link, timeout=10) as response:
