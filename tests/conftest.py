@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from telegram.ext import Application
 
 from testkit import (
     MODELS,
@@ -23,6 +24,7 @@ from testkit import (
 )
 from testkit.botapi import BotApiServer
 from testkit.testdb import hold_test_db
+from testkit.tgbot import start_bot, stop_bot
 from testkit.tiers import item_names, marks_for, shared_missing
 
 # Moved to testkit; re-exported only for branches in flight that import them from here
@@ -180,3 +182,10 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
     await server.start(unused_tcp_port)
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+    app = await start_bot(botapi, redis_url)
+    yield app
+    await stop_bot(app)

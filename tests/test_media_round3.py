@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from core.settings import Settings
 from core.stems import parse_stems
 from testkit import ROOT, WorkerProcess, run_stembot, stembot_env, tags
 from testkit.botapi import BotApiServer
-from testkit.tgbot import ALICE, DM, start_bot, stop_bot
+from testkit.tgbot import ALICE, DM
 from testkit.tgbot import audio as _audio
 from worker.pipeline import _encoder_sandbox
 from worker.scratch import owned_dir, remove_orphans
@@ -498,21 +497,6 @@ def test_enqueue_writes_its_own_requesters_names_into_the_tags(
     assert "alice" not in json.dumps(bob).lower() and "artist" not in bob
     [stored] = _stored_results(tiny_env["STEMBOT_REDIS_URL"], tmp_path)
     assert (stored["title"], stored["album"]) == ("song \u2014 vocals", "song")
-
-
-@pytest.fixture
-async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
-    server = BotApiServer()
-    await server.start(unused_tcp_port)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
-    app = await start_bot(botapi, redis_url)
-    yield app
-    await stop_bot(app)
 
 
 async def test_telegram_delivers_files_tagged_for_their_requester(

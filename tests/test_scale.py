@@ -220,13 +220,3 @@ async def test_full_redis_refuses_new_songs_in_both_bots_and_finishes_accepted_o
 
 def _texts(botapi: Any) -> list[str]:
     return [str(c.params.get("text", "")) for c in botapi.sent("sendMessage") + botapi.sent("editMessageText")]
-
-
-@pytest.fixture
-async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
-    from testkit.botapi import BotApiServer
-
-    server = BotApiServer()
-    await server.start(unused_tcp_port)
-    yield server
-    await server.stop()

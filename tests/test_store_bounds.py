@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -498,16 +498,6 @@ async def test_both_bots_say_when_no_worker_is_online(redis_url: str, botapi: An
     finally:
         await env.shutdown()
         await stop_bot(telegram)
-
-
-@pytest.fixture
-async def botapi(unused_tcp_port: int) -> AsyncIterator[Any]:
-    from testkit.botapi import BotApiServer
-
-    server = BotApiServer()
-    await server.start(unused_tcp_port)
-    yield server
-    await server.stop()
 
 
 async def test_stems_are_unpinned_once_every_chat_has_them(

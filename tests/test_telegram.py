@@ -4,7 +4,6 @@ with a real Redis and a real `stembot worker`."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ from testkit.tgbot import command as _command
 from testkit.tgbot import texts as _texts
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
-    app = await start_bot(botapi, redis_url)
-    yield app
-    await stop_bot(app)
 
 
 async def test_dm_audio_keyboard_vocals(

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +32,6 @@ pytestmark = pytest.mark.timeout(300)
 BOB = {"id": 7, "is_bot": False, "first_name": "Bob"}
 BOB_DM = {"id": 7, "type": "private"}
 ID = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
-    server = BotApiServer()
-    await server.start(unused_tcp_port)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def bot(botapi: BotApiServer, redis_url: str) -> AsyncIterator[Application]:  # type: ignore[type-arg]
-    app = await start_bot(botapi, redis_url)
-    yield app
-    await stop_bot(app)
 
 
 # --- N17: callback data, parsed strictly ----------------------------------------------------
