@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -403,7 +403,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         before = children_cpu()
         timings, wall = asyncio.run(one_job(settings))
         runs[name] = (timings, wall, children_cpu() - before)
-    with _patched(pipeline, "AudioWriter", _Sink):
+    with mock.patch.object(pipeline, "AudioWriter", _Sink):
         sink_timings, sink_wall = asyncio.run(one_job(uncached))
     # the encodes alone, one after another, for their CPU time
     stems = pipeline.load_audio(song, cached.max_input_bytes, cached.max_duration_s)[0]
@@ -445,16 +445,6 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         "bound_s": bound,
         "cached_bound_s": cached_bound,
     }
-
-
-@contextlib.contextmanager
-def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 START = time.perf_counter()

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -140,22 +139,12 @@ async def one_job(queue: QueueClient, engine: StubEngine, song: Path, stems: str
         run.costs.mark("stored")
         await keep(*args)
 
-    with _patched(tasks, "_keep_sources", metered_keep):
+    with mock.patch.object(tasks, "_keep_sources", metered_keep):
         result = await tasks._execute(run, engine, request, job_id)  # type: ignore[arg-type]
     run.costs.mark("stored")
     run.costs.mark("end")
     assert result.status == "done", result
     return run.costs
-
-
-@contextlib.contextmanager
-def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 async def cost_table(settings: Settings, engine: StubEngine, songs: list[Path], repeat: int) -> dict[str, float]:
