@@ -498,8 +498,9 @@ async def test_a_deterministic_failure_runs_once(
     assert (await queue.wait_result((await queue.submit(after)).job_id, timeout_s=120)).status == "done"
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 1, starts
-    # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped)
-    later = await QueueClient.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=1))
+    # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped).
+    # A TTL of 0 has always run out; a TTL of 1 s raced the clock (a fast host got here within it).
+    later = await QueueClient.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
     try:
         retried = await later.submit(request)
         assert retried.state == "queued"
