@@ -9,7 +9,9 @@ on music for twice the CPU), under
 
 in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
 separation (with its context) is kept under the section's key. Nothing here carries a
-user's file name, title or tags: those belong to each request.
+user's file name, title or tags: those belong to each request. The manifest also keeps the
+song's facts (key, mode, BPM: `core.facts.SongFacts`), detected once when it was separated,
+so renders from the cache never detect them again and any frontend can read them.
 
 The total the cache holds is bounded by `STEMBOT_SOURCES_MAX_MB`: a sorted set of the
 entries by last use, and a hash of their sizes, evict the least recently used.
@@ -35,6 +37,7 @@ from redis.exceptions import ResponseError
 
 from core.artifacts import ArtifactMissing, ArtifactStore
 from core.errors import StorageFull
+from core.facts import SongFacts
 from core.settings import Settings
 
 Claim = Literal["ours", "held", "unkept"]
@@ -68,6 +71,8 @@ class SourceSet:
     whole: bool = True  # the whole song (offset 0, to its end), not a section
     title: str | None = None  # tags of the input's own bytes (never a requester's names)
     artist: str | None = None
+    facts: SongFacts | None = None  # key and tempo; None: not detected (yet)
+    entry: str = ""  # the cache entry they were fetched from ("" for a fresh separation)
 
 
 class Manifest(BaseModel):
@@ -79,6 +84,7 @@ class Manifest(BaseModel):
     title: str | None = None
     artist: str | None = None
     codec: str = "flac"  # the file type of its sources (entries from before WAV was kept: FLAC)
+    facts: SongFacts | None = None  # entries from before detection: none, until a render adds them
 
     def source_key(self, key: str, name: str) -> str:
         return f"{key}:{name}.{self.codec}"
@@ -148,7 +154,24 @@ class SourcesCache:
             await self.store.touch(manifest.source_key(key, name), self.ttl_s)
         await self.store.touch(key, self.ttl_s)
         await self.redis.zadd(self._lru, {key: time.time()})
-        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
+        return SourceSet(
+            paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist,
+            facts=manifest.facts, entry=key,
+        )  # fmt: skip
+
+    async def add_facts(self, key: str, facts: SongFacts) -> None:
+        """Keep `facts` in an entry kept before they were detected (a no-op once it is gone)."""
+        try:
+            manifest = Manifest.model_validate_json(await self.store.get(key))
+        except ArtifactMissing:
+            return
+        updated = manifest.model_copy(update={"facts": facts})
+        await self.store.put(key, updated.model_dump_json().encode(), self.ttl_s)
+
+    async def facts(self, sha256: str, model: str) -> SongFacts | None:
+        """The facts kept with a song's whole sources, for a frontend to show (None: not kept)."""
+        found = await self.find(sha256, model, (0, None))
+        return None if found is None else found[1].facts
 
     async def put(self, key: str, sources: SourceSet) -> bool:
         """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
@@ -176,6 +199,7 @@ class SourcesCache:
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
                 size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),
+                facts=sources.facts,
             )  # fmt: skip
             await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
         except BaseException:  # a half-kept entry (the store full, say) is not left to expire

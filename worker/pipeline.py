@@ -15,7 +15,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -38,7 +38,7 @@ from core.errors import Cancelled
 from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
-from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_label, label, rubberband
+from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_label, label, resolve, rubberband
 from core.settings import Settings
 from core.sources import SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
@@ -200,7 +200,8 @@ class Renderer:
             for o in spec.selection.outputs
         ]  # fmt: skip
         album = title or spec.song
-        sandbox = _encoder_sandbox(settings, spec.options, None if end is None else last - first)
+        frames = None if end is None else (last - first) * spec.options.repeats
+        sandbox = _encoder_sandbox(settings, spec.options, frames)
         self.writers: list[ParallelWriter] = []
         try:
             for f in self.files:
@@ -303,6 +304,8 @@ def separate_sources(
     """
     timings = {} if timings is None else timings
     options = render.options if render else RenderOptions()
+    if options.renders_later:  # a target needs the facts of the sources, a loop reads them again
+        raise ValueError("render a key or BPM target, or a loop, from the kept sources after the separation")
     if _is_windowed(separator):
         windowed = cast("WindowedSeparator", separator)
         return _stream_sources(input_path, windowed, settings, options, render, keep_in, report, should_stop, timings)
@@ -511,33 +514,39 @@ def render_files(
 
     `mixture_path` (the input) is needed for karaoke and guide, which subtract the vocals
     from the song itself; it is decoded the same way as for the separation, so it lines up.
+    A loop (`repeats`) reads its section again for each time round, the same samples each
+    time, into the same encoders: one file, the section N times over, sample for sample.
     """
     say: Reporter = report or (lambda stage, pct: None)
     if uses_mixture(spec.selection) and mixture_path is None:
         raise ValueError("karaoke needs the mixture")
+    if spec.options.has_targets:
+        raise ValueError("key and BPM targets are resolved against the song's facts before rendering")
     sandbox = Sandbox.from_settings(settings)
     covered = (sources.offset, sources.offset + sources.frames)
     renderer = Renderer(spec, settings, covered, sources.title, sources.artist)
     wanted = needed_sources(spec.selection)
+    total = max(renderer.frames * spec.options.repeats, 1)
     try:
-        with contextlib.ExitStack() as stack:
-            cut = (renderer.first - sources.offset, renderer.last - sources.offset)
-            names = [n for n in sources.paths if n in wanted]
-            if set(names) != wanted:
-                raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
-            streams = [stack.enter_context(_kept(sources.paths[n], *cut)) for n in names]
-            if renderer.needs_mixture and mixture_path is not None:
-                mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
-                streams.append(stack.enter_context(mixed))
-            position = renderer.first
-            say(Stage.encoding, 0.0)
-            for blocks in zip(*streams, strict=True):
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                mixture = blocks[-1] if renderer.needs_mixture else None
-                renderer.feed(position, dict(zip(names, blocks, strict=False)), mixture)
-                position += blocks[0].shape[-1]
-                say(Stage.encoding, 100.0 * (position - renderer.first) / max(renderer.frames, 1))
+        names = [n for n in sources.paths if n in wanted]
+        if set(names) != wanted:
+            raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
+        say(Stage.encoding, 0.0)
+        for _ in range(spec.options.repeats):
+            with contextlib.ExitStack() as stack:
+                cut = (renderer.first - sources.offset, renderer.last - sources.offset)
+                streams = [stack.enter_context(_kept(sources.paths[n], *cut)) for n in names]
+                if renderer.needs_mixture and mixture_path is not None:
+                    mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
+                    streams.append(stack.enter_context(mixed))
+                position = renderer.first
+                for blocks in zip(*streams, strict=True):
+                    if should_stop is not None and should_stop():
+                        raise Cancelled()
+                    mixture = blocks[-1] if renderer.needs_mixture else None
+                    renderer.feed(position, dict(zip(names, blocks, strict=False)), mixture)
+                    position += blocks[0].shape[-1]
+                    say(Stage.encoding, 100.0 * renderer.done / total)
     except BaseException:
         renderer.abort()
         raise
@@ -571,9 +580,19 @@ def separate_file(
         return outcome
     spec = RenderSpec(out_dir, song, selection, fmt, options or RenderOptions())
     timings: dict[str, float] = {}
-    done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
+    if not spec.options.renders_later:
+        done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
+        files = done.files
+    else:
+        from worker.detect import detect_sources  # librosa, for a key or BPM target only
+
+        with job_dir() as scratch:
+            done = separate_sources(input_path, separator, settings, None, Path(scratch), report, should_stop, timings)
+            facts = detect_sources(done.sources.paths) if spec.options.has_targets else None
+            rendered = replace(spec, options=resolve(spec.options, facts))
+            files = render_files(done.sources, input_path, rendered, settings, report, should_stop)
     return SeparationOutcome(
-        files=done.files,
+        files=files,
         audio_seconds=done.sources.frames / SAMPLE_RATE,
         title=done.info.title or song,
         artist=done.info.artist,

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,8 +27,10 @@ from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.audio import SAMPLE_RATE
 from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
+from core.facts import SongFacts
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
 from core.queue import QueueClient
+from core.render import resolve
 from core.sources import SourcesCache, SourceSet, entry_key
 from core.uploads import output_too_large
 from worker.pipeline import (
@@ -177,7 +180,7 @@ async def _separate(
     request: SeparationRequest,
     model: str,
     in_path: Path,
-    spec: RenderSpec,
+    spec: RenderSpec | None,
     keep_in: Path | None,
     timings: dict[str, float],
 ) -> Separation:
@@ -249,12 +252,17 @@ async def _whole_file(
 
 
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
-    """Render from the song's cached sources when there are some; else separate first."""
+    """Render from the song's cached sources when there are some; else separate first.
+
+    A request with a key or BPM target, or a loop, is rendered from the kept sources after
+    the separation (a target needs the song's facts, detected from them; a loop reads its
+    section again for every repeat); any other request's files are made while the model runs."""
     queue = run.queue
     settings = queue.settings
     selection = request.selection
     model = model_for(selection, request.model, settings.six_stem_model)
     cache = SourcesCache(queue.store, queue.pool, settings)
+    later = request.options.renders_later
     started = time.monotonic()
     run.report(Stage.downloading, 0)
     with job_dir() as tmp:
@@ -276,11 +284,25 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
             assert in_path is not None
             if not engine.keeps_sources:  # the benchmark engine makes the stems itself
                 return await _whole_file(run, engine, model, request, job_id, in_path, work / "out")
-            keep_in = work / "sources" if cache.enabled else None
-            separation = await _separate(run, engine, request, model, in_path, spec, keep_in, timings)
-            files = separation.files
+            keep_in = work / "sources" if cache.enabled or later else None
+            made_now = None if later else spec
+            separation = await _separate(run, engine, request, model, in_path, made_now, keep_in, timings)
+            sources = separation.sources
+        facts = await _facts(run, cache, sources, timings)
+        sources = replace(sources, facts=facts)
+        if separation is not None:
+            separation.sources = sources  # kept with its facts
+        options = request.options
+        if separation is None or later:
+            try:
+                options = resolve(request.options, facts)
+            except StembotError:  # out of reach (200 BPM of a 96 BPM song): the separation is still kept
+                if separation is not None and cache.enabled:
+                    await _keep_sources(run, cache, request, model, sources)
+                raise
+            files = await _render(run, sources, in_path, replace(spec, options=options), timings)
         else:
-            files = await _render(run, sources, in_path, spec, timings)
+            files = separation.files
         run.report(Stage.uploading, 0)
         stored = time.monotonic()
         stems = await _store_outputs(queue, job_id, files, request.format)
@@ -300,7 +322,30 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings=timings,
         audio_seconds=0.0 if separation is None else separation.sources.frames / SAMPLE_RATE,
         from_cache=separation is None,
+        facts=facts,
+        options=options,
     )
+
+
+async def _facts(run: JobRun, cache: SourcesCache, sources: SourceSet, timings: dict[str, float]) -> SongFacts | None:
+    """The song's key and tempo: kept with cached sources, else detected from the sources
+    now (and kept with an entry that was cached before detection existed). A detector that
+    fails costs the facts, never the answer."""
+    if sources.facts is not None or not sources.paths:
+        return sources.facts
+    started = time.monotonic()
+    try:
+        from worker.detect import detect_sources  # librosa: loaded by the first job that needs it
+
+        facts = await run.in_thread(lambda: detect_sources(sources.paths))
+    except Exception:
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        return None
+    timings["detect"] = time.monotonic() - started
+    if sources.entry:
+        with contextlib.suppress(Exception):
+            await cache.add_facts(sources.entry, facts)
+    return facts
 
 
 async def _find_or_claim(
