@@ -2,6 +2,7 @@
 
 - `drum_loop(bpm)`: a rock beat, kick on 1 and 3 (and on the "and" of 3 every other bar),
   snare on 2 and 4, closed hi-hat on every eighth; the hats quieter, as mixed in a song.
+- `groove(bpm, tonic, mode)`: the two together, a chord a bar, as a song of known tempo and key.
 - `progression(tonic, mode)`: a cadence in that key, one chord a second with the root an
   octave below in the bass, each note a plucked tone of six harmonics: I–IV–V–I and
   I–vi–IV–V in major, i–iv–V–i and i–VI–iv–V in minor (the minor dominant with its
@@ -82,3 +83,10 @@ def progression(
         piece = out[int(i * chord_s * rate) : int((i + 1) * chord_s * rate)]
         piece += np.asarray(sound)[: piece.size]
     return (0.1 * out).astype(np.float32)
+
+
+def groove(bpm: float, tonic: int, mode: str, seconds: float = 8.0, rate: int = RATE) -> np.ndarray:
+    """A drum loop with a progression over it, a chord a bar: a song of known tempo and key,
+    peaking at 0.8 (mono; write it as both channels)."""
+    mix = drum_loop(bpm, seconds, rate) + progression(tonic, mode, seconds=seconds, rate=rate, chord_s=4 * 60 / bpm)
+    return (0.8 * mix / np.abs(mix).max()).astype(np.float32)
