@@ -335,7 +335,12 @@ CORE_COMMANDS: tuple[Command, ...] = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = _commands()
-    args = build_parser(commands).parse_args(argv)
+    parser = build_parser(commands)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # render words after an option (`--stems drums key=C`): argparse takes positionals only before
+        if not hasattr(args, "words") or any(e.startswith("-") and not e[1:2].isdigit() for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.words = [*args.words, *extra]
     try:
         settings = Settings()
     except ValidationError as exc:

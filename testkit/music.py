@@ -2,11 +2,11 @@
 
 - `drum_loop(bpm)`: a rock beat, kick on 1 and 3 (and on the "and" of 3 every other bar),
   snare on 2 and 4, closed hi-hat on every eighth; the hats quieter, as mixed in a song.
-- `groove(bpm, tonic, mode)`: the two together, a chord a bar, as a song of known tempo and key.
 - `progression(tonic, mode)`: a cadence in that key, one chord a second with the root an
   octave below in the bass, each note a plucked tone of six harmonics: I–IV–V–I and
   I–vi–IV–V in major, i–iv–V–i and i–VI–iv–V in minor (the minor dominant with its
   raised leading tone, as a minor key's music has it).
+- `groove(bpm, tonic, mode)`: the two together, a chord a bar: a song of known tempo and key.
 
 Synthesised here (numpy only), mono float32 at 44.1 kHz; `seed` makes the noise repeatable.
 """
@@ -89,4 +89,4 @@ def groove(bpm: float, tonic: int, mode: str, seconds: float = 8.0, rate: int = 
     """A drum loop with a progression over it, a chord a bar: a song of known tempo and key,
     peaking at 0.8 (mono; write it as both channels)."""
     mix = drum_loop(bpm, seconds, rate) + progression(tonic, mode, seconds=seconds, rate=rate, chord_s=4 * 60 / bpm)
-    return (0.8 * mix / np.abs(mix).max()).astype(np.float32)
+    return np.asarray(0.8 * mix / np.abs(mix).max(), dtype=np.float32)

@@ -44,8 +44,8 @@ def _saved(data: bytes, where: Path) -> np.ndarray:
     return read_audio(where)
 
 
-async def _delivered(botapi: BotApiServer, method: str, count: int) -> Any:
-    return (await botapi.wait_for(lambda: botapi.sent(method)[count - 1 : count], timeout=300))[0]
+async def _delivered(botapi: BotApiServer, method: str, count: int, timeout: float = 120) -> Any:
+    return (await botapi.wait_for(lambda: botapi.sent(method)[count - 1 : count], timeout=timeout))[0]
 
 
 async def test_a_key_and_bpm_target_shows_the_songs_facts_and_the_tempo_buttons_step(
@@ -58,10 +58,11 @@ async def test_a_key_and_bpm_target_shows_the_songs_facts_and_the_tempo_buttons_
     separates it, detects its facts from the stems, resolves the targets (key +2, 110 %),
     and the result says so; the tempo buttons then step 10 % from there."""
     song = tmp_path / "Groove.wav"
-    mono = groove(120, 7, "major", seconds=8)
+    mono = groove(120, 7, "major", seconds=6)
     soundfile.write(song, np.stack([mono, mono], axis=1), 44100, subtype="PCM_16")
     botapi.message(DM, ALICE, audio=_audio(botapi, song, title="Groove"), caption="/split drums key=A tempo=132bpm")
-    first = await _delivered(botapi, "sendAudio", 1)
+    # the worker converts the real network first (a minute or two on a busy 2-core host)
+    first = await _delivered(botapi, "sendAudio", 1, timeout=480)
     assert first.params["title"] == "Groove — drums (key +2, 110 %)"
     said = await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
     assert said[-1].endswith("\n🎼 G major → A major · 120 → 132 BPM"), said
@@ -74,7 +75,7 @@ async def test_a_key_and_bpm_target_shows_the_songs_facts_and_the_tempo_buttons_
     await botapi.wait_for(
         lambda: [t for t in _texts(botapi, "editMessageText") if t.endswith("🎼 G major → A major · 120 BPM")]
     )
-    # 110 % of 8 s lasts 8 / 1.1 s; 100 % lasts 8 s
+    # 110 % of 6 s lasts 6 / 1.1 s; 100 % lasts 6 s
     fast, plain = _saved(first.files["audio"], tmp_path / "fast.mp3"), _saved(second.files["audio"], tmp_path / "p.mp3")
     assert abs(plain.shape[-1] / fast.shape[-1] - 1.1) < 0.02
 

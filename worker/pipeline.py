@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's work
     from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
+Tap = Callable[[np.ndarray], None]  # takes (sources, channels, n) blocks of a separation as they come
 InstrumentalMethod = Literal["subtract", "sum"]
 # Measured on the shared multitrack clips (README, "Karaoke"): subtracting the separated
 # vocals from the mixture keeps more of the accompaniment than summing the other stems.
@@ -294,10 +295,12 @@ def separate_sources(
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
     timings: dict[str, float] | None = None,
+    tap: Tap | None = None,
 ) -> Separation:
     """Separate `input_path` (only the request's section and some context, if it has one),
     writing the files `render` asks for as the model's output comes, and every source
-    losslessly into `keep_in` (24-bit WAV or FLAC: the sources cache's entry).
+    losslessly into `keep_in` (24-bit WAV or FLAC: the sources cache's entry); `tap` gets
+    every block of sources too (the key and tempo detector's, `worker.detect.FactsTap`).
 
     `timings` gets `decode`, `separate` (the encoders run meanwhile) and `encode` (what
     the encoders take after the model is done).
@@ -308,7 +311,9 @@ def separate_sources(
         raise ValueError("render a key or BPM target, or a loop, from the kept sources after the separation")
     if _is_windowed(separator):
         windowed = cast("WindowedSeparator", separator)
-        return _stream_sources(input_path, windowed, settings, options, render, keep_in, report, should_stop, timings)
+        return _stream_sources(
+            input_path, windowed, settings, options, render, keep_in, report, should_stop, timings, tap
+        )
     say: Reporter = report or (lambda stage, pct: None)
     window = separation_window(options)
     sandbox = Sandbox.from_settings(settings)
@@ -321,7 +326,8 @@ def separate_sources(
     frames = wav.shape[-1]
     t1 = time.perf_counter()
     # The outputs first: a section the song cannot hold is refused before the model runs.
-    with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
+    covered = (window[0], window[0] + frames)
+    with _Outputs(separator.sources, render, keep_in, settings, covered, info, tap) as outputs:
         say(Stage.separating, 0.0)
         sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
         t2 = time.perf_counter()
@@ -345,8 +351,10 @@ class _Outputs:
         settings: Settings,
         covered: tuple[int, int | None],
         info: AudioInfo,
+        tap: Tap | None = None,
     ) -> None:
         self.names = list(names)
+        self.tap = tap
         self.position = covered[0]
         self.writers: dict[str, ParallelWriter] = {}
         self.renderer: Renderer | None = None
@@ -370,6 +378,8 @@ class _Outputs:
         # Kept sources are stored clipped (24-bit PCM holds ±1): the files made now are made from
         # the same samples, so a later render from the cache gives what this one gives.
         np.clip(sources, -1.0, 1.0, out=sources)
+        if self.tap is not None:
+            self.tap(sources)
         named = dict(zip(self.names, sources, strict=True))
         for name, writer in self.writers.items():
             writer.put(functools.partial(np.asarray, named[name]))
@@ -410,6 +420,7 @@ def _stream_sources(
     report: Reporter | None,
     should_stop: StopFn | None,
     timings: dict[str, float],
+    tap: Tap | None = None,
 ) -> Separation:
     """`separate_sources` in bounded memory: decode once, then separate and encode block by block.
 
@@ -429,7 +440,7 @@ def _stream_sources(
         # A whole song's encoders need not know its length: they start while it decodes,
         # on the core the decoder leaves idle. A section's are named after where it ends.
         outputs = (
-            stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, (0, None), info))
+            stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, (0, None), info, tap))
             if whole
             else None
         )
@@ -445,7 +456,7 @@ def _stream_sources(
         t1 = time.perf_counter()
         if outputs is None:
             covered = (window[0], window[0] + stats.frames)
-            outputs = stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, covered, info))
+            outputs = stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, covered, info, tap))
         blocks = stack.enter_context(contextlib.closing(read_raw(raw, start, stop)))
         say(Stage.separating, 0.0)
         separator.separate_stream(
@@ -584,12 +595,13 @@ def separate_file(
         done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
         files = done.files
     else:
-        from worker.detect import detect_sources  # librosa, for a key or BPM target only
+        from worker.detect import FactsTap  # librosa, for a key or BPM target only
 
+        facts = FactsTap(separator.sources) if spec.options.has_targets else None
         with job_dir() as scratch:
-            done = separate_sources(input_path, separator, settings, None, Path(scratch), report, should_stop, timings)
-            facts = detect_sources(done.sources.paths) if spec.options.has_targets else None
-            rendered = replace(spec, options=resolve(spec.options, facts))
+            keep_in, tap = Path(scratch), None if facts is None else facts.feed
+            done = separate_sources(input_path, separator, settings, None, keep_in, report, should_stop, timings, tap)
+            rendered = replace(spec, options=resolve(spec.options, None if facts is None else facts.facts()))
             files = render_files(done.sources, input_path, rendered, settings, report, should_stop)
     return SeparationOutcome(
         files=files,

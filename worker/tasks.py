@@ -33,6 +33,7 @@ from core.queue import QueueClient
 from core.render import resolve
 from core.sources import SourcesCache, SourceSet, entry_key
 from core.uploads import output_too_large
+from worker.detect import FactsTap
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -185,16 +186,28 @@ async def _separate(
     timings: dict[str, float],
 ) -> Separation:
     """Run the model on the song (or its section), writing the requested files as it goes,
-    and every source into `keep_in` for the sources cache."""
+    and every source into `keep_in` for the sources cache; detect the song's key and tempo
+    from the model's output as it comes."""
     settings = run.queue.settings
     # Kept sources are every source; without them a bag of specialists runs only the needed ones.
     needed = None if keep_in is not None else needed_sources(request.selection)
     separator = await run.in_thread(lambda: engine.separator(model, needed))
+    tap = FactsTap(separator.sources)
     separation = await run.in_thread(
-        lambda: separate_sources(in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings)
+        lambda: separate_sources(
+            in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings, tap.feed
+        )
     )
     metrics.MODEL_RUNS.labels(model).inc()
     await Counters(run.queue.pool, settings.key_prefix).add("model_runs")
+    started = time.monotonic()
+    try:
+        facts: SongFacts | None = await run.in_thread(tap.facts)
+    except Exception:  # a detector that fails costs the facts, never the answer
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        facts = None
+    timings["detect"] = time.monotonic() - started
+    separation.sources = replace(separation.sources, facts=facts)
     return separation
 
 
@@ -328,9 +341,9 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
 
 
 async def _facts(run: JobRun, cache: SourcesCache, sources: SourceSet, timings: dict[str, float]) -> SongFacts | None:
-    """The song's key and tempo: kept with cached sources, else detected from the sources
-    now (and kept with an entry that was cached before detection existed). A detector that
-    fails costs the facts, never the answer."""
+    """The song's key and tempo: detected during its separation, or kept with its cached
+    sources; an entry kept before detection existed has them detected from its sources now
+    (and kept with it). A detector that fails costs the facts, never the answer."""
     if sources.facts is not None or not sources.paths:
         return sources.facts
     started = time.monotonic()
