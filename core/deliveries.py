@@ -2,11 +2,15 @@
 
 A frontend records a `Delivery` when it submits a job, and its delivery loop walks the
 pending ones. `claim` is a SET NX: of two bot processes (or a bot before and after a
-restart) only one sends a result.
+restart) only one sends a result. A platform that gives sent files ids of its own
+(Telegram's file_id) has them kept per job and song name (`keep_sent`), so the same
+result asked for again is sent by those ids, without uploading the bytes again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -66,6 +70,7 @@ class DeliveryBook:
         self._pending = f"{prefix}{platform}:pending"
         self._record = f"{prefix}{platform}:delivery:"
         self._claim = f"{prefix}{platform}:delivered:"
+        self._sent = f"{prefix}{platform}:file_ids:"
         self.ttl_s = ttl_s
 
     async def add(self, delivery: Delivery) -> None:
@@ -102,3 +107,16 @@ class DeliveryBook:
         await self.redis.delete(self._record + delivery.id)
         if self._on_finish is not None:
             await self._on_finish(delivery)
+
+    def _sent_key(self, job_id: str, song: str) -> str:
+        # Sent files are titled and named from their requester's song name: those of the same
+        # name are reused, never another user's.
+        return f"{self._sent}{job_id}:{hashlib.sha256(song.encode()).hexdigest()[:32]}"
+
+    async def sent_files(self, job_id: str, song: str) -> list[tuple[str, str, str]] | None:
+        """(file name, platform id, title) of each file of job `job_id` sent before as `song`."""
+        raw = await self.redis.get(self._sent_key(job_id, song))
+        return None if raw is None else [(name, ref, title) for name, ref, title in json.loads(raw)]
+
+    async def keep_sent(self, job_id: str, song: str, files: list[tuple[str, str, str]]) -> None:
+        await self.redis.set(self._sent_key(job_id, song), json.dumps(files), ex=self.ttl_s)
