@@ -11,8 +11,8 @@ from discord.ext import tasks
 
 from bots.discord.commands import answer_dm, register
 from bots.discord.service import DiscordService
+from core.board import Board
 from core.links import warm_up
-from core.queue import QueueClient
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class StembotBot(discord.Client):
 
     async def setup_hook(self) -> None:
         await asyncio.to_thread(warm_up)
-        self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
+        self._service = DiscordService(self.settings, await Board.connect(self.settings))
         if self.settings.discord_sync_commands:
             await self.tree.sync()
         self.deliver.start()
@@ -46,7 +46,7 @@ class StembotBot(discord.Client):
     async def close(self) -> None:
         self.deliver.cancel()
         if self._service is not None:
-            await self._service.queue.close()
+            await self._service.board.close()
             self._service = None
         await super().close()
 

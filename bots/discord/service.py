@@ -18,7 +18,8 @@ from typing import Any, Protocol, cast
 import discord
 
 from bots.discord import texts
-from bots.discord.guilds import GuildConfigStore
+from bots.discord.guilds import GuildConfig
+from core.board import Board
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Accepted, Finished, JobDesk, Song, StatusUpdate, Upload, links_text, outcome_line
 from core.downloads import DownloadSlots
@@ -26,7 +27,6 @@ from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.jobs import JobResult
 from core.links import fetch_song
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
@@ -111,12 +111,12 @@ def upload_limit(interaction: discord.Interaction, settings: Settings) -> int:
 
 
 class DiscordService:
-    def __init__(self, settings: Settings, queue: QueueClient) -> None:
+    def __init__(self, settings: Settings, board: Board) -> None:
         self.settings = settings
-        self.queue = queue
-        self.desk = JobDesk(settings, queue, "discord", cancel_how=texts.CANCEL_HOW)
+        self.board = board
+        self.desk = JobDesk(settings, board, "discord", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
-        self.guilds = GuildConfigStore(queue.pool, settings.key_prefix)
+        self.guilds = board.guilds(GuildConfig, "discord")
         self.downloads = DownloadSlots.from_settings(settings)
 
     async def song(self, source: discord.Attachment | str) -> Song:

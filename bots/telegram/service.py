@@ -28,15 +28,14 @@ from telegram.error import BadRequest, TelegramError
 from bots.telegram import texts
 from bots.telegram.texts import RESTARTED
 from core.audio import AudioInfo, inspect_bytes, megabytes
+from core.board import Board
+from core.board.fetches import HEARTBEAT_S, Fetch
 from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, Song, StatusUpdate, links_text, outcome_line
 from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, StembotError, TooLarge
-from core.fetching import HEARTBEAT_S, Fetch, FetchBook
 from core.ffmpeg import Sandbox
 from core.jobs import JobResult
-from core.prefs import PrefsStore
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
@@ -80,18 +79,18 @@ def user_error(exc: StembotError) -> str:
 
 
 class TelegramService:
-    def __init__(self, settings: Settings, queue: QueueClient) -> None:
+    def __init__(self, settings: Settings, board: Board) -> None:
         self.settings = settings
-        self.queue = queue
-        self.desk = JobDesk(settings, queue, "telegram", cancel_how=texts.CANCEL_HOW)
+        self.board = board
+        self.desk = JobDesk(settings, board, "telegram", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
-        self.prefs = PrefsStore(queue.pool, settings.key_prefix)
+        self.prefs = board.prefs
         self.downloads = DownloadSlots.from_settings(settings)
         # longer than any fetch takes: yt-dlp's page, the download, then ffprobe
         fetch_s = 3 * settings.download_timeout_s + settings.ffmpeg_timeout_s
-        self.fetching = FetchBook(queue.pool, "telegram", settings.key_prefix, fetch_s)
+        self.fetching = board.fetches("telegram", fetch_s)
         self._loop_task: asyncio.Task[None] | None = None
-        self._file_ids = f"{settings.key_prefix}telegram:file_ids:"
+        self._sent = board.sent_files("telegram")
         self._beat_at = 0.0
         self._advancing: dict[str, asyncio.Task[None]] = {}
 
@@ -259,8 +258,8 @@ class TelegramService:
         as_audio = delivery.format in AUDIO_FORMATS
         # Uploads are titled and named from this requester's song name: reuse only those of
         # the same name, never another user's.
-        cache_key = f"{self._file_ids}{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
-        cached = await self.queue.pool.get(cache_key)
+        cache_key = f"{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
+        cached = await self._sent.get(cache_key)
         links = ""
         if cached:
             items: list[tuple[str, str | bytes, str]] = [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
@@ -278,7 +277,7 @@ class TelegramService:
         file_ids = [_file_id(m) for m in sent]
         if not cached and not links and all(file_ids):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
-            await self.queue.pool.set(cache_key, json.dumps(record), ex=self.settings.result_ttl_s)
+            await self._sent.keep(cache_key, json.dumps(record), self.settings.result_ttl_s)
         return links, single is not None
 
     async def _send_batch(
