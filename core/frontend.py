@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -103,6 +105,7 @@ class DeliveryLoop:
         self.poll_s = poll_s
         self.at_once = at_once
         self.clock = clock
+        self._sent = desk.board.sent_files(desk.book.platform)
         self._advancing: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -167,9 +170,12 @@ class DeliveryLoop:
             await self.frontend.tell(delivery, f"⚠️ {song}: {SOMETHING_WRONG}")
 
     async def _send(self, delivery: Delivery, result: JobResult) -> None:
-        sent_before = await self.desk.book.sent_files(result.job_id, delivery.song)
+        # Files are named and titled from their requester's song name: only those sent under
+        # the same name are sent again, never another user's.
+        sent_key = f"{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
+        sent_before = await self._sent.get(sent_key)
         if sent_before is not None:
-            uploads = [Upload(name, b"", title, ref=ref) for name, ref, title in sent_before]
+            uploads = [Upload(name, b"", title, ref=ref) for name, ref, title in json.loads(sent_before)]
         else:
             uploads = await self.desk.files(delivery, result)
         links = links_text(uploads, self.desk.settings.link_ttl_s)
@@ -180,5 +186,5 @@ class DeliveryLoop:
         refs = await self.frontend.send_result(delivery, text, attached, buttons)
         # Only a whole result is kept: a repeat must not lose the files that came as links.
         if sent_before is None and attached and not links and len(refs) == len(attached) and all(refs):
-            kept = [(u.filename, ref, u.title) for u, ref in zip(attached, refs, strict=True) if ref]
-            await self.desk.book.keep_sent(result.job_id, delivery.song, kept)
+            kept = [(u.filename, ref, u.title) for u, ref in zip(attached, refs, strict=True)]
+            await self._sent.keep(sent_key, json.dumps(kept), self.desk.settings.result_ttl_s)

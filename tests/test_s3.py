@@ -108,7 +108,7 @@ async def test_keys_that_stembot_never_builds_are_refused(s3_url: str, redis_url
     """No key can leave the store's prefix or name another object: S3 and Redis alike."""
     from redis.asyncio import Redis
 
-    from core.artifacts import RedisArtifactStore
+    from core.board.artifacts import RedisArtifactStore
 
     settings = Settings(**s3_settings(s3_url))  # type: ignore[arg-type]
     redis = Redis.from_url(redis_url)

@@ -12,9 +12,9 @@ from discord.ext import tasks
 from bots.discord.commands import answer_dm, register
 from bots.discord.frontend import DiscordFrontend
 from bots.discord.service import DiscordService
+from core.board import Board
 from core.frontend import DeliveryLoop
 from core.links import warm_up
-from core.queue import QueueClient
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class StembotBot(discord.Client):
 
     async def setup_hook(self) -> None:
         await asyncio.to_thread(warm_up)
-        self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
+        self._service = DiscordService(self.settings, await Board.connect(self.settings))
         self._deliveries = DeliveryLoop(self._service.desk, DiscordFrontend(self), self.settings.delivery_poll_s)
         if self.settings.discord_sync_commands:
             await self.tree.sync()
@@ -52,7 +52,7 @@ class StembotBot(discord.Client):
         if self._deliveries is not None:
             await self._deliveries.stop()
         if self._service is not None:
-            await self._service.queue.close()
+            await self._service.board.close()
             self._service = None
         await super().close()
 

@@ -15,7 +15,8 @@ import discord
 
 from bots.discord import texts
 from bots.discord.frontend import chat_text, view
-from bots.discord.guilds import GuildConfigStore
+from bots.discord.guilds import GuildConfig
+from core.board import Board
 from core.deliveries import Delivery
 from core.desk import Accepted, JobDesk, Song
 from core.downloads import DownloadSlots
@@ -23,7 +24,6 @@ from core.errors import DownloadFailed, NotAudio, TooLarge
 from core.fetch import find_url
 from core.frontend import cancel_buttons
 from core.links import fetch_song
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
@@ -72,12 +72,12 @@ def upload_limit(interaction: discord.Interaction, settings: Settings) -> int:
 
 
 class DiscordService:
-    def __init__(self, settings: Settings, queue: QueueClient) -> None:
+    def __init__(self, settings: Settings, board: Board) -> None:
         self.settings = settings
-        self.queue = queue
-        self.desk = JobDesk(settings, queue, "discord", cancel_how=texts.CANCEL_HOW)
+        self.board = board
+        self.desk = JobDesk(settings, board, "discord", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
-        self.guilds = GuildConfigStore(queue.pool, settings.key_prefix)
+        self.guilds = board.guilds(GuildConfig, "discord")
         self.downloads = DownloadSlots.from_settings(settings)
 
     async def song(self, source: discord.Attachment | str) -> Song:

@@ -18,15 +18,14 @@ from bots.telegram import texts
 from bots.telegram.frontend import TelegramFrontend
 from bots.telegram.texts import RESTARTED
 from core.audio import AudioInfo, inspect_bytes, megabytes
+from core.board import Board
+from core.board.fetches import HEARTBEAT_S, Fetch
 from core.deliveries import Delivery
 from core.desk import JobDesk, Song
 from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, StembotError, TooLarge
-from core.fetching import HEARTBEAT_S, Fetch, FetchBook
 from core.ffmpeg import Sandbox
 from core.frontend import DeliveryLoop
-from core.prefs import PrefsStore
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
@@ -55,16 +54,16 @@ def user_error(exc: StembotError) -> str:
 
 
 class TelegramService:
-    def __init__(self, settings: Settings, queue: QueueClient) -> None:
+    def __init__(self, settings: Settings, board: Board) -> None:
         self.settings = settings
-        self.queue = queue
-        self.desk = JobDesk(settings, queue, "telegram", cancel_how=texts.CANCEL_HOW)
+        self.board = board
+        self.desk = JobDesk(settings, board, "telegram", cancel_how=texts.CANCEL_HOW)
         self.book = self.desk.book
-        self.prefs = PrefsStore(queue.pool, settings.key_prefix)
+        self.prefs = board.prefs
         self.downloads = DownloadSlots.from_settings(settings)
         # longer than any fetch takes: yt-dlp's page, the download, then ffprobe
         fetch_s = 3 * settings.download_timeout_s + settings.ffmpeg_timeout_s
-        self.fetching = FetchBook(queue.pool, "telegram", settings.key_prefix, fetch_s)
+        self.fetching = board.fetches("telegram", fetch_s)
         self.deliveries: DeliveryLoop | None = None  # from `start`, once there is a bot
         self._tasks: list[asyncio.Task[None]] = []
 
