@@ -78,6 +78,7 @@ class Upload:
     data: bytes
     title: str
     url: str | None = None  # a download link instead of the bytes, for results too large for chat
+    ref: str | None = None  # the platform's id of this very file, sent before: sent by it, without the bytes
 
 
 def check_output_size(files: int, fmt: str, duration_s: float, kbps: int, limit_bytes: int) -> None:
@@ -418,8 +419,9 @@ class JobDesk:
             f"renders from cached sources {day['cached_renders']:.0f}."
         )
 
-    async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
-        """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
+    async def step(self, delivery: Delivery, now: float) -> StatusUpdate | Finished | None:
+        """The next thing to tell this chat at time `now`, or None (nothing new, too soon
+        after the last status edit, or another process delivers)."""
         if delivery.cancelled:
             # Withdrawn: whoever else waits for the shared job, this chat gets no stems.
             result: JobResult | None = JobResult(job_id=delivery.job_id, status="cancelled", model="")
@@ -429,9 +431,9 @@ class JobDesk:
             result = await self._rerun(delivery)
         if result is None:
             text = status_line(await self.board.jobs.progress(delivery.job_id), delivery.song)
-            if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
+            if text == delivery.last_status or now - delivery.last_edit_at < EDIT_EVERY_S:
                 return None
-            delivery.last_status, delivery.last_edit_at = text, time.time()
+            delivery.last_status, delivery.last_edit_at = text, now
             await self.book.save(delivery)
             return StatusUpdate(text)
         if not await self.book.claim(delivery):
