@@ -193,13 +193,14 @@ async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.artifacts import ArtifactMissing
+    from core.board import Board
     from core.desk import output_s, section_s
-    from core.queue import QueueClient
     from core.uploads import estimated_bytes
 
     selection = parse_stems(args.stems)
     options = job_options(args)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
             path, filename = await obtain_input(args.input, Path(tmp), settings)
@@ -255,7 +256,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             print(dest)
         return 0
     finally:
-        await queue.close()
+        await board.close()
 
 
 def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
@@ -269,12 +270,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
     """Supervise redis (if needed), a worker and the configured bots as child processes."""
-    import redis
+    from core.board import redis_answers
 
     children: list[subprocess.Popen[bytes]] = []
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
-    except redis.exceptions.ConnectionError:
+    if not redis_answers(settings.redis_url):
         url = urlsplit(settings.redis_url)
         exe = shutil.which("redis-server")
         if exe is None:

@@ -393,7 +393,7 @@ async def test_an_unexpected_failure_still_gets_one_answer(
 async def test_hostile_attachment_names(env: simcord.Env, rock_short: Path, name: str, song: str | None) -> None:
     """A user's file name is shown and used only as a safe, literal song name: no paths, no
     control or bidi characters, no formatting, no pings, never too long."""
-    from bots.discord.service import chat_text
+    from bots.discord.frontend import chat_text
 
     _, channel, alice = server_with_member(env)
     result = await alice.slash(channel, "split", file=(name, rock_short.read_bytes()), stems="vocals")
