@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +23,13 @@ import soundfile
 from telegram.ext import Application
 
 from bots.discord import create_bot
+from core.desk import check_loop_length, output_s
+from core.errors import TooLong
 from core.facts import SongFacts
+from core.render import RenderOptions
 from core.settings import Settings
 from core.sources import Manifest, entry_key
-from testkit import WorkerProcess, drive, read_audio
+from testkit import WorkerProcess, drive, read_audio, run_stembot
 from testkit.botapi import BotApiServer
 from testkit.music import groove
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
@@ -168,3 +172,41 @@ async def test_discord_shows_the_facts_kept_with_the_sources(
     await drive(discord_env, lambda: again.followups)
     assert again.followups[0].content.endswith("\n🎼 F# minor → G minor · 77 BPM"), again.followups[0].content
     assert "rendered from the cached separation" in again.followups[0].content
+
+
+def test_enqueue_takes_render_words_and_prints_the_facts(
+    tiny_env: dict[str, str], tiny_worker: WorkerProcess, rock_short: Path, tmp_path: Path
+) -> None:
+    """`stembot enqueue SONG … loop 0:00.5-0:02 x3 --wait`: words after the options too,
+    one file three times the section long, and the song's key and tempo said."""
+    out = tmp_path / "out"
+    args = ("enqueue", str(rock_short), "--stems", "bass", "--format", "flac", "loop", "0:00.5-0:02", "x3")
+    done = run_stembot(*args, "--wait", "-o", str(out), env=tiny_env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert re.search(r"^key and tempo: [A-G][#b]? (major|minor)( · \d+ BPM)?$", done.stdout, re.M), done.stdout
+    [written] = out.iterdir()
+    assert written.name == "rock.bass.0.5s-2s.x3.flac"
+    assert read_audio(written).shape[-1] == 3 * round(1.5 * 44100)
+    refused = run_stembot("enqueue", str(rock_short), "--wait", "loop", "x3", env=tiny_env)
+    assert refused.returncode == 2 and "A loop needs a section to repeat" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "song_s", "seconds", "refused"),
+    [
+        (RenderOptions(start_s=10, end_s=20, repeats=4), 300.0, 40.0, False),
+        (RenderOptions(start_s=10, end_s=20, repeats=4, tempo=50), 300.0, 80.0, False),
+        (RenderOptions(start_s=0, end_s=400, repeats=4), 600.0, 1600.0, True),  # past the longest song (1200 s)
+        (RenderOptions(start_s=0, end_s=300), 600.0, 300.0, False),  # no loop: the song's own length
+        (RenderOptions(start_s=590, repeats=2), 600.0, 20.0, False),  # to the song's end, twice
+    ],
+)
+def test_a_loop_is_as_long_as_its_repeats_and_no_longer_than_a_song(
+    options: RenderOptions, song_s: float, seconds: float, refused: bool
+) -> None:
+    assert output_s(song_s, options) == seconds
+    if refused:
+        with pytest.raises(TooLong, match=r"4 times that section would make 26:40 of audio; .* at most 20:00"):
+            check_loop_length(seconds, options, 1200.0)
+    else:
+        check_loop_length(seconds, options, 1200.0)
