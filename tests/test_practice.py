@@ -68,8 +68,9 @@ async def test_a_key_and_bpm_target_shows_the_songs_facts_and_the_tempo_buttons_
     # the worker converts the real network first (a minute or two on a busy 2-core host)
     first = await _delivered(botapi, "sendAudio", 1, timeout=480)
     assert first.params["title"] == "Groove — drums (key +2, 110 %)"
-    said = await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if t.startswith("✅")])
-    assert said[-1].endswith("\n🎼 G major → A major · 120 → 132 BPM"), said
+    said = await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "\n🎼 " in t])
+    assert said[0].startswith("✅ Groove: drums (key +2, 110 %) (htdemucs"), said
+    assert said[0].endswith("\n🎼 G major → A major · 120 → 132 BPM"), said
     assert [b["text"] for b in _buttons(first)] == ["Key \u22121", "Key +1", "Tempo 100 %", "Tempo 120 %", "Original"]
     slower = next(b for b in _buttons(first) if b["text"] == "Tempo 100 %")
     botapi.press(first.result, ALICE, slower["callback_data"])
