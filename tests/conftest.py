@@ -163,6 +163,19 @@ def tiny_worker(tiny_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProc
     worker.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_url() -> Iterator[str]:
+    """An S3 endpoint: moto's server (no MinIO binary can be had here); `testkit.s3_settings`
+    gives each test a bucket of its own on it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it."""
