@@ -5,6 +5,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -195,6 +196,22 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
     await server.start(unused_tcp_port)
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def env(redis_url: str) -> AsyncIterator[Any]:
+    """The Discord bot running in simcord (an in-process Discord on a virtual clock), with the
+    tests' settings (`testkit.dcbot`), as simcord's own `simcord_env` fixture runs one."""
+    import simcord
+
+    from testkit.dcbot import discord_bot
+
+    env = simcord.Env(discord_bot(redis_url))
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @pytest.fixture
