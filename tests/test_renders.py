@@ -192,9 +192,9 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         await board.close()
 
 
-async def test_a_source_evicted_by_the_store_budget_drops_its_entry(redis_url: str, tmp_path: Path) -> None:
-    """The store's own budget (STEMBOT_ARTIFACT_BUDGET_MB) evicts single artifacts: an entry
-    that lost a source is dropped whole when found, so the song is separated again."""
+async def test_the_store_budget_evicts_a_songs_sources_whole(redis_url: str, tmp_path: Path) -> None:
+    """One index and one budget (STEMBOT_ARTIFACT_BUDGET_MB) over every artifact: a song's
+    sources and their manifest are one group, kept or evicted together, never one source alone."""
     from core.sources import SourceSet
 
     settings = Settings(redis_url=redis_url, artifact_budget_mb=0.25)
@@ -207,11 +207,21 @@ async def test_a_source_evicted_by_the_store_budget_drops_its_entry(redis_url: s
             paths[name] = tmp_path / f"{name}.flac"
             paths[name].write_bytes(b"x" * 100_000)
         await cache.put(entry_key("a", "m"), SourceSet(paths, 0, 1000))
-        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: vocals go
-        assert not await queue.store.exists("sources:a:m:vocals.flac")
+        assert await cache.total_bytes() > 200_000  # its manifest with its two sources
+        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: the song goes
+        assert await queue.store.exists("sources:a:m", "sources:a:m:vocals.flac", "sources:a:m:drums.flac") == 0
         assert await cache.find("a", "m", (0, None)) is None
-        assert not await queue.store.exists("sources:a:m", "sources:a:m:drums.flac")  # no useless leftovers
         assert await cache.total_bytes() == 0
+        assert await queue.store.stored_bytes() == 100_000  # the input alone, in the one count
+
+        small = await Board.connect(Settings(redis_url=redis_url, artifact_budget_mb=0.15))
+        try:
+            await small.sources.put(entry_key("b", "m"), SourceSet(paths, 0, 1000))  # over the budget alone
+            # the song being kept never evicts its own sources (one alone is useless); the input goes
+            assert await small.sources.find("b", "m", (0, None)) is not None
+            assert await queue.store.exists("input:" + "0" * 64) == 0
+        finally:
+            await small.close()
     finally:
         await board.close()
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing
 from core.board import Board
-from core.board.artifacts import RedisArtifactStore
+from core.board.artifacts import RedisArtifactStore, group_of
 from core.board.workers import estimate_wait
 from core.jobs import InputRef, Requester, SeparationRequest, Stage
 from core.settings import Settings
@@ -89,6 +89,21 @@ async def test_budget_evicts_the_oldest_unpinned_artifact_first(client: Redis) -
     await store.put("big", b"y" * 1500, 600)  # larger than the budget: everything else goes, not it
     assert [await store.exists(k) for k in ("f", "big")] == [0, 1]
     assert await store.stored_bytes() == 0  # the next sweep lets it go too: nothing pins it
+
+
+@pytest.mark.parametrize(
+    ("key", "group"),
+    [
+        ("input:" + "0" * 64, "input:" + "0" * 64),  # an input is a group of its own
+        ("result:sep-1:vocals.mp3", "result:sep-1"),  # a job's stems go together
+        ("sources:abc:htdemucs", "sources:abc:htdemucs"),  # a song's manifest ...
+        ("sources:abc:htdemucs:vocals.flac", "sources:abc:htdemucs"),  # ... and its sources
+        ("sources:abc:htdemucs:0-441000:drums.wav", "sources:abc:htdemucs:0-441000"),  # a section's
+        ("a", "a"),
+    ],
+)
+def test_artifacts_are_grouped_by_what_is_useless_alone(key: str, group: str) -> None:
+    assert group_of(key) == group
 
 
 @pytest.mark.parametrize(

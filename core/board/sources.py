@@ -1,18 +1,19 @@
-"""The sources cache's books: which songs' separated sources are kept (an index by last
-use, within `STEMBOT_SOURCES_MAX_MB`), and the claims of separations under way, so the
-same song asked for twice at once runs the model once. The entries' shape is core.sources.
+"""The sources cache: songs' separated sources kept within `STEMBOT_SOURCES_MAX_MB`, and
+the claims of separations under way, so the same song asked for twice at once runs the
+model once. The entries' shape is core.sources.
 
-The Redis store has its own, wider cap (`STEMBOT_ARTIFACT_BUDGET_MB`, core.board.artifacts)
-over every artifact, sources included, and evicts single artifacts. So an entry may lose
-one source but keep its manifest: such an entry is dropped whole when found, and the song
-is separated again, as if it had never been cached.
+An entry (its manifest and its sources) is one group of the one artifact index
+(core.board.artifacts): the cap evicts the groups of sources used longest ago, and the
+Redis store's wider budget (`STEMBOT_ARTIFACT_BUDGET_MB`) evicts whole groups too, so no
+second set of books can disagree with the store's. An entry whose sources expired apart
+from its manifest (their TTLs are set one by one) is dropped when found, and the song is
+separated again, as if it had never been cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from core.artifacts import ArtifactMissing, ArtifactStore
+from core.board.artifacts import ArtifactIndex
 from core.errors import StorageFull
 from core.settings import Settings
 from core.sources import Manifest, SourceSet, entry_key
@@ -55,8 +57,7 @@ class SourcesCache:
         # sources in Redis must leave the room `redis_full_ratio` keeps for accepted jobs
         self._in_redis = settings.artifact_store == "redis"
         self._full_ratio = settings.redis_full_ratio
-        self._lru = f"{settings.key_prefix}sources:lru"
-        self._sizes = f"{settings.key_prefix}sources:sizes"
+        self.index = ArtifactIndex(redis, settings.key_prefix)
 
     @property
     def enabled(self) -> bool:
@@ -76,11 +77,11 @@ class SourcesCache:
         try:
             raw = await self.store.get(key)
         except ArtifactMissing:
-            await self._forget(key)
+            await self.drop(key)
             return None
         manifest = Manifest.model_validate_json(raw)
         keys = [manifest.source_key(key, name) for name in manifest.sources]
-        if await self.store.exists(*keys) != len(keys):  # the store's budget took a source
+        if await self.store.exists(*keys) != len(keys):  # a source expired apart from its manifest
             await self.drop(key)
             return None
         return manifest
@@ -100,7 +101,6 @@ class SourcesCache:
         for name in manifest.sources:
             await self.store.touch(manifest.source_key(key, name), self.ttl_s)
         await self.store.touch(key, self.ttl_s)
-        await self.redis.zadd(self._lru, {key: time.time()})
         return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
 
     async def put(self, key: str, sources: SourceSet) -> bool:
@@ -123,9 +123,6 @@ class SourcesCache:
                 written.append(f"{key}:{name}.{next(iter(codecs))}")
                 data = await asyncio.to_thread(path.read_bytes)  # tens of MB: not in the event loop's thread
                 await self.store.put(written[-1], data, self.ttl_s)
-            # the books before the manifest: an entry anyone can find is one the cap can evict
-            await self.redis.zadd(self._lru, {key: time.time()})
-            await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
                 size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),
@@ -157,7 +154,6 @@ class SourcesCache:
 
     async def _undo(self, key: str, written: list[str]) -> None:
         await self.store.delete(key, *written)
-        await self._forget(key)
 
     async def claim(self, key: str, holder: str, ttl_s: float) -> Claim:
         """Mark `key`'s separation as under way by `holder` (a job id), unless another job's is,
@@ -187,36 +183,23 @@ class SourcesCache:
         return f"{self._prefix}claim:{key}"
 
     async def total_bytes(self) -> int:
-        sizes = await self.redis.hvals(self._sizes)  # type: ignore[misc]
-        return sum(int(s) for s in sizes)
+        return await self.index.bytes_of(await self.index.groups("sources:"))
 
     async def evict(self) -> list[str]:
-        """Drop expired entries from the books, then the least recently used until under the cap."""
+        """Drop entries whose manifest expired, then those used longest ago until under the cap."""
         evicted = []
-        for raw in await self.redis.zrange(self._lru, 0, -1):
-            key = raw.decode()
+        entries = await self.index.groups("sources:")
+        for key in entries:
             if not await self.store.exists(key):
-                await self._forget(key)
-        while await self.total_bytes() > self.max_bytes:
-            oldest = await self.redis.zrange(self._lru, 0, 0)
-            if not oldest:
-                break
-            key = oldest[0].decode()
+                await self.drop(key)
+        entries = [key for key in entries if await self.index.members(key)]
+        while entries and await self.index.bytes_of(entries) > self.max_bytes:
+            key = entries.pop(0)
             await self.drop(key)
             evicted.append(key)
         return evicted
 
     async def drop(self, key: str) -> None:
         """Delete an entry: its manifest first, so nobody finds it half gone."""
-        try:
-            manifest: Manifest | None = Manifest.model_validate_json(await self.store.get(key))
-        except ArtifactMissing:
-            manifest = None
         await self.store.delete(key)
-        if manifest is not None:
-            await self.store.delete(*(manifest.source_key(key, name) for name in manifest.sources))
-        await self._forget(key)
-
-    async def _forget(self, key: str) -> None:
-        await self.redis.zrem(self._lru, key)
-        await self.redis.hdel(self._sizes, key)  # type: ignore[misc]
+        await self.store.delete(*await self.index.members(key))
