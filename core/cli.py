@@ -175,7 +175,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         ref = await queue.store_input(data, filename)
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             model=model_for(selection, args.model or settings.model, settings.six_stem_model),
             format=args.format or settings.default_format,
             bitrate_kbps=args.bitrate,

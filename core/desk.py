@@ -30,7 +30,7 @@ from core.limits import check_user
 from core.naming import chat_filename, song_name
 from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
-from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.stems import StemSelection, stem_choices, stem_words
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -39,6 +39,8 @@ SIX_UNAVAILABLE = (
     "Guitar, piano and all 6 stems are not available on this bot right now. "
     "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
 )
+# Buttons under one user's song (a keyboard, Cancel, follow-ups) answer another's tap with this.
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -269,7 +271,7 @@ class JobDesk:
         delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             format=fmt,  # type: ignore[arg-type]
             model=model,
             options=options,
@@ -375,7 +377,7 @@ class JobDesk:
         if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
-            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+            raise InvalidCommand(NOT_YOURS)
         return record
 
     async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
@@ -389,7 +391,7 @@ class JobDesk:
         options = follow_up(record.request.options, change)
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
         seconds = output_s(record.duration_s, options)
-        files = len(parse_stems(request.stems).outputs)
+        files = len(request.stems.outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         if not await self._sources_cached(record.request.input.sha256, request.model, options):

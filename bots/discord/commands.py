@@ -26,7 +26,7 @@ from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
 from core.render import RenderOptions, make_options
-from core.stems import StemSelection, parse_stems
+from core.stems import DEFAULT, KARAOKE, StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in texts.FORMATS]
@@ -121,7 +121,7 @@ async def split(
         await _refuse(interaction, texts.NO_SONG)
         return
     fmt = format.value if format else command.format
-    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private, options)
+    await _begin(interaction, source, command.selection or DEFAULT, fmt, private, options)
 
 
 @split.autocomplete("stems")
@@ -151,7 +151,7 @@ async def _message_song(interaction: discord.Interaction, message: discord.Messa
 async def karaoke(interaction: discord.Interaction, message: discord.Message) -> None:
     source = await _message_song(interaction, message)
     if source is not None:
-        await _begin(interaction, source, parse_stems("karaoke"), None, False)
+        await _begin(interaction, source, KARAOKE, None, False)
 
 
 class StemPicker(discord.ui.View):

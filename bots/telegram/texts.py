@@ -1,5 +1,8 @@
 """What the Telegram bot says."""
 
+# A tap on another's keyboard gets core's words for a tap on another's follow-ups.
+from core.desk import NOT_YOURS as NOT_YOURS
+
 HELP_TEMPLATE = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.
 
@@ -47,5 +50,4 @@ WHAT_TO_SEND = (
 )
 NOT_A_SONG = "{name} doesn't look like a song. Send an audio file, a voice note, a video or a link; /help shows how."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I do."
-NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 RESTARTED = "⚠️ I was restarted while getting your song. Please send it again."
