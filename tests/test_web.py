@@ -24,7 +24,7 @@ from core.jobs import Requester, SeparationRequest
 from core.queue import QueueClient
 from core.settings import Settings
 from core.studio import StudioBook, StudioSong, init_data_hash
-from testkit import WorkerProcess, read_audio
+from testkit import WorkerProcess, read_audio, run_stembot
 from testkit.botapi import BotApiServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -270,3 +270,24 @@ async def test_cli_links_have_no_chat_to_send_to(redis_url: str, tiny_worker: Wo
         async with http.post(server.make_url(f"/api/{token}/mix"), json={"action": "send"}) as response:
             assert response.status == 400
             assert "download" in (await response.json())["error"]
+
+
+async def test_enqueue_wait_prints_a_mixer_link_that_opens(
+    redis_url: str, tiny_env: dict[str, str], tiny_worker: WorkerProcess, rock_short: Path, tmp_path: Path
+) -> None:
+    env = {**tiny_env, "STEMBOT_WEB_URL": "http://studio.test", "STEMBOT_WEB_SECRET": SECRET}
+    done = await asyncio.to_thread(
+        run_stembot, "enqueue", str(rock_short), "--stems", "vocals", "--wait", "-o", str(tmp_path), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    links = [line.removeprefix("mixer: ") for line in done.stdout.splitlines() if line.startswith("mixer: ")]
+    assert len(links) == 1 and links[0].startswith("http://studio.test/s/"), done.stdout
+    without = await asyncio.to_thread(
+        run_stembot, "enqueue", str(rock_short), "--stems", "vocals", "--wait", "-o", str(tmp_path), env=tiny_env
+    )
+    assert "mixer" not in without.stdout
+    token = links[0].rsplit("/s/", 1)[1]
+    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
+        response = await http.get(server.make_url(f"/api/{token}/song"))
+        assert response.status == 200
+        assert (await response.json())["title"] == "rock"
