@@ -284,7 +284,11 @@ def _run_all(args: argparse.Namespace, settings: Settings) -> int:
         )
     me = [sys.executable, "-m", "core.cli"]
     children.append(subprocess.Popen([*me, "worker"]))
-    for name, token in (("telegram", settings.telegram_token), ("discord", settings.discord_token)):
+    for name, token in (
+        ("telegram", settings.telegram_token),
+        ("discord", settings.discord_token),
+        ("web", settings.web_secret),
+    ):
         if token is not None:
             children.append(subprocess.Popen([*me, name]))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -311,9 +315,9 @@ CORE_COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "run",
-        help="run Redis (if needed), a worker and every bot with a token",
-        description="Start a local redis-server if none answers, a worker, and each frontend "
-        "whose token is set; stop them all on Ctrl-C.",
+        help="run Redis (if needed), a worker, every bot with a token and the web studio if it has a secret",
+        description="Start a local redis-server if none answers, a worker, each frontend whose token is set "
+        "and the web studio when STEMBOT_WEB_SECRET is set; stop them all on Ctrl-C.",
         run=_run_all,
     ),
 )
