@@ -221,6 +221,20 @@ async def test_requests_are_rate_limited_per_user(redis_url: str, tiny_worker: W
             assert response.status == 200  # another user's limit is their own
 
 
+async def test_new_renders_have_a_limit_of_their_own(
+    redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+) -> None:
+    settings = _settings(redis_url, web_render_rate="2/minute")
+    async with _queue(redis_url) as queue, _serve(settings, queue) as server, ClientSession() as http:
+        token = await _link(queue, await _separate(queue, rock_short))
+        statuses = []
+        for key in (0, -1, -2, -2, -3):  # vocals at 0 is the bot's stored result; -2 twice: one render
+            async with http.get(server.make_url(f"/api/{token}/stem/vocals?key={key}")) as response:
+                statuses.append(response.status)
+        assert statuses[:4] in ([200, 202, 202, 202], [200, 202, 202, 200]), statuses
+        assert statuses[4] == 429
+
+
 async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
     redis_url: str,
     tiny_worker: WorkerProcess,
