@@ -48,8 +48,8 @@ class Mix(BaseModel):
     levels: dict[str, float] = Field(default_factory=dict, max_length=16)
     key: int = 0
     tempo: int = 100
-    start_s: float | None = None
-    end_s: float | None = None
+    start_s: float | None = Field(None, allow_inf_nan=False)
+    end_s: float | None = Field(None, allow_inf_nan=False)
     action: Literal["download", "send"] = "download"
 
 
