@@ -273,7 +273,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         if sources is not None:
             check_serves(model, selection, tuple(sources.paths))
         in_path = None
-        if sources is None or uses_mixture(selection):
+        if sources is None or uses_mixture(selection, request.options):
             in_path = await _input(board, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name
