@@ -62,7 +62,7 @@
     if (initData) headers.set("X-Telegram-Init-Data", initData);
     let response;
     try {
-      response = await fetch(`/api/${encodeURIComponent(token)}/${path}`, { ...init, headers, credentials: "omit" });
+      response = await fetch(`../api/${encodeURIComponent(token)}/${path}`, { ...init, headers, credentials: "omit" });
     } catch (error) {
       if (error.name === "AbortError") throw error;
       throw new Failed("The studio cannot be reached. Check the connection and try again.");
@@ -274,7 +274,7 @@
   function tempoLabel(bpm, tempo) {
     if (!bpm) return `${tempo} %`;
     const now = (bpm * tempo) / 100;
-    const text = `${now.toFixed(now < 100 ? 1 : 0)} BPM`;
+    const text = `${Number.isInteger(now) ? now : now.toFixed(1)} BPM`;
     return tempo === 100 ? text : `${text} (${tempo} %)`;
   }
 
