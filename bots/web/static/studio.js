@@ -26,7 +26,11 @@
   /** 403/410: this link cannot be used; the page then shows that and nothing else. */
   class Refused extends Error {
     constructor(status) {
-      super(status === 410 ? "This link has expired. Open the mixer again from the chat." : "This link is not valid.");
+      super(
+        status === 410
+          ? "This link has expired. Open the mixer again from the chat."
+          : "This link does not work. Open the mixer again from the chat.",
+      );
     }
   }
 
@@ -528,16 +532,23 @@
     };
   }
 
+  /** The mix's answer; a download the server is still rendering (202) is asked for again, bounded. */
+  async function postMix(body) {
+    const init = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    for (let attempt = 0; attempt < POLL_TRIES; attempt++) {
+      const response = await api("mix", init);
+      if (response.status !== 202 || body.action === "send") return response;
+      await sleep(POLL_MS);
+    }
+    throw new Failed("The server is taking too long to render the mix. Try again in a minute.");
+  }
+
   async function exportMix(action) {
     const buttons = [$("download"), $("send")];
     buttons.forEach((b) => (b.disabled = true));
     showMessage(action === "send" ? "Sending the mix to the chat…" : "Rendering the mix…");
     try {
-      const response = await api("mix", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(mixRequest(action)),
-      });
+      const response = await postMix(mixRequest(action));
       if (action === "send") {
         showMessage("The mix is on its way to the chat.");
         return;
