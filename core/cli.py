@@ -46,7 +46,7 @@ EXIT_INTERRUPTED = 130
 # Modules above core that provide commands, each as a `COMMANDS` list of `Command`s.
 PROVIDERS: tuple[str, ...] = ("worker.cli", "bots.cli")
 # The order `stembot --help` lists commands in.
-ORDER: tuple[str, ...] = ("separate", "enqueue", "worker", "telegram", "discord", "run")
+ORDER: tuple[str, ...] = ("separate", "enqueue", "worker", "telegram", "discord", "web", "run")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
 from core.sources import SourcesCache
 from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.studio import StudioSong
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -425,6 +426,45 @@ class JobDesk:
         delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
         expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
         return await self._queue(request, delivery, cost, record.duration_s, int(expected))
+
+    async def deliver_render(self, request: SeparationRequest, delivery: Delivery, duration_s: float) -> Accepted:
+        """Queue a render of a kept song (the web studio's "send to chat") for `delivery`'s
+        chat: this platform's delivery loop sends it, as it sends any result. Cached renders
+        skip the per-minute limits, as follow-ups do; the rest of the user's limits apply."""
+        s = self.settings
+        try:
+            with refusing_when_full():
+                await self.gate.check_ban(self.user_key(delivery.user_id))
+                if not await self._sources_cached(request.input.sha256, request.model, request.options):
+                    raise WorkerFailed("I no longer keep that song. Please send it again.")
+                await self._check_user(delivery, 0.0)
+                seconds = output_s(duration_s, request.options)
+                files = len(request.selection.outputs)
+                check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
+                delivery.format = request.format
+                expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+                accepted = await self._queue(request, delivery, 0.0, duration_s, int(expected))
+        except StembotError as exc:
+            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            raise
+        return await self._count(accepted)
+
+    async def studio_song(self, delivery: Delivery) -> StudioSong | None:
+        """What the web studio needs to open a delivered result's song, while it is kept."""
+        raw = await self.queue.pool.get(self._again_key(delivery.id))
+        if raw is None:
+            return None
+        record = _Again.model_validate_json(raw)
+        platform = self.book.platform
+        return StudioSong(
+            input=record.request.input,
+            model=record.request.model,
+            song=record.song,
+            duration_s=record.duration_s,
+            platform=platform,  # type: ignore[arg-type]
+            user_id=delivery.user_id,
+            chat_id=delivery.chat_id,
+        )
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""

@@ -263,7 +263,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         (work / "out").mkdir()
         sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
         in_path = None
-        if sources is None or uses_mixture(selection):
+        if sources is None or uses_mixture(selection, request.options):
             in_path = await _input(queue, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name
