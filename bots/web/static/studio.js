@@ -391,10 +391,11 @@
   }
 
   function newContext(rate) {
+    const Context = window.AudioContext || window.webkitAudioContext; // older iPhones
     try {
-      return new AudioContext({ sampleRate: rate, latencyHint: "playback" });
+      return new Context({ sampleRate: rate, latencyHint: "playback" });
     } catch (_) {
-      return new AudioContext({ latencyHint: "playback" }); // a rate this browser refuses: it resamples
+      return new Context({ latencyHint: "playback" }); // a rate this browser refuses: it resamples
     }
   }
 
@@ -676,12 +677,13 @@
     requestAnimationFrame(frame);
   }
 
-  // For the browser tests and the curious: read-only views of the transport.
+  // For the browser tests and the curious: read-only views of the transport, and the pure helpers.
   window.studio = {
     position: () => state.player?.position() ?? 0,
     level: () => state.player?.level() ?? 0,
     playing: () => Boolean(state.player?.playing),
     mixRequest: (action) => mixRequest(action),
+    helpers: { keyLabel, tempoLabel, effectiveLevels, parseTime, formatTime },
   };
 
   start().catch((error) => {
