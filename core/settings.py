@@ -199,6 +199,9 @@ class Settings(BaseSettings):
         24 * 3600, ge=60, le=30 * 86400, description="how long a mixer link works once a result is delivered"
     )
     web_rate: str = Field("300/minute", description="web studio requests one user may make (limits notation)")
+    web_render_rate: str = Field(
+        "60/minute", description="new renders (a stem at a key and tempo, a mix) one studio user may start"
+    )
     web_init_data_max_age_s: int = Field(
         24 * 3600, ge=60, description="oldest Telegram Web App initData the studio accepts, seconds"
     )
@@ -223,7 +226,7 @@ class Settings(BaseSettings):
             raise ValueError("a comma-separated list of ffmpeg demuxer names, such as mp3,ogg,flac")
         return ",".join(names)
 
-    @field_validator("user_rate", "chat_rate", "web_rate")
+    @field_validator("user_rate", "chat_rate", "web_rate", "web_render_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
         from limits import parse

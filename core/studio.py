@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from typing import Literal
@@ -34,6 +35,7 @@ from core.jobs import InputRef
 from core.settings import Settings
 
 _SALT = "stembot-studio-grant"
+SONG_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 Platform = Literal["cli", "telegram", "discord", "test"]
 
 

@@ -11,12 +11,15 @@ import contextlib
 from typing import Literal
 
 from arq.jobs import JobStatus
+from limits import parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter
 from pydantic import BaseModel, Field, ValidationError
 
 from core.audio import SAMPLE_RATE
 from core.deliveries import Delivery
 from core.desk import JobDesk, output_s
-from core.errors import InvalidCommand, WorkerFailed
+from core.errors import InvalidCommand, RateLimited, WorkerFailed
 from core.jobs import Requester, SeparationRequest, StemArtifact
 from core.queue import QueueClient
 from core.render import LEVEL_RANGE, RenderOptions, check_section, make_options
@@ -73,6 +76,17 @@ class StudioDesk:
         self.queue = queue
         self.book = StudioBook(queue.pool, settings)
         self.sources = SourcesCache(queue.store, queue.pool, settings)
+        url = settings.redis_url.replace("redis://", "async+redis://", 1)
+        self._limiter = FixedWindowRateLimiter(
+            RedisStorage(url, implementation="redispy", key_prefix=settings.key_prefix + "webrate")
+        )
+        self._rate = parse(settings.web_rate)
+        self._render_rate = parse(settings.web_render_rate)
+
+    async def admit(self, grant: Grant) -> None:
+        """Count a request against its user's limit (`STEMBOT_WEB_RATE`); RateLimited past it."""
+        if not await self._limiter.hit(self._rate, "studio", grant.user_key):
+            raise RateLimited("Too many requests. Wait a minute and try again.")
 
     async def manifest(self, song: StudioSong) -> Manifest:
         found = await self.sources.find(song.input.sha256, song.model, (0, None))
@@ -140,6 +154,11 @@ class StudioDesk:
         job_id = request.content_key()
         if await self.queue.status(job_id) in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress):
             raise RenderPending()
+        done = await self.queue.result(job_id)
+        if done is None or done.status != "done":  # a new render: the worker's time, so a limit of its own
+            user = f"{request.requester.platform}:{request.requester.user_id}"
+            if not await self._limiter.hit(self._render_rate, "studio-render", user):
+                raise RateLimited("You're asking for new renders too fast. Wait a minute and try again.")
         s = self.settings
         seconds = output_s(manifest.frames / SAMPLE_RATE, request.options)
         expected = len(request.selection.outputs) * estimated_bytes(STUDIO_FORMAT, seconds, s.mp3_bitrate_kbps)

@@ -218,8 +218,9 @@ async def split_stems(interaction: discord.Interaction, message: discord.Message
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def help_command(interaction: discord.Interaction) -> None:
-    stem_words = await _service(interaction).desk.stem_words()
-    await interaction.response.send_message(texts.help_text(stem_words), ephemeral=True)
+    service = _service(interaction)
+    text = texts.help_text(await service.desk.stem_words(), service.settings.studio_enabled)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 admin = app_commands.Group(

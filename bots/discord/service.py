@@ -30,6 +30,7 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
+from core.studio import StudioBook
 from core.uploads import pack
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,13 @@ def followup_view(delivery_id: str, buttons: list[tuple[str, str]]) -> discord.u
     for text, change in buttons:
         custom_id = again_id(delivery_id, change)
         view.add_item(discord.ui.Button(label=text, style=discord.ButtonStyle.secondary, custom_id=custom_id))
+    return view
+
+
+def mixer_view(url: str) -> discord.ui.View:
+    """The web studio's link button (a link button: Discord opens it, the bot sees no press)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label=texts.MIXER, style=discord.ButtonStyle.link, url=url))
     return view
 
 
@@ -226,6 +234,27 @@ class DiscordService:
             text = f"{delivery.extra.get('mention', '')} {outcome}" if number == 0 else ""
             view = followup_view(delivery.id, buttons) if number == len(batches) - 1 else None
             await self._post(client, delivery, text.strip(), files, view)
+        await self._offer_mixer(client, delivery)
+
+    async def _offer_mixer(self, client: discord.Client, delivery: Delivery) -> None:
+        """The Mixer link, shown to the requester only: an ephemeral follow-up while the
+        interaction lives, else a DM (none without STEMBOT_WEB_URL)."""
+        song = await self.desk.studio_song(delivery) if self.settings.studio_enabled else None
+        url = await StudioBook(self.queue.pool, self.settings).open(song) if song is not None else None
+        if url is None:
+            return
+        try:
+            if self._token_alive(delivery):
+                await self._webhook(client, delivery).send(
+                    content=chat_text(texts.MIXER_OFFER.format(song=delivery.song)),
+                    view=mixer_view(url),
+                    ephemeral=True,
+                )
+            else:
+                user = await client.fetch_user(int(delivery.user_id))
+                await user.send(content=chat_text(texts.MIXER_OFFER.format(song=delivery.song)), view=mixer_view(url))
+        except discord.HTTPException as exc:  # the stems are delivered: a missing link is no failure
+            log.info("the mixer link of %s could not be shown: %s", delivery.id, exc)
 
     def _token_alive(self, delivery: Delivery) -> bool:
         expires = float(delivery.extra.get("token_expires_at") or 0)
@@ -279,10 +308,11 @@ class DiscordService:
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
-        why = texts.DM_PRIVATE_LATE if private else texts.DM_CHANNEL_CLOSED
+        # a mix sent from the web studio comes by DM, where the user's studio sends it
+        why = "" if delivery.extra.get("studio") else texts.DM_PRIVATE_LATE if private else texts.DM_CHANNEL_CLOSED
         user = await client.fetch_user(int(delivery.user_id))
         await user.send(
-            content=chat_text(f"{text}\n{why}") if text else None,
+            content=chat_text(f"{text}\n{why}".strip()) if text else None,
             files=_files(uploads),
             allowed_mentions=pings,
             view=view or discord.ui.View(),

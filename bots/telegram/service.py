@@ -21,6 +21,7 @@ from telegram import (
     InputMediaAudio,
     InputMediaDocument,
     Message,
+    WebAppInfo,
 )
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
@@ -40,6 +41,7 @@ from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
+from core.studio import SONG_ID, StudioBook
 
 log = logging.getLogger(__name__)
 GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
@@ -67,12 +69,18 @@ def cancel_markup(delivery_id: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel|{delivery_id}")]])
 
 
-def followup_markup(delivery_id: str, buttons: list[tuple[str, str]]) -> InlineKeyboardMarkup | None:
-    """One-tap re-renders of a delivered song from its cached sources (`render.follow_ups`)."""
-    if not buttons:
-        return None
-    row = [InlineKeyboardButton(text, callback_data=f"again|{delivery_id}|{change}") for text, change in buttons]
-    return InlineKeyboardMarkup([row])
+def followup_markup(
+    delivery_id: str, buttons: list[tuple[str, str]], mixer: InlineKeyboardButton | None = None
+) -> InlineKeyboardMarkup | None:
+    """One-tap re-renders of a delivered song from its cached sources (`render.follow_ups`),
+    and the web studio's Mixer button under them when there is one."""
+    rows = [[InlineKeyboardButton(text, callback_data=f"again|{delivery_id}|{change}") for text, change in buttons]]
+    rows = [row for row in rows if row] + ([[mixer]] if mixer is not None else [])
+    return InlineKeyboardMarkup(rows) if rows else None
+
+
+def mixer_markup(url: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(texts.MIXER, web_app=WebAppInfo(url))]])
 
 
 def user_error(exc: StembotError) -> str:
@@ -231,7 +239,9 @@ class TelegramService:
             await self._edit(bot, delivery, outcome_line(result, delivery.song), None)
             return
         await self._edit(bot, delivery, f"✅ {delivery.song}: sending {len(result.stems)} file(s)…", None)
-        buttons = followup_markup(delivery.id, await self.desk.follow_ups(delivery.id))
+        buttons = followup_markup(
+            delivery.id, await self.desk.follow_ups(delivery.id), await self.mixer_button(bot, delivery)
+        )
         try:
             links, placed = await self.send_stems(bot, delivery, result, buttons)
         except (TelegramError, ValueError) as exc:  # too big, chat gone, ...: say so rather than go quiet
@@ -245,6 +255,34 @@ class TelegramService:
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
         await self._edit(bot, delivery, text, None if placed else buttons)
+
+    async def mixer_button(self, bot: Bot, delivery: Delivery) -> InlineKeyboardButton | None:
+        """The web studio's button under a delivered result (none without STEMBOT_WEB_URL): a
+        Web App in a private chat; in a group, where Web App buttons are not allowed and anyone
+        can tap, a link into the bot's private chat whose /start opens it for the requester only."""
+        if not self.settings.studio_enabled:
+            return None
+        song = await self.desk.studio_song(delivery)
+        if song is None:
+            return None
+        book = StudioBook(self.queue.pool, self.settings)
+        song_id = await book.keep(song)
+        if delivery.chat_id == delivery.user_id:  # a private chat's id is its user's
+            return InlineKeyboardButton(texts.MIXER, web_app=WebAppInfo(book.link(song_id, song, webapp=True)))
+        return InlineKeyboardButton(texts.MIXER, url=f"https://t.me/{bot.username}?start={texts.MIX_START}{song_id}")
+
+    async def open_mixer(self, song_id: str, user_id: int) -> tuple[str, InlineKeyboardMarkup | None]:
+        """/start mix_<id> from a group's Mixer link: the Web App button, for the requester only.
+        A mix they send from it comes to this private chat, not to the group."""
+        book = StudioBook(self.queue.pool, self.settings)
+        song = await book.get(song_id) if self.settings.studio_enabled and SONG_ID.fullmatch(song_id) else None
+        if song is None:
+            return texts.MIXER_GONE, None
+        if (song.platform, song.user_id) != ("telegram", str(user_id)):
+            return texts.MIXER_NOT_YOURS, None
+        mine = song.model_copy(update={"chat_id": str(user_id)})
+        url = book.link(await book.keep(mine), mine, webapp=True)
+        return texts.MIXER_OPEN.format(song=song.song), mixer_markup(url)
 
     async def send_stems(
         self, bot: Bot, delivery: Delivery, result: JobResult, buttons: InlineKeyboardMarkup | None = None

@@ -19,13 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
-from limits import parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter
 
 from core.admin import Gate
 from core.artifacts import ArtifactMissing
-from core.errors import StembotError
+from core.errors import RateLimited, StembotError
 from core.jobs import StemArtifact
 from core.naming import ascii_filename, chat_filename
 from core.queue import QueueClient
@@ -60,19 +57,16 @@ class Studio:
         self.files_dir = files_dir
         self._secret = settings.web_secret.get_secret_value()
         self._bot_token = settings.telegram_token.get_secret_value() if settings.telegram_token else None
-        url = settings.redis_url.replace("redis://", "async+redis://", 1)
-        self._limiter = FixedWindowRateLimiter(
-            RedisStorage(url, implementation="redispy", key_prefix=settings.key_prefix + "webrate")
-        )
-        self._rate = parse(settings.web_rate)
 
     async def open(self, request: web.Request) -> tuple[Grant, StudioSong]:
         """The grant and song a request's token opens, or a 403/410/429 answer raised."""
         grant = read_token(request.match_info["token"], self._secret)
         max_age = self.settings.web_init_data_max_age_s
         check_init_data(grant, request.headers.get(INIT_DATA_HEADER), self._bot_token, max_age)
-        if not await self._limiter.hit(self._rate, "studio", grant.user_key):
-            raise web.HTTPTooManyRequests(text=_json(TOO_FAST), content_type="application/json")
+        try:
+            await self.desk.admit(grant)
+        except RateLimited:
+            raise web.HTTPTooManyRequests(text=_json(TOO_FAST), content_type="application/json") from None
         if await self.gate.is_banned(grant.user_key):
             raise GrantRefused()
         song = await self.desk.book.get(grant.song)
@@ -153,7 +147,7 @@ _HEADERS = {
 
 
 def _user_error(exc: StembotError, status: int = 400) -> web.Response:
-    return web.json_response({"error": exc.user_message}, status=status)
+    return web.json_response({"error": exc.user_message}, status=429 if isinstance(exc, RateLimited) else status)
 
 
 def _int(request: web.Request, name: str, default: int) -> int:
