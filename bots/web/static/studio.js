@@ -603,6 +603,12 @@
     $("send").addEventListener("click", () => exportMix("send").catch(report));
     wireOverview();
     window.addEventListener("resize", drawOverview);
+    document.addEventListener("keydown", (event) => {
+      // space plays and pauses, except where it types or presses something itself
+      if (event.code !== "Space" || event.target.closest("input, button")) return;
+      event.preventDefault();
+      $("play").click();
+    });
     updateLoop();
   }
 
