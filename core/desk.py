@@ -450,11 +450,14 @@ class JobDesk:
         return await self._count(accepted)
 
     async def studio_song(self, delivery: Delivery) -> StudioSong | None:
-        """What the web studio needs to open a delivered result's song, while it is kept."""
+        """What the web studio needs to open a delivered result's song, while its whole
+        separation is kept (None otherwise: no Mixer button then)."""
         raw = await self.queue.pool.get(self._again_key(delivery.id))
         if raw is None:
             return None
         record = _Again.model_validate_json(raw)
+        if not await self._sources_cached(record.request.input.sha256, record.request.model, RenderOptions()):
+            return None  # only a section's separation kept, or none: nothing the studio can open
         platform = self.book.platform
         return StudioSong(
             input=record.request.input,

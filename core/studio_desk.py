@@ -29,7 +29,7 @@ from core.studio import Grant, StudioBook, StudioSong
 from core.uploads import estimated_bytes
 
 
-class SongFacts(BaseModel):
+class SongSummary(BaseModel):
     """What the mixer page shows of a song (GET /api/{token}/song)."""
 
     title: str
@@ -48,8 +48,8 @@ class Mix(BaseModel):
     levels: dict[str, float] = Field(default_factory=dict, max_length=16)
     key: int = 0
     tempo: int = 100
-    start_s: float | None = None
-    end_s: float | None = None
+    start_s: float | None = Field(None, allow_inf_nan=False)
+    end_s: float | None = Field(None, allow_inf_nan=False)
     action: Literal["download", "send"] = "download"
 
 
@@ -94,9 +94,9 @@ class StudioDesk:
             raise SongGone()
         return found[1]
 
-    async def facts(self, song: StudioSong) -> SongFacts:
+    async def facts(self, song: StudioSong) -> SongSummary:
         manifest = await self.manifest(song)
-        return SongFacts(
+        return SongSummary(
             title=song.song,
             duration_s=round(manifest.frames / SAMPLE_RATE, 3),
             stems=manifest.sources,
@@ -183,6 +183,8 @@ class StudioDesk:
             chat_id=grant.chat,
             user_id=grant.user,
             song=song.song,
-            extra={"studio": "1"},  # no message to edit, nor an interaction to answer: a plain send
+            # No message to edit, nor an interaction to answer: a plain send, and where a
+            # platform could post it in public (a Discord channel), privately instead.
+            extra={"studio": "1", "private": "1"},
         )
         await desk.deliver_render(request, delivery, song.duration_s)

@@ -432,5 +432,28 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
         assert (grant.platform, grant.user, grant.webapp) == ("discord", str(alice.id), False)
         public = [m for m in result.followups if not m.ephemeral]
         assert public and not any(c.get("url") for m in public for c in walk_components(m.components))
+
+        # the studio's "send to chat": the bot delivers the mix by DM, where only Alice sees it
+        from aiohttp import ClientSession
+        from aiohttp.test_utils import TestServer
+
+        from bots.web import make_app
+        from core.queue import QueueClient
+
+        queue = await QueueClient.connect(settings)
+        server = TestServer(make_app(settings, queue))
+        await server.start_server()
+        try:
+            token = buttons[0]["url"].rsplit("/s/", 1)[1]
+            async with ClientSession() as http:
+                mix = {"levels": {"vocals": 0}, "action": "send"}
+                response = await http.post(server.make_url(f"/api/{token}/mix"), json=mix)
+                assert response.status == 202
+            dms = await drive(env, lambda: [m for m in alice.user.dm_channel.history() if m.attachments])
+            assert [a.filename for a in dms[0].attachments] == ["rock - mix (no vocals).mp3"]
+            assert "15 minutes" not in dms[0].content and "couldn't post" not in dms[0].content
+        finally:
+            await server.close()
+            await queue.close()
     finally:
         await env.shutdown()

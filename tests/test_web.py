@@ -305,3 +305,27 @@ async def test_enqueue_wait_prints_a_mixer_link_that_opens(
         response = await http.get(server.make_url(f"/api/{token}/song"))
         assert response.status == 200
         assert (await response.json())["title"] == "rock"
+
+
+async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: WorkerProcess, rock_short: Path) -> None:
+    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
+        token = await _link(queue, await _separate(queue, rock_short))
+        url = server.make_url(f"/api/{token}/mix")
+        bodies = [
+            '{"start_s": NaN}',
+            '{"levels": {"vocals": Infinity}}',
+            '{"levels": {"voice": 0}}',
+            '{"key": 1.5}',
+            '{"action": "delete"}',
+            '{"surprise": 1}',
+            "[1, 2]",
+            "not json",
+            '{"tempo": 10}',
+            '{"start_s": 2, "end_s": 1}',
+        ]
+        for body in bodies:
+            response = await http.post(url, data=body, headers={"Content-Type": "application/json"})
+            assert response.status == 400, body
+            assert set(await response.json()) == {"error"}, body
+        big = await http.post(url, data="x" * 100_000)
+        assert big.status == 413

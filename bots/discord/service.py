@@ -199,6 +199,10 @@ class DiscordService:
 
     # --- the delivery loop ---------------------------------------------------------------
     async def advance(self, client: discord.Client, delivery: Delivery) -> None:
+        if delivery.upload_limit is None:  # the web studio's: it comes by DM, where Discord's default applies
+            cap = self.settings.discord_max_upload_mb
+            default = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+            delivery.upload_limit = min(default, int(cap * 1024 * 1024)) if cap else default
         step = await self.desk.step(delivery)
         if isinstance(step, StatusUpdate):
             await self._edit(client, delivery, step.text, cancel_view(delivery.id))

@@ -225,6 +225,8 @@ class TelegramService:
 
     async def advance(self, bot: Bot, delivery: Delivery) -> None:
         """Move one delivery on: edit its status, or send its result once."""
+        # a delivery the web studio made knows no platform's limit: this bot's own applies
+        delivery.upload_limit = delivery.upload_limit or self.upload_limit
         step = await self.desk.step(delivery)
         if isinstance(step, StatusUpdate):
             await self._edit(bot, delivery, step.text, cancel_markup(delivery.id))
