@@ -71,8 +71,10 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One chromium for the module, not the session: Playwright's sync API runs an event loop
+    in this thread while it is open, which the async tests of the next module could not."""
     missing = _browser_missing()
     if missing:
         # CI must run the browser tests: there a missing browser is a failure, not a skip.
