@@ -279,18 +279,21 @@ def _lag(reference: np.ndarray, estimate: np.ndarray, span: int = 2048) -> int:
     return int(np.argmax(scores)) - span
 
 
-def _screenshot(page: Page, name: str) -> Path:
+def _screenshot(page: Page, name: str, capsys: pytest.CaptureFixture[str]) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
+    with capsys.disabled():  # said even when output is captured
+        print(f"\nscreenshot of the studio page: {path}")
     return path
 
 
 # ---- the tests
 
 
-def test_the_page_loads_a_real_jobs_stems_and_plays(music_link: str, page: Page) -> None:
+def test_the_page_loads_a_real_jobs_stems_and_plays(
+    music_link: str, page: Page, capsys: pytest.CaptureFixture[str]
+) -> None:
     _open(page, music_link)
     assert page.inner_text("#title") == "music"
     assert page.eval_on_selector_all(".strip", "els => els.map(e => e.dataset.stem)") == [
@@ -303,7 +306,7 @@ def test_the_page_loads_a_real_jobs_stems_and_plays(music_link: str, page: Page)
     page.wait_for_function("studio.position() > 0.5 && studio.level() > 0.01", timeout=20_000)
     page.click("#play")  # pause: the sources stop, the analyser hears silence
     page.wait_for_function("!studio.playing() && studio.level() === 0", timeout=20_000)
-    _screenshot(page, "studio.png")
+    _screenshot(page, "studio.png", capsys)
 
 
 def test_muting_the_vocals_exports_the_karaoke_render(
@@ -335,6 +338,17 @@ def test_key_down_two_semitones_exports_a_440_hz_tone_at_392(
     assert abs(pitch - 392.0) <= 3
 
 
+# True once the transport, always inside [a, b), has jumped back from near b to near a.
+LOOPED_BACK = """([a, b]) => {
+    if (!studio.playing()) return false; // the click's play() has not started yet
+    const now = studio.position();
+    if (now < a || now >= b) throw new Error(`played ${now} s, outside the loop`);
+    const looped = window.lastPosition > b - 0.5 && now < a + 0.5;
+    window.lastPosition = now;
+    return looped;
+}"""
+
+
 def test_an_a_b_loop_exports_that_section_to_the_sample(
     music_song: Path, music_link: str, page: Page, tmp_path: Path
 ) -> None:
@@ -343,6 +357,9 @@ def test_an_a_b_loop_exports_that_section_to_the_sample(
     page.fill("#loop-b", "2.25")
     page.click("#loop")
     assert page.get_attribute("#loop", "aria-pressed") == "true"
+    page.click("#play")  # it plays from A, and at B goes back to A
+    page.wait_for_function(LOOPED_BACK, arg=[0.5, 2.25], timeout=30_000)
+    page.click("#play")
     exported = _download(page, tmp_path / "loop.mp3")
     source = read_audio(music_song)[:, round(0.5 * RATE) : round(2.25 * RATE)]
     assert exported.shape[-1] == source.shape[-1]
