@@ -411,12 +411,24 @@ def _refused_link(studio: Studio, link: str, webapp_link: str, case: str) -> str
         return webapp_link + _hash(_init_data(222, bot_token="654321:another-bot"))
     if case == "no init data":
         return webapp_link
+    if case == "broken escape":  # not even percent-encoding: refused before any API call
+        return f"{studio.url}/s/%E0%A4%A"
     assert case == "garbage"
     return f"{studio.url}/s/not-a-token"
 
 
 @pytest.mark.parametrize(
-    "case", ["tampered", "expired", "other key", "foreign user", "forged init data", "no init data", "garbage"]
+    "case",
+    [
+        "tampered",
+        "expired",
+        "other key",
+        "foreign user",
+        "forged init data",
+        "no init data",
+        "garbage",
+        "broken escape",
+    ],
 )
 def test_a_refused_link_shows_the_refusal_and_nothing_of_the_song(
     studio: Studio, music_link: str, webapp_link: str, page: Page, case: str

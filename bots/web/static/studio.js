@@ -39,8 +39,17 @@
 
   // ---- the link: token in the path, Telegram's initData in the hash when opened as a Web App
 
-  const token = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+  const token = tokenInPath();
   const initData = telegramInitData();
+
+  /** The last part of the path, `/s/{token}`; "" when it is missing or not even percent-encoding. */
+  function tokenInPath() {
+    try {
+      return decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+    } catch (_) {
+      return ""; // refused below like any link that is not one of ours
+    }
+  }
 
   function telegramInitData() {
     const fromHash = new URLSearchParams(location.hash.slice(1)).get("tgWebAppData");
