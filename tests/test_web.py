@@ -183,6 +183,7 @@ async def test_links_that_are_not_the_requesters_reveal_nothing(
                 page = await response.read()
                 assert response.status == 200 and b"Rock" not in page
                 assert response.headers["Referrer-Policy"] == "no-referrer"
+                assert "script-src 'self' https://telegram.org;" in response.headers["Content-Security-Policy"]
         assert "Set-Cookie" not in response.headers
 
 

@@ -161,9 +161,18 @@ def _int(request: web.Request, name: str, default: int) -> int:
 
 
 # --- routes --------------------------------------------------------------------------------
+# The page runs only its own files, and Telegram's Web App script inside Telegram; it talks
+# only to this server. (No frame-ancestors: Telegram's web clients show Web Apps in a frame.)
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self' https://telegram.org; connect-src 'self'; "
+    "media-src 'self' blob:; img-src 'self' data: blob:; style-src 'self'; object-src 'none'; base-uri 'none'"
+)
+
+
 async def page(request: web.Request) -> web.StreamResponse:
     """The mixer page, the same for every token: its script asks the API what it may open."""
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY}
+    return web.FileResponse(STATIC / "index.html", headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:
