@@ -303,9 +303,9 @@ def test_the_page_loads_a_real_jobs_stems_and_plays(
         "vocals",
     ]
     page.click("#play")
-    page.wait_for_function("studio.position() > 0.5 && studio.level() > 0.01", timeout=20_000)
+    page.wait_for_function("() => studio.position() > 0.5 && studio.level() > 0.01", timeout=20_000)
     page.click("#play")  # pause: the sources stop, the analyser hears silence
-    page.wait_for_function("!studio.playing() && studio.level() === 0", timeout=20_000)
+    page.wait_for_function("() => !studio.playing() && studio.level() === 0", timeout=20_000)
     _screenshot(page, "studio.png", capsys)
 
 
