@@ -17,8 +17,10 @@
   const RENDER_DEBOUNCE_MS = 450; // a few presses of "−" make one render, not one each
   const START_AHEAD_S = 0.05; // scheduling margin so every source starts on the same frame
   const PEAK_COLUMNS = 1200;
-  const SHARPS = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
-  const FLATS = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"];
+  // A key's tonic spelt as key signatures write it, as the bots do (core/facts.py, key_name).
+  const MAJOR_NAMES = ["C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"];
+  const MINOR_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"];
+  const LETTERS = { C: 0, D: 2, E: 4, F: 5, G: 7, A: 9, B: 11 };
   const MINUS = "\u2212";
 
   const $ = (id) => document.getElementById(id);
@@ -272,16 +274,17 @@
 
   const signed = (n) => (n > 0 ? `+${n}` : n < 0 ? `${MINUS}${-n}` : "0");
 
-  /** "E minor", shifted -2 -> "E → D"; without a known key just the semitones. */
+  /** "E minor" shifted -2 -> "E → D (−2)"; without a known key just the semitones. */
   function keyLabel(songKey, shift) {
-    const root = songKey ? /^([A-G])([#b♯♭]?)/.exec(songKey) : null;
-    if (!root) return shift === 0 ? "original" : `${signed(shift)} st`;
-    const flat = root[2] === "b" || root[2] === "♭";
-    const names = flat ? FLATS : SHARPS;
-    const spelled = root[1] + (flat ? "b" : root[2] ? "#" : "");
-    const index = (names.indexOf(spelled) + 12) % 12;
+    const found = songKey ? /^([A-G])([#b\u266f\u266d]?)\s*(major|minor|maj|min|m)?\b/.exec(songKey) : null;
+    if (!found) return shift === 0 ? "original" : `${signed(shift)} st`;
+    const sharp = found[2] === "#" || found[2] === "\u266f";
+    const flat = found[2] === "b" || found[2] === "\u266d";
+    const spelled = found[1] + (sharp ? "#" : flat ? "b" : "");
     if (shift === 0) return spelled;
-    return `${spelled} → ${names[(index + shift + 120) % 12]} (${signed(shift)})`;
+    const tonic = LETTERS[found[1]] + (sharp ? 1 : flat ? -1 : 0);
+    const names = /^m(in(or)?)?$/.test(found[3] || "") ? MINOR_NAMES : MAJOR_NAMES; // a bare letter is major
+    return `${spelled} → ${names[(((tonic + shift) % 12) + 12) % 12]} (${signed(shift)})`;
   }
 
   function tempoLabel(bpm, tempo) {
