@@ -358,6 +358,7 @@
 
   function showMessage(text, error = false) {
     const message = $("message");
+    if (!message) return; // refused meanwhile: the refusal is all the page says
     message.textContent = text;
     message.classList.toggle("error", error);
   }
