@@ -39,7 +39,7 @@ from core.stems import parse_stems
 from core.uploads import delivered_tags, retag
 
 if TYPE_CHECKING:
-    from core.queue import QueueClient
+    from core.board import Board
 
 # One exit status per kind of ending, the same from every command: a refusal of the input
 # or the request (also argparse's usage errors), a failure of the machinery, a cancel.
@@ -162,13 +162,14 @@ async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.artifacts import ArtifactMissing
+    from core.board import Board
     from core.desk import output_s, section_s
-    from core.queue import QueueClient
     from core.uploads import estimated_bytes
 
     selection = parse_stems(args.stems)
     options = make_options(args.key, args.tempo, args.start, args.end)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
         with tempfile.TemporaryDirectory(prefix="stembot-") as tmp:
             path, filename = await obtain_input(args.input, Path(tmp), settings)
@@ -219,29 +220,27 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             tagged = await asyncio.to_thread(retag, stored, stem.format, delivered_tags(song, stem.stem, None))
             dest.write_bytes(tagged)
             print(dest)
-        link = await _mixer_link(queue, request, song, info.duration_s or 0.0)
+        link = await _mixer_link(board, request, song, info.duration_s or 0.0)
         if link is not None:
             print(f"mixer: {link}")
         return 0
     finally:
-        await queue.close()
+        await board.close()
 
 
-async def _mixer_link(queue: QueueClient, request: SeparationRequest, song: str, duration_s: float) -> str | None:
+async def _mixer_link(board: Board, request: SeparationRequest, song: str, duration_s: float) -> str | None:
     """The web studio's link to the song (STEMBOT_WEB_URL set, and its whole separation kept)."""
-    from core.sources import SourcesCache
-    from core.studio import StudioBook, StudioSong
+    from core.studio import StudioSong
 
-    settings = queue.settings
-    if not settings.studio_enabled:
+    if not board.settings.studio_enabled:
         return None
-    found = await SourcesCache(queue.store, queue.pool, settings).find(request.input.sha256, request.model, (0, None))
+    found = await board.sources.find(request.input.sha256, request.model, (0, None))
     if found is None or not found[1].whole:
         return None
     kept = StudioSong(
         input=request.input, model=request.model, song=song, duration_s=duration_s, platform="cli", user_id="cli"
     )
-    return await StudioBook(queue.pool, settings).open(kept)
+    return await board.studio.open(kept)
 
 
 def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
@@ -255,12 +254,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _run_all(args: argparse.Namespace, settings: Settings) -> int:
     """Supervise redis (if needed), a worker and the configured bots as child processes."""
-    import redis
+    from core.board import redis_answers
 
     children: list[subprocess.Popen[bytes]] = []
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
-    except redis.exceptions.ConnectionError:
+    if not redis_answers(settings.redis_url):
         url = urlsplit(settings.redis_url)
         exe = shutil.which("redis-server")
         if exe is None:

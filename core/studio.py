@@ -13,7 +13,7 @@ secret = HMAC-SHA256(key=b"WebAppData", msg=bot token), hash = hex HMAC-SHA256(s
 the received fields but `hash`, sorted, as `key=value` lines). Its user must be the requester.
 
 `read_token` and `verify_init_data` are pure (tests/test_studio.py, known answers);
-`StudioBook` keeps the records (Redis key family `studio:song:`).
+`core.board.studio.StudioBook` keeps the records.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 import time
 from typing import Literal
 from urllib.parse import parse_qsl
 
 from itsdangerous import BadData, URLSafeSerializer
 from pydantic import BaseModel, Field, ValidationError
-from redis.asyncio import Redis
 
 from core.jobs import InputRef
 from core.settings import Settings
@@ -158,36 +156,14 @@ class StudioSong(BaseModel):
     chat_id: str | None = None
 
 
-class StudioBook:
-    """The songs the studio may open, one record each, kept as long as their links work."""
-
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
-        self._prefix = f"{settings.key_prefix}studio:song:"
-
-    async def keep(self, song: StudioSong) -> str:
-        song_id = secrets.token_urlsafe(12)  # 16 characters: fits Telegram's 64-character /start payload
-        await self.redis.set(self._prefix + song_id, song.model_dump_json(), ex=self.settings.web_link_ttl_s)
-        return song_id
-
-    async def get(self, song_id: str) -> StudioSong | None:
-        raw = await self.redis.get(self._prefix + song_id)
-        return None if raw is None else StudioSong.model_validate_json(raw)
-
-    def link(self, song_id: str, song: StudioSong, webapp: bool = False, now: float | None = None) -> str:
-        """A signed link to the song's mixer for its requester (the studio must be enabled)."""
-        s = self.settings
-        if not (s.studio_enabled and s.web_url and s.web_secret):
-            raise RuntimeError("the studio needs STEMBOT_WEB_URL and STEMBOT_WEB_SECRET")
-        expires = int((time.time() if now is None else now) + s.web_link_ttl_s)
-        grant = Grant(
-            song=song_id, platform=song.platform, user=song.user_id, chat=song.chat_id, webapp=webapp, exp=expires
-        )
-        return f"{s.web_url}/s/{issue_token(grant, s.web_secret.get_secret_value())}"
-
-    async def open(self, song: StudioSong, webapp: bool = False) -> str | None:
-        """Keep `song` and return its mixer link, or None when the studio is not set up."""
-        if not self.settings.studio_enabled:
-            return None
-        return self.link(await self.keep(song), song, webapp)
+def studio_link(
+    settings: Settings, song_id: str, song: StudioSong, webapp: bool = False, now: float | None = None
+) -> str:
+    """A signed link to a kept song's mixer (`song_id`) for its requester; the studio must be set up."""
+    if not (settings.studio_enabled and settings.web_url and settings.web_secret):
+        raise RuntimeError("the studio needs STEMBOT_WEB_URL and STEMBOT_WEB_SECRET")
+    expires = int((time.time() if now is None else now) + settings.web_link_ttl_s)
+    grant = Grant(
+        song=song_id, platform=song.platform, user=song.user_id, chat=song.chat_id, webapp=webapp, exp=expires
+    )
+    return f"{settings.web_url}/s/{issue_token(grant, settings.web_secret.get_secret_value())}"

@@ -10,22 +10,18 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
-from arq.jobs import JobStatus
-from limits import parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter
 from pydantic import BaseModel, Field, ValidationError
 
 from core.audio import SAMPLE_RATE
+from core.board import Board
+from core.board.arqueue import JobState
 from core.deliveries import Delivery
 from core.desk import JobDesk, output_s
 from core.errors import InvalidCommand, RateLimited, WorkerFailed
 from core.jobs import Requester, SeparationRequest, StemArtifact
-from core.queue import QueueClient
 from core.render import LEVEL_RANGE, RenderOptions, check_section, make_options
-from core.settings import Settings
-from core.sources import Manifest, SourcesCache
-from core.studio import Grant, StudioBook, StudioSong
+from core.sources import Manifest
+from core.studio import Grant, StudioSong
 from core.uploads import estimated_bytes
 
 
@@ -71,25 +67,17 @@ class StudioDesk:
     renders are jobs on the queue (a repeat is answered from the stored result), a "send to
     chat" is a delivery the requester's bot sends."""
 
-    def __init__(self, settings: Settings, queue: QueueClient) -> None:
-        self.settings = settings
-        self.queue = queue
-        self.book = StudioBook(queue.pool, settings)
-        self.sources = SourcesCache(queue.store, queue.pool, settings)
-        url = settings.redis_url.replace("redis://", "async+redis://", 1)
-        self._limiter = FixedWindowRateLimiter(
-            RedisStorage(url, implementation="redispy", key_prefix=settings.key_prefix + "webrate")
-        )
-        self._rate = parse(settings.web_rate)
-        self._render_rate = parse(settings.web_render_rate)
+    def __init__(self, board: Board) -> None:
+        self.settings = board.settings
+        self.board = board
 
     async def admit(self, grant: Grant) -> None:
         """Count a request against its user's limit (`STEMBOT_WEB_RATE`); RateLimited past it."""
-        if not await self._limiter.hit(self._rate, "studio", grant.user_key):
+        if not await self.board.studio_limits.request(grant.user_key):
             raise RateLimited("Too many requests. Wait a minute and try again.")
 
     async def manifest(self, song: StudioSong) -> Manifest:
-        found = await self.sources.find(song.input.sha256, song.model, (0, None))
+        found = await self.board.sources.find(song.input.sha256, song.model, (0, None))
         if found is None or not found[1].whole:
             raise SongGone()
         return found[1]
@@ -145,27 +133,28 @@ class StudioDesk:
         except RenderPending:
             pass
         with contextlib.suppress(TimeoutError):
-            await self.queue.wait_result(request.content_key(), timeout_s=wait_s)
+            await self.board.jobs.wait_result(request.content_key(), timeout_s=wait_s)
         return await self._rendered(request, manifest)
 
     async def _rendered(self, request: SeparationRequest, manifest: Manifest) -> StemArtifact:
         """The stored file of a render from the song's sources, or RenderPending once it is
         queued (joining the job when it already is: a poll never queues it twice)."""
         job_id = request.content_key()
-        if await self.queue.status(job_id) in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress):
+        jobs = self.board.jobs
+        if await jobs.state(job_id) in (JobState.waiting, JobState.running):
             raise RenderPending()
-        done = await self.queue.result(job_id)
+        done = await jobs.result(job_id)
         if done is None or done.status != "done":  # a new render: the worker's time, so a limit of its own
             user = f"{request.requester.platform}:{request.requester.user_id}"
-            if not await self._limiter.hit(self._render_rate, "studio-render", user):
+            if not await self.board.studio_limits.render(user):
                 raise RateLimited("You're asking for new renders too fast. Wait a minute and try again.")
         s = self.settings
         seconds = output_s(manifest.frames / SAMPLE_RATE, request.options)
         expected = len(request.selection.outputs) * estimated_bytes(STUDIO_FORMAT, seconds, s.mp3_bitrate_kbps)
-        submission = await self.queue.submit(request, int(expected), 0.0)
+        submission = await jobs.submit(request, int(expected), 0.0)
         if submission.state != "cached":
             raise RenderPending()
-        result = await self.queue.result(job_id)
+        result = await jobs.result(job_id)
         if result is None:  # gone between the two reads
             raise RenderPending()
         if result.status != "done" or not result.stems:
@@ -176,7 +165,7 @@ class StudioDesk:
         """Have the requester's bot send the mix to the grant's chat, titled with what was done."""
         if grant.platform not in ("telegram", "discord") or grant.chat is None:
             raise InvalidCommand("This link has no chat to send to: download the mix instead.")
-        desk = JobDesk(self.settings, self.queue, grant.platform)
+        desk = JobDesk(self.settings, self.board, grant.platform)
         delivery = Delivery(
             platform=grant.platform,
             job_id="",

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 import redis
+import redis.asyncio
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +226,13 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
             self.proc.wait(10)
+
+
+def raw_redis(url: str) -> redis.asyncio.Redis:
+    """A plain Redis client, for what tests and benchmarks set up or inspect beside the job
+    board (core.board): stembot's own code reaches Redis only through the board's verbs."""
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url)
+    return client
 
 
 def fill(url: str, ratio: float) -> None:

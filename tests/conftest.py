@@ -133,13 +133,13 @@ def rock_short(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def queue_client(redis_url: str) -> AsyncIterator[object]:
-    from core.queue import QueueClient
+async def board(redis_url: str) -> AsyncIterator[object]:
+    from core.board import Board
     from core.settings import Settings
 
-    client = await QueueClient.connect(Settings(redis_url=redis_url))
-    yield client
-    await client.close()
+    board = await Board.connect(Settings(redis_url=redis_url))
+    yield board
+    await board.close()
 
 
 @pytest.fixture

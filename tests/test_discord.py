@@ -393,7 +393,7 @@ async def test_an_unexpected_failure_still_gets_one_answer(
 async def test_hostile_attachment_names(env: simcord.Env, rock_short: Path, name: str, song: str | None) -> None:
     """A user's file name is shown and used only as a safe, literal song name: no paths, no
     control or bidi characters, no formatting, no pings, never too long."""
-    from bots.discord.service import chat_text
+    from bots.discord.frontend import chat_text
 
     _, channel, alice = server_with_member(env)
     result = await alice.slash(channel, "split", file=(name, rock_short.read_bytes()), stems="vocals")
@@ -438,10 +438,10 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
         from aiohttp.test_utils import TestServer
 
         from bots.web import make_app
-        from core.queue import QueueClient
+        from core.board import Board
 
-        queue = await QueueClient.connect(settings)
-        server = TestServer(make_app(settings, queue))
+        board = await Board.connect(settings)
+        server = TestServer(make_app(board))
         await server.start_server()
         try:
             token = buttons[0]["url"].rsplit("/s/", 1)[1]
@@ -454,6 +454,6 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
             assert "15 minutes" not in dms[0].content and "couldn't post" not in dms[0].content
         finally:
             await server.close()
-            await queue.close()
+            await board.close()
     finally:
         await env.shutdown()

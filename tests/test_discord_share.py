@@ -188,7 +188,8 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
     import asyncio
     import time
 
-    from bots.telegram.service import followup_markup
+    from bots.telegram.frontend import markup
+    from core.frontend import follow_up_buttons
     from testkit import free_port
     from testkit.botapi import BOT_USER, BotApiServer
     from testkit.tgbot import ALICE, start_bot, stop_bot
@@ -212,15 +213,15 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
         bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
         # The press comes from the buttons the bot puts under the delivered file (a press of
         # data that no button of its message carries is refused as stale before anything).
-        markup = followup_markup(delivery.id, await service.desk.follow_ups(delivery.id))
-        assert markup is not None
+        buttons = markup(follow_up_buttons(delivery.id, await service.desk.follow_ups(delivery.id)))
+        assert buttons is not None
         delivered = {
             "message_id": status["message_id"] + 1000,
             "date": int(time.time()),
             "chat": group,
             "from": BOT_USER,
             "text": "✅ rock: vocals",
-            "reply_markup": markup.to_dict(),
+            "reply_markup": buttons.to_dict(),
         }
         botapi.press(delivered, bob, f"again|{delivery.id}|key+1")
         [toast] = await botapi.wait_for(lambda: botapi.sent("answerCallbackQuery"))

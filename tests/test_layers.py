@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from testkit import ROOT
-from testkit.layers import arrows, cycle, modules, violations
+from testkit.layers import Arrow, arrows, cycle, modules, violations
 
 # What each layer may never import (README, "Rules of the house").
 FORBIDDEN = {
@@ -21,6 +21,12 @@ ALLOWED = {
     ("core.cli", "worker.cli"): "the `stembot` dispatcher loads the commands worker provides",
     ("core.cli", "bots.cli"): "the `stembot` dispatcher loads the commands the bots provide",
 }
+# Only the job board (core.board) touches Redis or arq (or the `limits` library's storage, a
+# Redis client of its own; its rate-string parser is plain). tests/, testkit/ and bench/ may
+# use a raw Redis, but only to set up or inspect what a test needs (testkit.raw_redis); the
+# behaviour they check goes through the board's verbs.
+BOARD = "core.board"
+BOARD_ONLY = ("redis", "arq", "limits.aio")
 # tests and bench share helpers only through testkit; no test module imports another.
 TEST_SIDE = {"tests": ("tests", "bench"), "bench": ("tests",), "testkit": ("tests", "bench")}
 PACKAGES = ("core", "worker", "bots")
@@ -37,6 +43,42 @@ def test_no_arrow_runs_against_the_layers() -> None:
 def test_no_import_cycle() -> None:
     found, _ = arrows(ROOT, PACKAGES)
     assert cycle(found, modules(ROOT, PACKAGES), ALLOWED) is None
+
+
+def board_violations(found: list[Arrow]) -> list[str]:
+    """Arrows into Redis or arq from any module outside the board."""
+    outside = [a for a in found if a.src != BOARD and not a.src.startswith(BOARD + ".")]
+    return violations(outside, dict.fromkeys(PACKAGES, BOARD_ONLY), {})
+
+
+def test_only_the_board_touches_redis_or_arq() -> None:
+    found, _ = arrows(ROOT, PACKAGES)
+    assert board_violations(found) == [], "reach Redis and arq through core.board's verbs"
+    assert any(a.src.startswith(BOARD) and a.dst == "redis.asyncio" for a in found)  # the check sees the board
+
+
+def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "core/__init__.py": "",
+            "core/board/__init__.py": "import redis\nfrom arq import create_pool\n",
+            "core/board/jobs.py": "from redis.asyncio import Redis\n",
+            "core/desk.py": "def later():\n    from arq.jobs import Job\n",
+            "core/limits.py": "from limits.aio.storage import RedisStorage\n",
+            "bots/__init__.py": "",
+            "bots/chat.py": "import importlib\nimportlib.import_module('redis.asyncio')\n",
+            "worker/__init__.py": "",
+            "worker/tasks.py": "from redis.exceptions import RedisError\nimport core.board\n",
+        },
+    )
+    found, _ = arrows(root, PACKAGES)
+    assert board_violations(found) == [
+        "bots.chat:2 -> redis.asyncio (importlib string)",
+        "core.desk:2 -> arq.jobs",
+        "core.limits:1 -> limits.aio.storage",
+        "worker.tasks:1 -> redis.exceptions",
+    ]
 
 
 def test_tests_and_bench_share_only_testkit() -> None:

@@ -42,6 +42,30 @@ def s3_settings(s3_url: str, **more: object) -> dict[str, object]:
     }
 
 
+async def test_the_sources_cap_holds_in_a_bucket_by_the_one_index(s3_url: str, redis_url: str, tmp_path: Path) -> None:
+    """A bucket has no byte budget, but its objects are booked in the board's one artifact
+    index, so STEMBOT_SOURCES_MAX_MB evicts the songs used longest ago there too, whole."""
+    from core.board import Board
+    from core.sources import SourceSet, entry_key
+
+    settings = Settings(**s3_settings(s3_url, redis_url=redis_url, sources_max_mb=0.25))  # type: ignore[arg-type]
+    board = await Board.connect(settings)
+    try:
+        assert isinstance(board.store, S3ArtifactStore)  # large results still go out as links
+        paths = {name: tmp_path / f"{name}.flac" for name in ("vocals", "drums")}
+        for path in paths.values():
+            path.write_bytes(b"x" * 50_000)
+        for song in ("a", "b"):
+            assert await board.sources.put(entry_key(song, "m"), SourceSet(paths, 0, 1000))
+        await board.sources.fetch(*(await board.sources.find("a", "m", (0, None))), tmp_path)  # type: ignore[misc]
+        assert await board.sources.put(entry_key("c", "m"), SourceSet(paths, 0, 1000))  # 300 kB: b goes
+        assert await board.store.exists("sources:b:m", "sources:b:m:vocals.flac", "sources:b:m:drums.flac") == 0
+        assert await board.sources.find("a", "m", (0, None)) is not None
+        assert 200_000 < await board.sources.total_bytes() <= 250_000
+    finally:
+        await board.close()
+
+
 async def test_store_round_trip_expiry_and_links(s3_url: str) -> None:
     store = S3ArtifactStore(Settings(**s3_settings(s3_url)))  # type: ignore[arg-type]
     await store.put("a", b"stem bytes", ttl_s=60)
@@ -108,7 +132,7 @@ async def test_keys_that_stembot_never_builds_are_refused(s3_url: str, redis_url
     """No key can leave the store's prefix or name another object: S3 and Redis alike."""
     from redis.asyncio import Redis
 
-    from core.artifacts import RedisArtifactStore
+    from core.board.artifacts import RedisArtifactStore
 
     settings = Settings(**s3_settings(s3_url))  # type: ignore[arg-type]
     redis = Redis.from_url(redis_url)

@@ -112,11 +112,12 @@ async def test_restarted_bot_delivers_exactly_once(
     worker = WorkerProcess(tiny_env, tmp_path / "w.log").start()
     worker_factory.append(worker)
     worker.wait_ready()
-    from core.queue import QueueClient
+    from core.board import Board
 
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     assert (await queue.wait_result(pending[0].job_id, timeout_s=120)).status == "done"
-    await queue.close()
+    await board.close()
     assert botapi.sent("sendAudio") == []
     second, third = await start_bot(botapi, redis_url), await start_bot(botapi, redis_url)
     try:

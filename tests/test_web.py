@@ -20,10 +20,10 @@ from telegram.ext import Application
 
 from bots.web import make_app
 from bots.web.server import REFUSED
+from core.board import Board
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
-from core.studio import StudioBook, StudioSong, init_data_hash
+from core.studio import StudioSong, init_data_hash, studio_link
 from testkit import WorkerProcess, read_audio, run_stembot
 from testkit.botapi import BotApiServer
 
@@ -56,22 +56,22 @@ def _decode(data: bytes, tmp: Path, name: str) -> np.ndarray:
 
 
 @contextlib.asynccontextmanager
-async def _queue(redis_url: str) -> AsyncIterator[QueueClient]:
-    queue = await QueueClient.connect(_settings(redis_url))
+async def _board(redis_url: str, **overrides: Any) -> AsyncIterator[Board]:
+    board = await Board.connect(_settings(redis_url, **overrides))
     try:
-        yield queue
+        yield board
     finally:
-        await queue.close()
+        await board.close()
 
 
-async def _separate(queue: QueueClient, clip: Path, stems: str = "vocals", user: str = "42") -> StudioSong:
+async def _separate(board: Board, clip: Path, stems: str = "vocals", user: str = "42") -> StudioSong:
     """A song separated by the worker (its sources kept), as a bot's delivered result leaves it."""
-    ref = await queue.store_input(clip.read_bytes(), clip.name)
+    ref = await board.jobs.store_input(clip.read_bytes(), clip.name)
     request = SeparationRequest(
         input=ref, stems=stems, model="htdemucs", requester=Requester(platform="telegram", chat_id=user, user_id=user)
     )
-    submission = await queue.submit(request, 0, 3.0)
-    result = await queue.wait_result(submission.job_id, timeout_s=120)
+    submission = await board.jobs.submit(request, 0, 3.0)
+    result = await board.jobs.wait_result(submission.job_id, timeout_s=120)
     assert result.status == "done", result
     return StudioSong(
         input=ref, model="htdemucs", song=SONG, duration_s=3.0, platform="telegram", user_id=user, chat_id=user
@@ -79,8 +79,8 @@ async def _separate(queue: QueueClient, clip: Path, stems: str = "vocals", user:
 
 
 @contextlib.asynccontextmanager
-async def _serve(settings: Settings, queue: QueueClient) -> AsyncIterator[TestServer]:
-    server = TestServer(make_app(settings, queue))
+async def _serve(board: Board) -> AsyncIterator[TestServer]:
+    server = TestServer(make_app(board))
     await server.start_server()
     try:
         yield server
@@ -88,9 +88,8 @@ async def _serve(settings: Settings, queue: QueueClient) -> AsyncIterator[TestSe
         await server.close()
 
 
-async def _link(queue: QueueClient, song: StudioSong, webapp: bool = False, now: float | None = None) -> str:
-    book = StudioBook(queue.pool, queue.settings)
-    link = book.link(await book.keep(song), song, webapp, now)
+async def _link(board: Board, song: StudioSong, webapp: bool = False, now: float | None = None) -> str:
+    link = studio_link(board.settings, await board.studio.keep(song), song, webapp, now)
     assert link.startswith("http://studio.test/s/")
     return link.rsplit("/s/", 1)[1]
 
@@ -111,9 +110,9 @@ async def _when_rendered(http: ClientSession, method: str, url: Any, **kw: Any) 
 async def test_stems_stream_with_http_range(
     redis_url: str, tiny_worker: WorkerProcess, rock_short: Path, tmp_path: Path
 ) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        song = await _separate(queue, rock_short)
-        token = await _link(queue, song)
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        song = await _separate(board, rock_short)
+        token = await _link(board, song)
 
         async with http.get(server.make_url(f"/api/{token}/song")) as response:
             assert response.status == 200
@@ -133,7 +132,7 @@ async def test_stems_stream_with_http_range(
         assert response.status == 200
         assert response.headers["Content-Type"] == "audio/mpeg"
         assert response.headers["Accept-Ranges"] == "bytes"
-        stored = await queue.fetch((await queue.result(_vocals_job(song))).stems[0])  # type: ignore[union-attr]
+        stored = await board.jobs.fetch((await board.jobs.result(_vocals_job(song))).stems[0])  # type: ignore[union-attr]
         assert whole == stored
 
         for asked, expected in [("bytes=100-1099", whole[100:1100]), ("bytes=-500", whole[-500:])]:
@@ -163,15 +162,15 @@ def _vocals_job(song: StudioSong) -> str:
 async def test_links_that_are_not_the_requesters_reveal_nothing(
     redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
 ) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        song = await _separate(queue, rock_short)
-        token = await _link(queue, song)
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        song = await _separate(board, rock_short)
+        token = await _link(board, song)
         tampered = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
         other_key = Settings(redis_url=redis_url, web_url="http://studio.test", web_secret="another-secret")
-        foreign = StudioBook(queue.pool, other_key).link("AbCdEfGh12345678", song)
+        foreign = studio_link(other_key, "AbCdEfGh12345678", song)
         foreign_token = foreign.rsplit("/s/", 1)[1]
-        expired = await _link(queue, song, now=time.time() - 2 * queue.settings.web_link_ttl_s)
-        unkept = StudioBook(queue.pool, queue.settings).link("NeverKept1234567", song).rsplit("/s/", 1)[1]
+        expired = await _link(board, song, now=time.time() - 2 * board.settings.web_link_ttl_s)
+        unkept = studio_link(board.settings, "NeverKept1234567", song).rsplit("/s/", 1)[1]
         cases = [(tampered, 403), (foreign_token, 403), ("garbage", 403), (expired, 410), (unkept, 410)]
         for bad, status in cases:
             for method, path in [("GET", "/song"), ("GET", "/stem/vocals"), ("POST", "/mix")]:
@@ -190,8 +189,8 @@ async def test_links_that_are_not_the_requesters_reveal_nothing(
 async def test_web_app_links_need_the_requesters_init_data(
     redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
 ) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        token = await _link(queue, await _separate(queue, rock_short), webapp=True)
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        token = await _link(board, await _separate(board, rock_short), webapp=True)
         url = server.make_url(f"/api/{token}/song")
 
         def init(user_id: int, auth_date: float | None = None, bot: str = BOT_TOKEN) -> dict[str, str]:
@@ -209,10 +208,13 @@ async def test_web_app_links_need_the_requesters_init_data(
 
 
 async def test_requests_are_rate_limited_per_user(redis_url: str, tiny_worker: WorkerProcess, rock_short: Path) -> None:
-    settings = _settings(redis_url, web_rate="4/minute")
-    async with _queue(redis_url) as queue, _serve(settings, queue) as server, ClientSession() as http:
-        song = await _separate(queue, rock_short)
-        mine, theirs = await _link(queue, song), await _link(queue, song.model_copy(update={"user_id": "7"}))
+    async with (
+        _board(redis_url, web_rate="4/minute") as board,
+        _serve(board) as server,
+        ClientSession() as http,
+    ):
+        song = await _separate(board, rock_short)
+        mine, theirs = await _link(board, song), await _link(board, song.model_copy(update={"user_id": "7"}))
         statuses = []
         for _ in range(5):
             async with http.get(server.make_url(f"/api/{mine}/song")) as response:
@@ -225,9 +227,12 @@ async def test_requests_are_rate_limited_per_user(redis_url: str, tiny_worker: W
 async def test_new_renders_have_a_limit_of_their_own(
     redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
 ) -> None:
-    settings = _settings(redis_url, web_render_rate="2/minute")
-    async with _queue(redis_url) as queue, _serve(settings, queue) as server, ClientSession() as http:
-        token = await _link(queue, await _separate(queue, rock_short))
+    async with (
+        _board(redis_url, web_render_rate="2/minute") as board,
+        _serve(board) as server,
+        ClientSession() as http,
+    ):
+        token = await _link(board, await _separate(board, rock_short))
         statuses = []
         for key in (0, -1, -2, -2, -3):  # vocals at 0 is the bot's stored result; -2 twice: one render
             async with http.get(server.make_url(f"/api/{token}/stem/vocals?key={key}")) as response:
@@ -244,9 +249,9 @@ async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
     botapi: BotApiServer,
     bot: Application,  # type: ignore[type-arg]
 ) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        song = await _separate(queue, rock_short)
-        token = await _link(queue, song)
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        song = await _separate(board, rock_short)
+        token = await _link(board, song)
         url = server.make_url(f"/api/{token}/mix")
         mix = {"levels": {"vocals": 0.0}, "key": 0, "tempo": 100, "start_s": None, "end_s": None}
         response, data = await _when_rendered(http, "POST", url, json={**mix, "action": "download"})
@@ -255,9 +260,9 @@ async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
         assert response.headers["Content-Disposition"] == 'attachment; filename="Rock_Demo_-_mix.no_vocals.mp3"'
 
         karaoke = SeparationRequest(input=song.input, stems="karaoke", model="htdemucs")
-        done = await queue.submit(karaoke, 0, 0.0)
-        result = await queue.wait_result(done.job_id, timeout_s=60)
-        reference = _decode(await queue.fetch(result.stems[0]), tmp_path, "karaoke.mp3")
+        done = await board.jobs.submit(karaoke, 0, 0.0)
+        result = await board.jobs.wait_result(done.job_id, timeout_s=60)
+        reference = _decode(await board.jobs.fetch(result.stems[0]), tmp_path, "karaoke.mp3")
         assert result.from_cache
         mixed = _decode(data, tmp_path, "mix.mp3")
         assert mixed.shape == reference.shape
@@ -279,9 +284,9 @@ async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
 
 
 async def test_cli_links_have_no_chat_to_send_to(redis_url: str, tiny_worker: WorkerProcess, rock_short: Path) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        song = await _separate(queue, rock_short)
-        token = await _link(queue, song.model_copy(update={"platform": "cli", "user_id": "cli", "chat_id": None}))
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        song = await _separate(board, rock_short)
+        token = await _link(board, song.model_copy(update={"platform": "cli", "user_id": "cli", "chat_id": None}))
         async with http.post(server.make_url(f"/api/{token}/mix"), json={"action": "send"}) as response:
             assert response.status == 400
             assert "download" in (await response.json())["error"]
@@ -302,15 +307,15 @@ async def test_enqueue_wait_prints_a_mixer_link_that_opens(
     )
     assert "mixer" not in without.stdout
     token = links[0].rsplit("/s/", 1)[1]
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
         response = await http.get(server.make_url(f"/api/{token}/song"))
         assert response.status == 200
         assert (await response.json())["title"] == "rock"
 
 
 async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: WorkerProcess, rock_short: Path) -> None:
-    async with _queue(redis_url) as queue, _serve(queue.settings, queue) as server, ClientSession() as http:
-        token = await _link(queue, await _separate(queue, rock_short))
+    async with _board(redis_url) as board, _serve(board) as server, ClientSession() as http:
+        token = await _link(board, await _separate(board, rock_short))
         url = server.make_url(f"/api/{token}/mix")
         bodies = [
             '{"start_s": NaN}',

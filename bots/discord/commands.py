@@ -19,16 +19,9 @@ import discord
 from discord import app_commands
 
 from bots.discord import texts
+from bots.discord.frontend import AGAIN_PREFIX, CANCEL_PREFIX, again_id, chat_text
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import (
-    AGAIN_PREFIX,
-    CANCEL_PREFIX,
-    DiscordService,
-    again_id,
-    chat_text,
-    service_of,
-    song_in,
-)
+from bots.discord.service import DiscordService, service_of, song_in
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError

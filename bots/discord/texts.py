@@ -46,7 +46,6 @@ def help_text(stem_words: str, mixer: bool = False) -> str:
     return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "")
 
 
-MIXER = "🎛 Mixer"
 MIXER_OFFER = "🎛 {song}: mix the stems in the web studio (only you see this link)."
 MIXER_HELP = """
 **🎛 Mixer** (a link only you see, with your result) opens the web studio: a volume, mute and solo

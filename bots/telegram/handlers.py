@@ -12,12 +12,12 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bots.telegram import callbacks, texts
 from bots.telegram.service import TelegramService, has_audio, user_error
+from core.board.prefs import UserPrefs
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG, Song, status_line
 from core.errors import LinkRefused, StembotError
 from core.fetch import find_url, is_public_address, resolve, split_link
 from core.links import fetch_song
-from core.prefs import UserPrefs
 from core.render import RenderOptions
 from core.stems import StemSelection, parse_stems
 
@@ -274,10 +274,10 @@ async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     assert update.effective_message is not None and update.effective_user is not None
     service = _service(context)
     lines = [
-        status_line(await service.queue.progress(d.job_id), d.song)
+        status_line(await service.board.jobs.progress(d.job_id), d.song)
         for d in await service.book.for_user(str(update.effective_user.id))
     ]
-    queued = await service.queue.pool.zcard(service.settings.queue_name)
+    queued = await service.board.in_queue()
     mine = "\n".join(lines) if lines else "You have no jobs running."
     await update.effective_message.reply_text(f"{mine}\nSongs in the queue: {queued}.")
 

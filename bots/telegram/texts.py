@@ -55,7 +55,6 @@ NOT_A_SONG = "{name} doesn't look like a song. Send an audio file, a voice note,
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I do."
 NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 RESTARTED = "⚠️ I was restarted while getting your song. Please send it again."
-MIXER = "🎛 Mixer"
 MIX_START = "mix_"  # /start payload of a group's Mixer link: mix_<studio song id>
 MIXER_OPEN = "🎛 {song}: open the mixer."
 MIXER_GONE = "That mixer link no longer works. Send the song again."

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from core.admin import Gate
 from core.artifacts import ArtifactMissing
+from core.board import Board
 from core.errors import RateLimited, StembotError
 from core.jobs import StemArtifact
 from core.naming import ascii_filename, chat_filename
-from core.queue import QueueClient
 from core.settings import Settings
 from core.studio import Grant, GrantExpired, GrantRefused, StudioSong, check_init_data, read_token
 from core.studio_desk import Mix, RenderPending, SongGone, StudioDesk
@@ -45,15 +44,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Studio:
-    """The server's state: settings, the queue, the grants' checks, the files on disk."""
+    """The server's state: the board, the grants' checks, the files on disk."""
 
-    def __init__(self, settings: Settings, queue: QueueClient, files_dir: Path) -> None:
+    def __init__(self, board: Board, files_dir: Path) -> None:
+        settings = board.settings
         if settings.web_secret is None or not settings.web_secret.get_secret_value():
             raise ValueError("STEMBOT_WEB_SECRET is not set: the web studio signs and checks links with it")
         self.settings = settings
-        self.queue = queue
-        self.desk = StudioDesk(settings, queue)
-        self.gate = Gate(queue.pool, settings)
+        self.board = board
+        self.desk = StudioDesk(board)
         self.files_dir = files_dir
         self._secret = settings.web_secret.get_secret_value()
         self._bot_token = settings.telegram_token.get_secret_value() if settings.telegram_token else None
@@ -67,9 +66,9 @@ class Studio:
             await self.desk.admit(grant)
         except RateLimited:
             raise web.HTTPTooManyRequests(text=_json(TOO_FAST), content_type="application/json") from None
-        if await self.gate.is_banned(grant.user_key):
+        if await self.board.gate.is_banned(grant.user_key):
             raise GrantRefused()
-        song = await self.desk.book.get(grant.song)
+        song = await self.board.studio.get(grant.song)
         if song is None:
             raise GrantExpired()
         if (song.platform, song.user_id) != (grant.platform, grant.user):  # never: a grant is signed for its song
@@ -82,7 +81,7 @@ class Studio:
         path = self.files_dir / name
         if path.exists():
             return path
-        data = await self.queue.fetch(artifact)
+        data = await self.board.jobs.fetch(artifact)
         await asyncio.to_thread(_write, path, data)
         await asyncio.to_thread(_trim, self.files_dir, FILES_MAX_BYTES, path)
         return path
@@ -216,7 +215,7 @@ async def mix(request: web.Request) -> web.StreamResponse:
             await studio.desk.send(kept, grant, job)
             return web.json_response({"state": "sending"}, status=202)
         artifact = await studio.desk.mix_file(job, manifest, MIX_WAIT_S)
-        data = await studio.queue.fetch(artifact)
+        data = await studio.board.jobs.fetch(artifact)
     except RenderPending:
         return web.json_response(RENDERING, status=202)
     except ArtifactMissing:
@@ -231,13 +230,13 @@ async def mix(request: web.Request) -> web.StreamResponse:
     )
 
 
-def make_app(settings: Settings, queue: QueueClient, files_dir: Path | None = None) -> web.Application:
-    """The studio's aiohttp application. `files_dir` holds rendered files (default: a
-    temporary directory of its own, removed on shutdown)."""
+def make_app(board: Board, files_dir: Path | None = None) -> web.Application:
+    """The studio's aiohttp application, on `board` (and its settings). `files_dir` holds
+    rendered files (default: a temporary directory of its own, removed on shutdown)."""
     own = files_dir is None
     folder = Path(tempfile.mkdtemp(prefix="stembot-web-")) if files_dir is None else files_dir
     app = web.Application(middlewares=[_answers], client_max_size=64 * 1024)
-    app[_STUDIO] = Studio(settings, queue, folder)
+    app[_STUDIO] = Studio(board, folder)
     app.router.add_get("/s/{token}", page)
     app.router.add_get("/healthz", health)
     app.router.add_static("/static", STATIC, follow_symlinks=False)
@@ -257,8 +256,8 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
     """`stembot web`: serve the studio until stopped."""
 
     async def serve() -> None:
-        queue = await QueueClient.connect(settings)
-        app = make_app(settings, queue)
+        board = await Board.connect(settings)
+        app = make_app(board)
         runner = web.AppRunner(app)
         await runner.setup()
         try:
@@ -268,7 +267,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
-            await queue.close()
+            await board.close()
 
     asyncio.run(serve())
     return 0
