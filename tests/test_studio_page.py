@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from core.board import Board
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
-from core.studio import StudioBook, StudioSong, issue_token, read_token
+from core.studio import StudioSong, issue_token, read_token
 from testkit import (
     RATE,
     ROOT,
@@ -109,14 +109,14 @@ class Studio:
             return thread.submit(asyncio.run, self._separate(song, stems, user, webapp)).result()
 
     async def _separate(self, song: Path, stems: str, user: str, webapp: bool) -> tuple[str, bytes]:
-        queue = await QueueClient.connect(self.settings())
+        board = await Board.connect(self.settings())
         try:
-            ref = await queue.store_input(song.read_bytes(), song.name)
+            ref = await board.jobs.store_input(song.read_bytes(), song.name)
             request = SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester())
-            submission = await queue.submit(request, 0, soundfile.info(song).duration)
-            result = await queue.wait_result(submission.job_id, timeout_s=180)
+            submission = await board.jobs.submit(request, 0, soundfile.info(song).duration)
+            result = await board.jobs.wait_result(submission.job_id, timeout_s=180)
             assert result.status == "done" and result.stems, result
-            delivered = await queue.fetch(result.stems[0])
+            delivered = await board.jobs.fetch(result.stems[0])
             kept = StudioSong(
                 input=ref,
                 model="htdemucs",
@@ -126,10 +126,11 @@ class Studio:
                 user_id=user or "cli",
                 chat_id=user or None,
             )
-            book = StudioBook(queue.pool, queue.settings)
-            return book.link(await book.keep(kept), kept, webapp), delivered
+            link = await board.studio.open(kept, webapp)
+            assert link is not None, "the studio is not set up"
+            return link, delivered
         finally:
-            await queue.close()
+            await board.close()
 
 
 @pytest.fixture(scope="module")
