@@ -8,7 +8,7 @@ chat" is a delivery the requester's bot sends. Who may open what: core.studio.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -82,14 +82,18 @@ class StudioDesk:
             raise SongGone()
         return found[1]
 
-    async def facts(self, song: StudioSong) -> SongSummary:
+    async def summary(self, song: StudioSong) -> SongSummary:
         manifest = await self.manifest(song)
+        # The key and tempo the worker detected, kept with the sources (`core.facts.SongFacts`,
+        # in the manifest once key and BPM detection is there; until then none).
+        facts: Any = getattr(manifest, "facts", None)
+        tonality = facts.tonality if facts is not None else None
         return SongSummary(
             title=song.song,
             duration_s=round(manifest.frames / SAMPLE_RATE, 3),
             stems=manifest.sources,
-            key=getattr(manifest, "key", None),
-            bpm=getattr(manifest, "bpm", None),
+            key=tonality.name if tonality is not None else None,
+            bpm=round(facts.bpm, 1) if facts is not None and facts.bpm is not None else None,
         )
 
     def _request(self, song: StudioSong, grant: Grant, stems: str, options: RenderOptions) -> SeparationRequest:

@@ -181,8 +181,8 @@ async def health(request: web.Request) -> web.Response:
 async def song(request: web.Request) -> web.Response:
     studio = request.app[_STUDIO]
     _, kept = await studio.open(request)
-    facts = await studio.desk.facts(kept)
-    return web.json_response(facts.model_dump(mode="json"))
+    summary = await studio.desk.summary(kept)
+    return web.json_response(summary.model_dump(mode="json"))
 
 
 async def stem(request: web.Request) -> web.StreamResponse:
