@@ -41,7 +41,8 @@ from core.limits import check_user
 from core.naming import chat_filename, song_name
 from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
-from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.stems import StemSelection, stem_choices, stem_words
+from core.studio import StudioSong
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -50,6 +51,8 @@ SIX_UNAVAILABLE = (
     "Guitar, piano and all 6 stems are not available on this bot right now. "
     "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
 )
+# Buttons under one user's song (a keyboard, Cancel, follow-ups) answer another's tap with this.
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -295,7 +298,7 @@ class JobDesk:
         delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             format=fmt,  # type: ignore[arg-type]
             model=model,
             options=options,
@@ -401,7 +404,7 @@ class JobDesk:
         if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
-            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+            raise InvalidCommand(NOT_YOURS)
         return record
 
     async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
@@ -416,7 +419,7 @@ class JobDesk:
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
         seconds = output_s(record.duration_s, options)
         check_loop_length(seconds, options, delivery.longest_s or s.max_duration_s)
-        files = len(parse_stems(request.stems).outputs)
+        files = len(request.stems.outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         if not await self._sources_cached(record.request.input.sha256, request.model, options):
@@ -430,6 +433,47 @@ class JobDesk:
         delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
         expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
         return await self._queue(request, delivery, cost, record.duration_s, int(expected))
+
+    async def deliver_render(self, request: SeparationRequest, delivery: Delivery, duration_s: float) -> Accepted:
+        """Queue a render of a kept song (the web studio's "send to chat") for `delivery`'s
+        chat: this platform's delivery loop sends it, as it sends any result. Cached renders
+        skip the per-minute limits, as follow-ups do; the rest of the user's limits apply."""
+        s = self.settings
+        try:
+            with refusing_when_full():
+                await self.gate.check_ban(self.user_key(delivery.user_id))
+                if not await self._sources_cached(request.input.sha256, request.model, request.options):
+                    raise WorkerFailed("I no longer keep that song. Please send it again.")
+                await self._check_user(delivery, 0.0)
+                seconds = output_s(duration_s, request.options)
+                files = len(request.stems.outputs)
+                check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
+                delivery.format = request.format
+                expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+                accepted = await self._queue(request, delivery, 0.0, duration_s, int(expected))
+        except StembotError as exc:
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
+            raise
+        return await self._count(accepted)
+
+    async def studio_song(self, delivery: Delivery) -> StudioSong | None:
+        """What the web studio needs to open a delivered result's song, while its whole
+        separation is kept (None otherwise: no Mixer button then)."""
+        record = await self._follow_ups.get(delivery.id)
+        if record is None:
+            return None
+        if not await self._sources_cached(record.request.input.sha256, record.request.model, RenderOptions()):
+            return None  # only a section's separation kept, or none: nothing the studio can open
+        platform = self.book.platform
+        return StudioSong(
+            input=record.request.input,
+            model=record.request.model,
+            song=record.song,
+            duration_s=record.duration_s,
+            platform=platform,  # type: ignore[arg-type]
+            user_id=delivery.user_id,
+            chat_id=delivery.chat_id,
+        )
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""

@@ -13,7 +13,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,12 @@ from core.audio import SAMPLE_RATE
 from core.board import SERVICE_ERRORS, Board
 from core.board.events import Event
 from core.board.sources import SourcesCache
-from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
+from core.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
 from core.facts import SongFacts
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
 from core.render import resolve
 from core.sources import SourceSet, entry_key
+from core.stems import StemSelection
 from core.uploads import output_too_large
 from worker.detect import FactsTap
 from worker.pipeline import (
@@ -189,8 +190,9 @@ async def _separate(
     from the model's output as it comes."""
     settings = run.settings
     # Kept sources are every source; without them a bag of specialists runs only the needed ones.
-    needed = None if keep_in is not None else needed_sources(request.selection)
+    needed = None if keep_in is not None else needed_sources(request.stems)
     separator = await run.in_thread(lambda: engine.separator(model, needed))
+    check_serves(model, request.stems, separator.sources)
     tap = FactsTap(separator.sources)
     separation = await run.in_thread(
         lambda: separate_sources(
@@ -237,12 +239,13 @@ async def _whole_file(
     """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
     settings = run.settings
     separator = await run.in_thread(lambda: engine.separator(model, None))
+    check_serves(model, request.stems, separator.sources)
     outcome = await run.in_thread(
         lambda: separate_file(
             in_path,
             out,
             NEUTRAL_SONG,
-            request.selection,
+            request.stems,
             request.output_format,
             separator,
             settings,
@@ -262,6 +265,14 @@ async def _whole_file(
     )
 
 
+def check_serves(model: str, selection: StemSelection, sources: Collection[str]) -> None:
+    """Refuse a request for stems its model does not separate: the model is the request's
+    (`SeparationRequest.model`), never swapped here for one that has them."""
+    missing = [s for s in sorted(selection.sources_needed) if s not in sources]
+    if missing:
+        raise ModelUnavailable(f"The model {model} does not separate {', '.join(missing)}.")
+
+
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
     """Render from the song's cached sources when there are some; else separate first.
 
@@ -270,8 +281,7 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
     section again for every repeat); any other request's files are made while the model runs."""
     board = run.board
     settings = board.settings
-    selection = request.selection
-    model = model_for(selection, request.model, settings.six_stem_model)
+    selection, model = request.stems, request.model
     cache = board.sources
     later = request.options.renders_later
     started = time.monotonic()
@@ -281,8 +291,10 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         (work / "sources").mkdir()
         (work / "out").mkdir()
         sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
+        if sources is not None:
+            check_serves(model, selection, tuple(sources.paths))
         in_path = None
-        if sources is None or uses_mixture(selection):
+        if sources is None or uses_mixture(selection, request.options):
             in_path = await _input(board, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name
