@@ -404,7 +404,7 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
     from core.studio import read_token
 
     secret = "studio-secret"
-    settings = make_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
+    settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
     env = simcord.Env(create_bot(settings))
     await env.start()
     try:
