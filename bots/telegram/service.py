@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import time
 
@@ -90,7 +88,6 @@ class TelegramService:
         fetch_s = 3 * settings.download_timeout_s + settings.ffmpeg_timeout_s
         self.fetching = board.fetches("telegram", fetch_s)
         self._loop_task: asyncio.Task[None] | None = None
-        self._sent = board.sent_files("telegram")
         self._beat_at = 0.0
         self._advancing: dict[str, asyncio.Task[None]] = {}
 
@@ -256,13 +253,10 @@ class TelegramService:
         """
         chat = int(delivery.chat_id)
         as_audio = delivery.format in AUDIO_FORMATS
-        # Uploads are titled and named from this requester's song name: reuse only those of
-        # the same name, never another user's.
-        cache_key = f"{result.job_id}:{hashlib.sha256(delivery.song.encode()).hexdigest()[:32]}"
-        cached = await self._sent.get(cache_key)
+        cached = await self.book.sent_files(result.job_id, delivery.song)
         links = ""
         if cached:
-            items: list[tuple[str, str | bytes, str]] = [tuple(i) for i in json.loads(cached)]  # type: ignore[misc]
+            items: list[tuple[str, str | bytes, str]] = list(cached)
         else:
             uploads = await self.desk.files(delivery, result)
             links = links_text(uploads, self.settings.link_ttl_s)
@@ -274,10 +268,10 @@ class TelegramService:
         single = buttons if len(items) == 1 else None
         for start in range(0, len(items), 10):
             sent += await self._send_batch(bot, chat, items[start : start + 10], as_audio, single)
-        file_ids = [_file_id(m) for m in sent]
-        if not cached and not links and all(file_ids):
+        file_ids = [fid for fid in map(_file_id, sent) if fid]
+        if not cached and not links and len(file_ids) == len(items):
             record = [(name, fid, title) for (name, _, title), fid in zip(items, file_ids, strict=True)]
-            await self._sent.keep(cache_key, json.dumps(record), self.settings.result_ttl_s)
+            await self.book.keep_sent(result.job_id, delivery.song, record)
         return links, single is not None
 
     async def _send_batch(

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from core.artifacts import ArtifactStore
 from core.board.arqueue import ArqJobs, WorkerHooks, build_worker, connect
 from core.board.artifacts import artifact_store_for
-from core.board.deliveries import DeliveryBook, FollowUpBook, SentFiles
+from core.board.deliveries import DeliveryBook, FollowUpBook
 from core.board.events import Day, Events
 from core.board.fetches import FetchBook
 from core.board.guilds import Config, GuildBook
@@ -90,9 +90,6 @@ class Board:
 
     def follow_ups(self, platform: str) -> FollowUpBook:
         return FollowUpBook(self._redis, platform, self.settings.key_prefix)
-
-    def sent_files(self, platform: str) -> SentFiles:
-        return SentFiles(self._redis, platform, self.settings.key_prefix)
 
     def fetches(self, platform: str, ttl_s: float = 300) -> FetchBook:
         return FetchBook(self._redis, platform, self.settings.key_prefix, ttl_s)
