@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -37,6 +38,9 @@ from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 from core.uploads import delivered_tags, retag
 
+if TYPE_CHECKING:
+    from core.board import Board
+
 # One exit status per kind of ending, the same from every command: a refusal of the input
 # or the request (also argparse's usage errors), a failure of the machinery, a cancel.
 EXIT_USER_ERROR = 2
@@ -46,7 +50,7 @@ EXIT_INTERRUPTED = 130
 # Modules above core that provide commands, each as a `COMMANDS` list of `Command`s.
 PROVIDERS: tuple[str, ...] = ("worker.cli", "bots.cli")
 # The order `stembot --help` lists commands in.
-ORDER: tuple[str, ...] = ("separate", "enqueue", "worker", "telegram", "discord", "run")
+ORDER: tuple[str, ...] = ("separate", "enqueue", "worker", "telegram", "discord", "web", "run")
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         ref = await queue.store_input(data, filename)
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             model=model_for(selection, args.model or settings.model, settings.six_stem_model),
             format=args.format or settings.default_format,
             bitrate_kbps=args.bitrate,
@@ -216,9 +220,27 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             tagged = await asyncio.to_thread(retag, stored, stem.format, delivered_tags(song, stem.stem, None))
             dest.write_bytes(tagged)
             print(dest)
+        link = await _mixer_link(board, request, song, info.duration_s or 0.0)
+        if link is not None:
+            print(f"mixer: {link}")
         return 0
     finally:
         await board.close()
+
+
+async def _mixer_link(board: Board, request: SeparationRequest, song: str, duration_s: float) -> str | None:
+    """The web studio's link to the song (STEMBOT_WEB_URL set, and its whole separation kept)."""
+    from core.studio import StudioSong
+
+    if not board.settings.studio_enabled:
+        return None
+    found = await board.sources.find(request.input.sha256, request.model, (0, None))
+    if found is None or not found[1].whole:
+        return None
+    kept = StudioSong(
+        input=request.input, model=request.model, song=song, duration_s=duration_s, platform="cli", user_id="cli"
+    )
+    return await board.studio.open(kept)
 
 
 def _enqueue_arguments(p: argparse.ArgumentParser) -> None:
@@ -259,7 +281,11 @@ def _run_all(args: argparse.Namespace, settings: Settings) -> int:
         )
     me = [sys.executable, "-m", "core.cli"]
     children.append(subprocess.Popen([*me, "worker"]))
-    for name, token in (("telegram", settings.telegram_token), ("discord", settings.discord_token)):
+    for name, token in (
+        ("telegram", settings.telegram_token),
+        ("discord", settings.discord_token),
+        ("web", settings.web_secret),
+    ):
         if token is not None:
             children.append(subprocess.Popen([*me, name]))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -286,9 +312,9 @@ CORE_COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "run",
-        help="run Redis (if needed), a worker and every bot with a token",
-        description="Start a local redis-server if none answers, a worker, and each frontend "
-        "whose token is set; stop them all on Ctrl-C.",
+        help="run Redis (if needed), a worker, every bot with a token and the web studio if it has a secret",
+        description="Start a local redis-server if none answers, a worker, each frontend whose token is set "
+        "and the web studio when STEMBOT_WEB_SECRET is set; stop them all on Ctrl-C.",
         run=_run_all,
     ),
 )

@@ -30,7 +30,8 @@ from core.limits import check_user
 from core.naming import chat_filename, song_name
 from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
-from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.stems import StemSelection, stem_choices, stem_words
+from core.studio import StudioSong
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -39,6 +40,8 @@ SIX_UNAVAILABLE = (
     "Guitar, piano and all 6 stems are not available on this bot right now. "
     "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
 )
+# Buttons under one user's song (a keyboard, Cancel, follow-ups) answer another's tap with this.
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -78,6 +81,7 @@ class Upload:
     data: bytes
     title: str
     url: str | None = None  # a download link instead of the bytes, for results too large for chat
+    ref: str | None = None  # the platform's id of this very file, sent before: sent by it, without the bytes
 
 
 def check_output_size(files: int, fmt: str, duration_s: float, kbps: int, limit_bytes: int) -> None:
@@ -268,7 +272,7 @@ class JobDesk:
         delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             format=fmt,  # type: ignore[arg-type]
             model=model,
             options=options,
@@ -374,7 +378,7 @@ class JobDesk:
         if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
-            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+            raise InvalidCommand(NOT_YOURS)
         return record
 
     async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
@@ -388,7 +392,7 @@ class JobDesk:
         options = follow_up(record.request.options, change)
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
         seconds = output_s(record.duration_s, options)
-        files = len(parse_stems(request.stems).outputs)
+        files = len(request.stems.outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         if not await self._sources_cached(record.request.input.sha256, request.model, options):
@@ -400,6 +404,47 @@ class JobDesk:
         delivery.note = plan_upload(request.format, seconds, delivery.upload_limit, s.mp3_bitrate_kbps).note
         expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
         return await self._queue(request, delivery, cost, record.duration_s, int(expected))
+
+    async def deliver_render(self, request: SeparationRequest, delivery: Delivery, duration_s: float) -> Accepted:
+        """Queue a render of a kept song (the web studio's "send to chat") for `delivery`'s
+        chat: this platform's delivery loop sends it, as it sends any result. Cached renders
+        skip the per-minute limits, as follow-ups do; the rest of the user's limits apply."""
+        s = self.settings
+        try:
+            with refusing_when_full():
+                await self.gate.check_ban(self.user_key(delivery.user_id))
+                if not await self._sources_cached(request.input.sha256, request.model, request.options):
+                    raise WorkerFailed("I no longer keep that song. Please send it again.")
+                await self._check_user(delivery, 0.0)
+                seconds = output_s(duration_s, request.options)
+                files = len(request.stems.outputs)
+                check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
+                delivery.format = request.format
+                expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+                accepted = await self._queue(request, delivery, 0.0, duration_s, int(expected))
+        except StembotError as exc:
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
+            raise
+        return await self._count(accepted)
+
+    async def studio_song(self, delivery: Delivery) -> StudioSong | None:
+        """What the web studio needs to open a delivered result's song, while its whole
+        separation is kept (None otherwise: no Mixer button then)."""
+        record = await self._follow_ups.get(delivery.id)
+        if record is None:
+            return None
+        if not await self._sources_cached(record.request.input.sha256, record.request.model, RenderOptions()):
+            return None  # only a section's separation kept, or none: nothing the studio can open
+        platform = self.book.platform
+        return StudioSong(
+            input=record.request.input,
+            model=record.request.model,
+            song=record.song,
+            duration_s=record.duration_s,
+            platform=platform,  # type: ignore[arg-type]
+            user_id=delivery.user_id,
+            chat_id=delivery.chat_id,
+        )
 
     async def stats_text(self) -> str:
         """What `/stats` shows an operator."""
@@ -418,8 +463,9 @@ class JobDesk:
             f"renders from cached sources {day['cached_renders']:.0f}."
         )
 
-    async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
-        """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
+    async def step(self, delivery: Delivery, now: float) -> StatusUpdate | Finished | None:
+        """The next thing to tell this chat at time `now`, or None (nothing new, too soon
+        after the last status edit, or another process delivers)."""
         if delivery.cancelled:
             # Withdrawn: whoever else waits for the shared job, this chat gets no stems.
             result: JobResult | None = JobResult(job_id=delivery.job_id, status="cancelled", model="")
@@ -429,9 +475,9 @@ class JobDesk:
             result = await self._rerun(delivery)
         if result is None:
             text = status_line(await self.board.jobs.progress(delivery.job_id), delivery.song)
-            if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
+            if text == delivery.last_status or now - delivery.last_edit_at < EDIT_EVERY_S:
                 return None
-            delivery.last_status, delivery.last_edit_at = text, time.time()
+            delivery.last_status, delivery.last_edit_at = text, now
             await self.book.save(delivery)
             return StatusUpdate(text)
         if not await self.book.claim(delivery):

@@ -6,16 +6,20 @@ Pure functions only; tested by tables in tests/test_render.py.
     tempo80  tempo120%  play at that percentage of the original speed (50 … 150)
     1:10-2:30  70-150   only that stretch of the song (m:ss or seconds; `1:10-` = to the end)
 
+Levels (per-stem gains) come only from the web studio's mixer: one file, the sum of the
+stems at those gains (see `RenderOptions.levels`).
+
 The options belong to the request, never to the cached sources: any of them can be
 rendered from the same separation.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core.clock import clock
 from core.errors import InvalidCommand
@@ -24,6 +28,12 @@ from core.stems import GUIDE, GUIDE_LEVEL_DB
 
 KEY_RANGE = (-12, 12)
 TEMPO_RANGE = (50, 150)
+# A stem's gain in a mix (linear): 0 mutes it, 2 is +6 dB.
+LEVEL_RANGE = (0.0, 2.0)
+# The stem whose gain the part of the song no stem holds (the song minus the sum of its
+# stems) rides with: HTDemucs' catch-all. So a mix with the vocals at 0 and the rest at 1
+# is the song minus its vocals, exactly the karaoke render, and all at 1 is the song itself.
+RESIDUAL_STEM = "other"
 # Seconds of song the model sees on each side of a section, so its edges separate as they
 # would inside the whole song (HTDemucs looks 7.8 s at a time).
 SECTION_CONTEXT_S = 4.0
@@ -51,6 +61,22 @@ class RenderOptions(BaseModel):
     tempo: int = Field(100, ge=TEMPO_RANGE[0], le=TEMPO_RANGE[1])
     start_s: float | None = Field(None, ge=0)
     end_s: float | None = Field(None, gt=0)
+    # (stem, linear gain) pairs, sorted by stem; empty: no mix (the request's own stems)
+    levels: tuple[tuple[str, float], ...] = ()
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+        gains = dict(value)
+        if len(gains) != len(value):
+            raise ValueError("each stem takes one level")
+        for name, gain in gains.items():
+            if not re.fullmatch(r"[a-z]{1,16}", name):
+                raise ValueError(f"{excerpt(name)!r} is not a stem")
+            if not (math.isfinite(gain) and LEVEL_RANGE[0] <= gain <= LEVEL_RANGE[1]):
+                raise ValueError(f"a level is from {LEVEL_RANGE[0]:g} to {LEVEL_RANGE[1]:g}")
+        # rounded, so that the same mix asked twice is one content key
+        return tuple(sorted((name, round(gain, 3)) for name, gain in gains.items()))
 
     @model_validator(mode="after")
     def _order(self) -> RenderOptions:
@@ -74,7 +100,14 @@ class RenderOptions(BaseModel):
         """Canonical text for content keys (empty when nothing is changed)."""
         if self.is_default:
             return ""
-        return f"k{self.key}|t{self.tempo}|s{_ms(self.start_s)}|e{_ms(self.end_s)}"
+        part = f"k{self.key}|t{self.tempo}|s{_ms(self.start_s)}|e{_ms(self.end_s)}"
+        if self.levels:  # keys of requests without levels stay what they were
+            part += "|l" + ",".join(f"{name}={gain:g}" for name, gain in self.levels)
+        return part
+
+    def gain(self, stem: str) -> float:
+        """A stem's gain in the mix (1 for a stem the levels leave out)."""
+        return dict(self.levels).get(stem, 1.0)
 
     def section_frames(self, rate: int) -> tuple[int, int | None]:
         """The section as [first sample, end sample) at `rate`; None = the song's end."""
@@ -193,9 +226,19 @@ def split_render_words(words: list[str]) -> tuple[list[str], RenderOptions]:
     return rest, make_options(found.key, found.tempo, found.start, found.end)
 
 
+def _decibels(gain: float) -> str:
+    db = round(20 * math.log10(gain))
+    return f"{'+' if db > 0 else MINUS if db < 0 else '±'}{abs(db)} dB"
+
+
+def describe_levels(options: RenderOptions) -> list[str]:
+    """`no vocals`, `drums −6 dB`: how a mix departs from the song (stems at 1 go unsaid)."""
+    return [f"no {name}" if gain == 0 else f"{name} {_decibels(gain)}" for name, gain in options.levels if gain != 1]
+
+
 def describe(options: RenderOptions) -> str:
     """`key −2, 80 %, 1:10–2:30`: what was done, for titles and chat; empty when nothing was."""
-    parts = []
+    parts = describe_levels(options)
     if options.key:
         parts.append(f"key {'+' if options.key > 0 else MINUS}{abs(options.key)}")
     if options.tempo != 100:
@@ -210,18 +253,26 @@ def describe(options: RenderOptions) -> str:
 # Names that say more than the grammar word: a guide track must not pass for plain karaoke.
 _SHOWN = {GUIDE: f"karaoke with guide vocals at {GUIDE_LEVEL_DB:g} dB".replace("-", MINUS)}
 _FILED = {GUIDE: "karaoke_guide_vocals"}
+MIX = "mix"  # what a file of stems at the studio's levels is called
+
+
+def _name(stem: str, options: RenderOptions) -> str:
+    return MIX if options.levels else stem
 
 
 def label(stem: str, options: RenderOptions) -> str:
     """`instrumental (key −2, 80 %)`: a stem's name as titles and chats show it."""
     done = describe(options)
-    shown = _SHOWN.get(stem, stem)
+    shown = _SHOWN.get(stem, _name(stem, options))
     return f"{shown} ({done})" if done else shown
 
 
 def file_label(stem: str, options: RenderOptions) -> str:
     """`instrumental.key-2.tempo80.70s-150s`: the same for file names (ASCII, no spaces)."""
-    parts = [_FILED.get(stem, stem)]
+    parts = [_FILED.get(stem, _name(stem, options))]
+    for name, gain in options.levels:
+        if gain != 1:
+            parts.append(f"no_{name}" if gain == 0 else f"{name}{round(20 * math.log10(gain)):+d}dB")
     if options.key:
         parts.append(f"key{options.key:+d}")
     if options.tempo != 100:
@@ -239,7 +290,10 @@ def rubberband(options: RenderOptions, keep_formants: bool) -> str | None:
     args = [f"tempo={options.tempo / 100:.6g}", f"pitch={2 ** (options.key / 12):.8g}"]
     if keep_formants and options.key:
         args.append("formant=preserved")
-    return "rubberband=" + ":".join([*args, "pitchq=quality"])
+    # Phases reset only above the range of musical fundamentals: with rubberband's default
+    # (crisp) a held note warbles by ±1 % (a 440 Hz tone at key −2 swings 387-396 Hz),
+    # while drum attacks stay as sharp; same CPU.
+    return "rubberband=" + ":".join([*args, "transients=mixed", "pitchq=quality"])
 
 
 # How far one tap of a tempo button moves, in percentage points.
@@ -256,7 +310,7 @@ def follow_up(options: RenderOptions, change: str) -> RenderOptions:
     """The options a follow-up button asks for, relative to the ones just delivered.
 
     `key-1`/`key+1` and `tempo-10`/`tempo+10` step from the delivered result (clamped to
-    the ranges); `original` drops key and tempo; the section always stays."""
+    the ranges); `original` drops key and tempo; the section and a mix's levels always stay."""
     key, tempo = options.key, options.tempo
     if change in ("key-1", "key+1"):
         key += 1 if change == "key+1" else -1
@@ -268,7 +322,8 @@ def follow_up(options: RenderOptions, change: str) -> RenderOptions:
         key, tempo = 0, 100
     else:
         raise InvalidCommand(f'Unknown follow-up "{excerpt(change)}".')
-    return make_options(_clamp(key, KEY_RANGE), _clamp(tempo, TEMPO_RANGE), options.start_s, options.end_s)
+    after = make_options(_clamp(key, KEY_RANGE), _clamp(tempo, TEMPO_RANGE), options.start_s, options.end_s)
+    return after.model_copy(update={"levels": options.levels})  # a mix stays that mix
 
 
 def follow_ups(options: RenderOptions) -> list[tuple[str, str]]:

@@ -146,9 +146,13 @@ def test_content_part_only_when_changed() -> None:
     ("options", "keep", "expected"),
     [
         (RenderOptions(), True, None),
-        (RenderOptions(tempo=80), True, "rubberband=tempo=0.8:pitch=1:pitchq=quality"),
-        (RenderOptions(key=12), False, "rubberband=tempo=1:pitch=2:pitchq=quality"),
-        (RenderOptions(key=-12), True, "rubberband=tempo=1:pitch=0.5:formant=preserved:pitchq=quality"),
+        (RenderOptions(tempo=80), True, "rubberband=tempo=0.8:pitch=1:transients=mixed:pitchq=quality"),
+        (RenderOptions(key=12), False, "rubberband=tempo=1:pitch=2:transients=mixed:pitchq=quality"),
+        (
+            RenderOptions(key=-12),
+            True,
+            "rubberband=tempo=1:pitch=0.5:formant=preserved:transients=mixed:pitchq=quality",
+        ),
     ],
 )
 def test_rubberband_filter(options: RenderOptions, keep: bool, expected: str | None) -> None:

@@ -38,7 +38,15 @@ from core.errors import Cancelled
 from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.jobs import Stage
 from core.naming import stem_filename
-from core.render import SECTION_CONTEXT_S, RenderOptions, check_section, file_label, label, rubberband
+from core.render import (
+    RESIDUAL_STEM,
+    SECTION_CONTEXT_S,
+    RenderOptions,
+    check_section,
+    file_label,
+    label,
+    rubberband,
+)
 from core.settings import Settings
 from core.sources import SourceSet
 from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
@@ -80,11 +88,15 @@ def render_output(
     sources: Mapping[str, np.ndarray],
     mixture: np.ndarray | None,
     method: InstrumentalMethod = INSTRUMENTAL_METHOD,
+    options: RenderOptions | None = None,
 ) -> np.ndarray:
-    """The audio of one requested file: a source, a mix of sources, the instrumental or the guide.
+    """The audio of one requested file: a source, a mix of sources, the instrumental, the
+    guide, or the studio's mix at `options.levels`.
 
     `mixture`, the song itself, is needed only where `uses_mixture` says so.
     """
+    if options is not None and options.levels:
+        return _levelled(output, sources, mixture, options)
     if output.name == GUIDE:
         quiet = np.float32(10 ** (GUIDE_LEVEL_DB / 20))
         backing = render_output(StemOutput(INSTRUMENTAL, output.sources - {"vocals"}), sources, mixture, method)
@@ -99,6 +111,22 @@ def render_output(
     return np.asarray(np.sum(parts, axis=0), dtype=np.float32)
 
 
+def _levelled(
+    output: StemOutput, sources: Mapping[str, np.ndarray], mixture: np.ndarray | None, options: RenderOptions
+) -> np.ndarray:
+    """Σ gain·stem, the rest of the song (what no stem holds) at the residual stem's gain:
+    written as g_rest·song + Σ (gain − g_rest)·stem, so the vocals at 0 and the rest at 1 is
+    the song minus its vocals, the karaoke render itself."""
+    names = sorted(output.sources)
+    rest = options.gain(RESIDUAL_STEM) if RESIDUAL_STEM in output.sources and mixture is not None else 0.0
+    mix = np.zeros_like(sources[names[0]]) if rest == 0 else np.float32(rest) * np.asarray(mixture)
+    for name in names:
+        weight = options.gain(name) - rest
+        if weight:
+            mix += np.float32(weight) * sources[name]
+    return np.asarray(mix, dtype=np.float32)
+
+
 def needed_sources(selection: StemSelection, method: InstrumentalMethod = INSTRUMENTAL_METHOD) -> set[str]:
     """The sources a request's outputs are made of (karaoke by subtraction needs only vocals)."""
     needed: set[str] = set()
@@ -108,7 +136,9 @@ def needed_sources(selection: StemSelection, method: InstrumentalMethod = INSTRU
     return needed
 
 
-def uses_mixture(selection: StemSelection) -> bool:
+def uses_mixture(selection: StemSelection, options: RenderOptions | None = None) -> bool:
+    if options is not None and options.levels:  # the part no stem holds rides with RESIDUAL_STEM
+        return any(RESIDUAL_STEM in o.sources for o in selection.outputs)
     return INSTRUMENTAL_METHOD == "subtract" and any(o.name in (INSTRUMENTAL, GUIDE) for o in selection.outputs)
 
 
@@ -190,7 +220,8 @@ class Renderer:
         self.first, self.last, self.done = first, last, 0
         self.max_bytes = spec.max_bytes
         self.tempo = spec.options.tempo
-        self.needs_mixture = uses_mixture(spec.selection)
+        self.needs_mixture = uses_mixture(spec.selection, spec.options)
+        self.options = spec.options
         # A section asked to end past the song ends with it: say so ("70s-end"), not "70s-5940s".
         past_end = end is not None and last >= end
         named = spec.options.model_copy(update={"end_s": None}) if past_end else spec.options
@@ -228,7 +259,7 @@ class Renderer:
         cut = {name: s[:, lo - start : hi - start] for name, s in sources.items()}
         mix = None if mixture is None else mixture[:, lo - start : hi - start]
         for f, writer in zip(self.files, self.writers, strict=True):
-            writer.put(functools.partial(render_output, f.output, cut, mix))
+            writer.put(functools.partial(render_output, f.output, cut, mix, options=self.options))
         self.done += hi - lo
         self._check_bytes()
 
@@ -513,7 +544,7 @@ def render_files(
     from the song itself; it is decoded the same way as for the separation, so it lines up.
     """
     say: Reporter = report or (lambda stage, pct: None)
-    if uses_mixture(spec.selection) and mixture_path is None:
+    if uses_mixture(spec.selection, spec.options) and mixture_path is None:
         raise ValueError("karaoke needs the mixture")
     sandbox = Sandbox.from_settings(settings)
     covered = (sources.offset, sources.offset + sources.frames)

@@ -13,7 +13,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,9 +24,10 @@ from core.audio import SAMPLE_RATE
 from core.board import SERVICE_ERRORS, Board
 from core.board.events import Event
 from core.board.sources import SourcesCache
-from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
+from core.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
 from core.sources import SourceSet, entry_key
+from core.stems import StemSelection
 from core.uploads import output_too_large
 from worker.pipeline import (
     RenderSpec,
@@ -184,8 +185,9 @@ async def _separate(
     and every source into `keep_in` for the sources cache."""
     settings = run.settings
     # Kept sources are every source; without them a bag of specialists runs only the needed ones.
-    needed = None if keep_in is not None else needed_sources(request.selection)
+    needed = None if keep_in is not None else needed_sources(request.stems)
     separator = await run.in_thread(lambda: engine.separator(model, needed))
+    check_serves(model, request.stems, separator.sources)
     separation = await run.in_thread(
         lambda: separate_sources(in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings)
     )
@@ -221,12 +223,13 @@ async def _whole_file(
     """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
     settings = run.settings
     separator = await run.in_thread(lambda: engine.separator(model, None))
+    check_serves(model, request.stems, separator.sources)
     outcome = await run.in_thread(
         lambda: separate_file(
             in_path,
             out,
             NEUTRAL_SONG,
-            request.selection,
+            request.stems,
             request.output_format,
             separator,
             settings,
@@ -246,12 +249,19 @@ async def _whole_file(
     )
 
 
+def check_serves(model: str, selection: StemSelection, sources: Collection[str]) -> None:
+    """Refuse a request for stems its model does not separate: the model is the request's
+    (`SeparationRequest.model`), never swapped here for one that has them."""
+    missing = [s for s in sorted(selection.sources_needed) if s not in sources]
+    if missing:
+        raise ModelUnavailable(f"The model {model} does not separate {', '.join(missing)}.")
+
+
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
     """Render from the song's cached sources when there are some; else separate first."""
     board = run.board
     settings = board.settings
-    selection = request.selection
-    model = model_for(selection, request.model, settings.six_stem_model)
+    selection, model = request.stems, request.model
     cache = board.sources
     started = time.monotonic()
     run.report(Stage.downloading, 0)
@@ -260,8 +270,10 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         (work / "sources").mkdir()
         (work / "out").mkdir()
         sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
+        if sources is not None:
+            check_serves(model, selection, tuple(sources.paths))
         in_path = None
-        if sources is None or uses_mixture(selection):
+        if sources is None or uses_mixture(selection, request.options):
             in_path = await _input(board, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name

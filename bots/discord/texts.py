@@ -13,7 +13,7 @@ HELP_TEMPLATE = """\
 `/split … private:True` — only you see the result
 
 Under every result, **Key −1 · Key +1 · Tempo −10 % · Tempo +10 % · Original** render it
-again in seconds, stepping from that result, without separating it again.
+again in seconds, stepping from that result, without separating it again.{mixer}
 
 Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**,
 or send me the song in a DM and pick the stems. **Cancel** under a song's status stops it.
@@ -40,6 +40,13 @@ NOT_YOUR_PICKER = "This menu belongs to the person who opened it. Open Split ste
 FORMATS = ["mp3", "flac", "wav"]
 
 
-def help_text(stem_words: str) -> str:
-    """/help, listing only the stems the workers can serve (`JobDesk.stem_words`)."""
-    return HELP_TEMPLATE.format(stems=stem_words)
+def help_text(stem_words: str, mixer: bool = False) -> str:
+    """/help, listing only the stems the workers can serve (`JobDesk.stem_words`), and the
+    Mixer link when the web studio is set up."""
+    return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "")
+
+
+MIXER_OFFER = "🎛 {song}: mix the stems in the web studio (only you see this link)."
+MIXER_HELP = """
+**🎛 Mixer** (a link only you see, with your result) opens the web studio: a volume, mute and solo
+for each stem, key, tempo and an A–B loop, then Download or Send to chat."""

@@ -1,14 +1,15 @@
 """The job board: the only code that touches Redis or arq.
 
 It may import redis, arq, the `limits` library's Redis storage, and core's domain and
-config modules (jobs, errors, settings, stems, sources, deliveries, artifacts, metrics);
-never another core module that uses it (desk, cli, links), nor bots or worker. Each module
-owns one key family and offers it as domain verbs with typed values in and out: jobs
-(submit, progress, cancel, finish), workers (registry, ETAs), room (reservations),
-artifacts (the Redis store and its one budget), sources (the cache's books and claims),
-deliveries (who waits for what, follow-ups, sent files), fetches, limits (bans, rates,
-daily minutes), prefs, guilds, events (one set of books for /stats and Prometheus), and
-arqueue (arq itself). `Board` builds them all on one connection.
+config modules (jobs, errors, settings, stems, sources, deliveries, artifacts, metrics,
+studio); never another core module that uses it (desk, cli, links), nor bots or worker.
+Each module owns one key family and offers it as domain verbs with typed values in and
+out: jobs (submit, progress, cancel, finish), workers (registry, ETAs), room
+(reservations), artifacts (the Redis store and its one budget), sources (the cache's books
+and claims), deliveries (who waits for what, follow-ups, sent files), fetches, limits
+(bans, rates, daily minutes), prefs, guilds, studio (the songs the web studio may open, and
+its users' limits), events (one set of books for /stats and Prometheus), and arqueue (arq
+itself). `Board` builds them all on one connection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 from core.artifacts import ArtifactStore
 from core.board.arqueue import ArqJobs, WorkerHooks, build_worker, connect
 from core.board.artifacts import artifact_store_for
-from core.board.deliveries import DeliveryBook, FollowUpBook
+from core.board.deliveries import DeliveryBook, FollowUpBook, SentFiles
 from core.board.events import Day, Events
 from core.board.fetches import FetchBook
 from core.board.guilds import Config, GuildBook
@@ -34,6 +35,7 @@ from core.board.limits import Gate, UsageMeter
 from core.board.prefs import PrefsStore
 from core.board.room import Room
 from core.board.sources import SourcesCache
+from core.board.studio import StudioBook, StudioLimits
 from core.board.workers import WorkerRegistry, running_key
 from core.deliveries import Delivery
 from core.settings import Settings
@@ -77,6 +79,8 @@ class Board:
         self.gate = Gate(redis, settings)
         self.usage = UsageMeter(redis, prefix)
         self.prefs = PrefsStore(redis, prefix)
+        self.studio = StudioBook(redis, settings)
+        self.studio_limits = StudioLimits(settings)
 
     @classmethod
     async def connect(cls, settings: Settings) -> Board:
@@ -90,6 +94,9 @@ class Board:
 
     def follow_ups(self, platform: str) -> FollowUpBook:
         return FollowUpBook(self._redis, platform, self.settings.key_prefix)
+
+    def sent_files(self, platform: str) -> SentFiles:
+        return SentFiles(self._redis, platform, self.settings.key_prefix)
 
     def fetches(self, platform: str, ttl_s: float = 300) -> FetchBook:
         return FetchBook(self._redis, platform, self.settings.key_prefix, ttl_s)

@@ -1,5 +1,5 @@
 """Which chat waits for which job, kept in Redis so a restarted bot still delivers; what a
-follow-up needs to ask for a delivered song again; the files a platform already holds.
+follow-up needs to ask for a delivered song again; the uploads a platform already holds.
 
 A frontend records a `Delivery` when it submits a job, and its delivery loop walks the
 pending ones. `claim` is a SET NX: of two bot processes (or a bot before and after a
@@ -8,8 +8,6 @@ restart) only one sends a result.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
@@ -34,7 +32,6 @@ class DeliveryBook:
         self._pending = f"{prefix}{platform}:pending"
         self._record = f"{prefix}{platform}:delivery:"
         self._claim = f"{prefix}{platform}:delivered:"
-        self._sent = f"{prefix}{platform}:file_ids:"
         self.ttl_s = ttl_s
 
     async def add(self, delivery: Delivery) -> None:
@@ -72,20 +69,6 @@ class DeliveryBook:
         if self._on_finish is not None:
             await self._on_finish(delivery)
 
-    def _sent_key(self, job_id: str, song: str) -> str:
-        # Sent files are titled and named from their requester's song name: those of the same
-        # name are reused, never another user's.
-        return f"{self._sent}{job_id}:{hashlib.sha256(song.encode()).hexdigest()[:32]}"
-
-    async def sent_files(self, job_id: str, song: str) -> list[tuple[str, str, str]] | None:
-        """(file name, platform id, title) of each file of job `job_id` sent before as `song`,
-        on a platform that gives sent files ids of its own (Telegram's file_id)."""
-        raw = await self._redis.get(self._sent_key(job_id, song))
-        return None if raw is None else [(name, ref, title) for name, ref, title in json.loads(raw)]
-
-    async def keep_sent(self, job_id: str, song: str, files: list[tuple[str, str, str]]) -> None:
-        await self._redis.set(self._sent_key(job_id, song), json.dumps(files), ex=self.ttl_s)
-
 
 class FollowUp(BaseModel):
     """What a follow-up button (or a job stopped under a chat by another's cancel) needs to ask
@@ -111,3 +94,19 @@ class FollowUpBook:
     async def get(self, delivery_id: str) -> FollowUp | None:
         raw = await self._redis.get(self._key + delivery_id)
         return None if raw is None else FollowUp.model_validate_json(raw)
+
+
+class SentFiles:
+    """What a platform gave back for uploaded files (Telegram's file ids), so the same
+    stems go to the next chat without uploading them again."""
+
+    def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:") -> None:
+        self._redis = redis
+        self._key = f"{prefix}{platform}:file_ids:"
+
+    async def get(self, name: str) -> str | None:
+        raw = await self._redis.get(self._key + name)
+        return None if raw is None else bytes(raw).decode()
+
+    async def keep(self, name: str, record: str, ttl_s: int) -> None:
+        await self._redis.set(self._key + name, record, ex=ttl_s)
