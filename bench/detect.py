@@ -30,7 +30,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.facts import Tonality, describe_facts
+from core.domain.facts import Tonality, describe_facts
 from testkit import MULTITRACK, SONGS
 from testkit.music import drum_loop, progression
 from worker.detect import RATE, FactsTap, detect, detect_sources, downmix, key_of, tempo_of

@@ -42,7 +42,7 @@ import torch
 
 from bench.gpu import load_bag, stubbed
 from core.board import Board
-from core.jobs import Requester, SeparationRequest, Stage
+from core.domain.jobs import Requester, SeparationRequest, Stage
 from core.settings import Settings
 from testkit import SONGS, ffmpeg, raw_redis
 from worker import tasks

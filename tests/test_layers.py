@@ -11,7 +11,7 @@ from testkit.layers import Arrow, arrows, cycle, modules, violations
 FORBIDDEN = {
     "core": ("worker", "bots", "torch", "demucs", "openvino", "librosa", "soxr", "telegram", "discord"),
     # the job board serves the use cases above it (core.board's docstring), never imports them
-    "core.board": ("core.desk", "core.cli", "core.links"),
+    "core.board": ("core.desk", "core.cli", "core.media.links"),
     "bots": ("worker", "torch", "demucs", "openvino", "librosa", "soxr"),
     "worker": ("bots", "telegram", "discord"),
 }
@@ -66,8 +66,8 @@ def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
             "core/__init__.py": "",
             "core/board/__init__.py": "import redis\nfrom arq import create_pool\n",
             "core/board/jobs.py": "from redis.asyncio import Redis\n",
-            "core/desk.py": "def later():\n    from arq.jobs import Job\n",
-            "core/limits.py": "from limits.aio.storage import RedisStorage\n",
+            "core/desk/job_desk.py": "def later():\n    from arq.jobs import Job\n",
+            "core/domain/limits.py": "from limits.aio.storage import RedisStorage\n",
             "bots/__init__.py": "",
             "bots/chat.py": "import importlib\nimportlib.import_module('redis.asyncio')\n",
             "worker/__init__.py": "",
@@ -77,8 +77,8 @@ def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
     found, _ = arrows(root, PACKAGES)
     assert board_violations(found) == [
         "bots.chat:2 -> redis.asyncio (importlib string)",
-        "core.desk:2 -> arq.jobs",
-        "core.limits:1 -> limits.aio.storage",
+        "core.desk.job_desk:2 -> arq.jobs",
+        "core.domain.limits:1 -> limits.aio.storage",
         "worker.tasks:1 -> redis.exceptions",
     ]
 
@@ -99,8 +99,8 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 PLANTED = {
     "core/__init__.py": "",
-    "core/settings.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from core.ffmpeg import X\n",
-    "core/ffmpeg.py": "from . import settings\n",
+    "core/settings.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from core.media.ffmpeg import X\n",
+    "core/media/ffmpeg.py": "from .. import settings\n",
     "core/cli.py": (
         "import importlib\n"
         "PROVIDERS = ('worker.cli', 'bots.cli')\n"
@@ -137,7 +137,7 @@ def test_the_check_finds_cycles_type_only_and_through_importlib(tmp_path: Path) 
     root = _tree(tmp_path, PLANTED)
     found, _ = arrows(root, PACKAGES)
     known = modules(root, PACKAGES)
-    assert set(cycle(found, modules(root, ["core"])) or []) == {"core.settings", "core.ffmpeg"}
+    assert set(cycle(found, modules(root, ["core"])) or []) == {"core.settings", "core.media.ffmpeg"}
     fixed = [a for a in found if a.src != "core.settings"]
     assert set(cycle(fixed, known) or []) == {"core.cli", "worker.cli"}  # through an importlib string
     assert cycle(fixed, known, {("core.cli", "worker.cli"): "excused"}) is None
