@@ -28,17 +28,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.scale import on_private_redis
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
 from testkit import WorkerProcess, stembot_env, wait_until
 
 
-async def _backlog_within(queue: QueueClient, settings: Settings, backlog: int) -> bool:
-    return int(await queue.pool.zcard(settings.queue_name)) <= backlog
+async def _backlog_within(board: Board, backlog: int) -> bool:
+    return await board.in_queue() <= backlog
 
 
-async def sample(queue: QueueClient, peak: list[int], stop: asyncio.Event) -> None:
+async def sample(queue: JobQueue, peak: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         peak[0] = max(peak[0], await queue.store.stored_bytes())
         await asyncio.sleep(0.5)
@@ -48,7 +49,8 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     budget_mb = args.budget_mb * args.scale
     song_bytes = int(args.input_mb * args.scale * 2**20)
     settings = Settings(redis_url=url, artifact_budget_mb=budget_mb, max_queue=args.jobs + 10)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     env = stembot_env(
         STEMBOT_REDIS_URL=url,
         STEMBOT_ENGINE="benchmark",
@@ -74,18 +76,18 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
             )
             jobs.append((await queue.submit(request)).job_id)
             if len(jobs) % args.backlog == 0:
-                queued = [j for j in jobs[-args.backlog :] if await queue.position(j) not in (None, 0)]
+                queued = [j for j in jobs[-args.backlog :] if await board.workers.position(j) not in (None, 0)]
                 evicted_inputs += await _queued_inputs_missing(queue, queued)
-                await wait_until(lambda: _backlog_within(queue, settings, args.backlog), timeout=600, interval=0.2)
+                await wait_until(lambda: _backlog_within(board, args.backlog), timeout=600, interval=0.2)
         results = [await queue.wait_result(j, timeout_s=600) for j in jobs]
         stop.set()
         await sampler
         peak[0] = max(peak[0], await queue.store.stored_bytes())
-        redis_peak = int((await queue.pool.info("memory"))["used_memory_peak"])
+        redis_peak = (await board.memory()).peak
     finally:
         for w in workers:
             w.stop()
-        await queue.close()
+        await board.close()
     done = sum(1 for r in results if r.status == "done")
     failed = [r.error.message for r in results if r.status != "done" and r.error]
     print(
@@ -99,17 +101,13 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     )
 
 
-async def _queued_inputs_missing(queue: QueueClient, job_ids: list[str]) -> int:
+async def _queued_inputs_missing(queue: JobQueue, job_ids: list[str]) -> int:
     """How many of these queued jobs have lost their input."""
-    from arq.jobs import Job
-
     missing = 0
     for job_id in job_ids:
-        info = await Job(job_id, queue.pool, _queue_name=queue.settings.queue_name).info()
-        if info is None or not info.args:
-            continue
-        key = SeparationRequest.model_validate(info.args[0]).input.artifact_key
-        missing += await queue.store.exists(key) == 0
+        request = await queue.queued_request(job_id)
+        if request is not None:
+            missing += await queue.store.exists(request.input.artifact_key) == 0
     return missing
 
 

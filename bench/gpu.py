@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testkit import MODELS, ROCK, SONGS, write_tiny_repo
+from testkit import MODELS, ROCK, SONGS, raw_redis, write_tiny_repo
 from testkit.networks import IdentityNetwork
 from worker.separator import DemucsSeparator
 from worker.windowed import WindowedSeparator
@@ -277,8 +277,8 @@ def throughput_section(bag: Any, args: argparse.Namespace) -> dict[str, Any]:
 def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
     """N jobs at once through one real `stembot worker` (toy model on the CPU)."""
     from core.audio import OutputFormat, encode
+    from core.board import Board
     from core.jobs import Requester, SeparationRequest
-    from core.queue import QueueClient
     from core.settings import Settings
     from testkit import WorkerProcess, read_audio, stembot_env
 
@@ -289,8 +289,10 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
 
     async def run(jobs: int) -> float:
         settings = Settings(redis_url=args.redis, max_jobs_per_user=1000, max_queue=1000)
-        queue = await QueueClient.connect(settings)
-        await queue.pool.flushdb()
+        board = await Board.connect(settings)
+        queue = board.jobs
+        raw = raw_redis(settings.redis_url)
+        await raw.flushdb()
         env = stembot_env(
             STEMBOT_REDIS_URL=args.redis,
             STEMBOT_MODEL_REPO=str(repo),
@@ -319,8 +321,8 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
             return time.perf_counter() - start
         finally:
             worker.stop()
-            await queue.pool.flushdb()
-            await queue.close()
+            await raw.flushdb()
+            await board.close()
 
     for jobs in args.jobs:
         wall = asyncio.run(run(jobs))
@@ -354,8 +356,8 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     the encoders: fetch, one decode, windows, store).
     """
     from core.audio import OutputFormat, encode
+    from core.board import Board
     from core.jobs import Requester, SeparationRequest
-    from core.queue import QueueClient
     from core.settings import Settings
     from testkit import ffmpeg
     from worker import pipeline, tasks
@@ -375,20 +377,22 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             return sep
 
     async def one_job(settings: Settings) -> tuple[dict[str, float], float]:
-        queue = await QueueClient.connect(settings)
+        board = await Board.connect(settings)
+        queue = board.jobs
+        raw = raw_redis(settings.redis_url)
         try:
-            await queue.pool.flushdb()
+            await raw.flushdb()
             ref = await queue.store_input(song.read_bytes(), song.name)
             request = SeparationRequest(
                 input=ref, stems="drums bass other vocals", model="htdemucs", requester=Requester(platform="test")
             )
-            run = tasks.JobRun(queue, "bench-job")
+            run = tasks.JobRun(board, "bench-job")
             start = time.perf_counter()
             result = await tasks._execute(run, StubEngine(), request, "bench-job")  # type: ignore[arg-type]
             return result.timings, time.perf_counter() - start
         finally:
-            await queue.pool.flushdb()
-            await queue.close()
+            await raw.flushdb()
+            await board.close()
 
     def children_cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.gpu import load_bag, stubbed
+from core.board import Board
 from core.jobs import Requester, SeparationRequest, Stage
-from core.queue import QueueClient
 from core.settings import Settings
-from testkit import SONGS, ffmpeg
+from testkit import SONGS, ffmpeg, raw_redis
 from worker import tasks
 from worker.windowed import WindowedSeparator
 
@@ -127,10 +127,11 @@ class StubEngine:
         return self.sep
 
 
-async def one_job(queue: QueueClient, engine: StubEngine, song: Path, stems: str, job_id: str) -> Costs:
+async def one_job(board: Board, engine: StubEngine, song: Path, stems: str, job_id: str) -> Costs:
+    queue = board.jobs
     ref = await queue.store_input(song.read_bytes(), song.name)
     request = SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
-    run = MeteredRun(queue, job_id)
+    run = MeteredRun(board, job_id)
     run.costs = Costs()
     run.costs.mark("start")
     keep = tasks._keep_sources
@@ -148,24 +149,25 @@ async def one_job(queue: QueueClient, engine: StubEngine, song: Path, stems: str
 
 
 async def cost_table(settings: Settings, engine: StubEngine, songs: list[Path], repeat: int) -> dict[str, float]:
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    raw = raw_redis(settings.redis_url)
     rows: dict[str, list[Costs]] = {}
     try:
-        await queue.pool.flushdb()
-        await one_job(queue, engine, songs[0], "vocals", "warm-up")  # imports, first allocations
+        await raw.flushdb()
+        await one_job(board, engine, songs[0], "vocals", "warm-up")  # imports, first allocations
         for r in range(repeat):
             for name, stems in CASES.items():
-                await queue.pool.flushdb()
+                await raw.flushdb()
                 rows.setdefault(name, []).append(
-                    await one_job(queue, engine, songs[0], stems, f"{name.replace(' ', '-')}-{r}")
+                    await one_job(board, engine, songs[0], stems, f"{name.replace(' ', '-')}-{r}")
                 )
             # the song's sources are kept now (four stems ran last): karaoke from them
             rows.setdefault("karaoke from kept sources", []).append(
-                await one_job(queue, engine, songs[0], "instrumental", f"cached-{r}")
+                await one_job(board, engine, songs[0], "instrumental", f"cached-{r}")
             )
     finally:
-        await queue.pool.flushdb()
-        await queue.close()
+        await raw.flushdb()
+        await board.close()
     say(f"\n## CPU seconds per {args.seconds:g} s mp3 job (network stubbed, sources cache on), "
         f"median of {repeat}; load average {load()}")  # fmt: skip
     say("| stage: self + children | " + " | ".join(rows) + " |")
@@ -197,19 +199,20 @@ async def rate(
 ) -> tuple[float, float]:
     """Jobs a minute with `at_once` jobs running side by side in one event loop (one vocals
     job each), and the cores they kept busy (CPU seconds, children's too, per wall second)."""
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    raw = raw_redis(settings.redis_url)
     try:
-        await queue.pool.flushdb()
+        await raw.flushdb()
         start, used = time.perf_counter(), sum(cpu())
         for r in range(rounds):
-            await queue.pool.flushdb()  # every job a fresh separation
-            jobs = [one_job(queue, engine, songs[i], "vocals", f"rate-{at_once}-{r}-{i}") for i in range(at_once)]
+            await raw.flushdb()  # every job a fresh separation
+            jobs = [one_job(board, engine, songs[i], "vocals", f"rate-{at_once}-{r}-{i}") for i in range(at_once)]
             await asyncio.gather(*jobs)
         wall = time.perf_counter() - start
         return 60 * at_once * rounds / wall, (sum(cpu()) - used) / wall
     finally:
-        await queue.pool.flushdb()
-        await queue.close()
+        await raw.flushdb()
+        await board.close()
 
 
 def load() -> str:

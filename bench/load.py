@@ -26,12 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.audio import OutputFormat, encode
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.errors import QueueFull
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
-from core.sources import SourcesCache
-from testkit import SONGS, WorkerProcess, read_audio, stembot_env, write_tiny_repo
+from testkit import SONGS, WorkerProcess, raw_redis, read_audio, stembot_env, write_tiny_repo
 
 
 def songs(count: int, dest: Path) -> list[bytes]:
@@ -46,7 +46,7 @@ def songs(count: int, dest: Path) -> list[bytes]:
     return out
 
 
-async def user(queue: QueueClient, number: int, data: bytes, spread: float) -> tuple[str, float]:
+async def user(queue: JobQueue, number: int, data: bytes, spread: float) -> tuple[str, float]:
     await asyncio.sleep(random.uniform(0, spread))
     ref = await queue.store_input(data, f"song{number}.flac")
     request = SeparationRequest(
@@ -69,8 +69,10 @@ async def main(args: argparse.Namespace) -> None:
         repo = write_tiny_repo(Path(tmp) / "models")
         data = songs(args.users, Path(tmp))
         settings = Settings(redis_url=args.redis, max_queue=args.users + 10, max_jobs_per_user=10)
-        queue = await QueueClient.connect(settings)
-        await queue.pool.flushdb()
+        board = await Board.connect(settings)
+        queue = board.jobs
+        raw = raw_redis(settings.redis_url)
+        await raw.flushdb()
         env = stembot_env(
             STEMBOT_REDIS_URL=args.redis,
             STEMBOT_MODEL_REPO=str(repo),
@@ -84,13 +86,13 @@ async def main(args: argparse.Namespace) -> None:
             started = time.monotonic()
             outcomes = await asyncio.gather(*(user(queue, i, d, args.spread) for i, d in enumerate(data)))
             took = time.monotonic() - started
-            kept = await SourcesCache(queue.store, queue.pool, settings).total_bytes()
-            used = (await queue.pool.info("memory"))["used_memory"]
+            kept = await board.sources.total_bytes()
+            used = (await raw.info("memory"))["used_memory"]
         finally:
             for w in workers:
                 w.stop()
-            await queue.pool.flushdb()
-            await queue.close()
+            await raw.flushdb()
+            await board.close()
     statuses = [s for s, _ in outcomes]
     waits = sorted(w for s, w in outcomes if s == "done")
     p50 = statistics.median(waits) if waits else 0.0

@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import JobResult, Requester, SeparationRequest
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
-from core.sources import SourcesCache
-from testkit import MODELS, SONGS, WorkerProcess, ffmpeg, stembot_env
+from testkit import MODELS, SONGS, WorkerProcess, ffmpeg, raw_redis, stembot_env
 
 SOURCE = SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg"
 
@@ -46,7 +46,7 @@ def make_song(minutes: float, dest: Path) -> Path:
     return dest
 
 
-async def ask(queue: QueueClient, song: Path, stems: str, options: RenderOptions) -> JobResult:
+async def ask(queue: JobQueue, song: Path, stems: str, options: RenderOptions) -> JobResult:
     ref = await queue.store_input(song.read_bytes(), song.name)
     request = SeparationRequest(
         input=ref, stems=stems, model="htdemucs", options=options, requester=Requester(platform="test")
@@ -62,8 +62,10 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="stembot-renders-") as tmp:
         song = make_song(args.minutes, Path(tmp) / "song.mp3")
         settings = Settings(redis_url=args.redis, max_duration_s=args.minutes * 60 + 60)
-        queue = await QueueClient.connect(settings)
-        await queue.pool.flushdb()
+        board = await Board.connect(settings)
+        queue = board.jobs
+        raw = raw_redis(settings.redis_url)
+        await raw.flushdb()
         env = stembot_env(
             STEMBOT_REDIS_URL=args.redis,
             STEMBOT_MODEL_REPO=str(args.model_repo),
@@ -76,11 +78,11 @@ async def main(args: argparse.Namespace) -> None:
             first = await ask(queue, song, "vocals", RenderOptions())
             karaoke = await ask(queue, song, "karaoke", RenderOptions())
             shifted = await ask(queue, song, "drums", RenderOptions(key=-2, tempo=80))
-            kept = await SourcesCache(queue.store, queue.pool, settings).total_bytes()
+            kept = await board.sources.total_bytes()
         finally:
             worker.stop()
-            await queue.pool.flushdb()
-            await queue.close()
+            await raw.flushdb()
+            await board.close()
     assert not first.from_cache and karaoke.from_cache and shifted.from_cache
     f, k, s = (r.timings["total"] for r in (first, karaoke, shifted))
     separated = first.timings.get("separate", 0)

@@ -4,7 +4,7 @@ Workers are `stembot worker` processes with the benchmark engine (`STEMBOT_ENGIN
 no model and no torch, a set time per second of audio; decode, encode, storage, progress and
 the queue are the real ones), so twenty fit on this box. Users arrive at random over
 `--spread` seconds, each with a different short song, store it and submit it through
-`QueueClient`, follow its progress as a bot's delivery loop does (`watch`, every `--poll-s`)
+`Board`, follow its progress as a bot's delivery loop does (`watch`, every `--poll-s`)
 and wait for the result. Redis is a private redis-server started for the run, with AOF as
 the compose file runs it (or `--redis URL`, whose INFO figures then include other clients).
 
@@ -47,14 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from arq.jobs import Job
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import Requester, SeparationRequest, Stage
-from core.queue import QueueClient
 from core.settings import Settings
-from testkit import WorkerProcess, stembot_env, wait_until
+from testkit import WorkerProcess, raw_redis, stembot_env, wait_until
 
 
 @dataclass
@@ -121,11 +121,11 @@ def on_private_redis(directory: Path, main: Callable[[str], Coroutine[Any, Any, 
         server.stop()
 
 
-async def _announced(queue: QueueClient, workers: int) -> bool:
-    return (await queue.capacity())[0] >= workers
+async def _announced(board: Board, workers: int) -> bool:
+    return (await board.workers.capacity()).slots >= workers
 
 
-async def user(queue: QueueClient, number: int, data: bytes, at: float, args: argparse.Namespace) -> Outcome:
+async def user(queue: JobQueue, number: int, data: bytes, at: float, args: argparse.Namespace) -> Outcome:
     await asyncio.sleep(at)
     ref = await queue.store_input(data, f"song{number}.wav")
     request = SeparationRequest(
@@ -146,14 +146,12 @@ async def user(queue: QueueClient, number: int, data: bytes, at: float, args: ar
             first = False
     except TimeoutError:
         return outcome
-    info = await Job(job.job_id, queue.pool, _queue_name=queue.settings.queue_name).result_info()
-    if info is None:
+    times = await queue.times(job.job_id)
+    if times is None:
         return outcome
     result = await queue.result(job.job_id)
     outcome.status = result.status if result is not None else "lost"
-    outcome.enqueued = info.enqueue_time.timestamp()
-    outcome.started = info.start_time.timestamp()
-    outcome.finished = info.finish_time.timestamp()
+    outcome.enqueued, outcome.started, outcome.finished = times.enqueued, times.started, times.finished
     return outcome
 
 
@@ -208,8 +206,10 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
     settings = Settings(redis_url=url, max_queue=args.users + 10, result_ttl_s=3600)
-    queue = await QueueClient.connect(settings)
-    await queue.pool.flushdb()
+    board = await Board.connect(settings)
+    queue = board.jobs
+    raw = raw_redis(settings.redis_url)
+    await raw.flushdb()
     env = stembot_env(
         STEMBOT_REDIS_URL=url,
         STEMBOT_ENGINE="benchmark",
@@ -222,29 +222,29 @@ async def run(args: argparse.Namespace, url: str, tmp: Path) -> None:
         for w in workers:
             w.wait_ready(timeout=300)
         # every worker has announced its slot
-        await wait_until(lambda: _announced(queue, args.workers), timeout=300, interval=0.5)
+        await wait_until(lambda: _announced(board, args.workers), timeout=300, interval=0.5)
         # Warm up: one job per worker, so the ETA's average job time exists, as on a running service.
         warm = argparse.Namespace(**{**vars(args), "poll_s": 0.5})
         await asyncio.gather(*(user(queue, -1 - i, song(-1 - i, args.audio_s), 0, warm) for i in range(args.workers)))
         songs = [song(i, args.audio_s) for i in range(args.users)]
         rng = random.Random(0)
         arrivals = sorted(rng.uniform(0, args.spread) for _ in range(args.users))
-        await queue.pool.config_resetstat()
-        before_info = await queue.pool.info("all")
+        await raw.config_resetstat()
+        before_info = await raw.info("all")
         before = redis_figures(before_info)
-        base_memory = int((await queue.pool.info("memory"))["used_memory"])
+        base_memory = int((await raw.info("memory"))["used_memory"])
         t0 = time.monotonic()
         load0 = os.getloadavg()[0]
         outcomes = await asyncio.gather(*(user(queue, i, songs[i], arrivals[i], args) for i in range(args.users)))
         took = time.monotonic() - t0
-        after_info = await queue.pool.info("all")
+        after_info = await raw.info("all")
         after = redis_figures(after_info)
         artifact_bytes = await queue.store.stored_bytes()
     finally:
         for w in workers:
             w.stop()
-        await queue.pool.flushdb()
-        await queue.close()
+        await raw.flushdb()
+        await board.close()
 
     done = [o for o in outcomes if o.status == "done"]
     lost = sum(1 for o in outcomes if o.status == "lost")

@@ -1,18 +1,12 @@
-"""Which chat waits for which job, kept in Redis so a restarted bot still delivers.
-
-A frontend records a `Delivery` when it submits a job, and its delivery loop walks the
-pending ones. `claim` is a SET NX: of two bot processes (or a bot before and after a
-restart) only one sends a result.
-"""
+"""Which chat waits for which job: a `Delivery`, recorded by a frontend when it submits a
+job and walked by its delivery loop (the records are the board's: core.board.deliveries)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
 
 from core.jobs import Requester
 
@@ -49,56 +43,3 @@ class Delivery(BaseModel):
             user_id=self.user_id,  # type: ignore[arg-type]
             message_id=self.status_message_id,
         )
-
-
-class DeliveryBook:
-    def __init__(
-        self,
-        redis: Redis,
-        platform: str,
-        prefix: str = "stembot:",
-        ttl_s: int = 86400,
-        on_finish: Callable[[Delivery], Awaitable[None]] | None = None,
-    ) -> None:
-        self.redis = redis
-        self._on_finish = on_finish
-        self.platform = platform
-        self._pending = f"{prefix}{platform}:pending"
-        self._record = f"{prefix}{platform}:delivery:"
-        self._claim = f"{prefix}{platform}:delivered:"
-        self.ttl_s = ttl_s
-
-    async def add(self, delivery: Delivery) -> None:
-        await self.save(delivery)
-        await self.redis.sadd(self._pending, delivery.id)  # type: ignore[misc]
-
-    async def save(self, delivery: Delivery) -> None:
-        await self.redis.set(self._record + delivery.id, delivery.model_dump_json(), ex=self.ttl_s)
-
-    async def get(self, delivery_id: str) -> Delivery | None:
-        raw = await self.redis.get(self._record + delivery_id)
-        return None if raw is None else Delivery.model_validate_json(raw)
-
-    async def pending(self) -> list[Delivery]:
-        ids = [i.decode() for i in await self.redis.smembers(self._pending)]  # type: ignore[misc]
-        out = []
-        for delivery_id in sorted(ids):
-            delivery = await self.get(delivery_id)
-            if delivery is None:
-                await self.redis.srem(self._pending, delivery_id)  # type: ignore[misc]
-            else:
-                out.append(delivery)
-        return out
-
-    async def for_user(self, user_id: str) -> list[Delivery]:
-        return [d for d in await self.pending() if d.user_id == user_id]
-
-    async def claim(self, delivery: Delivery) -> bool:
-        """True for exactly one caller per delivery: that caller sends the result."""
-        return bool(await self.redis.set(self._claim + delivery.id, b"1", nx=True, ex=self.ttl_s))
-
-    async def finish(self, delivery: Delivery) -> None:
-        await self.redis.srem(self._pending, delivery.id)  # type: ignore[misc]
-        await self.redis.delete(self._record + delivery.id)
-        if self._on_finish is not None:
-            await self._on_finish(delivery)

@@ -15,25 +15,34 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from arq.constants import in_progress_key_prefix
-from arq.jobs import JobStatus
-from pydantic import BaseModel
-
-from core import metrics
-from core.admin import Counters, Gate
 from core.artifacts import S3ArtifactStore
 from core.audio import SAMPLE_RATE, inspect_bytes, megabytes, too_long_error
-from core.deliveries import Delivery, DeliveryBook
-from core.errors import Banned, InvalidCommand, ModelUnavailable, QuotaExceeded, StembotError, TooLarge, WorkerFailed
+from core.board import Board
+from core.board.arqueue import JobState
+from core.board.deliveries import FollowUp
+from core.board.events import Event
+from core.board.jobs import refusing_when_full
+from core.clock import clock
+from core.deliveries import Delivery
+from core.errors import (
+    Banned,
+    InvalidCommand,
+    ModelUnavailable,
+    QuotaExceeded,
+    StembotError,
+    TooLarge,
+    TooLong,
+    WorkerFailed,
+)
+from core.facts import describe_facts
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
-from core.limits import UsageMeter, check_user
+from core.limits import check_user
 from core.naming import chat_filename, song_name
-from core.queue import QueueClient, refusing_when_full
 from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
-from core.sources import SourcesCache
-from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.stems import StemSelection, stem_choices, stem_words
+from core.studio import StudioSong
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
@@ -42,6 +51,8 @@ SIX_UNAVAILABLE = (
     "Guitar, piano and all 6 stems are not available on this bot right now. "
     "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
 )
+# Buttons under one user's song (a keyboard, Cancel, follow-ups) answer another's tap with this.
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -81,6 +92,7 @@ class Upload:
     data: bytes
     title: str
     url: str | None = None  # a download link instead of the bytes, for results too large for chat
+    ref: str | None = None  # the platform's id of this very file, sent before: sent by it, without the bytes
 
 
 def check_output_size(files: int, fmt: str, duration_s: float, kbps: int, limit_bytes: int) -> None:
@@ -104,8 +116,20 @@ def section_s(duration_s: float, options: RenderOptions) -> float:
 
 
 def output_s(duration_s: float, options: RenderOptions) -> float:
-    """Seconds of each file a request makes: its section, stretched by its tempo."""
-    return section_s(duration_s, options) * 100 / options.tempo
+    """Seconds of each file a request makes: its section, stretched by its tempo, as many
+    times over as it loops (a BPM target's tempo is known only once the song is separated:
+    counted as it is, 100 %, and the worker's byte bound holds the rest)."""
+    return section_s(duration_s, options) * 100 / options.tempo * options.repeats
+
+
+def check_loop_length(seconds: float, options: RenderOptions, longest_s: float) -> None:
+    """A loop makes at most as long a file as the longest song taken: its repeats are the
+    one way a request could ask for more audio than it sends."""
+    if options.repeats > 1 and seconds > longest_s:
+        raise TooLong(
+            f"{options.repeats} times that section would make {clock(seconds)} of audio; one file may be at most "
+            f"{clock(longest_s)}. Ask for fewer repeats or a shorter section."
+        )
 
 
 @dataclass(frozen=True)
@@ -157,39 +181,31 @@ def outcome_line(result: JobResult, song: str) -> str:
         timing = f" in {took:.0f} s" if took else ""
         stems = ", ".join(s.stem for s in result.stems)
         how = f"{result.model}, rendered from the cached separation" if result.from_cache else result.model
-        return f"✅ {song}: {stems} ({how}{timing})."
+        rendered = result.options or RenderOptions()
+        facts = describe_facts(result.facts, rendered.key, rendered.tempo)  # "A minor · 96 BPM"
+        return f"✅ {song}: {stems} ({how}{timing}).{f'{chr(10)}🎼 {facts}' if facts else ''}"
     if result.status == "cancelled":
         return f"✖️ {song}: cancelled."
     return f"⚠️ {song}: {result.error.message if result.error else 'Separation failed.'}"
-
-
-class _Again(BaseModel):
-    request: SeparationRequest
-    song: str
-    duration_s: float
-    note: str | None = None
-    expected_bytes: int = 0
 
 
 class JobDesk:
     """`cancel_how` is how this frontend's users stop a song, for the messages that say so
     (each frontend names only its own commands and buttons; empty names none)."""
 
-    def __init__(self, settings: Settings, queue: QueueClient, platform: str, cancel_how: str = "") -> None:
+    def __init__(self, settings: Settings, board: Board, platform: str, cancel_how: str = "") -> None:
         self.settings = settings
-        self.queue = queue
+        self.board = board
         self.cancel_how = cancel_how
-        self.book = DeliveryBook(
-            queue.pool, platform, settings.key_prefix, settings.result_ttl_s, on_finish=self._delivered
-        )
-        self.usage = UsageMeter(queue.pool, settings.key_prefix)
-        self.gate = Gate(queue.pool, settings)
-        self.counters = Counters(queue.pool, settings.key_prefix)
+        self.book = board.deliveries(platform, on_finish=self._delivered)
+        self._follow_ups = board.follow_ups(platform)
+        self.usage = board.usage
+        self.gate = board.gate
 
     async def offers_six_stems(self) -> bool:
         """Whether the workers can load the six-stem model (guitar, piano): the bots offer
         those choices only then. Unknown (no worker ever announced) counts as yes."""
-        models = await self.queue.available_models()
+        models = await self.board.workers.available_models()
         return models is None or self.settings.six_stem_model in models
 
     async def stem_choices(self) -> list[tuple[str, str]]:
@@ -232,14 +248,14 @@ class JobDesk:
                     song, selection, fmt, delivery, upload_limit, max_duration_s, options or RenderOptions(), admitted
                 )
         except StembotError as exc:
-            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
             raise
         return await self._count(accepted)
 
     async def _count(self, accepted: Accepted) -> Accepted:
-        metrics.REQUESTS.labels(self.book.platform).inc()
+        await self.board.events.record(Event.request, self.book.platform)
         if accepted.state == "cached":
-            metrics.CACHE_HITS.labels(self.book.platform).inc()
+            await self.board.events.record(Event.cache_hit, self.book.platform)
         return accepted
 
     async def _accept(
@@ -271,8 +287,9 @@ class JobDesk:
         await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
         seconds = output_s(duration, options)
+        check_loop_length(seconds, options, longest)
         check_output_size(len(selection.outputs), fmt, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
-        ref = await self.queue.store_input(
+        ref = await self.board.jobs.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
         )
         delivery.song = song_name(song.title or song.filename)
@@ -281,7 +298,7 @@ class JobDesk:
         delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             format=fmt,  # type: ignore[arg-type]
             model=model,
             options=options,
@@ -307,7 +324,7 @@ class JobDesk:
                 s = self.settings
                 check_user(running, await self.usage.used_s(user), 0.0, s.max_jobs_per_user, s.daily_minutes_per_user)
         except StembotError as exc:
-            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
             raise
 
     async def _cost(self, sha256: str, model: str, duration: float, options: RenderOptions) -> float:
@@ -320,8 +337,7 @@ class JobDesk:
 
     async def _sources_cached(self, sha256: str, model: str, options: RenderOptions) -> bool:
         """Whether a request can be rendered from cached sources, without the model."""
-        cache = SourcesCache(self.queue.store, self.queue.pool, self.settings)
-        return await cache.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None
+        return await self.board.sources.find(sha256, model, options.section_frames(SAMPLE_RATE)) is not None
 
     async def _check_user(self, delivery: Delivery, cost: float) -> None:
         user = self.user_key(delivery.user_id)
@@ -336,7 +352,7 @@ class JobDesk:
     ) -> Accepted:
         """Submit `request`, holding `expected_bytes` (its stems' estimated size) for its result."""
         user = self.user_key(delivery.user_id)
-        submission = await self.queue.submit(request, expected_bytes, cost)
+        submission = await self.board.jobs.submit(request, expected_bytes, cost)
         delivery.job_id = submission.job_id
         delivery.artist = request.input.artist
         delivery.charged_s = 0.0 if submission.state == "cached" else cost
@@ -345,26 +361,18 @@ class JobDesk:
         await self._remember(delivery, request, duration, expected_bytes)
         if submission.state != "cached":
             await self.usage.add(user, cost)
-        await self.counters.add("requests")
-        await self.counters.add(f"requests_{self.book.platform}")
-        if submission.state == "cached":
-            await self.counters.add("cache_hits")
         return Accepted(delivery, submission.state, quick=cost == 0.0 and duration > 0)
 
     # --- follow-ups: the same song again, another key or tempo, from the cached sources ----
-    def _again_key(self, delivery_id: str) -> str:
-        return f"{self.settings.key_prefix}{self.book.platform}:again:{delivery_id}"
-
     async def _remember(
         self, delivery: Delivery, request: SeparationRequest, duration: float, expected_bytes: int
     ) -> None:
         """What a follow-up button (or a job stopped under this chat by another's cancel) needs
         to ask for this song again, for as long as its sources live."""
-        record = _Again(
+        record = FollowUp(
             request=request, song=delivery.song, duration_s=duration, note=delivery.note, expected_bytes=expected_bytes
         )
-        ttl = max(self.settings.sources_ttl_s, 60)
-        await self.queue.pool.set(self._again_key(delivery.id), record.model_dump_json(), ex=ttl)
+        await self._follow_ups.keep(delivery.id, record, max(self.settings.sources_ttl_s, 60))
 
     async def again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
         """Queue a follow-up (`key-1`, `tempo+10`, `original`…: `render.follow_up`) of an
@@ -373,17 +381,15 @@ class JobDesk:
             with refusing_when_full():
                 accepted = await self._again(previous_id, change, delivery)
         except StembotError as exc:
-            metrics.REFUSALS.labels(self.book.platform, exc.code).inc()
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
             raise
         return await self._count(accepted)
 
     async def follow_ups(self, delivery_id: str) -> list[tuple[str, str]]:
         """The follow-up buttons (label, change) to show under a delivered result, relative
         to its own key and tempo; none once its song is no longer kept."""
-        raw = await self.queue.pool.get(self._again_key(delivery_id))
-        if raw is None:
-            return []
-        return follow_ups(_Again.model_validate_json(raw).request.options)
+        record = await self._follow_ups.get(delivery_id)
+        return [] if record is None else follow_ups(record.request.options)
 
     async def check_again(self, previous_id: str, user_id: str) -> None:
         """Raise what `again` would refuse before any work: the song is gone, or the buttons
@@ -391,15 +397,14 @@ class JobDesk:
         the tap rather than a public "rendering…" message."""
         await self._again_record(previous_id, user_id)
 
-    async def _again_record(self, previous_id: str, user_id: str) -> _Again:
-        raw = await self.queue.pool.get(self._again_key(previous_id))
-        if raw is None:
+    async def _again_record(self, previous_id: str, user_id: str) -> FollowUp:
+        record = await self._follow_ups.get(previous_id)
+        if record is None:
             raise WorkerFailed("I no longer keep that song. Please send it again.")
-        record = _Again.model_validate_json(raw)
         if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
-            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+            raise InvalidCommand(NOT_YOURS)
         return record
 
     async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
@@ -408,17 +413,20 @@ class JobDesk:
         s = self.settings
         user = self.user_key(delivery.user_id)
         await self.gate.check_ban(user)
-        if not await self.queue.store.touch(record.request.input.artifact_key, s.result_ttl_s):
+        if not await self.board.store.touch(record.request.input.artifact_key, s.result_ttl_s):
             raise gone
         options = follow_up(record.request.options, change)
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
         seconds = output_s(record.duration_s, options)
-        files = len(parse_stems(request.stems).outputs)
+        check_loop_length(seconds, options, delivery.longest_s or s.max_duration_s)
+        files = len(request.stems.outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         if not await self._sources_cached(record.request.input.sha256, request.model, options):
             # The model would run again (its sources expired): the per-minute limits apply.
             await self.gate.check_rate(user, f"{self.book.platform}:{delivery.chat_id}")
+        else:
+            await self.gate.check_render_rate(user)
         await self._check_user(delivery, cost)
         delivery.song = record.song
         delivery.format = request.format
@@ -426,44 +434,94 @@ class JobDesk:
         expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
         return await self._queue(request, delivery, cost, record.duration_s, int(expected))
 
-    async def stats_text(self) -> str:
-        """What `/stats` shows an operator."""
-        pool, prefix = self.queue.pool, self.settings.key_prefix
-        running = len([k async for k in pool.scan_iter(match=in_progress_key_prefix + "*")])
-        workers = len([k async for k in pool.scan_iter(match=f"{prefix}workers:*")])
-        queued = max(0, await pool.zcard(self.settings.queue_name) - running)
-        day = await self.counters.today()
-        requests, hits = day.get("requests", 0), day.get("cache_hits", 0)
-        ratio = f" ({100 * hits / requests:.0f}%)" if requests else ""
-        return (
-            f"Queue: {queued} waiting, {running} running. Workers alive: {workers}.\n"
-            f"Today: {requests:.0f} requests (Telegram {day.get('requests_telegram', 0):.0f}, "
-            f"Discord {day.get('requests_discord', 0):.0f}), {hits:.0f} from the cache{ratio}; "
-            f"jobs done {day.get('jobs_done', 0):.0f}, failed {day.get('jobs_failed', 0):.0f}, "
-            f"cancelled {day.get('jobs_cancelled', 0):.0f}; {day.get('audio_minutes', 0):.1f} min of audio; "
-            f"model runs {day.get('model_runs', 0):.0f}, "
-            f"renders from cached sources {day.get('cached_renders', 0):.0f}."
+    async def deliver_render(self, request: SeparationRequest, delivery: Delivery, duration_s: float) -> Accepted:
+        """Queue a render of a kept song (the web studio's "send to chat") for `delivery`'s
+        chat: this platform's delivery loop sends it, as it sends any result. Cached renders
+        skip the per-minute limits, as follow-ups do; the rest of the user's limits apply."""
+        s = self.settings
+        try:
+            with refusing_when_full():
+                await self.gate.check_ban(self.user_key(delivery.user_id))
+                if not await self._sources_cached(request.input.sha256, request.model, request.options):
+                    raise WorkerFailed("I no longer keep that song. Please send it again.")
+                await self._check_user(delivery, 0.0)
+                seconds = output_s(duration_s, request.options)
+                files = len(request.stems.outputs)
+                check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
+                delivery.format = request.format
+                expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
+                accepted = await self._queue(request, delivery, 0.0, duration_s, int(expected))
+        except StembotError as exc:
+            await self.board.events.record(Event.refusal, self.book.platform, exc.code)
+            raise
+        return await self._count(accepted)
+
+    async def studio_song(self, delivery: Delivery) -> StudioSong | None:
+        """What the web studio needs to open a delivered result's song, while its whole
+        separation is kept (None otherwise: no Mixer button then)."""
+        record = await self._follow_ups.get(delivery.id)
+        if record is None:
+            return None
+        if not await self._sources_cached(record.request.input.sha256, record.request.model, RenderOptions()):
+            return None  # only a section's separation kept, or none: nothing the studio can open
+        platform = self.book.platform
+        return StudioSong(
+            input=record.request.input,
+            model=record.request.model,
+            song=record.song,
+            duration_s=record.duration_s,
+            platform=platform,  # type: ignore[arg-type]
+            user_id=delivery.user_id,
+            chat_id=delivery.chat_id,
         )
 
-    async def step(self, delivery: Delivery) -> StatusUpdate | Finished | None:
-        """The next thing to tell this chat, or None (nothing new, or another process delivers)."""
+    async def stats_text(self) -> str:
+        """What `/stats` shows an operator."""
+        stats = await self.board.stats()
+        day = stats.today
+        requests, hits = day["requests"], day["cache_hits"]
+        ratio = f" ({100 * hits / requests:.0f}%)" if requests else ""
+        return (
+            f"Queue: {stats.waiting} waiting, {stats.running} running. Workers alive: {stats.workers}.\n"
+            f"Today: {requests:.0f} requests (Telegram {day['requests_telegram']:.0f}, "
+            f"Discord {day['requests_discord']:.0f}), {hits:.0f} from the cache{ratio}, "
+            f"{day['refusals']:.0f} refused; "
+            f"jobs done {day['jobs_done']:.0f}, failed {day['jobs_failed']:.0f}, "
+            f"cancelled {day['jobs_cancelled']:.0f}; {day['audio_minutes']:.1f} min of audio; "
+            f"model runs {day['model_runs']:.0f}, "
+            f"renders from cached sources {day['cached_renders']:.0f}."
+        )
+
+    async def step(self, delivery: Delivery, now: float) -> StatusUpdate | Finished | None:
+        """The next thing to tell this chat at time `now`, or None (nothing new, too soon
+        after the last status edit, or another process delivers)."""
         if delivery.cancelled:
             # Withdrawn: whoever else waits for the shared job, this chat gets no stems.
             result: JobResult | None = JobResult(job_id=delivery.job_id, status="cancelled", model="")
         else:
-            result = await self.queue.result(delivery.job_id) or await self._lost(delivery)
+            result = await self.board.jobs.result(delivery.job_id) or await self._lost(delivery)
         if result is not None and result.status == "cancelled" and not delivery.cancelled:
             result = await self._rerun(delivery)
         if result is None:
-            text = status_line(await self.queue.progress(delivery.job_id), delivery.song)
-            if text == delivery.last_status or time.time() - delivery.last_edit_at < EDIT_EVERY_S:
+            text = status_line(await self.board.jobs.progress(delivery.job_id), delivery.song)
+            if text == delivery.last_status or now - delivery.last_edit_at < EDIT_EVERY_S:
                 return None
-            delivery.last_status, delivery.last_edit_at = text, time.time()
+            delivery.last_status, delivery.last_edit_at = text, now
             await self.book.save(delivery)
             return StatusUpdate(text)
         if not await self.book.claim(delivery):
             return None
+        await self._rendered(delivery, result)
         return Finished(await self._settle(delivery, result))
+
+    async def _rendered(self, delivery: Delivery, result: JobResult) -> None:
+        """Remember what a finished job rendered (a key or BPM target resolved against the
+        song), so its follow-up buttons step from that, not from the words asked."""
+        record = await self._follow_ups.get(delivery.id)
+        if record is None or result.options is None or record.request.options == result.options:
+            return
+        record.request = record.request.model_copy(update={"options": result.options})
+        await self._follow_ups.keep(delivery.id, record, max(self.settings.sources_ttl_s, 60))
 
     async def _settle(self, delivery: Delivery, result: JobResult) -> JobResult:
         """A finished job against the length its request was accepted for: containers may state
@@ -472,7 +530,9 @@ class JobDesk:
         what the song really took (less, for one that stated no length and was charged the most)."""
         if result.status != "done" or not result.stems:
             return result
-        covered = max(stem.duration_s for stem in result.stems) * delivery.tempo / 100
+        # the song's seconds the files cover: their length at the tempo rendered, once round the loop
+        rendered = result.options or RenderOptions(tempo=delivery.tempo)
+        covered = max(stem.duration_s for stem in result.stems) * rendered.tempo / 100 / rendered.repeats
         verdict = settle(covered, delivery.charged_s, delivery.longest_s or self.settings.max_duration_s)
         refusal: StembotError | None = verdict.refusal
         user = self.user_key(delivery.user_id)
@@ -493,13 +553,12 @@ class JobDesk:
     async def _rerun(self, delivery: Delivery) -> JobResult | None:
         """The job stopped for another chat's cancel, one this chat never made: ask for it
         again (None: wait for it), or the failure to tell when that is not possible."""
-        raw = await self.queue.pool.get(self._again_key(delivery.id))
-        if raw is None:
+        record = await self._follow_ups.get(delivery.id)
+        if record is None:
             err = WorkerFailed("The job was stopped before it could finish. Please send the song again.")
             return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
-        record = _Again.model_validate_json(raw)
         try:
-            await self.queue.submit(record.request, record.expected_bytes, record.duration_s)
+            await self.board.jobs.submit(record.request, record.expected_bytes, record.duration_s)
         except StembotError as exc:
             return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(exc))
         return None
@@ -508,7 +567,7 @@ class JobDesk:
         """A failed result for a job that vanished, so no chat waits forever."""
         if time.time() - delivery.created_at < LOST_AFTER_S:
             return None
-        if await self.queue.status(delivery.job_id) != JobStatus.not_found:
+        if await self.board.jobs.state(delivery.job_id) != JobState.unknown:
             return None
         err = WorkerFailed("The job was lost before it could finish. Please send the song again.")
         return JobResult(job_id=delivery.job_id, status="failed", model="", error=ErrorInfo.from_exception(err))
@@ -516,7 +575,7 @@ class JobDesk:
     async def files(self, delivery: Delivery, result: JobResult) -> list[Upload]:
         """Every stem of a finished job as uploads within the delivery's limit (parts if need be)."""
         uploads = []
-        store = self.queue.store
+        store = self.board.store
         for stem in result.stems:
             name = chat_filename(delivery.song, stem.stem, stem.format)
             title = f"{delivery.song} — {stem.stem}"
@@ -524,7 +583,7 @@ class JobDesk:
                 url = await store.link(stem.artifact_key, self.settings.link_ttl_s)
                 uploads.append(Upload(name, b"", title, url))
                 continue
-            stored = await self.queue.fetch(stem)
+            stored = await self.board.jobs.fetch(stem)
             tags = delivered_tags(delivery.song, stem.stem, delivery.artist)
             data = await asyncio.to_thread(retag, stored, stem.format, tags)
             pieces = await asyncio.to_thread(
@@ -535,7 +594,7 @@ class JobDesk:
 
     async def _delivered(self, delivery: Delivery) -> None:
         """This chat is done with its job: once no chat waits, the stems may be evicted again."""
-        await self.queue.delivered(delivery.job_id, delivery.requester)
+        await self.board.jobs.delivered(delivery.job_id, delivery.requester)
 
     async def cancel(self, delivery_id: str, user_id: str) -> str:
         """Withdraw one user's request; the job stops when nobody else waits for it."""
@@ -544,7 +603,7 @@ class JobDesk:
             return "That job has already finished."
         if delivery.user_id != user_id:
             return "Only the person who asked can cancel this."
-        if not await self.queue.cancel(delivery.job_id, delivery.requester):
+        if not await self.board.jobs.cancel(delivery.job_id, delivery.requester):
             await self.book.finish(delivery)
             return "Cancelled."
         # The job may yet finish for someone who sends the same song now: not for this chat.

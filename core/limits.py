@@ -1,18 +1,12 @@
 """Per-user limits: songs in progress at once and audio minutes per day.
 
-`check_user` is the rule (pure, table-tested); `UsageMeter` keeps the daily minutes
-in Redis, one key per user per UTC day that expires by itself.
+`check_user` is the rule (pure, table-tested); `core.board.limits.UsageMeter` keeps the
+daily minutes.
 """
 
 from __future__ import annotations
 
-import time
-
-from redis.asyncio import Redis
-
 from core.errors import QuotaExceeded, TooManyJobs
-
-_DAY_S = 86400
 
 
 def check_user(
@@ -32,24 +26,3 @@ def check_user(
             f"That would pass your daily limit of {daily_minutes:g} minutes of audio "
             f"({left:.1f} min left today). The limit resets at midnight UTC."
         )
-
-
-class UsageMeter:
-    """Seconds of audio each user sent today."""
-
-    def __init__(self, redis: Redis, prefix: str = "stembot:") -> None:
-        self.redis = redis
-        self.prefix = prefix
-
-    def _key(self, user_key: str, now: float | None = None) -> str:
-        day = int((now if now is not None else time.time()) // _DAY_S)
-        return f"{self.prefix}usage:{day}:{user_key}"
-
-    async def used_s(self, user_key: str) -> float:
-        raw = await self.redis.get(self._key(user_key))
-        return float(raw) if raw is not None else 0.0
-
-    async def add(self, user_key: str, seconds: float) -> None:
-        key = self._key(user_key)
-        await self.redis.incrbyfloat(key, seconds)
-        await self.redis.expire(key, 2 * _DAY_S)

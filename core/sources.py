@@ -9,53 +9,21 @@ on music for twice the CPU), under
 
 in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
 separation (with its context) is kept under the section's key. Nothing here carries a
-user's file name, title or tags: those belong to each request.
-
-The total the cache holds is bounded by `STEMBOT_SOURCES_MAX_MB`: a sorted set of the
-entries by last use, and a hash of their sizes, evict the least recently used.
-
-The Redis store has its own, wider cap (`STEMBOT_ARTIFACT_BUDGET_MB`, core.artifacts) over
-every artifact, sources included, and evicts single artifacts. So an entry may lose one
-source but keep its manifest: such an entry is dropped whole when found, and the song is
-separated again, as if it had never been cached.
+user's file name, title or tags: those belong to each request. The manifest also keeps the
+song's facts (key, mode, BPM: `core.facts.SongFacts`), detected once when it was separated,
+so renders from the cache never detect them again and any frontend can read them. The cache itself (which
+entries exist, the claims of separations under way) is the job board's
+(`core.board.sources`); this module is the entries' shape.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from core.artifacts import ArtifactMissing, ArtifactStore
-from core.errors import StorageFull
-from core.settings import Settings
-
-Claim = Literal["ours", "held", "unkept"]
-_UNKEPT = "-unkept-"  # a claim's value once its holder ended without keeping the sources
-# KEYS[1] the claim; ARGV[1] the job; ARGV[2] milliseconds
-_CLAIM = """
-local current = redis.call('GET', KEYS[1])
-if not current or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 'ours'
-end
-return current
-"""
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-# ARGV[2]: '' to drop the claim, or the value that says the sources were not kept, for ARGV[3] ms
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
+from core.facts import SongFacts
 
 
 @dataclass(frozen=True)
@@ -68,6 +36,8 @@ class SourceSet:
     whole: bool = True  # the whole song (offset 0, to its end), not a section
     title: str | None = None  # tags of the input's own bytes (never a requester's names)
     artist: str | None = None
+    facts: SongFacts | None = None  # key and tempo; None: not detected (yet)
+    entry: str = ""  # the cache entry they were fetched from ("" for a fresh separation)
 
 
 class Manifest(BaseModel):
@@ -79,6 +49,7 @@ class Manifest(BaseModel):
     title: str | None = None
     artist: str | None = None
     codec: str = "flac"  # the file type of its sources (entries from before WAV was kept: FLAC)
+    facts: SongFacts | None = None  # entries from before detection: none, until a render adds them
 
     def source_key(self, key: str, name: str) -> str:
         return f"{key}:{name}.{self.codec}"
@@ -90,180 +61,3 @@ def entry_key(sha256: str, model: str, section: tuple[int, int | None] | None = 
     if section is None or section == (0, None):
         return base
     return f"{base}:{section[0]}-{'' if section[1] is None else section[1]}"
-
-
-class SourcesCache:
-    def __init__(self, store: ArtifactStore, redis: Redis, settings: Settings) -> None:
-        self.store = store
-        self.redis = redis
-        self.ttl_s = settings.sources_ttl_s
-        self.max_bytes = settings.sources_max_bytes
-        self._prefix = settings.key_prefix
-        # sources in Redis must leave the room `redis_full_ratio` keeps for accepted jobs
-        self._in_redis = settings.artifact_store == "redis"
-        self._full_ratio = settings.redis_full_ratio
-        self._lru = f"{settings.key_prefix}sources:lru"
-        self._sizes = f"{settings.key_prefix}sources:sizes"
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_bytes > 0
-
-    async def find(self, sha256: str, model: str, section: tuple[int, int | None]) -> tuple[str, Manifest] | None:
-        """Cached sources that cover `section` of the song: the whole song's, or that section's own."""
-        if not self.enabled:
-            return None
-        for key in dict.fromkeys((entry_key(sha256, model), entry_key(sha256, model, section))):
-            manifest = await self._manifest(key)
-            if manifest is not None:
-                return key, manifest
-        return None
-
-    async def _manifest(self, key: str) -> Manifest | None:
-        try:
-            raw = await self.store.get(key)
-        except ArtifactMissing:
-            await self._forget(key)
-            return None
-        manifest = Manifest.model_validate_json(raw)
-        keys = [manifest.source_key(key, name) for name in manifest.sources]
-        if await self.store.exists(*keys) != len(keys):  # the store's budget took a source
-            await self.drop(key)
-            return None
-        return manifest
-
-    async def fetch(self, key: str, manifest: Manifest, dest: Path) -> SourceSet | None:
-        """The sources as files in `dest`, their lifetime renewed; None if one expired meanwhile."""
-        paths = {}
-        try:
-            for name in manifest.sources:
-                path = dest / f"{name}.{manifest.codec}"
-                data = await self.store.get(manifest.source_key(key, name))
-                await asyncio.to_thread(path.write_bytes, data)  # tens of MB: not in the event loop's thread
-                paths[name] = path
-        except ArtifactMissing:
-            await self.drop(key)
-            return None
-        for name in manifest.sources:
-            await self.store.touch(manifest.source_key(key, name), self.ttl_s)
-        await self.store.touch(key, self.ttl_s)
-        await self.redis.zadd(self._lru, {key: time.time()})
-        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
-
-    async def put(self, key: str, sources: SourceSet) -> bool:
-        """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
-        then evict the least recently used entries while the cache holds too much.
-
-        Returns whether the entry is kept: not when it alone is over the cap (it would push
-        every other song out, then itself), nor when the store fails half-way (what was
-        written is deleted again)."""
-        size = sum(path.stat().st_size for path in sources.paths.values())
-        if not self.enabled or size > self.max_bytes:
-            return False
-        await self._check_room(size)
-        codecs = {path.suffix.lstrip(".") for path in sources.paths.values()}
-        if len(codecs) != 1:
-            raise ValueError(f"a song's sources are kept in one file type, not {sorted(codecs)}")
-        written: list[str] = []
-        try:
-            for name, path in sources.paths.items():
-                written.append(f"{key}:{name}.{next(iter(codecs))}")
-                data = await asyncio.to_thread(path.read_bytes)  # tens of MB: not in the event loop's thread
-                await self.store.put(written[-1], data, self.ttl_s)
-            # the books before the manifest: an entry anyone can find is one the cap can evict
-            await self.redis.zadd(self._lru, {key: time.time()})
-            await self.redis.hset(self._sizes, key, str(size))  # type: ignore[misc]
-            manifest = Manifest(
-                sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
-                size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),
-            )  # fmt: skip
-            await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
-        except BaseException:  # a half-kept entry (the store full, say) is not left to expire
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._undo(key, written))
-            raise
-        return key not in await self.evict()
-
-    async def _check_room(self, size: int) -> None:
-        """Refuse to keep `size` bytes in a Redis that would then be past `redis_full_ratio`.
-
-        Not only to leave accepted jobs their room: a write Redis refuses for want of memory
-        leaves its buffer in Redis for a moment (until Redis's cron trims it), and the job's
-        own next writes (its final progress, arq's result) were refused meanwhile, so a job
-        whose sources did not fit sometimes failed (issue #20's flaky test).
-        """
-        if not self._in_redis:
-            return
-        try:
-            memory = await self.redis.info("memory")
-        except ResponseError:  # a managed Redis that hides INFO: its own refusals still count
-            return
-        limit, used = int(memory.get("maxmemory", 0)), int(memory.get("used_memory", 0))
-        if limit and used + size > self._full_ratio * limit:
-            raise StorageFull(detail=f"Redis holds {used} of {limit} bytes: no room for {size} bytes of sources")
-
-    async def _undo(self, key: str, written: list[str]) -> None:
-        await self.store.delete(key, *written)
-        await self._forget(key)
-
-    async def claim(self, key: str, holder: str, ttl_s: float) -> Claim:
-        """Mark `key`'s separation as under way by `holder` (a job id), unless another job's is,
-        so the same song asked for twice at once runs the model once. A claim lapses after
-        `ttl_s` unless renewed: a worker that dies holding one holds up nobody for long.
-        `holder` may take its own claim again (a retry after its worker died)."""
-        got = await self.redis.eval(_CLAIM, 1, self._claim(key), holder, str(int(ttl_s * 1000)))  # type: ignore[misc]
-        if got == b"ours":
-            return "ours"
-        return "unkept" if got == _UNKEPT.encode() else "held"
-
-    async def claimed(self, key: str) -> bool:
-        return bool(await self.redis.exists(self._claim(key)))
-
-    async def renew(self, key: str, holder: str, ttl_s: float) -> None:
-        await self.redis.eval(_RENEW, 1, self._claim(key), holder, str(int(ttl_s * 1000)))  # type: ignore[misc]
-
-    async def release(self, key: str, holder: str, kept: bool, ttl_s: float) -> None:
-        """End `holder`'s claim (one that lapsed may be another job's now). If the sources were
-        not kept, say so for `ttl_s`, so the jobs waiting for them separate at once, side by
-        side, rather than claim the song in turn and run the model one after another."""
-        await self.redis.eval(  # type: ignore[misc]
-            _RELEASE, 1, self._claim(key), holder, "" if kept else _UNKEPT, str(int(ttl_s * 1000))
-        )
-
-    def _claim(self, key: str) -> str:
-        return f"{self._prefix}claim:{key}"
-
-    async def total_bytes(self) -> int:
-        sizes = await self.redis.hvals(self._sizes)  # type: ignore[misc]
-        return sum(int(s) for s in sizes)
-
-    async def evict(self) -> list[str]:
-        """Drop expired entries from the books, then the least recently used until under the cap."""
-        evicted = []
-        for raw in await self.redis.zrange(self._lru, 0, -1):
-            key = raw.decode()
-            if not await self.store.exists(key):
-                await self._forget(key)
-        while await self.total_bytes() > self.max_bytes:
-            oldest = await self.redis.zrange(self._lru, 0, 0)
-            if not oldest:
-                break
-            key = oldest[0].decode()
-            await self.drop(key)
-            evicted.append(key)
-        return evicted
-
-    async def drop(self, key: str) -> None:
-        """Delete an entry: its manifest first, so nobody finds it half gone."""
-        try:
-            manifest: Manifest | None = Manifest.model_validate_json(await self.store.get(key))
-        except ArtifactMissing:
-            manifest = None
-        await self.store.delete(key)
-        if manifest is not None:
-            await self.store.delete(*(manifest.source_key(key, name) for name in manifest.sources))
-        await self._forget(key)
-
-    async def _forget(self, key: str) -> None:
-        await self.redis.zrem(self._lru, key)
-        await self.redis.hdel(self._sizes, key)  # type: ignore[misc]

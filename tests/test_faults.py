@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, make_clip, wait_until
 
@@ -24,7 +25,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-async def _submit(queue: QueueClient, clip: Path, stems: str) -> str:
+async def _submit(queue: JobQueue, clip: Path, stems: str) -> str:
     ref = await queue.store_input(clip.read_bytes(), clip.name)
     request = SeparationRequest(input=ref, stems=stems, model="htdemucs", requester=Requester(platform="test"))
     return (await queue.submit(request)).job_id
@@ -35,14 +36,14 @@ def _starts(worker: WorkerProcess, job_id: str) -> int:
 
 
 async def test_two_workers_share_the_queue_and_never_run_a_job_twice(
-    queue_client: QueueClient, tiny_env: dict[str, str], clip: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
+    board: Board, tiny_env: dict[str, str], clip: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
     workers = [WorkerProcess(tiny_env, tmp_path / f"w{i}.log").start() for i in range(2)]
     worker_factory.extend(workers)
     for w in workers:
         w.wait_ready()
-    jobs = [await _submit(queue_client, clip, stems) for stems in ("vocals", "drums", "bass", "other")]
-    results = await asyncio.gather(*(queue_client.wait_result(j, timeout_s=200) for j in jobs))
+    jobs = [await _submit(board.jobs, clip, stems) for stems in ("vocals", "drums", "bass", "other")]
+    results = await asyncio.gather(*(board.jobs.wait_result(j, timeout_s=200) for j in jobs))
     assert [r.status for r in results] == ["done"] * 4
     for job in jobs:
         assert sum(_starts(w, job) for w in workers) == 1
@@ -63,7 +64,8 @@ async def test_redis_restart_keeps_queued_jobs_and_workers_reconnect(
     own_redis: RedisServer, tiny_env: dict[str, str], clip: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
     env = tiny_env | {"STEMBOT_REDIS_URL": own_redis.url}
-    queue = await QueueClient.connect(Settings(redis_url=own_redis.url))
+    board = await Board.connect(Settings(redis_url=own_redis.url))
+    queue = board.jobs
     try:
         worker = WorkerProcess(env, tmp_path / "w.log").start()
         worker_factory.append(worker)
@@ -78,4 +80,4 @@ async def test_redis_restart_keeps_queued_jobs_and_workers_reconnect(
         assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
         assert worker.proc is not None and worker.proc.poll() is None  # the same process carried on
     finally:
-        await queue.close()
+        await board.close()

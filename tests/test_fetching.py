@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from core.fetching import FetchBook
+from core.board.fetches import FetchBook
 
 
 @pytest.fixture

@@ -35,13 +35,13 @@ from core.audio import (
     too_long_error,
 )
 from core.audio import decode as decode_audio
+from core.board import Board
 from core.cli import EXIT_USER_ERROR, main
 from core.errors import NotAudio, TooLarge, TooLong
 from core.fetch import fetch_url
 from core.ffmpeg import Sandbox
 from core.jobs import Requester, SeparationRequest
 from core.naming import NAME_MAX_BYTES, SONG_MAX_BYTES, cap_bytes, chat_filename, song_name, stem_filename
-from core.queue import QueueClient
 from core.settings import Settings
 from core.stems import parse_stems
 from core.uploads import part_name
@@ -233,15 +233,15 @@ async def test_bot_precheck_refuses_a_bomb(redis_url: str, bomb: Path) -> None:
     from core.desk import JobDesk, Song
 
     settings = Settings(redis_url=redis_url)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         delivery = Delivery(platform="test", job_id="", chat_id="c1", user_id="u1")
         with pytest.raises(NotAudio) as err:
             await desk.accept(Song(bomb.read_bytes(), "bomb.vgz"), parse_stems("vocals"), None, delivery, None, None)
         assert err.value.user_message == NOT_ACCEPTED
     finally:
-        await queue.close()
+        await board.close()
 
 
 # --- a crash ends the command at once, leaving nothing behind -------------------------------
@@ -472,14 +472,14 @@ async def test_a_deterministic_failure_runs_once(
     rock_short: Path,
     tmp_path: Path,
     worker_factory: list[WorkerProcess],
-    queue_client: QueueClient,
+    board: Board,
     work_tmp: Path,
 ) -> None:
     env = tiny_env | {"STEMBOT_MODEL_REPO": str(broken_repo)}
     worker = WorkerProcess(env, tmp_path / "w.log").start()
     worker_factory.append(worker)
     worker.wait_ready()
-    queue = queue_client
+    queue = board.jobs
     ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
     request = SeparationRequest(input=ref, stems="vocals", model="broken", requester=Requester(platform="test"))
     first = await queue.submit(request)
@@ -500,13 +500,14 @@ async def test_a_deterministic_failure_runs_once(
     assert len(starts) == 1, starts
     # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped).
     # A TTL of 0 has always run out; a TTL of 1 s raced the clock (a fast host got here within it).
-    later = await QueueClient.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
+    later_board = await Board.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
+    later = later_board.jobs
     try:
         retried = await later.submit(request)
         assert retried.state == "queued"
         assert (await later.wait_result(retried.job_id, timeout_s=120)).error.code == "internal_error"  # type: ignore[union-attr]
     finally:
-        await later.close()
+        await later_board.close()
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 2, starts
 

@@ -17,16 +17,17 @@ import soundfile
 import torch
 from demucs.pretrained import get_model
 
-from core.artifacts import RedisArtifactStore
 from core.audio import AudioWriter, OutputFormat
+from core.board import Board
+from core.board.artifacts import RedisArtifactStore
+from core.board.sources import SourcesCache
 from core.errors import StorageFull
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.render import RenderOptions
 from core.settings import Settings
-from core.sources import SourcesCache, SourceSet
+from core.sources import SourceSet
 from core.stems import parse_stems
-from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, read_audio
+from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
 from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.windowed import WindowedSeparator
@@ -211,7 +212,7 @@ def test_a_kept_source_aborted_while_written_leaves_nothing(tmp_path: Path) -> N
 
 async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redis_url: str) -> None:
     """Values past `_PIECE` are written beside their key and moved in place whole."""
-    from core.artifacts import _PIECE
+    from core.board.artifacts import _PIECE
 
     settings = Settings(redis_url=redis_url)
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -229,7 +230,7 @@ async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redi
 
 
 async def test_a_big_artifact_refused_half_way_leaves_no_pieces(full_redis: RedisServer) -> None:
-    from core.artifacts import _PIECE
+    from core.board.artifacts import _PIECE
 
     settings = Settings(redis_url=full_redis.url)
     client = redis.asyncio.Redis.from_url(full_redis.url)
@@ -310,7 +311,8 @@ async def test_a_job_whose_sources_cannot_be_kept_still_answers(
 ) -> None:
     clip = tmp_path / "clip.flac"
     ffmpeg("-i", f"file:{SONGS / 'bytedance_mss_vocals_accompaniment_10s.mp3'}", "-t", "6", f"file:{clip}")
-    queue = await QueueClient.connect(Settings(redis_url=full_redis.url, redis_full_ratio=1.0))
+    board = await Board.connect(Settings(redis_url=full_redis.url, redis_full_ratio=1.0))
+    queue = board.jobs
     try:
         ref = await queue.store_input(clip.read_bytes(), clip.name)
         request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
@@ -325,10 +327,11 @@ async def test_a_job_whose_sources_cannot_be_kept_still_answers(
         assert len(await queue.fetch(result.stems[0])) > 10_000
         assert "could not keep the sources" in worker.log()
         claim = f"stembot:claim:sources:{ref.sha256}:htdemucs"
-        assert await queue.pool.keys("*sources*") == [claim.encode()]  # nothing kept, nothing half-kept
-        assert await queue.pool.get(claim) == b"-unkept-"  # jobs waiting on it would separate at once
+        raw = raw_redis(full_redis.url)
+        assert await raw.keys("*sources*") == [claim.encode()]  # nothing kept, nothing half-kept
+        assert await raw.get(claim) == b"-unkept-"  # jobs waiting on it would separate at once
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_a_claim_is_one_jobs_until_released_or_lapsed(redis_url: str) -> None:

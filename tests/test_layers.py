@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from testkit import ROOT
-from testkit.layers import arrows, cycle, modules, path_to, violations
+from testkit.layers import Arrow, arrows, cycle, modules, path_to, violations
 
 # What each layer may never import (README, "Rules of the house").
 FORBIDDEN = {
-    "core": ("worker", "bots", "torch", "demucs", "openvino", "telegram", "discord"),
-    "bots": ("worker", "torch", "demucs", "openvino"),
+    "core": ("worker", "bots", "torch", "demucs", "openvino", "librosa", "soxr", "telegram", "discord"),
+    # the job board serves the use cases above it (core.board's docstring), never imports them
+    "core.board": ("core.desk", "core.cli", "core.links"),
+    "bots": ("worker", "torch", "demucs", "openvino", "librosa", "soxr"),
     "worker": ("bots", "telegram", "discord"),
 }
 # The one excused arrow: `stembot` is one command. core/cli.py's dispatcher loads, by the
@@ -21,6 +23,12 @@ ALLOWED = {
     ("core.cli", "worker.cli"): "the `stembot` dispatcher loads the commands worker provides",
     ("core.cli", "bots.cli"): "the `stembot` dispatcher loads the commands the bots provide",
 }
+# Only the job board (core.board) touches Redis or arq (or the `limits` library's storage, a
+# Redis client of its own; its rate-string parser is plain). tests/, testkit/ and bench/ may
+# use a raw Redis, but only to set up or inspect what a test needs (testkit.raw_redis); the
+# behaviour they check goes through the board's verbs.
+BOARD = "core.board"
+BOARD_ONLY = ("redis", "arq", "limits.aio")
 # tests and bench share helpers only through testkit; no test module imports another.
 TEST_SIDE = {"tests": ("tests", "bench"), "bench": ("tests",), "testkit": ("tests", "bench")}
 PACKAGES = ("core", "worker", "bots")
@@ -51,6 +59,42 @@ def test_the_engine_reads_no_settings() -> None:
     found, _ = arrows(ROOT, PACKAGES)
     assert {module: path_to(found, module, SETTINGS) for module in ENGINE} == dict.fromkeys(ENGINE)
     assert path_to(found, "worker.engine", SETTINGS) == ["worker.engine", SETTINGS]  # the wiring does
+
+
+def board_violations(found: list[Arrow]) -> list[str]:
+    """Arrows into Redis or arq from any module outside the board."""
+    outside = [a for a in found if a.src != BOARD and not a.src.startswith(BOARD + ".")]
+    return violations(outside, dict.fromkeys(PACKAGES, BOARD_ONLY), {})
+
+
+def test_only_the_board_touches_redis_or_arq() -> None:
+    found, _ = arrows(ROOT, PACKAGES)
+    assert board_violations(found) == [], "reach Redis and arq through core.board's verbs"
+    assert any(a.src.startswith(BOARD) and a.dst == "redis.asyncio" for a in found)  # the check sees the board
+
+
+def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "core/__init__.py": "",
+            "core/board/__init__.py": "import redis\nfrom arq import create_pool\n",
+            "core/board/jobs.py": "from redis.asyncio import Redis\n",
+            "core/desk.py": "def later():\n    from arq.jobs import Job\n",
+            "core/limits.py": "from limits.aio.storage import RedisStorage\n",
+            "bots/__init__.py": "",
+            "bots/chat.py": "import importlib\nimportlib.import_module('redis.asyncio')\n",
+            "worker/__init__.py": "",
+            "worker/tasks.py": "from redis.exceptions import RedisError\nimport core.board\n",
+        },
+    )
+    found, _ = arrows(root, PACKAGES)
+    assert board_violations(found) == [
+        "bots.chat:2 -> redis.asyncio (importlib string)",
+        "core.desk:2 -> arq.jobs",
+        "core.limits:1 -> limits.aio.storage",
+        "worker.tasks:1 -> redis.exceptions",
+    ]
 
 
 def test_tests_and_bench_share_only_testkit() -> None:

@@ -20,13 +20,13 @@ import redis
 from telegram.ext import Application
 
 from core.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
+from core.board import Board
 from core.clock import clock
 from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song, settle
 from core.errors import InvalidCommand, NotAudio, QuotaExceeded, StembotError, TooLong, WorkerFailed
 from core.ffmpeg import cpu_cap_s
 from core.jobs import ErrorInfo, JobResult, Requester, SeparationRequest
-from core.queue import QueueClient
 from core.render import RenderOptions, check_section, describe, make_options, split_render_words
 from core.settings import Settings
 from core.stems import parse_stems
@@ -260,7 +260,7 @@ def test_a_child_killed_from_outside_is_not_blamed_on_the_song(
         probe(song)
     if refusal is None:
         assert isinstance(failed.value, WorkerFailed) and failed.value.retryable
-        # a retryable error is never kept as the answer to the same song (core.queue)
+        # a retryable error is never kept as the answer to the same song (core.board.jobs)
         assert ErrorInfo.from_exception(failed.value).to_exception().retryable
         assert "song" in failed.value.user_message and "try again" in failed.value.user_message
     else:
@@ -386,9 +386,10 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
     refused on delivery where it is longer than the server allows, and otherwise charged what
     it really lasts."""
     settings = Settings(redis_url=redis_url, max_jobs_per_user=5, daily_minutes_per_user=30)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
 
         def chat(user: str) -> Delivery:
             return Delivery(platform="test", job_id="", chat_id="c", user_id=user)
@@ -413,7 +414,7 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
         with pytest.raises(QuotaExceeded):
             await strict.accept(song42, parse_stems("drums"), "mp3", chat("carol"))
     finally:
-        await queue.close()
+        await board.close()
 
 
 def _scratch_bytes(root: Path) -> int:
@@ -443,7 +444,8 @@ async def test_the_output_bound_stops_the_encoders_not_only_the_store(
     worker = WorkerProcess(tiny_env | {"STEMBOT_MAX_JOB_OUTPUT_MB": "5"}, tmp_path / "w.log").start()
     worker_factory.append(worker)
     worker.wait_ready()
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         ref = await queue.store_input(song.read_bytes(), song.name)
         request = SeparationRequest(input=ref, stems="all", model="htdemucs", format="wav", requester=Requester())
@@ -460,7 +462,7 @@ async def test_the_output_bound_stops_the_encoders_not_only_the_store(
         assert peak_out < 30_000_000, f"{peak_out / 1e6:.0f} MB of stems written under a 5 MB bound"
         assert list(work_tmp.iterdir()) == []
     finally:
-        await queue.close()
+        await board.close()
 
 
 def _stored_results(redis_url: str, tmp_path: Path) -> list[dict[str, str]]:

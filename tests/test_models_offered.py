@@ -17,9 +17,10 @@ import simcord
 from telegram.ext import Application
 
 from bots.discord import create_bot
+from core.board import Board
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
+from core.stems import parse_stems
 from testkit import MODELS, WorkerProcess
 from testkit.botapi import BotApiServer
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
@@ -122,7 +123,8 @@ async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
     env = tiny_env | {"STEMBOT_MODEL_REPO": str(four_only)}
     worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
     assert wait_for_models(redis_url) == {"htdemucs"}
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         ref = await queue.store_input(rock_short.read_bytes(), "song.flac")
         requester = Requester(platform="test", chat_id="1", user_id="1")
@@ -135,14 +137,38 @@ async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
         again = await queue.submit(request)
         assert again.state == "queued"  # not "cached": the refusal was the configuration's, not the song's
     finally:
-        await queue.close()
+        await board.close()
+
+
+async def test_a_worker_serves_the_requests_model_or_refuses_saying_why(
+    redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+) -> None:
+    """The model is the request's, resolved where it was made: a worker that cannot load it,
+    or whose copy does not separate the stems asked for, says so; it never runs another
+    model instead (it used to put its own six-stem model in for any guitar or piano)."""
+    board = await Board.connect(Settings(redis_url=redis_url))
+    try:
+        ref = await board.jobs.store_input(rock_short.read_bytes(), "song.flac")
+        requester = Requester(platform="test", chat_id="1", user_id="1")
+        outcomes = []
+        for stems, model in (("guitar", "mystery_6s"), ("guitar", "htdemucs"), ("guitar", "htdemucs_6s")):
+            request = SeparationRequest(input=ref, stems=parse_stems(stems), model=model, requester=requester)
+            result = await board.jobs.wait_result((await board.jobs.submit(request)).job_id, timeout_s=120)
+            outcomes.append((result.status, result.model, result.error.message if result.error else None))
+    finally:
+        await board.close()
+    assert outcomes == [
+        ("failed", "mystery_6s", "The model mystery_6s is not available on this bot."),
+        ("failed", "htdemucs", "The model htdemucs does not separate guitar."),
+        ("done", "htdemucs_6s", None),
+    ]
 
 
 @pytest.mark.parametrize(("models", "six"), [(["htdemucs"], False), (["htdemucs", "htdemucs_6s"], True)])
 async def test_discord_menus_follow_the_announced_models(redis_url: str, models: list[str], six: bool) -> None:
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
-    await queue.announce_models(models, 60)
-    await queue.close()
+    board = await Board.connect(Settings(redis_url=redis_url))
+    await board.workers.announce_models(models, 60)
+    await board.close()
     async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
         guild = env.create_guild("band")
         channel = guild.create_text_channel("music")
@@ -157,9 +183,9 @@ async def test_discord_menus_follow_the_announced_models(redis_url: str, models:
 async def test_telegram_keyboards_and_help_follow_the_announced_models(
     botapi: BotApiServer, redis_url: str, rock_short: Path, models: list[str], six: bool
 ) -> None:
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
-    await queue.announce_models(models, 60)
-    await queue.close()
+    board = await Board.connect(Settings(redis_url=redis_url))
+    await board.workers.announce_models(models, 60)
+    await board.close()
     app: Application = await start_bot(botapi, redis_url)  # type: ignore[type-arg]
     try:
         botapi.message(DM, ALICE, audio=_audio(botapi, rock_short))

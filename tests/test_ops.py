@@ -6,9 +6,9 @@ import json
 import urllib.request
 from pathlib import Path
 
+from core.board import Board
 from core.jobs import Requester, SeparationRequest
 from core.metrics import JOB_STAGES
-from core.queue import QueueClient
 from testkit import WorkerProcess, free_port
 
 
@@ -17,7 +17,7 @@ def _metric(text: str, name: str) -> float:
 
 
 async def test_worker_metrics_and_json_logs(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     rock_short: Path,
     tmp_path: Path,
@@ -28,10 +28,10 @@ async def test_worker_metrics_and_json_logs(
     worker = WorkerProcess(env, tmp_path / "w.log").start()
     worker_factory.append(worker)
     worker.wait_ready()
-    ref = await queue_client.store_input(rock_short.read_bytes(), rock_short.name)
+    ref = await board.jobs.store_input(rock_short.read_bytes(), rock_short.name)
     request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
-    job = await queue_client.submit(request)
-    assert (await queue_client.wait_result(job.job_id, timeout_s=120)).status == "done"
+    job = await board.jobs.submit(request)
+    assert (await board.jobs.wait_result(job.job_id, timeout_s=120)).status == "done"
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert _metric(text, 'stembot_jobs_total{status="done"}') == 1
     assert _metric(text, "stembot_audio_minutes_total") > 0.04  # 3 s

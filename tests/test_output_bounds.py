@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.board import Board
 from core.jobs import Requester, SeparationRequest
-from core.queue import QueueClient
 from core.settings import Settings
 from testkit import WorkerProcess
 
@@ -28,7 +28,8 @@ async def test_a_job_over_the_output_bound_fails_and_keeps_nothing(
     worker = WorkerProcess(env, tmp_path / "w.log").start()
     worker_factory.append(worker)
     worker.wait_ready()
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         ref = await queue.store_input(rock_short.read_bytes(), rock_short.name)
 
@@ -47,7 +48,7 @@ async def test_a_job_over_the_output_bound_fails_and_keeps_nothing(
         done = await queue.wait_result(small.job_id, timeout_s=120)
         assert done.status == "done" and sum(s.size_bytes for s in done.stems) <= 300_000
     finally:
-        await queue.close()
+        await board.close()
 
 
 @pytest.mark.parametrize(

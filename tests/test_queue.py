@@ -1,4 +1,4 @@
-"""The queue end to end: QueueClient → real Redis → `stembot worker` subprocesses."""
+"""The queue end to end: the job board → real Redis → `stembot worker` subprocesses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import Progress, Requester, SeparationRequest, Stage
-from core.queue import QueueClient
 from testkit import SONGS, WorkerProcess, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,7 +24,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-async def _request(queue: QueueClient, clip: Path, stems: str = "vocals", user: str = "u1") -> SeparationRequest:
+async def _request(queue: JobQueue, clip: Path, stems: str = "vocals", user: str = "u1") -> SeparationRequest:
     ref = await queue.store_input(clip.read_bytes(), clip.name)
     return SeparationRequest(
         input=ref, stems=stems, model="htdemucs", format="mp3", requester=Requester(platform="test", user_id=user)
@@ -42,7 +43,7 @@ def _jobs_started(worker: WorkerProcess, job_id: str) -> int:
 
 
 async def _wait_stage(
-    queue: QueueClient, job_id: str, stage: Stage, min_percent: float = 0, timeout: float = 60
+    queue: JobQueue, job_id: str, stage: Stage, min_percent: float = 0, timeout: float = 60
 ) -> Progress:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -54,14 +55,14 @@ async def _wait_stage(
 
 
 async def test_round_trip_with_progress(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     rock_short: Path,
     worker_factory: list[WorkerProcess],
     work_tmp: Path,
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     submission = await queue.submit(await _request(queue, rock_short, "vocals karaoke"))
     assert submission.state == "queued"
     first = await queue.progress(submission.job_id)
@@ -89,13 +90,13 @@ async def test_round_trip_with_progress(
 
 
 async def test_dedupe_and_cache(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     rock_short: Path,
     worker_factory: list[WorkerProcess],
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     first = await queue.submit(await _request(queue, rock_short, user="alice"))
     second = await queue.submit(await _request(queue, rock_short, user="bob"))
     assert (first.state, second.state) == ("queued", "joined")
@@ -115,13 +116,13 @@ async def test_dedupe_and_cache(
 
 
 async def test_expired_artifacts_are_recomputed(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     rock_short: Path,
     worker_factory: list[WorkerProcess],
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     worker = _worker(tiny_env, tmp_path, worker_factory)
     job = await queue.submit(await _request(queue, rock_short))
     result = await queue.wait_result(job.job_id, timeout_s=120)
@@ -133,14 +134,14 @@ async def test_expired_artifacts_are_recomputed(
 
 
 async def test_cancel_mid_job_stops_the_work(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     long_clip: Path,
     worker_factory: list[WorkerProcess],
     work_tmp: Path,
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     _worker(tiny_env, tmp_path, worker_factory)
     request = await _request(queue, long_clip)
     job = await queue.submit(request)
@@ -156,8 +157,8 @@ async def test_cancel_mid_job_stops_the_work(
     assert again.state == "queued"
 
 
-async def test_cancel_waits_for_every_requester(queue_client: QueueClient, rock_short: Path) -> None:
-    queue = queue_client
+async def test_cancel_waits_for_every_requester(board: Board, rock_short: Path) -> None:
+    queue = board.jobs
     alice, bob = await _request(queue, rock_short, user="alice"), await _request(queue, rock_short, user="bob")
     job = await queue.submit(alice)
     await queue.submit(bob)
@@ -166,13 +167,13 @@ async def test_cancel_waits_for_every_requester(queue_client: QueueClient, rock_
 
 
 async def test_cancel_before_start(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     rock_short: Path,
     worker_factory: list[WorkerProcess],
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     request = await _request(queue, rock_short)
     job = await queue.submit(request)
     assert await queue.cancel(job.job_id) is True
@@ -181,14 +182,14 @@ async def test_cancel_before_start(
 
 
 async def test_killed_worker_does_not_leave_the_job_stuck(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     long_clip: Path,
     worker_factory: list[WorkerProcess],
     work_tmp: Path,
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     first = _worker(tiny_env, tmp_path, worker_factory, "w1")
     job = await queue.submit(await _request(queue, long_clip))
     await _wait_stage(queue, job.job_id, Stage.separating, min_percent=5)
@@ -204,27 +205,28 @@ async def test_killed_worker_does_not_leave_the_job_stuck(
     assert list(work_tmp.iterdir()) == []
 
 
-async def test_queue_position(queue_client: QueueClient, rock_short: Path, long_clip: Path) -> None:
-    queue = queue_client
+async def test_queue_position(board: Board, rock_short: Path, long_clip: Path) -> None:
+    queue = board.jobs
     a = await queue.submit(await _request(queue, rock_short, stems="vocals"))
     b = await queue.submit(await _request(queue, rock_short, stems="drums"))
     c = await queue.submit(await _request(queue, long_clip, stems="bass"))
-    assert [await queue.position(j.job_id) for j in (a, b, c)] == [1, 2, 3]
-    assert await queue.position("sep-nonexistent") is None
+    assert [await board.workers.position(j.job_id) for j in (a, b, c)] == [1, 2, 3]
+    assert await board.workers.position("sep-nonexistent") is None
 
 
 async def test_queue_cap(redis_url: str, rock_short: Path) -> None:
     from core.errors import QueueFull
     from core.settings import Settings
 
-    queue = await QueueClient.connect(Settings(redis_url=redis_url, max_queue=2))
+    board = await Board.connect(Settings(redis_url=redis_url, max_queue=2))
+    queue = board.jobs
     try:
         for stems in ("vocals", "drums"):
             await queue.submit(await _request(queue, rock_short, stems=stems))
         with pytest.raises(QueueFull):
             await queue.submit(await _request(queue, rock_short, stems="bass"))
     finally:
-        await queue.close()
+        await board.close()
 
 
 def test_enqueue_cli_wait(
@@ -257,13 +259,13 @@ def test_enqueue_cli_wait(
 
 
 async def test_bad_input_through_the_worker(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     tmp_path: Path,
     worker_factory: list[WorkerProcess],
     work_tmp: Path,
 ) -> None:
-    queue = queue_client
+    queue = board.jobs
     worker = _worker(tiny_env, tmp_path, worker_factory)
     bad = tmp_path / "notes.mp3"
     bad.write_text("not a song\n" * 100)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import redis
 
+from core.board import Board
+from core.board.jobs import JobQueue
 from core.jobs import JobResult, Requester, SeparationRequest
-from core.queue import QueueClient
-from core.render import RenderOptions
+from core.render import RenderOptions, rubberband
 from core.settings import Settings
-from core.sources import SourcesCache, entry_key
+from core.sources import entry_key
 from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(600)
@@ -105,6 +106,21 @@ def test_key_and_tempo(real_worker: WorkerProcess, redis_url: str, tone: Path, t
     assert _stats(redis_url)["model_runs"] == 1
 
 
+@pytest.mark.parametrize("keep_formants", [False, True])
+def test_a_key_change_holds_a_note_steady(tone: Path, tmp_path: Path, keep_formants: bool) -> None:
+    """The renders' rubberband filter on a 440 Hz tone at key −2: every 0.19 s stretch peaks at
+    392 ± 1.5 Hz. Rubberband's default (crisp) transients made it warble from 387 to 396 Hz."""
+    lower = tmp_path / "lower.wav"
+    ffmpeg("-i", str(tone), "-af", str(rubberband(RenderOptions(key=-2), keep_formants)), str(lower))
+    mono = read_audio(lower).mean(0)
+    n = 8192
+    peaks = [
+        float(np.argmax(np.abs(np.fft.rfft(mono[i : i + n] * np.hanning(n), 8 * n)))) * RATE / (8 * n)
+        for i in range(n, mono.size - 2 * n, n)
+    ]
+    assert max(abs(peak - 392.0) for peak in peaks) <= 1.5, peaks
+
+
 @pytest.fixture(scope="module")
 def song20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 s of a real song with vocals."""
@@ -112,7 +128,7 @@ def song20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(src, tmp_path_factory.mktemp("song") / "fishin.flac", seconds=20, extra=("-ss", "30"))
 
 
-async def _run(queue: QueueClient, clip: Path, options: RenderOptions, fmt: str = "wav") -> tuple[JobResult, Path]:
+async def _run(queue: JobQueue, clip: Path, options: RenderOptions, fmt: str = "wav") -> tuple[JobResult, Path]:
     ref = await queue.store_input(clip.read_bytes(), clip.name)
     request = SeparationRequest(
         input=ref, stems="vocals", model="htdemucs", format=fmt, options=options, requester=Requester(platform="test")
@@ -129,7 +145,8 @@ async def test_section(real_worker: WorkerProcess, redis_url: str, song20: Path,
     """`0:05-0:12` as WAV: 7.00 s to the sample, the model run on the section and its
     context only, and the same stretch as the whole song's separation within 15 dB SNR;
     once the whole song's sources are cached, a section is a trim of them."""
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         section = RenderOptions(start_s=5, end_s=12)
         cut, cut_path = await _run(queue, song20, section)
@@ -148,12 +165,12 @@ async def test_section(real_worker: WorkerProcess, redis_url: str, song20: Path,
         assert snr >= 15, snr
         assert _snr(stretch, read_audio(trimmed_path)) > 80  # a trim of the same sources
 
-        cache = SourcesCache(queue.store, queue.pool, queue.settings)
+        cache = board.sources
         sha = hashlib.sha256(song20.read_bytes()).hexdigest()
         assert await cache.find(sha, "htdemucs", (0, None)) is not None
         assert await queue.store.exists(entry_key(sha, "htdemucs", (5 * RATE, 12 * RATE)))
     finally:
-        await queue.close()
+        await board.close()
     assert _stats(redis_url)["model_runs"] == 2
 
 
@@ -162,9 +179,10 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
     from core.sources import SourceSet
 
     settings = Settings(redis_url=redis_url, sources_max_mb=0.25)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        cache = SourcesCache(queue.store, queue.pool, settings)
+        cache = board.sources
         blob = tmp_path / "vocals.flac"
         blob.write_bytes(b"x" * 100_000)
         sources = SourceSet({"vocals": blob}, 0, 1000)
@@ -186,30 +204,41 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
         assert await cache.find("a", "m", (0, None)) is not None
         assert await cache.find("c", "m", (0, None)) is not None
     finally:
-        await queue.close()
+        await board.close()
 
 
-async def test_a_source_evicted_by_the_store_budget_drops_its_entry(redis_url: str, tmp_path: Path) -> None:
-    """The store's own budget (STEMBOT_ARTIFACT_BUDGET_MB) evicts single artifacts: an entry
-    that lost a source is dropped whole when found, so the song is separated again."""
+async def test_the_store_budget_evicts_a_songs_sources_whole(redis_url: str, tmp_path: Path) -> None:
+    """One index and one budget (STEMBOT_ARTIFACT_BUDGET_MB) over every artifact: a song's
+    sources and their manifest are one group, kept or evicted together, never one source alone."""
     from core.sources import SourceSet
 
     settings = Settings(redis_url=redis_url, artifact_budget_mb=0.25)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        cache = SourcesCache(queue.store, queue.pool, settings)
+        cache = board.sources
         paths = {}
         for name in ("vocals", "drums"):
             paths[name] = tmp_path / f"{name}.flac"
             paths[name].write_bytes(b"x" * 100_000)
         await cache.put(entry_key("a", "m"), SourceSet(paths, 0, 1000))
-        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: vocals go
-        assert not await queue.store.exists("sources:a:m:vocals.flac")
+        assert await cache.total_bytes() > 200_000  # its manifest with its two sources
+        await queue.store.put("input:" + "0" * 64, b"y" * 100_000, 600)  # past the budget: the song goes
+        assert await queue.store.exists("sources:a:m", "sources:a:m:vocals.flac", "sources:a:m:drums.flac") == 0
         assert await cache.find("a", "m", (0, None)) is None
-        assert not await queue.store.exists("sources:a:m", "sources:a:m:drums.flac")  # no useless leftovers
         assert await cache.total_bytes() == 0
+        assert await queue.store.stored_bytes() == 100_000  # the input alone, in the one count
+
+        small = await Board.connect(Settings(redis_url=redis_url, artifact_budget_mb=0.15))
+        try:
+            await small.sources.put(entry_key("b", "m"), SourceSet(paths, 0, 1000))  # over the budget alone
+            # the song being kept never evicts its own sources (one alone is useless); the input goes
+            assert await small.sources.find("b", "m", (0, None)) is not None
+            assert await queue.store.exists("input:" + "0" * 64) == 0
+        finally:
+            await small.close()
     finally:
-        await queue.close()
+        await board.close()
 
 
 def test_a_partly_evicted_song_is_separated_again(
@@ -285,9 +314,9 @@ async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
     # One 3 s WAV fits; the same at 80 % tempo (3.75 s) does not.
     limit_mb = estimated_bytes("wav", 3.3) / 1_000_000
     settings = Settings(redis_url=redis_url, max_jobs_per_user=5, max_job_output_mb=limit_mb)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         alice = Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
         song = Song(rock_short.read_bytes(), "Alice's secret demo.flac")
         accepted = await desk.accept(song, parse_stems("vocals"), "wav", alice)
@@ -303,11 +332,11 @@ async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
                 accepted.delivery.id, "slower", Delivery(platform="test", job_id="", chat_id="group", user_id="alice")
             )
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def _two_stems_at_once(
-    queue: QueueClient, env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
+    queue: JobQueue, env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> tuple[list[JobResult], str]:
     """Vocals and drums of one song, submitted together to two idle workers; their results and logs."""
     clip = make_clip(SONGS / "librosa_karissa_hobbs_lets_go_fishin.ogg", tmp_path / "fishin.mp3", seconds=20)
@@ -328,7 +357,7 @@ async def _two_stems_at_once(
 
 
 async def test_two_requests_for_one_song_at_once_run_the_model_once(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
@@ -336,7 +365,7 @@ async def test_two_requests_for_one_song_at_once_run_the_model_once(
 ) -> None:
     """Two stems of one song asked for at the same moment: one job separates, the other
     waits for its sources and renders from them."""
-    results, _ = await _two_stems_at_once(queue_client, tiny_env, tmp_path, worker_factory)
+    results, _ = await _two_stems_at_once(board.jobs, tiny_env, tmp_path, worker_factory)
     assert [r.status for r in results] == ["done", "done"]
     assert sorted(r.from_cache for r in results) == [False, True]
     assert _stats(redis_url)["model_runs"] == 1
@@ -344,7 +373,7 @@ async def test_two_requests_for_one_song_at_once_run_the_model_once(
 
 
 async def test_requests_for_a_song_too_big_to_keep_separate_side_by_side(
-    queue_client: QueueClient,
+    board: Board,
     tiny_env: dict[str, str],
     redis_url: str,
     tmp_path: Path,
@@ -353,7 +382,7 @@ async def test_requests_for_a_song_too_big_to_keep_separate_side_by_side(
     """Sources over STEMBOT_SOURCES_MAX_MB are not kept; a job that waited on their separation
     then runs its own at once, rather than in turn with every other waiting job."""
     env = tiny_env | {"STEMBOT_SOURCES_MAX_MB": "0.01"}
-    results, logs = await _two_stems_at_once(queue_client, env, tmp_path, worker_factory)
+    results, logs = await _two_stems_at_once(board.jobs, env, tmp_path, worker_factory)
     assert [(r.status, r.from_cache) for r in results] == [("done", False), ("done", False)]
     assert _stats(redis_url)["model_runs"] == 2
     assert "over STEMBOT_SOURCES_MAX_MB alone: not kept" in logs

@@ -4,42 +4,42 @@ and large results delivered as expiring links through the Discord bot and a real
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import simcord
-from moto.server import ThreadedMotoServer
 
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing, S3ArtifactStore
 from core.settings import Settings
-from testkit import WorkerProcess, drive, free_port, read_audio
+from testkit import WorkerProcess, drive, read_audio, s3_settings
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+async def test_the_sources_cap_holds_in_a_bucket_by_the_one_index(s3_url: str, redis_url: str, tmp_path: Path) -> None:
+    """A bucket has no byte budget, but its objects are booked in the board's one artifact
+    index, so STEMBOT_SOURCES_MAX_MB evicts the songs used longest ago there too, whole."""
+    from core.board import Board
+    from core.sources import SourceSet, entry_key
 
-
-def s3_settings(s3_url: str, **more: object) -> dict[str, object]:
-    bucket = f"b{time.time_ns()}"  # a bucket per test: nothing leaks between them
-    return {
-        "artifact_store": "s3",
-        "s3_endpoint_url": s3_url,
-        "s3_bucket": bucket,
-        "s3_access_key_id": "test",
-        "s3_secret_access_key": "test",
-        **more,
-    }
+    settings = Settings(**s3_settings(s3_url, redis_url=redis_url, sources_max_mb=0.25))  # type: ignore[arg-type]
+    board = await Board.connect(settings)
+    try:
+        assert isinstance(board.store, S3ArtifactStore)  # large results still go out as links
+        paths = {name: tmp_path / f"{name}.flac" for name in ("vocals", "drums")}
+        for path in paths.values():
+            path.write_bytes(b"x" * 50_000)
+        for song in ("a", "b"):
+            assert await board.sources.put(entry_key(song, "m"), SourceSet(paths, 0, 1000))
+        await board.sources.fetch(*(await board.sources.find("a", "m", (0, None))), tmp_path)  # type: ignore[misc]
+        assert await board.sources.put(entry_key("c", "m"), SourceSet(paths, 0, 1000))  # 300 kB: b goes
+        assert await board.store.exists("sources:b:m", "sources:b:m:vocals.flac", "sources:b:m:drums.flac") == 0
+        assert await board.sources.find("a", "m", (0, None)) is not None
+        assert 200_000 < await board.sources.total_bytes() <= 250_000
+    finally:
+        await board.close()
 
 
 async def test_store_round_trip_expiry_and_links(s3_url: str) -> None:
@@ -108,7 +108,7 @@ async def test_keys_that_stembot_never_builds_are_refused(s3_url: str, redis_url
     """No key can leave the store's prefix or name another object: S3 and Redis alike."""
     from redis.asyncio import Redis
 
-    from core.artifacts import RedisArtifactStore
+    from core.board.artifacts import RedisArtifactStore
 
     settings = Settings(**s3_settings(s3_url))  # type: ignore[arg-type]
     redis = Redis.from_url(redis_url)

@@ -15,11 +15,13 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from bots.discord import create_bot
-from core.artifacts import ArtifactMissing, RedisArtifactStore
+from core.artifacts import ArtifactMissing
+from core.board import Board
+from core.board.artifacts import RedisArtifactStore, group_of
+from core.board.workers import estimate_wait
 from core.jobs import InputRef, Requester, SeparationRequest, Stage
-from core.queue import QueueClient, estimate_wait
 from core.settings import Settings
-from testkit import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, stembot_env
+from testkit import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, raw_redis, stembot_env
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
 
@@ -90,6 +92,21 @@ async def test_budget_evicts_the_oldest_unpinned_artifact_first(client: Redis) -
 
 
 @pytest.mark.parametrize(
+    ("key", "group"),
+    [
+        ("input:" + "0" * 64, "input:" + "0" * 64),  # an input is a group of its own
+        ("result:sep-1:vocals.mp3", "result:sep-1"),  # a job's stems go together
+        ("sources:abc:htdemucs", "sources:abc:htdemucs"),  # a song's manifest ...
+        ("sources:abc:htdemucs:vocals.flac", "sources:abc:htdemucs"),  # ... and its sources
+        ("sources:abc:htdemucs:0-441000:drums.wav", "sources:abc:htdemucs:0-441000"),  # a section's
+        ("a", "a"),
+    ],
+)
+def test_artifacts_are_grouped_by_what_is_useless_alone(key: str, group: str) -> None:
+    assert group_of(key) == group
+
+
+@pytest.mark.parametrize(
     ("position", "avg", "slots", "running", "expected"),
     [
         (None, 10.0, 2, 0, None),  # not queued
@@ -104,33 +121,34 @@ def test_estimate_wait(position: int | None, avg: float | None, slots: int, runn
     assert estimate_wait(position, avg, slots, running) == expected
 
 
-async def test_position_and_eta_come_from_the_workers_records(queue_client: QueueClient, rock_short: Path) -> None:
-    queue = queue_client
+async def test_position_and_eta_come_from_the_workers_records(board: Board, redis_url: str, rock_short: Path) -> None:
+    queue, raw = board.jobs, raw_redis(redis_url)
     ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
     jobs = [(await queue.submit(request(ref, stems))).job_id for stems in ("vocals", "drums", "bass", "other")]
-    await queue.pool.set(queue.keys.job_seconds(), "10")
-    await queue.announce_worker("host-a:1", 1, 30)
-    await queue.announce_worker("host-b:2", 1, 30)
-    assert await queue.capacity() == (2, 0)
-    assert await queue.eta_s(2) == 0.0  # two idle slots take the first two at once
+    await board.workers.record_cycle(10)
+    await board.workers.announce("host-a:1", 1, [], 30)
+    await board.workers.announce("host-b:2", 1, [], 30)
+    assert (await board.workers.capacity())[:2] == (2, 0)
+    assert await board.workers.eta_s(2) == 0.0  # two idle slots take the first two at once
     for job_id in jobs[:2]:  # as a worker does when it takes a job
-        await queue.pool.set(in_progress_key_prefix + job_id, b"1")
-        await queue.job_started(job_id, int(await queue.pool.zscore(queue.settings.queue_name, job_id) or 0))
-    assert [await queue.position(j) for j in jobs] == [0, 0, 1, 2]
-    assert await queue.eta_s(1) == pytest.approx(2.5)  # half of one slot's turn: 10 s / 2 slots / 2
-    assert await queue.eta_s(2) == pytest.approx(7.5)
-    await queue.pool.delete(in_progress_key_prefix + jobs[0])  # its worker died without a word
-    await queue.prune_running()
-    assert [await queue.position(j) for j in jobs] == [1, 0, 2, 3]
-    await queue.withdraw_worker("host-a:1", 1)
-    assert await queue.capacity() == (1, 1)
+        await raw.set(in_progress_key_prefix + job_id, b"1")
+        await board.jobs.started(job_id, int(await raw.zscore(board.settings.queue_name, job_id) or 0))
+    assert [await board.workers.position(j) for j in jobs] == [0, 0, 1, 2]
+    assert await board.workers.eta_s(1) == pytest.approx(2.5)  # half of one slot's turn: 10 s / 2 slots / 2
+    assert await board.workers.eta_s(2) == pytest.approx(7.5)
+    await raw.delete(in_progress_key_prefix + jobs[0])  # its worker died without a word
+    await board.workers.prune_running()
+    assert [await board.workers.position(j) for j in jobs] == [1, 0, 2, 3]
+    await board.workers.withdraw("host-a:1", 1)
+    assert (await board.workers.capacity())[:2] == (1, 1)
 
 
 async def test_benchmark_engine_separates_without_torch(
     redis_url: str, work_tmp: Path, tmp_path: Path, rock_short: Path, worker_factory: list[WorkerProcess]
 ) -> None:
     worker = bench_worker(bench_env(redis_url, work_tmp), tmp_path / "w.log", worker_factory)
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
         job = await queue.submit(request(ref, "vocals drums", fmt="flac"))
@@ -141,7 +159,7 @@ async def test_benchmark_engine_separates_without_torch(
         assert [await queue.fetch(s) for s in result.stems] == [rock_short.read_bytes()] * 2  # the input, as stems
         assert any(p.stage == Stage.separating for p in progress)
     finally:
-        await queue.close()
+        await board.close()
     worker.stop()
     assert "benchmark engine" in worker.log()
     assert "torch not loaded" in worker.log()
@@ -152,7 +170,8 @@ async def test_evicted_result_is_recomputed_and_a_queued_input_is_kept(
 ) -> None:
     settings = Settings(redis_url=redis_url, artifact_budget_mb=2)
     budget = settings.artifact_budget_bytes
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
         ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
         first = await queue.submit(request(ref, "vocals"))
@@ -172,7 +191,7 @@ async def test_evicted_result_is_recomputed_and_a_queued_input_is_kept(
         redone = await queue.wait_result(again.job_id, timeout_s=60)
         assert redone.status == "done" and await queue.store.exists(redone.stems[0].artifact_key) == 1
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_full_redis_refuses_new_songs_in_both_bots_and_finishes_accepted_ones(

@@ -17,16 +17,29 @@ import simcord
 from arq.constants import in_progress_key_prefix
 
 from bots.discord import create_bot
-from core.artifacts import RedisArtifactStore
+from core.board import Board
+from core.board.artifacts import RedisArtifactStore
+from core.board.workers import estimate_wait_by_rate
 from core.deliveries import Delivery
 from core.desk import Finished, JobDesk, Song, status_line
 from core.errors import StorageFull, TooLarge
 from core.jobs import JobResult, Progress, Requester, SeparationRequest, Stage
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
-from core.queue import QueueClient, estimate_wait_by_rate
 from core.settings import Settings
 from core.stems import parse_stems
-from testkit import ROCK, RedisServer, WorkerProcess, drive, ffmpeg, fill, make_clip, run_stembot, stembot_env, wait_for
+from testkit import (
+    ROCK,
+    RedisServer,
+    WorkerProcess,
+    drive,
+    ffmpeg,
+    fill,
+    make_clip,
+    raw_redis,
+    run_stembot,
+    stembot_env,
+    wait_for,
+)
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
 
@@ -128,9 +141,10 @@ async def test_accepted_jobs_keep_room_for_their_results(
         songs.append(path.read_bytes())
     fill(url, 0.45)  # 32 MB maxmemory: about 14 MB left below the 90 % mark
     settings = Settings(redis_url=url, redis_full_ratio=0.9, user_rate="100/minute", chat_rate="100/minute")
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         accepted, refused = [], 0
         for i, data in enumerate(songs):
             delivery = Delivery(platform="test", job_id="", chat_id=f"c{i}", user_id=f"u{i}")
@@ -150,9 +164,9 @@ async def test_accepted_jobs_keep_room_for_their_results(
         assert [r.status for r in results] == ["done"] * len(accepted), [r.error for r in results]
         for result in results:
             assert [len(await queue.fetch(s)) for s in result.stems] == [len(songs[0])] * 4
-        assert await queue.room.reserved_bytes() == 0  # every reservation was given back
+        assert await board.room.reserved_bytes() == 0  # every reservation was given back
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_a_refused_store_carries_and_logs_no_payload(full_redis: RedisServer, captured: io.StringIO) -> None:
@@ -199,9 +213,10 @@ async def test_a_cancel_right_before_another_user_sends_the_same_song(
     song = tmp_path / "song.wav"
     ffmpeg("-i", f"file:{ROCK / 'mixture.flac'}", "-t", "2", f"file:{song}")
     settings = Settings(redis_url=redis_url)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         stems = parse_stems("vocals")
 
         async def ask(user: str) -> str:
@@ -217,7 +232,7 @@ async def test_a_cancel_right_before_another_user_sends_the_same_song(
         done = await _until_finished(desk, bob)
         assert done.status == "done" and len(await queue.fetch(done.stems[0])) > 10_000
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_a_job_stopped_by_anothers_cancel_runs_again_for_those_still_waiting(
@@ -227,14 +242,15 @@ async def test_a_job_stopped_by_anothers_cancel_runs_again_for_those_still_waiti
     song = tmp_path / "song.wav"
     ffmpeg("-i", f"file:{ROCK / 'mixture.flac'}", "-t", "2", f"file:{song}")
     settings = Settings(redis_url=redis_url)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         stems = parse_stems("vocals")
         delivery = Delivery(platform="test", job_id="", chat_id="chat-bob", user_id="bob")
         bob = (await desk.accept(Song(song.read_bytes(), "song.wav"), stems, "mp3", delivery)).delivery
         # The stop flag as the worker read it in the instant before Bob joined (the race itself).
-        await queue.pool.set(queue.keys.cancel(bob.job_id), b"1")
+        assert await queue.cancel(bob.job_id)
         worker = WorkerProcess(bench_env(redis_url, work_tmp), tmp_path / "w.log").start()
         worker_factory.append(worker)
         stopped = await queue.wait_result(bob.job_id, timeout_s=90)
@@ -242,7 +258,7 @@ async def test_a_job_stopped_by_anothers_cancel_runs_again_for_those_still_waiti
         done = await _until_finished(desk, bob.id)
         assert done.status == "done" and len(await queue.fetch(done.stems[0])) > 10_000
     finally:
-        await queue.close()
+        await board.close()
 
 
 # --- N5: the artifact budget never evicts stems before their chats fetch them -------------
@@ -266,9 +282,10 @@ async def test_stems_outlive_a_crowded_budget_until_fetched(
     songs = wav_songs(tmp_path, 6)
     # 7 MB: room for the inputs and stems (2.6 MB a job) of two jobs at once, not six.
     settings = Settings(redis_url=redis_url, artifact_budget_mb=7, user_rate="100/minute", chat_rate="100/minute")
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         accepted, refused = [], 0
         for i, data in enumerate(songs):
             delivery = Delivery(platform="test", job_id="", chat_id=f"c{i}", user_id=f"u{i}")
@@ -286,7 +303,7 @@ async def test_stems_outlive_a_crowded_budget_until_fetched(
         fetched = [len(await queue.fetch(s)) for r in results for s in r.stems]
         assert fetched == [len(songs[0])] * 4 * len(accepted)
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_a_job_larger_than_the_budget_is_refused_up_front(
@@ -296,14 +313,14 @@ async def test_a_job_larger_than_the_budget_is_refused_up_front(
     `stembot enqueue`; before, the job evicted its own stems and enqueue died on a traceback."""
     (song,) = wav_songs(tmp_path, 1)
     settings = Settings(redis_url=redis_url, artifact_budget_mb=1.5)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         delivery = Delivery(platform="test", job_id="", chat_id="c", user_id="u")
         with pytest.raises(TooLarge, match="more than I can keep at once"):
             await desk.accept(Song(song, "song.wav"), parse_stems(FOUR_WAV), "wav", delivery)
     finally:
-        await queue.close()
+        await board.close()
     env = bench_env(redis_url, work_tmp) | {"STEMBOT_ARTIFACT_BUDGET_MB": "1.5"}
     worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
     done = run_stembot(
@@ -324,10 +341,11 @@ async def test_a_job_never_evicts_its_own_stems(
     before, storing the last stem evicted the first."""
     (song,) = wav_songs(tmp_path, 1)
     settings = Settings(redis_url=redis_url, artifact_budget_mb=2.5)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
         delivery = Delivery(platform="test", job_id="", chat_id="c", user_id="u")
-        accepted = await JobDesk(settings, queue, "test").accept(
+        accepted = await JobDesk(settings, board, "test").accept(
             Song(song, "song.wav"), parse_stems(FOUR_WAV), "wav", delivery
         )
         env = bench_env(redis_url, work_tmp) | {"STEMBOT_ARTIFACT_BUDGET_MB": "2.5"}
@@ -336,21 +354,21 @@ async def test_a_job_never_evicts_its_own_stems(
         assert result.status == "done"
         assert [len(await queue.fetch(s)) for s in result.stems] == [len(song)] * 4
     finally:
-        await queue.close()
+        await board.close()
 
 
 # --- item 5: first come, first served, whatever the clock says ----------------------------
 
 
 async def test_jobs_submitted_in_the_same_millisecond_keep_their_order(
-    queue_client: QueueClient, rock_short: Path, monkeypatch: pytest.MonkeyPatch
+    board: Board, rock_short: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """arq scores a job by the millisecond it is enqueued in, and orders ties by id; here
     every job is enqueued in one millisecond, as bursts of users are on a fast host."""
     import arq.connections
 
     monkeypatch.setattr(arq.connections, "timestamp_ms", lambda: 1_800_000_000_000)
-    queue = queue_client
+    queue = board.jobs
     ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
     stems = ("vocals", "drums", "bass", "other", "vocals drums", "bass other", "drums bass")
     jobs = []
@@ -359,8 +377,9 @@ async def test_jobs_submitted_in_the_same_millisecond_keep_their_order(
             input=ref, stems=spec, model="htdemucs", requester=Requester(platform="test", user_id=str(i))
         )
         jobs.append((await queue.submit(request)).job_id)
-    assert [m.decode() for m in await queue.pool.zrange(queue.settings.queue_name, 0, -1)] == jobs
-    assert [await queue.position(j) for j in jobs] == list(range(1, len(jobs) + 1))
+    queued = await raw_redis(board.settings.redis_url).zrange(board.settings.queue_name, 0, -1)
+    assert [m.decode() for m in queued] == jobs
+    assert [await board.workers.position(j) for j in jobs] == list(range(1, len(jobs) + 1))
 
 
 # --- item 5: ETAs from the workers' measured rates; no worker, no promise -----------------
@@ -390,8 +409,10 @@ def test_estimate_wait_by_rate(
     assert estimate_wait_by_rate(position, slots, running, ahead, running_audio, throughput) == expected
 
 
-async def test_the_eta_counts_the_songs_ahead_by_the_workers_rates(queue_client: QueueClient, rock_short: Path) -> None:
-    queue = queue_client
+async def test_the_eta_counts_the_songs_ahead_by_the_workers_rates(
+    board: Board, redis_url: str, rock_short: Path
+) -> None:
+    queue, raw = board.jobs, raw_redis(redis_url)
     ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
     lengths = {"vocals": 60.0, "drums": 120.0, "bass": 30.0, "other": 90.0}
     jobs = []
@@ -401,14 +422,14 @@ async def test_the_eta_counts_the_songs_ahead_by_the_workers_rates(queue_client:
     for job_id in jobs:
         await queue.set_progress(Progress(job_id=job_id, stage=Stage.queued))
     # The slot times say 10 s a job; the songs are minutes long: the rates must win.
-    await queue.pool.set(queue.keys.job_seconds(), "10")
-    await queue.announce_worker("host-a:1", 1, 30)
-    await queue.announce_worker("host-b:2", 1, 30)
-    await queue.record_rate("host-a:1", 30.0, 60.0)  # 0.5 s of work per s of audio: 2 audio-s/s
-    await queue.record_rate("host-b:2", 30.0, 120.0)  # 0.25: 4 audio-s/s, 6 in all
+    await board.workers.record_cycle(10)
+    await board.workers.announce("host-a:1", 1, [], 30)
+    await board.workers.announce("host-b:2", 1, [], 30)
+    await board.workers.record_rate("host-a:1", 30.0, 60.0)  # 0.5 s of work per s of audio: 2 audio-s/s
+    await board.workers.record_rate("host-b:2", 30.0, 120.0)  # 0.25: 4 audio-s/s, 6 in all
     for job_id in jobs[:2]:  # as a worker does when it takes a job
-        await queue.pool.set(in_progress_key_prefix + job_id, b"1")
-        await queue.job_started(job_id, int(await queue.pool.zscore(queue.settings.queue_name, job_id) or 0))
+        await raw.set(in_progress_key_prefix + job_id, b"1")
+        await board.jobs.started(job_id, int(await raw.zscore(board.settings.queue_name, job_id) or 0))
     third, fourth = [await queue.progress(j) for j in jobs[2:]]
     assert third is not None and fourth is not None
     assert (third.queue_position, fourth.queue_position) == (1, 2)
@@ -417,14 +438,14 @@ async def test_the_eta_counts_the_songs_ahead_by_the_workers_rates(queue_client:
     assert status_line(third, "Song") == "⏳ Song: queued (position 1, about 15 s)"
 
 
-async def test_with_no_worker_online_the_status_says_so(queue_client: QueueClient, rock_short: Path) -> None:
-    queue = queue_client
+async def test_with_no_worker_online_the_status_says_so(board: Board, rock_short: Path) -> None:
+    queue = board.jobs
     ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
     request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
     job_id = (await queue.submit(request, audio_s=3.0)).job_id
     await queue.set_progress(Progress(job_id=job_id, stage=Stage.queued))
-    await queue.pool.set(queue.keys.cycle_seconds(), "5")  # workers were here before
-    await queue.announce_worker("gone:1", 1, 0.01)  # and the last one's presence lapsed
+    await board.workers.record_cycle(5)  # workers were here before
+    await board.workers.announce("gone:1", 1, [], 0.01)  # and the last one's presence lapsed
     await asyncio.sleep(0.05)
     progress = await queue.progress(job_id)
     assert progress is not None and progress.eta_s is None
@@ -437,7 +458,8 @@ async def test_a_worker_measures_its_own_rate(
 ) -> None:
     """The benchmark engine works 0.5 s per second of audio: no finished job can show less."""
     (song,) = wav_songs(tmp_path, 1)
-    queue = await QueueClient.connect(Settings(redis_url=redis_url))
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
     try:
         ref = await queue.store_input(song, "song.wav")
         request = SeparationRequest(input=ref, stems="vocals", model="htdemucs", requester=Requester(platform="test"))
@@ -445,17 +467,17 @@ async def test_a_worker_measures_its_own_rate(
         env = bench_env(redis_url, work_tmp) | {"STEMBOT_BENCHMARK_SECONDS_PER_AUDIO_SECOND": "0.5"}
         worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
         assert (await queue.wait_result(job_id, timeout_s=90)).status == "done"
-        rates = {k.decode(): float(v) for k, v in (await queue.pool.hgetall(queue.keys.worker_rates())).items()}  # type: ignore[misc]
+        rates = await board.workers.rates()
         assert len(rates) == 1 and 0.5 <= next(iter(rates.values())) < 30
-        assert await queue.pool.hget(queue.keys.job_audio(), job_id) is None  # forgotten once done
+        assert await board.workers.expected_audio(job_id) is None  # forgotten once done
     finally:
-        await queue.close()
+        await board.close()
 
 
 async def test_reservations_of_finished_or_lapsed_jobs_are_dropped(redis_url: str) -> None:
     from arq.constants import result_key_prefix
 
-    from core.room import Room
+    from core.board.room import Room
 
     settings = Settings(redis_url=redis_url, result_ttl_s=60)
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -507,9 +529,10 @@ async def test_stems_are_unpinned_once_every_chat_has_them(
     take them (else a busy hour of results would fill it for STEMBOT_RESULT_PIN_S)."""
     (song,) = wav_songs(tmp_path, 1)
     settings = Settings(redis_url=redis_url)
-    queue = await QueueClient.connect(settings)
+    board = await Board.connect(settings)
+    queue = board.jobs
     try:
-        desk = JobDesk(settings, queue, "test")
+        desk = JobDesk(settings, board, "test")
         ids = []
         for user in ("alice", "bob"):  # the same song: one job, two chats
             delivery = Delivery(platform="test", job_id="", chat_id=f"chat-{user}", user_id=user)
@@ -531,4 +554,4 @@ async def test_stems_are_unpinned_once_every_chat_has_them(
         await desk.book.finish(bob)
         assert await store.pinned_bytes() == 0
     finally:
-        await queue.close()
+        await board.close()

@@ -13,23 +13,26 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from arq.constants import in_progress_key_prefix
-from redis.exceptions import RedisError
-
 from core import metrics
-from core.admin import Counters
 from core.artifacts import ArtifactMissing
 from core.audio import SAMPLE_RATE
-from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
-from core.queue import QueueClient
-from core.sources import SourcesCache, SourceSet, entry_key
+from core.board import SERVICE_ERRORS, Board
+from core.board.events import Event
+from core.board.sources import SourcesCache
+from core.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
+from core.facts import SongFacts
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
+from core.render import resolve
+from core.sources import SourceSet, entry_key
+from core.stems import StemSelection
 from core.uploads import output_too_large
+from worker.detect import FactsTap
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -54,8 +57,9 @@ NEUTRAL_SONG = "song"
 class JobRun:
     """State of one running job: its latest progress and its stop flag, shared with the thread."""
 
-    def __init__(self, queue: QueueClient, job_id: str) -> None:
-        self.queue = queue
+    def __init__(self, board: Board, job_id: str) -> None:
+        self.board = board
+        self.settings = board.settings
         self.job_id = job_id
         self.stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -79,22 +83,21 @@ class JobRun:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await self.queue.set_progress(self._latest)
+            await self.board.jobs.set_progress(self._latest)
 
     async def _supervise(self) -> None:
-        settings = self.queue.settings
-        ttl_ms = int(settings.in_progress_ttl_s * 1000)
+        settings = self.settings
         beat_every = max(1, int(settings.job_heartbeat_s / _SUPERVISE_INTERVAL_S))
         tick = 0
         while True:
             if tick % beat_every == 0:
-                await self.queue.pool.pexpire(in_progress_key_prefix + self.job_id, ttl_ms)
+                await self.board.jobs.keep_claim(self.job_id)
                 for cache, key in self.claims:
                     try:
                         await cache.renew(key, self.job_id, settings.in_progress_ttl_s)
-                    except RedisError:  # the heartbeat above must go on; the claim lapses at worst
+                    except SERVICE_ERRORS:  # the heartbeat above must go on; the claim lapses at worst
                         log.warning("could not renew the claim on %s", key, exc_info=True)
-            if await self.queue.pool.exists(self.queue.keys.cancel(self.job_id)):
+            if await self.board.jobs.stop_asked(self.job_id):
                 self.stop.set()
             tick += 1
             await asyncio.sleep(_SUPERVISE_INTERVAL_S)
@@ -108,7 +111,7 @@ class JobRun:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            ttl_s = self.queue.settings.in_progress_ttl_s
+            ttl_s = self.settings.in_progress_ttl_s
             for cache, key in self.claims:  # waiting jobs then find the sources, or separate themselves
                 with contextlib.suppress(Exception):
                     await asyncio.shield(cache.release(key, self.job_id, key in self.kept, ttl_s))
@@ -125,15 +128,16 @@ class JobRun:
             raise
 
 
-async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile], fmt: str) -> list[StemArtifact]:
+async def _store_outputs(board: Board, job_id: str, files: list[StemFile], fmt: str) -> list[StemArtifact]:
     """Store a job's stems, within `max_job_output_bytes` in all; on any failure none stays stored."""
-    limit = queue.settings.max_job_output_bytes
+    limit = board.settings.max_job_output_bytes
+    store = board.store
     total = sum(f.path.stat().st_size for f in files)
     if total > limit:
         raise output_too_large(total, limit)
     artifacts: list[StemArtifact] = []
     stored = 0
-    holder, pin_s = queue.delivery_holder(job_id), queue.settings.result_pin_s
+    holder, pin_s = board.jobs.delivery_holder(job_id), board.settings.result_pin_s
     try:
         for f in files:
             data = f.path.read_bytes()
@@ -142,7 +146,7 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
                 raise output_too_large(stored, limit)
             key = f"result:{job_id}:{f.output.name}.{fmt}"
             if pin_s:  # before the put: neither this job's next stems nor others' evict it
-                await queue.store.pin(key, holder, pin_s)
+                await store.pin(key, holder, pin_s)
             artifacts.append(
                 StemArtifact(
                     stem=f.label or f.output.name,
@@ -154,18 +158,18 @@ async def _store_outputs(queue: QueueClient, job_id: str, files: list[StemFile],
                     duration_s=f.duration_s,
                 )
             )
-            await queue.store.put(key, data, queue.settings.result_ttl_s)
+            await store.put(key, data, board.settings.result_ttl_s)
     except BaseException:
-        await asyncio.shield(queue.store.delete(*(a.artifact_key for a in artifacts)))
-        await asyncio.shield(queue.store.release(holder))
+        await asyncio.shield(store.delete(*(a.artifact_key for a in artifacts)))
+        await asyncio.shield(store.release(holder))
         raise
-    await queue.room.release(job_id)  # the stems hold the room they were given now
+    await board.jobs.results_stored(job_id)
     return artifacts
 
 
-async def _input(queue: QueueClient, request: SeparationRequest, dest: Path) -> Path:
+async def _input(board: Board, request: SeparationRequest, dest: Path) -> Path:
     try:
-        dest.write_bytes(await queue.store.get(request.input.artifact_key))
+        dest.write_bytes(await board.store.get(request.input.artifact_key))
     except ArtifactMissing as exc:
         raise WorkerFailed("The uploaded file expired before a worker reached it. Please send it again.") from exc
     return dest
@@ -177,21 +181,33 @@ async def _separate(
     request: SeparationRequest,
     model: str,
     in_path: Path,
-    spec: RenderSpec,
+    spec: RenderSpec | None,
     keep_in: Path | None,
     timings: dict[str, float],
 ) -> Separation:
     """Run the model on the song (or its section), writing the requested files as it goes,
-    and every source into `keep_in` for the sources cache."""
-    settings = run.queue.settings
+    and every source into `keep_in` for the sources cache; detect the song's key and tempo
+    from the model's output as it comes."""
+    settings = run.settings
     # Kept sources are every source; without them a bag of specialists runs only the needed ones.
-    needed = None if keep_in is not None else needed_sources(request.selection)
+    needed = None if keep_in is not None else needed_sources(request.stems)
     separator = await run.in_thread(lambda: engine.separator(model, needed))
+    check_serves(model, request.stems, separator.sources)
+    tap = FactsTap(separator.sources)
     separation = await run.in_thread(
-        lambda: separate_sources(in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings)
+        lambda: separate_sources(
+            in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings, tap.feed
+        )
     )
-    metrics.MODEL_RUNS.labels(model).inc()
-    await Counters(run.queue.pool, settings.key_prefix).add("model_runs")
+    await run.board.events.record(Event.model_run, model)
+    started = time.monotonic()
+    try:
+        facts: SongFacts | None = await run.in_thread(tap.facts)
+    except Exception:  # a detector that fails costs the facts, never the answer
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        facts = None
+    timings["detect"] = time.monotonic() - started
+    separation.sources = replace(separation.sources, facts=facts)
     return separation
 
 
@@ -204,7 +220,7 @@ async def _keep_sources(
     section = None if sources.whole else request.options.section_frames(SAMPLE_RATE)
     key = entry_key(request.input.sha256, model, section)
     try:
-        if not await run.queue.room.fits(sum(p.stat().st_size for p in sources.paths.values())):
+        if not await run.board.room.fits(sum(p.stat().st_size for p in sources.paths.values())):
             # Other accepted jobs' results come first: their room is not this cache's.
             log.warning("could not keep the sources of %s: Redis has no room to spare", request.input.sha256[:12])
             return
@@ -221,14 +237,15 @@ async def _whole_file(
     run: JobRun, engine: Engine, model: str, request: SeparationRequest, job_id: str, in_path: Path, out: Path
 ) -> JobResult:
     """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
-    settings = run.queue.settings
+    settings = run.settings
     separator = await run.in_thread(lambda: engine.separator(model, None))
+    check_serves(model, request.stems, separator.sources)
     outcome = await run.in_thread(
         lambda: separate_file(
             in_path,
             out,
             NEUTRAL_SONG,
-            request.selection,
+            request.stems,
             request.output_format,
             separator,
             settings,
@@ -237,7 +254,7 @@ async def _whole_file(
         )
     )
     run.report(Stage.uploading, 0)
-    stems = await _store_outputs(run.queue, job_id, outcome.files, request.format)
+    stems = await _store_outputs(run.board, job_id, outcome.files, request.format)
     return JobResult(
         job_id=job_id,
         status="done",
@@ -248,13 +265,25 @@ async def _whole_file(
     )
 
 
+def check_serves(model: str, selection: StemSelection, sources: Collection[str]) -> None:
+    """Refuse a request for stems its model does not separate: the model is the request's
+    (`SeparationRequest.model`), never swapped here for one that has them."""
+    missing = [s for s in sorted(selection.sources_needed) if s not in sources]
+    if missing:
+        raise ModelUnavailable(f"The model {model} does not separate {', '.join(missing)}.")
+
+
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
-    """Render from the song's cached sources when there are some; else separate first."""
-    queue = run.queue
-    settings = queue.settings
-    selection = request.selection
-    model = model_for(selection, request.model, settings.six_stem_model)
-    cache = SourcesCache(queue.store, queue.pool, settings)
+    """Render from the song's cached sources when there are some; else separate first.
+
+    A request with a key or BPM target, or a loop, is rendered from the kept sources after
+    the separation (a target needs the song's facts, detected from them; a loop reads its
+    section again for every repeat); any other request's files are made while the model runs."""
+    board = run.board
+    settings = board.settings
+    selection, model = request.stems, request.model
+    cache = board.sources
+    later = request.options.renders_later
     started = time.monotonic()
     run.report(Stage.downloading, 0)
     with job_dir() as tmp:
@@ -262,9 +291,11 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         (work / "sources").mkdir()
         (work / "out").mkdir()
         sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
+        if sources is not None:
+            check_serves(model, selection, tuple(sources.paths))
         in_path = None
-        if sources is None or uses_mixture(selection):
-            in_path = await _input(queue, request, work / "input")
+        if sources is None or uses_mixture(selection, request.options):
+            in_path = await _input(board, request, work / "input")
         timings: dict[str, float] = {"fetch": time.monotonic() - started}
         # Stored stems answer anyone who sends these bytes: they carry no requester's name
         # (file name, title tag); the frontends name and title each delivery themselves.
@@ -276,22 +307,35 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
             assert in_path is not None
             if not engine.keeps_sources:  # the benchmark engine makes the stems itself
                 return await _whole_file(run, engine, model, request, job_id, in_path, work / "out")
-            keep_in = work / "sources" if cache.enabled else None
-            separation = await _separate(run, engine, request, model, in_path, spec, keep_in, timings)
-            files = separation.files
+            keep_in = work / "sources" if cache.enabled or later else None
+            made_now = None if later else spec
+            separation = await _separate(run, engine, request, model, in_path, made_now, keep_in, timings)
+            sources = separation.sources
+        facts = await _facts(run, cache, sources, timings)
+        sources = replace(sources, facts=facts)
+        if separation is not None:
+            separation.sources = sources  # kept with its facts
+        options = request.options
+        if separation is None or later:
+            try:
+                options = resolve(request.options, facts)
+            except StembotError:  # out of reach (200 BPM of a 96 BPM song): the separation is still kept
+                if separation is not None and cache.enabled:
+                    await _keep_sources(run, cache, request, model, sources)
+                raise
+            files = await _render(run, sources, in_path, replace(spec, options=options), timings)
         else:
-            files = await _render(run, sources, in_path, spec, timings)
+            files = separation.files
         run.report(Stage.uploading, 0)
         stored = time.monotonic()
-        stems = await _store_outputs(queue, job_id, files, request.format)
+        stems = await _store_outputs(board, job_id, files, request.format)
         timings["store"] = time.monotonic() - stored
         if separation is not None and cache.enabled:
             kept = time.monotonic()
             await _keep_sources(run, cache, request, model, separation.sources)
             timings["keep"] = time.monotonic() - kept
     if separation is None:
-        metrics.CACHED_RENDERS.inc()
-        await Counters(queue.pool, settings.key_prefix).add("cached_renders")
+        await board.events.record(Event.cached_render)
     return JobResult(
         job_id=job_id,
         status="done",
@@ -300,7 +344,29 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings=timings,
         audio_seconds=0.0 if separation is None else separation.sources.frames / SAMPLE_RATE,
         from_cache=separation is None,
+        facts=facts,
+        options=options,
     )
+
+
+async def _facts(run: JobRun, cache: SourcesCache, sources: SourceSet, timings: dict[str, float]) -> SongFacts | None:
+    """The song's key and tempo: detected during its separation, or kept with its cached
+    sources; an entry kept before detection existed has them detected from its sources now
+    (and kept with it). A detector that fails costs the facts, never the answer."""
+    if sources.facts is not None or not sources.entry:  # a fresh separation's tap had its say
+        return sources.facts
+    started = time.monotonic()
+    try:
+        from worker.detect import detect_sources  # librosa: loaded by the first job that needs it
+
+        facts = await run.in_thread(lambda: detect_sources(sources.paths))
+    except Exception:
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        return None
+    timings["detect"] = time.monotonic() - started
+    with contextlib.suppress(Exception):
+        await cache.add_facts(sources.entry, facts)
+    return facts
 
 
 async def _find_or_claim(
@@ -314,7 +380,7 @@ async def _find_or_claim(
     """
     section = request.options.section_frames(SAMPLE_RATE)
     own = entry_key(request.input.sha256, model, section)
-    ttl_s = run.queue.settings.in_progress_ttl_s
+    ttl_s = run.settings.in_progress_ttl_s
     waited = False
     while True:
         found = await cache.find(request.input.sha256, model, section)
@@ -349,7 +415,7 @@ async def _render(
             sources,
             in_path,
             spec,
-            run.queue.settings,
+            run.settings,
             report=lambda _stage, pct: run.report(Stage.rendering, pct),
             should_stop=run.stop.is_set,
         )
@@ -361,14 +427,14 @@ async def _render(
 async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
     """arq entry point; always returns a JobResult as a dict, never raises for a bad song."""
     job_id: str = ctx["job_id"]
-    queue: QueueClient = ctx["queue"]
+    board: Board = ctx["board"]
     request = SeparationRequest.model_validate(payload)
     started = time.monotonic()
     enqueued = ctx.get("enqueue_time")
     if isinstance(enqueued, datetime):
         metrics.QUEUE_WAIT.observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
-    run = JobRun(queue, job_id)
-    if await queue.pool.exists(queue.keys.cancel(job_id)):
+    run = JobRun(board, job_id)
+    if await board.jobs.stop_asked(job_id):
         result = JobResult(job_id=job_id, status="cancelled", model=request.model)
     else:
         async with run.supervised():
@@ -386,20 +452,7 @@ async def separate(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, An
                     job_id=job_id, status="failed", model=request.model, error=ErrorInfo.from_exception(_failure(exc))
                 )
     result.timings["total"] = time.monotonic() - started
-    await queue.set_progress(result.final_progress())
-    if result.status == "done":
-        await _record_job_seconds(queue, result.timings["total"])
-        await queue.record_rate(ctx.get("worker_name", ""), result.timings["total"], result.audio_seconds)
-    metrics.JOBS.labels(result.status).inc()
-    metrics.AUDIO_MINUTES.inc(result.audio_seconds / 60)
-    for stage in metrics.JOB_STAGES:
-        if stage in result.timings:
-            metrics.STAGE_SECONDS.labels(stage).observe(result.timings[stage])
-    if result.audio_seconds > 0:
-        metrics.SECONDS_PER_AUDIO_SECOND.observe(result.timings["total"] / result.audio_seconds)
-    counters = Counters(queue.pool, queue.settings.key_prefix)
-    await counters.add(f"jobs_{result.status}")
-    await counters.add("audio_minutes", result.audio_seconds / 60)
+    await board.jobs.finish(result, ctx.get("worker_name", ""))
     how = " from cached sources" if result.from_cache else ""
     log.info("job %s %s%s in %.1fs", job_id, result.status, how, result.timings["total"])
     return result.model_dump(mode="json")
@@ -415,7 +468,7 @@ def _transient(exc: BaseException) -> bool:
     """A failure of the host or of a service (Redis, the store), which another try may not meet."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, MemoryError | ConnectionError | TimeoutError | RedisError | ArtifactMissing):
+        if isinstance(seen, (MemoryError, ConnectionError, TimeoutError, ArtifactMissing, *SERVICE_ERRORS)):
             return True
         if isinstance(seen, OSError) and seen.errno in _HOST_ERRNOS:
             return True
@@ -430,11 +483,3 @@ def _failure(exc: Exception) -> StembotError:
     if _transient(exc):
         return WorkerFailed("Something went wrong while separating this song. Please try again later.")
     return InternalError(detail=repr(exc))
-
-
-async def _record_job_seconds(queue: QueueClient, seconds: float) -> None:
-    """An exponential moving average of job time, for queue ETAs."""
-    key = queue.keys.job_seconds()
-    old = await queue.pool.get(key)
-    avg = seconds if old is None else 0.8 * float(old) + 0.2 * seconds
-    await queue.pool.set(key, f"{avg:.3f}")

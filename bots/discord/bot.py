@@ -1,4 +1,4 @@
-"""The discord.py client: commands registered, delivery loop on a timer, nothing else."""
+"""The discord.py client: commands registered, core's delivery loop on a timer, nothing else."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from discord import app_commands
 from discord.ext import tasks
 
 from bots.discord.commands import answer_dm, register
+from bots.discord.frontend import DiscordFrontend
 from bots.discord.service import DiscordService
+from core.board import Board
+from core.frontend import DeliveryLoop
 from core.links import warm_up
-from core.queue import QueueClient
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class StembotBot(discord.Client):
         self.tree: app_commands.CommandTree[StembotBot] = app_commands.CommandTree(self)
         register(self.tree)
         self._service: DiscordService | None = None
+        self._deliveries: DeliveryLoop | None = None
         self.deliver.change_interval(seconds=settings.delivery_poll_s)
 
     @property
@@ -38,15 +41,24 @@ class StembotBot(discord.Client):
 
     async def setup_hook(self) -> None:
         await asyncio.to_thread(warm_up)
-        self._service = DiscordService(self.settings, await QueueClient.connect(self.settings))
+        self._service = DiscordService(self.settings, await Board.connect(self.settings))
+        # a delivery the web studio made names no limit: it comes by DM, under Discord's default
+        cap = self.settings.discord_max_upload_mb
+        default = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        dm_limit = min(default, int(cap * 1024 * 1024)) if cap else default
+        self._deliveries = DeliveryLoop(
+            self._service.desk, DiscordFrontend(self), self.settings.delivery_poll_s, upload_limit=dm_limit
+        )
         if self.settings.discord_sync_commands:
             await self.tree.sync()
         self.deliver.start()
 
     async def close(self) -> None:
         self.deliver.cancel()
+        if self._deliveries is not None:
+            await self._deliveries.stop()
         if self._service is not None:
-            await self._service.queue.close()
+            await self._service.board.close()
             self._service = None
         await super().close()
 
@@ -57,12 +69,9 @@ class StembotBot(discord.Client):
 
     @tasks.loop(seconds=1.0)
     async def deliver(self) -> None:
-        """Walk every pending delivery: status edits, then each result exactly once."""
-        for delivery in await self.service.book.pending():
-            try:
-                await self.service.advance(self, delivery)
-            except Exception:  # one broken delivery must not stop the others
-                log.exception("delivery %s", delivery.id)
+        """Move every pending delivery on: status edits, then each result exactly once."""
+        if self._deliveries is not None:
+            await self._deliveries.tick()
 
     @deliver.error
     async def _deliver_failed(self, error: BaseException) -> None:

@@ -19,21 +19,14 @@ import discord
 from discord import app_commands
 
 from bots.discord import texts
+from bots.discord.frontend import AGAIN_PREFIX, CANCEL_PREFIX, again_id, chat_text
 from bots.discord.guilds import GuildConfig
-from bots.discord.service import (
-    AGAIN_PREFIX,
-    CANCEL_PREFIX,
-    DiscordService,
-    again_id,
-    chat_text,
-    service_of,
-    song_in,
-)
+from bots.discord.service import DiscordService, service_of, song_in
 from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
 from core.render import RenderOptions, make_options
-from core.stems import StemSelection, parse_stems
+from core.stems import DEFAULT, KARAOKE, StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in texts.FORMATS]
@@ -93,9 +86,9 @@ async def _begin(
 @app_commands.describe(
     file="the song (audio or video)",
     url="a link to the song instead of a file",
-    stems="vocals, karaoke, guide, drums, bass, other, all, 6, combos (drums+bass), a section (1:10-2:30)",
+    stems="vocals, karaoke, guide, drums, bass, other, all, 6, drums+bass, 1:10-2:30, key=C, 100bpm, loop x4",
     format="file format of the stems",
-    key="transpose by semitones, -12 to +12",
+    key="transpose by semitones, -12 to +12 (to a key: key=C in stems)",
     tempo="speed in percent, 50 to 150",
     private="only you see the result",
 )
@@ -116,9 +109,15 @@ async def split(
         return
     try:
         command = parse_split(f"{stems or ''} {url or ''}")
-        typed = command.options
+        typed = command.options  # `key=C`, `tempo=100bpm`, `loop … x4` come as words in stems
         options = make_options(
-            typed.key if key is None else key, typed.tempo if tempo is None else tempo, typed.start_s, typed.end_s
+            typed.key if key is None else key,
+            typed.tempo if tempo is None else tempo,
+            typed.start_s,
+            typed.end_s,
+            key_target=typed.key_target if key is None else None,
+            tempo_bpm=typed.tempo_bpm if tempo is None else None,
+            repeats=typed.repeats,
         )
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
@@ -128,7 +127,7 @@ async def split(
         await _refuse(interaction, texts.NO_SONG)
         return
     fmt = format.value if format else command.format
-    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private, options)
+    await _begin(interaction, source, command.selection or DEFAULT, fmt, private, options)
 
 
 @split.autocomplete("stems")
@@ -158,7 +157,7 @@ async def _message_song(interaction: discord.Interaction, message: discord.Messa
 async def karaoke(interaction: discord.Interaction, message: discord.Message) -> None:
     source = await _message_song(interaction, message)
     if source is not None:
-        await _begin(interaction, source, parse_stems("karaoke"), None, False)
+        await _begin(interaction, source, KARAOKE, None, False)
 
 
 class StemPicker(discord.ui.View):
@@ -218,8 +217,9 @@ async def split_stems(interaction: discord.Interaction, message: discord.Message
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def help_command(interaction: discord.Interaction) -> None:
-    stem_words = await _service(interaction).desk.stem_words()
-    await interaction.response.send_message(texts.help_text(stem_words), ephemeral=True)
+    service = _service(interaction)
+    text = texts.help_text(await service.desk.stem_words(), service.settings.studio_enabled)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 admin = app_commands.Group(

@@ -9,8 +9,8 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 
 from bots.telegram.handlers import COMMANDS, register
 from bots.telegram.service import TelegramService
+from core.board import Board
 from core.links import warm_up
-from core.queue import QueueClient
 from core.settings import Settings
 
 
@@ -22,7 +22,7 @@ def build_application(settings: Settings) -> Application:  # type: ignore[type-a
 
     async def on_start(app: Application) -> None:  # type: ignore[type-arg]
         await asyncio.to_thread(warm_up)
-        service = TelegramService(settings, await QueueClient.connect(settings))
+        service = TelegramService(settings, await Board.connect(settings))
         app.bot_data["service"] = service
         await app.bot.set_my_commands(COMMANDS)
         service.start(app.bot)
@@ -31,7 +31,7 @@ def build_application(settings: Settings) -> Application:  # type: ignore[type-a
         service: TelegramService | None = app.bot_data.get("service")
         if service is not None:
             await service.stop()
-            await service.queue.close()
+            await service.board.close()
 
     app = (
         ApplicationBuilder()

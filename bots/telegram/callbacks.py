@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from core.audio import FORMAT_NAMES
 from core.errors import InvalidCommand, StembotError
+from core.frontend import Button
 from core.render import FOLLOW_UP_CHANGES
 from core.stems import StemSelection, parse_stems
 
@@ -102,3 +103,10 @@ def parse(raw: str | None) -> Press:
         case "set", ["format", fmt]:
             return Setting("format", _format(fmt))
     raise StaleButton()
+
+
+def callback_data(button: Button) -> str:
+    """The data a delivery's button carries, as `parse` reads it back."""
+    if button.action == "cancel":
+        return f"cancel|{button.delivery_id}"
+    return f"again|{button.delivery_id}|{button.change}"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from arq.constants import result_key_prefix
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from core.board.arqueue import RESULT_PREFIX
 from core.errors import StorageFull
 from core.settings import Settings
 
@@ -64,7 +64,7 @@ class Room:
         await self._redis.hdel(self._key, job_id)  # type: ignore[misc]
 
     async def reserved_bytes(self) -> int:
-        return int(await self._sum(keys=[self._key], args=[time.time(), result_key_prefix]))
+        return int(await self._sum(keys=[self._key], args=[time.time(), RESULT_PREFIX]))
 
     async def _memory(self) -> tuple[int, int] | None:
         """(used, maxmemory), or None where a managed Redis hides INFO."""

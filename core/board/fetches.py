@@ -41,14 +41,14 @@ class Fetch(BaseModel):
 
 class FetchBook:
     def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: float = 300) -> None:
-        self.redis = redis
+        self._redis = redis
         self.owner = uuid.uuid4().hex  # this process; a restarted bot is another owner
         self.ttl_s = ttl_s  # longer than any fetch may take: past it a record no longer counts
         self._key = f"{prefix}{platform}:fetching"
         self._alive = f"{prefix}{platform}:bot-alive:"
 
     async def heartbeat(self) -> None:
-        await self.redis.set(self._alive + self.owner, b"1", ex=ALIVE_S)
+        await self._redis.set(self._alive + self.owner, b"1", ex=ALIVE_S)
 
     async def begin(
         self,
@@ -68,15 +68,15 @@ class FetchBook:
             expires_at=time.time() + self.ttl_s,
         )
         await self.heartbeat()  # a record of a process nobody knows alive would be swept at once
-        await self.redis.hset(self._key, fetch.id, fetch.model_dump_json())  # type: ignore[misc]
-        await self.redis.expire(self._key, int(self.ttl_s) + ALIVE_S)
+        await self._redis.hset(self._key, fetch.id, fetch.model_dump_json())  # type: ignore[misc]
+        await self._redis.expire(self._key, int(self.ttl_s) + ALIVE_S)
         return fetch
 
     async def end(self, fetch: Fetch) -> None:
-        await self.redis.hdel(self._key, fetch.id)  # type: ignore[misc]
+        await self._redis.hdel(self._key, fetch.id)  # type: ignore[misc]
 
     async def _all(self) -> list[Fetch]:
-        raw = await self.redis.hvals(self._key)  # type: ignore[misc]
+        raw = await self._redis.hvals(self._key)  # type: ignore[misc]
         return [Fetch.model_validate_json(r) for r in raw]
 
     async def others(self, fetch: Fetch) -> int:
@@ -93,9 +93,9 @@ class FetchBook:
         alive: dict[str, bool] = {self.owner: True}
         for fetch in await self._all():
             if fetch.owner not in alive:
-                alive[fetch.owner] = bool(await self.redis.exists(self._alive + fetch.owner))
+                alive[fetch.owner] = bool(await self._redis.exists(self._alive + fetch.owner))
             if alive[fetch.owner]:
                 continue
-            if await self.redis.hdel(self._key, fetch.id):  # type: ignore[misc]
+            if await self._redis.hdel(self._key, fetch.id):  # type: ignore[misc]
                 found.append(fetch)  # of two live bots sweeping, only one removed it
         return found

@@ -15,17 +15,17 @@ class UserPrefs(BaseModel):
 
 class PrefsStore:
     def __init__(self, redis: Redis, prefix: str = "stembot:") -> None:
-        self.redis = redis
-        self.prefix = prefix
+        self._redis = redis
+        self._prefix = prefix
 
     def _key(self, user_key: str) -> str:
-        return f"{self.prefix}prefs:{user_key}"
+        return f"{self._prefix}prefs:{user_key}"
 
     async def get(self, user_key: str) -> UserPrefs:
-        raw = await self.redis.get(self._key(user_key))
+        raw = await self._redis.get(self._key(user_key))
         return UserPrefs() if raw is None else UserPrefs.model_validate_json(raw)
 
     async def update(self, user_key: str, **changes: str | None) -> UserPrefs:
         prefs = (await self.get(user_key)).model_copy(update=changes)
-        await self.redis.set(self._key(user_key), UserPrefs.model_validate(prefs.model_dump()).model_dump_json())
+        await self._redis.set(self._key(user_key), UserPrefs.model_validate(prefs.model_dump()).model_dump_json())
         return prefs
