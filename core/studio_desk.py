@@ -8,7 +8,7 @@ chat" is a delivery the requester's bot sends. Who may open what: core.studio.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -84,9 +84,7 @@ class StudioDesk:
 
     async def summary(self, song: StudioSong) -> SongSummary:
         manifest = await self.manifest(song)
-        # The key and tempo the worker detected, kept with the sources (`core.facts.SongFacts`,
-        # in the manifest once key and BPM detection is there; until then none).
-        facts: Any = getattr(manifest, "facts", None)
+        facts = manifest.facts  # detected by the worker once, kept with the sources (None: an older entry)
         tonality = facts.tonality if facts is not None else None
         return SongSummary(
             title=song.song,
