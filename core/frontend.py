@@ -34,6 +34,7 @@ from core.deliveries import Delivery
 from core.desk import SOMETHING_WRONG, Finished, JobDesk, StatusUpdate, Upload, links_text, outcome_line
 from core.errors import StembotError
 from core.jobs import JobResult
+from core.studio import studio_link
 
 log = logging.getLogger(__name__)
 # Chats a bot process serves at once (edits, uploads); past it the rest wait a poll.
@@ -43,12 +44,16 @@ DELIVERIES_AT_ONCE = 32
 @dataclass(frozen=True)
 class Button:
     """A button under a message, as data. `cancel` withdraws the delivery's request
-    (`JobDesk.cancel`); `again` renders its song again with `change` (`JobDesk.again`)."""
+    (`JobDesk.cancel`); `again` renders its song again with `change` (`JobDesk.again`);
+    `studio` opens the song in the web studio: `url`, its requester's signed link, `change`
+    the studio's id of the song (for a platform that must link to it another way). A
+    frontend shows a `studio` button to the requester only."""
 
     label: str
-    action: Literal["cancel", "again"]
+    action: Literal["cancel", "again", "studio"]
     delivery_id: str
     change: str = ""  # for `again`: key-1, tempo90, original… (`core.render.follow_up`)
+    url: str = ""  # for `studio`
 
 
 def cancel_buttons(delivery_id: str) -> list[Button]:
@@ -58,6 +63,23 @@ def cancel_buttons(delivery_id: str) -> list[Button]:
 def follow_up_buttons(delivery_id: str, follow_ups: list[tuple[str, str]]) -> list[Button]:
     """One-tap re-renders of a delivered song (`JobDesk.follow_ups`: (label, change) pairs)."""
     return [Button(label, "again", delivery_id, change) for label, change in follow_ups]
+
+
+MIXER = "🎛 Mixer"
+
+
+async def studio_buttons(desk: JobDesk, delivery: Delivery) -> list[Button]:
+    """The web studio's button for a delivered result: none without STEMBOT_WEB_URL, or once
+    the song's whole separation is no longer kept. Telegram's link opens as a Web App, so it
+    asks for Telegram's proof of the user (`core.studio.check_init_data`)."""
+    if not desk.settings.studio_enabled:
+        return []
+    song = await desk.studio_song(delivery)
+    if song is None:
+        return []
+    song_id = await desk.board.studio.keep(song)
+    url = studio_link(desk.settings, song_id, song, webapp=delivery.platform == "telegram")
+    return [Button(MIXER, "studio", delivery.id, change=song_id, url=url)]
 
 
 class Frontend(Protocol):
@@ -99,10 +121,14 @@ class DeliveryLoop:
         poll_s: float,
         at_once: int = DELIVERIES_AT_ONCE,
         clock: Callable[[], float] = time.time,
+        upload_limit: int | None = None,
     ) -> None:
+        """`upload_limit`: the platform's own, for deliveries made elsewhere that name none
+        (the web studio's "send to chat")."""
         self.desk = desk
         self.frontend = frontend
         self.poll_s = poll_s
+        self.upload_limit = upload_limit
         self.at_once = at_once
         self.clock = clock
         self._sent = desk.board.sent_files(desk.book.platform)
@@ -146,6 +172,7 @@ class DeliveryLoop:
 
     async def advance(self, delivery: Delivery) -> None:
         """Move one delivery on: edit its status, or send its result once."""
+        delivery.upload_limit = delivery.upload_limit or self.upload_limit
         step = await self.desk.step(delivery, self.clock())
         if isinstance(step, StatusUpdate):
             await self.frontend.edit_status(delivery, step.text, cancel_buttons(delivery.id))
@@ -182,6 +209,7 @@ class DeliveryLoop:
         note = f"\n{delivery.note}" if delivery.note else ""
         text = outcome_line(result, delivery.song) + note + links
         buttons = follow_up_buttons(delivery.id, await self.desk.follow_ups(delivery.id))
+        buttons += await studio_buttons(self.desk, delivery)
         attached = [u for u in uploads if u.url is None]
         refs = await self.frontend.send_result(delivery, text, attached, buttons)
         # Only a whole result is kept: a repeat must not lose the files that came as links.

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, WithJson
 
 from core.audio import OutputFormat
 from core.errors import ERRORS_BY_CODE, InvalidStemSpec, StembotError, WorkerFailed
+from core.facts import SongFacts
 from core.render import RenderOptions
 from core.settings import AudioFormatName
 from core.stems import StemSelection, parse_stems
@@ -176,6 +177,9 @@ class JobResult(BaseModel):
     audio_seconds: float = 0.0  # separated by the model; 0 when rendered from cached sources
     from_cache: bool = False  # rendered from a song's cached sources, without the model
     finished_at: float = Field(default_factory=time.time)
+    facts: SongFacts | None = None  # the song's key and tempo, as detected (None: unknown)
+    # What was rendered: the request's options with key and BPM targets resolved (None: as asked)
+    options: RenderOptions | None = None
 
     def final_progress(self) -> Progress:
         return Progress(job_id=self.job_id, stage=Stage(self.status), percent=100.0 if self.status == "done" else 0.0)

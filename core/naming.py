@@ -96,3 +96,11 @@ def excerpt(text: str, max_chars: int = 40) -> str:
     """User text echoed in a reply, cut so that a 100 000-character word makes a short answer."""
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
+
+
+def ascii_filename(name: str, fallback: str = "mix.mp3") -> str:
+    """`name` as a file name any HTTP client takes unquoted: letters folded to ASCII, anything
+    else but digits, `.`, `-` and `_` made `_` (a Content-Disposition header with no escaping)."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", folded).strip("._")[:120]
+    return safe if safe and "." in safe else fallback

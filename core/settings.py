@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     daily_minutes_per_user: float = Field(120, gt=0, description="minutes of audio one user may split per day")
     user_rate: str = Field("6/minute", description="requests one user may make (limits notation, e.g. 6/minute)")
     chat_rate: str = Field("20/minute", description="requests one chat or channel may make")
+    render_rate: str = Field(
+        "30/minute",
+        description="renders from cached sources (follow-up buttons) one user may ask for: "
+        "they skip the rate limits above, which protect the model",
+    )
     admins: str = Field("", description="comma-separated admins as platform:user_id (telegram:42,discord:1234)")
 
     # Worker
@@ -186,6 +191,26 @@ class Settings(BaseSettings):
     )
     delivery_poll_s: float = Field(1.0, gt=0, description="how often the bots look for progress and results")
 
+    # Web studio (`stembot web`)
+    web_host: str = Field("127.0.0.1", description="address `stembot web` listens on")
+    web_port: int = Field(8080, ge=1, le=65535, description="port `stembot web` listens on")
+    web_url: str | None = Field(
+        None, description="public base URL of the web studio (https://studio.example.org); unset = no mixer links"
+    )
+    web_secret: SecretStr | None = Field(
+        None, description="key that signs mixer links (shared by the bots and `stembot web`; required to run it)"
+    )
+    web_link_ttl_s: int = Field(
+        24 * 3600, ge=60, le=30 * 86400, description="how long a mixer link works once a result is delivered"
+    )
+    web_rate: str = Field("300/minute", description="web studio requests one user may make (limits notation)")
+    web_render_rate: str = Field(
+        "60/minute", description="new renders (a stem at a key and tempo, a mix) one studio user may start"
+    )
+    web_init_data_max_age_s: int = Field(
+        24 * 3600, ge=60, description="oldest Telegram Web App initData the studio accepts, seconds"
+    )
+
     @field_validator("model_repo")
     @classmethod
     def _repo_exists(cls, value: Path | None) -> Path | None:
@@ -206,13 +231,27 @@ class Settings(BaseSettings):
             raise ValueError("a comma-separated list of ffmpeg demuxer names, such as mp3,ogg,flac")
         return ",".join(names)
 
-    @field_validator("user_rate", "chat_rate")
+    @field_validator("user_rate", "chat_rate", "render_rate", "web_rate", "web_render_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
         from limits import parse
 
         parse(value)  # raises ValueError with the reason
         return value
+
+    @field_validator("web_url")
+    @classmethod
+    def _web_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("an http(s) base URL such as https://studio.example.org")
+        return value.rstrip("/")
+
+    @property
+    def studio_enabled(self) -> bool:
+        """Mixer links are made: the studio has a public URL and a key to sign them with."""
+        return bool(self.web_url and self.web_secret and self.web_secret.get_secret_value())
 
     @property
     def admin_keys(self) -> frozenset[str]:

@@ -6,6 +6,6 @@ COPY pyproject.toml README.md LICENSE ./
 COPY core core
 COPY bots bots
 COPY worker worker
-RUN pip install --no-cache-dir '.[telegram,discord,links]'
+RUN pip install --no-cache-dir '.[telegram,discord,links,web]'
 USER nobody
 ENTRYPOINT ["stembot"]

@@ -22,9 +22,9 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"redis", "worker", "telegram", "discord", "telegram-bot-api", "minio"} <= set(services)
+    assert {"redis", "worker", "telegram", "discord", "web", "telegram-bot-api", "minio"} <= set(services)
     assert services["telegram-bot-api"]["profiles"] == ["telegram-bot-api"]
-    for name in ("worker", "telegram", "discord", "minio"):
+    for name in ("worker", "telegram", "discord", "web", "minio"):
         assert "profiles" not in services[name], name
 
 
@@ -33,7 +33,7 @@ def test_artifacts_live_apart_from_the_queue(compose: dict[str, Any]) -> None:
     command = compose["services"]["redis"]["command"]
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert command[command.index("--maxmemory") + 1].startswith("${REDIS_MAXMEMORY")
-    for name in ("worker", "telegram", "discord"):
+    for name in ("worker", "telegram", "discord", "web"):
         service = compose["services"][name]
         assert service["environment"]["STEMBOT_ARTIFACT_STORE"] == "s3"
         assert service["environment"]["STEMBOT_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -45,8 +45,15 @@ def test_redis_persists_and_reports_health(compose: dict[str, Any]) -> None:
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert redis["healthcheck"]["test"][-1] == "ping"
     assert any(v.endswith(":/data") for v in redis["volumes"])
-    for name in ("worker", "telegram", "discord"):
+    for name in ("worker", "telegram", "discord", "web"):
         assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_web_studio_listens_behind_a_proxy(compose: dict[str, Any]) -> None:
+    web = compose["services"]["web"]
+    assert web["command"][:3] == ["web", "--host", "0.0.0.0"]  # inside its container
+    assert web["ports"] == ["127.0.0.1:8080:8080"]  # on the host: loopback only, TLS goes in front
+    assert "/healthz" in web["healthcheck"]["test"][-1]
 
 
 def test_worker_reserves_a_gpu_and_caches_weights(compose: dict[str, Any]) -> None:

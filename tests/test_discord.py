@@ -394,3 +394,52 @@ async def test_hostile_attachment_names(env: simcord.Env, rock_short: Path, name
     assert "@everyone" not in content and "**" not in content.replace("\\*\\*", "")
     [delivery] = await env.bot.service.book.pending()  # type: ignore[attr-defined]
     assert not {"/", "\\", "\n", "\x00", "\u202e"} & set(delivery.song) and delivery.song.strip(". ")
+
+
+async def test_the_mixer_link_is_shown_to_the_requester_only(
+    redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+) -> None:
+    from simcord.components import walk_components
+
+    from core.studio import read_token
+
+    secret = "studio-secret"
+    settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
+    env = simcord.Env(create_bot(settings))
+    await env.start()
+    try:
+        _, channel, alice = server_with_member(env)
+        result = await alice.slash(channel, "split", file=("rock.flac", rock_short.read_bytes()), stems="vocals")
+        offer = await drive(env, lambda: [m for m in result.followups if "web studio" in m.content])
+        assert offer[0].ephemeral  # only the requester sees it
+        buttons = [c for c in walk_components(offer[0].components) if c.get("url")]
+        assert [b["label"] for b in buttons] == ["🎛 Mixer"]
+        grant = read_token(buttons[0]["url"].rsplit("/s/", 1)[1], secret)
+        assert (grant.platform, grant.user, grant.webapp) == ("discord", str(alice.id), False)
+        public = [m for m in result.followups if not m.ephemeral]
+        assert public and not any(c.get("url") for m in public for c in walk_components(m.components))
+
+        # the studio's "send to chat": the bot delivers the mix by DM, where only Alice sees it
+        from aiohttp import ClientSession
+        from aiohttp.test_utils import TestServer
+
+        from bots.web import make_app
+        from core.board import Board
+
+        board = await Board.connect(settings)
+        server = TestServer(make_app(board))
+        await server.start_server()
+        try:
+            token = buttons[0]["url"].rsplit("/s/", 1)[1]
+            async with ClientSession() as http:
+                mix = {"levels": {"vocals": 0}, "action": "send"}
+                response = await http.post(server.make_url(f"/api/{token}/mix"), json=mix)
+                assert response.status == 202
+            dms = await drive(env, lambda: [m for m in alice.user.dm_channel.history() if m.attachments])
+            assert [a.filename for a in dms[0].attachments] == ["rock - mix (no vocals).mp3"]
+            assert "15 minutes" not in dms[0].content and "couldn't post" not in dms[0].content
+        finally:
+            await server.close()
+            await board.close()
+    finally:
+        await env.shutdown()

@@ -487,3 +487,63 @@ async def test_a_cached_result_carries_nothing_of_the_first_requester(
     seen = json.dumps([sent.params, sent.filenames, tags(out), told], ensure_ascii=False).lower()
     assert "alice" not in seen
     assert tiny_worker.log().count("separate(") == 1  # still answered from the cache
+
+
+async def test_mixer_buttons_open_the_studio_for_the_requester_only(
+    botapi: BotApiServer, redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+) -> None:
+    """A private result carries a Web App button with the requester's link; a group's result a
+    deep link into the bot's private chat, whose /start gives that button to the requester only."""
+    from core.studio import read_token
+
+    secret = "studio-secret"
+    app = await start_bot(botapi, redis_url, web_url="https://studio.example.org", web_secret=secret)
+    try:
+        botapi.message(DM, ALICE, document=_audio(botapi, rock_short), caption="/split vocals")
+        sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+        rows = sent[0].params["reply_markup"]["inline_keyboard"]
+        mixer = rows[-1][0]
+        assert mixer["text"] == "🎛 Mixer" and set(mixer) == {"text", "web_app"}
+        url = mixer["web_app"]["url"]
+        assert url.startswith("https://studio.example.org/s/")
+        grant = read_token(url.rsplit("/s/", 1)[1], secret)
+        assert (grant.platform, grant.user, grant.chat, grant.webapp) == ("telegram", "42", "42", True)
+
+        botapi.message(GROUP, ALICE, document=_audio(botapi, rock_short), caption="/split drums")
+        group = await botapi.wait_for(lambda: botapi.sent("sendAudio")[1:], timeout=120)
+        link = group[0].params["reply_markup"]["inline_keyboard"][-1][0]
+        assert set(link) == {"text", "url"}  # a Web App button is not allowed in groups
+        assert link["url"].startswith("https://t.me/stembot_test_bot?start=mix_")
+        payload = link["url"].split("?start=", 1)[1]
+
+        bob = {"id": 7, "is_bot": False, "first_name": "Bob"}
+        botapi.message({"id": 7, "type": "private"}, bob, **_command(f"/start {payload}"))
+        refused = await botapi.wait_for(lambda: [c for c in botapi.sent("sendMessage") if c.params["chat_id"] == 7])
+        assert "belongs to the person who asked" in refused[0].params["text"]
+        assert "reply_markup" not in refused[0].params
+
+        botapi.message(DM, ALICE, **_command(f"/start {payload}"))
+        opened = await botapi.wait_for(
+            lambda: [c for c in botapi.sent("sendMessage") if "open the mixer" in c.params.get("text", "")]
+        )
+        web_app = opened[0].params["reply_markup"]["inline_keyboard"][0][0]["web_app"]["url"]
+        grant = read_token(web_app.rsplit("/s/", 1)[1], secret)
+        # mixes sent from a group's song come to the private chat
+        assert (grant.user, grant.chat, grant.webapp) == ("42", "42", True)
+
+        botapi.message(DM, ALICE, **_command("/start mix_NotAKeptSong123"))
+        await botapi.wait_for(lambda: any("no longer works" in t for t in _texts(botapi, "sendMessage")))
+    finally:
+        await stop_bot(app)
+
+
+async def test_no_mixer_button_without_a_studio_url(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+    tiny_worker: WorkerProcess,
+    rock_short: Path,
+) -> None:
+    botapi.message(DM, ALICE, document=_audio(botapi, rock_short), caption="/split vocals")
+    sent = await botapi.wait_for(lambda: botapi.sent("sendAudio"), timeout=120)
+    buttons = [b for row in sent[0].params.get("reply_markup", {}).get("inline_keyboard", []) for b in row]
+    assert buttons and all("callback_data" in b for b in buttons)  # the follow-ups only

@@ -42,7 +42,13 @@ class StembotBot(discord.Client):
     async def setup_hook(self) -> None:
         await asyncio.to_thread(warm_up)
         self._service = DiscordService(self.settings, await Board.connect(self.settings))
-        self._deliveries = DeliveryLoop(self._service.desk, DiscordFrontend(self), self.settings.delivery_poll_s)
+        # a delivery the web studio made names no limit: it comes by DM, under Discord's default
+        cap = self.settings.discord_max_upload_mb
+        default = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        dm_limit = min(default, int(cap * 1024 * 1024)) if cap else default
+        self._deliveries = DeliveryLoop(
+            self._service.desk, DiscordFrontend(self), self.settings.delivery_poll_s, upload_limit=dm_limit
+        )
         if self.settings.discord_sync_commands:
             await self.tree.sync()
         self.deliver.start()

@@ -86,9 +86,9 @@ async def _begin(
 @app_commands.describe(
     file="the song (audio or video)",
     url="a link to the song instead of a file",
-    stems="vocals, karaoke, guide, drums, bass, other, all, 6, combos (drums+bass), a section (1:10-2:30)",
+    stems="vocals, karaoke, guide, drums, bass, other, all, 6, drums+bass, 1:10-2:30, key=C, 100bpm, loop x4",
     format="file format of the stems",
-    key="transpose by semitones, -12 to +12",
+    key="transpose by semitones, -12 to +12 (to a key: key=C in stems)",
     tempo="speed in percent, 50 to 150",
     private="only you see the result",
 )
@@ -109,9 +109,15 @@ async def split(
         return
     try:
         command = parse_split(f"{stems or ''} {url or ''}")
-        typed = command.options
+        typed = command.options  # `key=C`, `tempo=100bpm`, `loop … x4` come as words in stems
         options = make_options(
-            typed.key if key is None else key, typed.tempo if tempo is None else tempo, typed.start_s, typed.end_s
+            typed.key if key is None else key,
+            typed.tempo if tempo is None else tempo,
+            typed.start_s,
+            typed.end_s,
+            key_target=typed.key_target if key is None else None,
+            tempo_bpm=typed.tempo_bpm if tempo is None else None,
+            repeats=typed.repeats,
         )
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
@@ -211,8 +217,9 @@ async def split_stems(interaction: discord.Interaction, message: discord.Message
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 @app_commands.allowed_installs(guilds=True, users=True)
 async def help_command(interaction: discord.Interaction) -> None:
-    stem_words = await _service(interaction).desk.stem_words()
-    await interaction.response.send_message(texts.help_text(stem_words), ephemeral=True)
+    service = _service(interaction)
+    text = texts.help_text(await service.desk.stem_words(), service.settings.studio_enabled)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 admin = app_commands.Group(

@@ -50,9 +50,13 @@ def custom_id(button: Button) -> str:
 
 
 def view(buttons: Sequence[Button]) -> discord.ui.View:
-    """The buttons as a persistent view (none: an empty one, which removes a message's buttons)."""
+    """The buttons as a persistent view (none: an empty one, which removes a message's buttons).
+    The studio's is a link button (Discord opens it; the bot sees no press)."""
     drawn = discord.ui.View(timeout=None)
     for button in buttons:
+        if button.action == "studio":
+            drawn.add_item(discord.ui.Button(label=button.label, style=discord.ButtonStyle.link, url=button.url))
+            continue
         style = discord.ButtonStyle.danger if button.action == "cancel" else discord.ButtonStyle.secondary
         drawn.add_item(discord.ui.Button(label=button.label, style=style, custom_id=custom_id(button)))
     return drawn
@@ -94,14 +98,32 @@ class DiscordFrontend:
         self, delivery: Delivery, text: str, files: Sequence[Upload], buttons: Sequence[Button]
     ) -> list[str | None]:
         """The result text once, with the files (as many messages as the upload limit takes),
-        the follow-up buttons under the last of them."""
+        the follow-up buttons under the last of them; the studio's link apart, for the
+        requester's eyes only."""
         await self.edit_status(delivery, f"✅ {delivery.song}: done, sent below.", [])
         batches = pack([len(f.data) for f in files], delivery.upload_limit, MAX_FILES) or [[]]
+        shared = [b for b in buttons if b.action != "studio"]
         for number, batch in enumerate(batches):
             said = f"{delivery.extra.get('mention', '')} {text}" if number == 0 else ""
-            under = buttons if number == len(batches) - 1 else []
+            under = shared if number == len(batches) - 1 else []
             await self._post(delivery, said.strip(), [files[i] for i in batch], under)
+        await self._offer_studio(delivery, [b for b in buttons if b.action == "studio"])
         return [None] * len(files)  # Discord has no ids to send a file again by
+
+    async def _offer_studio(self, delivery: Delivery, buttons: Sequence[Button]) -> None:
+        """The studio's link, shown to the requester only: an ephemeral follow-up while the
+        interaction lives, else by DM."""
+        if not buttons:
+            return
+        said = chat_text(texts.MIXER_OFFER.format(song=delivery.song))
+        try:
+            if self._token_alive(delivery):
+                await self._webhook(delivery).send(content=said, view=view(buttons), ephemeral=True)
+            else:
+                user = await self.client.fetch_user(int(delivery.user_id))
+                await user.send(content=said, view=view(buttons))
+        except discord.HTTPException as exc:  # the files are delivered: a link not shown is no failure
+            log.info("the studio link of %s could not be shown: %s", delivery.id, exc)
 
     async def _post(
         self, delivery: Delivery, text: str, uploads: Sequence[Upload], buttons: Sequence[Button] = ()
@@ -131,10 +153,11 @@ class DiscordFrontend:
                 return
             except discord.HTTPException as exc:  # the bot cannot post there (user install, lost access)
                 log.info("channel delivery of %s failed, sending a DM: %s", delivery.id, exc)
-        why = texts.DM_PRIVATE_LATE if private else texts.DM_CHANNEL_CLOSED
+        # a mix sent from the web studio comes by DM, as its user asked there: no excuse owed
+        why = "" if delivery.extra.get("studio") else texts.DM_PRIVATE_LATE if private else texts.DM_CHANNEL_CLOSED
         user = await self.client.fetch_user(int(delivery.user_id))
         await user.send(
-            content=chat_text(f"{text}\n{why}") if text else None,
+            content=chat_text(f"{text}\n{why}".strip()) if text else None,
             files=_files(uploads),
             allowed_mentions=pings,
             view=view(buttons),

@@ -6,11 +6,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAudio, InputMediaDocument, Message
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaAudio,
+    InputMediaDocument,
+    Message,
+    WebAppInfo,
+)
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
-from bots.telegram import callbacks
+from bots.telegram import callbacks, texts
 from core.deliveries import Delivery
 from core.desk import Upload
 from core.errors import StembotError
@@ -21,18 +29,40 @@ AUDIO_FORMATS = ("mp3", "m4a")
 ALBUM_SIZE = 10  # files one media group may hold
 
 
-def markup(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
-    """The buttons as one row of an inline keyboard; none: no keyboard."""
-    if not buttons:
-        return None
-    return InlineKeyboardMarkup(
-        [[InlineKeyboardButton(b.label, callback_data=callbacks.callback_data(b)) for b in buttons]]
-    )
+def markup(buttons: Sequence[Button], private: bool = True, bot_username: str = "") -> InlineKeyboardMarkup | None:
+    """The buttons as an inline keyboard: cancel and follow-ups in one row, the studio's in a
+    row of its own; none: no keyboard.
+
+    The studio's button is a Web App in a private chat (`private`). A group allows no Web App
+    buttons, and anyone there may tap: its button is a link into the bot's private chat
+    (`t.me/<bot>?start=mix_<id>`), whose /start opens the studio for the requester only."""
+    rows = [
+        [
+            InlineKeyboardButton(b.label, callback_data=callbacks.callback_data(b))
+            for b in buttons
+            if b.action != "studio"
+        ]
+    ]
+    for b in buttons:
+        if b.action != "studio":
+            continue
+        if private:
+            rows.append([InlineKeyboardButton(b.label, web_app=WebAppInfo(b.url))])
+        elif bot_username:
+            rows.append(
+                [InlineKeyboardButton(b.label, url=f"https://t.me/{bot_username}?start={texts.MIX_START}{b.change}")]
+            )
+    rows = [row for row in rows if row]
+    return InlineKeyboardMarkup(rows) if rows else None
 
 
 class TelegramFrontend:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
+
+    def _markup(self, delivery: Delivery, buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
+        # a private chat's id is its user's
+        return markup(buttons, delivery.chat_id == delivery.user_id, self.bot.username or "")
 
     async def edit_status(self, delivery: Delivery, text: str, buttons: Sequence[Button]) -> None:
         if delivery.status_message_id is None:
@@ -42,7 +72,7 @@ class TelegramFrontend:
                 text,
                 chat_id=int(delivery.chat_id),
                 message_id=int(delivery.status_message_id),
-                reply_markup=markup(buttons),
+                reply_markup=self._markup(delivery, buttons),
             )
         except BadRequest as exc:  # "message is not modified" or deleted by the user
             log.info("edit failed: %s", exc)
@@ -64,7 +94,7 @@ class TelegramFrontend:
         await self.edit_status(delivery, f"✅ {delivery.song}: sending {len(files)} file(s)…", [])
         as_audio = delivery.format in AUDIO_FORMATS
         chat = int(delivery.chat_id)
-        under_file = markup(buttons) if len(files) == 1 else None
+        under_file = self._markup(delivery, buttons) if len(files) == 1 else None
         try:
             await self.bot.send_chat_action(chat, ChatAction.UPLOAD_VOICE if as_audio else ChatAction.UPLOAD_DOCUMENT)
             sent: list[Message] = []

@@ -6,6 +6,7 @@ import contextlib
 import logging
 
 from telegram import BotCommand, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
@@ -22,7 +23,7 @@ from core.stems import StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 COMMANDS = [
-    BotCommand("split", "split a song: /split vocals, /split karaoke key-2 tempo80, /split drums 1:10-2:30"),
+    BotCommand("split", "split a song: /split vocals, /split karaoke key=C tempo=100bpm, /split drums loop 1:10-1:30"),
     BotCommand("settings", "your default stems and format"),
     BotCommand("status", "your jobs and the queue"),
     BotCommand("cancel", "stop your running jobs"),
@@ -52,7 +53,23 @@ def keyboard(fmt: str, choices: list[tuple[str, str]], preferred: str | None = N
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     assert update.effective_message is not None
-    await update.effective_message.reply_text(texts.help_text(await _service(context).desk.stem_words()))
+    service = _service(context)
+    text = texts.help_text(await service.desk.stem_words(), service.settings.studio_enabled)
+    await update.effective_message.reply_text(text)
+
+
+async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/start, or /start mix_<id> from a group's Mixer link (Telegram opens it in our private chat)."""
+    assert update.effective_message is not None and update.effective_user is not None
+    payload = (context.args or [""])[0]
+    chat = update.effective_chat
+    if payload.startswith(texts.MIX_START) and chat is not None and chat.type == ChatType.PRIVATE:
+        text, markup = await _service(context).open_mixer(
+            payload.removeprefix(texts.MIX_START), update.effective_user.id
+        )
+        await update.effective_message.reply_text(text, reply_markup=markup)
+        return
+    await help_command(update, context)
 
 
 async def _prefs(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> UserPrefs:
@@ -396,7 +413,8 @@ def register(app: Application) -> None:  # type: ignore[type-arg]
     (block=False), so one user's download never holds up anyone's update. The others stay
     in order: /settings taps read-modify-write the user's defaults, and are instant."""
     app.add_error_handler(on_error)
-    app.add_handler(CommandHandler(["start", "help"], help_command))
+    app.add_handler(CommandHandler("start", start_command))
+    app.add_handler(CommandHandler("help", help_command))
     app.add_handler(CommandHandler("split", split_command, block=False))
     app.add_handler(MessageHandler(MEDIA & filters.CaptionRegex(r"^/split(@\w+)?(\s|$)"), split_command, block=False))
     app.add_handler(CommandHandler("cancel", cancel_command))

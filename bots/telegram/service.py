@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from telegram import Bot, Message
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, WebAppInfo
 from telegram.error import TelegramError
 
 from bots.telegram import texts
@@ -25,10 +25,11 @@ from core.desk import JobDesk, Song
 from core.downloads import DownloadSlots
 from core.errors import DownloadFailed, StembotError, TooLarge
 from core.ffmpeg import Sandbox
-from core.frontend import DeliveryLoop
+from core.frontend import MIXER, DeliveryLoop
 from core.render import RenderOptions
 from core.settings import Settings
 from core.stems import StemSelection
+from core.studio import SONG_ID, studio_link
 
 log = logging.getLogger(__name__)
 GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
@@ -129,10 +130,26 @@ class TelegramService:
         accepted = await self.desk.again(previous_id, change, self._delivery(user_id, status))
         return accepted.delivery
 
+    async def open_mixer(self, song_id: str, user_id: int) -> tuple[str, InlineKeyboardMarkup | None]:
+        """/start mix_<id> from a group's Mixer link: the Web App button, for the requester only.
+        A mix they send from it comes to this private chat, not to the group."""
+        studio = self.desk.board.studio
+        song = await studio.get(song_id) if self.settings.studio_enabled and SONG_ID.fullmatch(song_id) else None
+        if song is None:
+            return texts.MIXER_GONE, None
+        if (song.platform, song.user_id) != ("telegram", str(user_id)):
+            return texts.MIXER_NOT_YOURS, None
+        mine = song.model_copy(update={"chat_id": str(user_id)})
+        url = studio_link(self.settings, await studio.keep(mine), mine, webapp=True)
+        button = InlineKeyboardButton(MIXER, web_app=WebAppInfo(url))
+        return texts.MIXER_OPEN.format(song=song.song), InlineKeyboardMarkup([[button]])
+
     def start(self, bot: Bot) -> None:
         """Deliver results (`core.frontend.DeliveryLoop`) and answer the fetches a killed bot
         left, each on its own timer."""
-        self.deliveries = DeliveryLoop(self.desk, TelegramFrontend(bot), self.settings.delivery_poll_s)
+        self.deliveries = DeliveryLoop(
+            self.desk, TelegramFrontend(bot), self.settings.delivery_poll_s, upload_limit=self.upload_limit
+        )
         self._tasks = [asyncio.create_task(self.deliveries.run()), asyncio.create_task(self._watch_orphans(bot))]
 
     async def stop(self) -> None:

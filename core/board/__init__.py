@@ -1,14 +1,15 @@
 """The job board: the only code that touches Redis or arq.
 
 It may import redis, arq, the `limits` library's Redis storage, and core's domain and
-config modules (jobs, errors, settings, stems, sources, deliveries, artifacts, metrics);
-never another core module that uses it (desk, cli, links), nor bots or worker. Each module
-owns one key family and offers it as domain verbs with typed values in and out: jobs
-(submit, progress, cancel, finish), workers (registry, ETAs), room (reservations),
-artifacts (the Redis store and its one budget), sources (the cache's books and claims),
-deliveries (who waits for what, follow-ups, sent files), fetches, limits (bans, rates,
-daily minutes), prefs, guilds, events (one set of books for /stats and Prometheus), and
-arqueue (arq itself). `Board` builds them all on one connection.
+config modules (jobs, errors, settings, stems, sources, deliveries, artifacts, metrics,
+studio); never another core module that uses it (desk, cli, links), nor bots or worker.
+Each module owns one key family and offers it as domain verbs with typed values in and
+out: jobs (submit, progress, cancel, finish), workers (registry, ETAs), room
+(reservations), artifacts (the Redis store and its one budget), sources (the cache's books
+and claims), deliveries (who waits for what, follow-ups, sent files), fetches, limits
+(bans, rates, daily minutes), prefs, guilds, studio (the songs the web studio may open, and
+its users' limits), events (one set of books for /stats and Prometheus), and arqueue (arq
+itself). `Board` builds them all on one connection.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from core.board.limits import Gate, UsageMeter
 from core.board.prefs import PrefsStore
 from core.board.room import Room
 from core.board.sources import SourcesCache
+from core.board.studio import StudioBook, StudioLimits
 from core.board.workers import WorkerRegistry, running_key
 from core.deliveries import Delivery
 from core.settings import Settings
@@ -77,6 +79,8 @@ class Board:
         self.gate = Gate(redis, settings)
         self.usage = UsageMeter(redis, prefix)
         self.prefs = PrefsStore(redis, prefix)
+        self.studio = StudioBook(redis, settings)
+        self.studio_limits = StudioLimits(settings)
 
     @classmethod
     async def connect(cls, settings: Settings) -> Board:
