@@ -500,14 +500,14 @@ async def test_a_deterministic_failure_runs_once(
     assert len(starts) == 1, starts
     # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped).
     # A TTL of 0 has always run out; a TTL of 1 s raced the clock (a fast host got here within it).
-    board = await Board.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
-    later = board.jobs
+    later_board = await Board.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
+    later = later_board.jobs
     try:
         retried = await later.submit(request)
         assert retried.state == "queued"
         assert (await later.wait_result(retried.job_id, timeout_s=120)).error.code == "internal_error"  # type: ignore[union-attr]
     finally:
-        await later.close()
+        await later_board.close()
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 2, starts
 

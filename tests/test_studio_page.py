@@ -31,6 +31,7 @@ import pytest
 import soundfile
 
 from core.board import Board
+from core.facts import Tonality, key_name
 from core.jobs import Requester, SeparationRequest
 from core.settings import Settings
 from core.studio import StudioSong, issue_token, read_token
@@ -511,3 +512,22 @@ def test_send_on_a_link_without_a_chat_says_so_once(music_link: str, page: Page)
     page.click("#send")
     page.wait_for_selector("#message.error", timeout=30_000)
     assert page.inner_text("#message") == "This link has no chat to send to: download the mix instead."
+
+
+def test_the_page_spells_every_shifted_key_as_the_bots_do(browser: Browser) -> None:
+    """The page's two spelling tables are a copy of core.facts' (the owner): all 24 keys, every shift."""
+    cases = []
+    for mode in ("major", "minor"):
+        for tonic in range(12):
+            song = Tonality(tonic=tonic, mode=mode)
+            for shift in (s for s in range(-12, 13) if s):
+                sign = f"+{shift}" if shift > 0 else f"\u2212{-shift}"
+                spelt = key_name(tonic, mode)
+                cases.append([song.name, shift, f"{spelt} → {song.shifted(shift).name.split()[0]} ({sign})"])
+    page = browser.new_page()
+    page.goto((ROOT / "bots" / "web" / "static" / "index.html").as_uri())
+    page.wait_for_selector("body[data-state=failed]")
+    got = page.evaluate("(cases) => cases.map(([key, shift]) => studio.helpers.keyLabel(key, shift))", cases)
+    page.close()
+    wrong = [(key, shift, want, have) for (key, shift, want), have in zip(cases, got, strict=True) if want != have]
+    assert not wrong, wrong[:5]
