@@ -19,7 +19,6 @@ Last line: `tempo_right=N/10 key_score=S/48 cpu_s=C` (C for the `--seconds` song
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.domain.facts import Tonality, describe_facts
+from core.media.audio import load_audio
 from testkit import MULTITRACK, SONGS
 from testkit.music import drum_loop, progression
 from worker.detect import RATE, FactsTap, detect, detect_sources, downmix, key_of, tempo_of
@@ -38,15 +38,15 @@ from worker.detect import RATE, FactsTap, detect, detect_sources, downmix, key_o
 TEMPI = (70, 82, 90, 100, 110, 120, 128, 140, 160, 180)
 
 
-def _mono(path: Path, seconds: float | None = None) -> np.ndarray:
-    """The file as mono at the analysis rate, decoded by ffmpeg (stereo at 44.1 kHz first, as the worker has it)."""
-    cut = ["-t", str(seconds)] if seconds else []
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), *cut, "-ac", "2", "-ar", "44100", "-f", "f32le", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    stereo = np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T
+def _stereo(path: Path) -> np.ndarray:
+    """The file as (2, n) float32 at 44.1 kHz, as the worker decodes a song (core.media.audio, sandboxed)."""
+    audio, _ = load_audio(path, 10**9, 3600.0)
+    return audio
+
+
+def _mono(path: Path) -> np.ndarray:
+    """The file as mono at the analysis rate, brought there as the worker's tap brings its sources."""
+    stereo = _stereo(path)
     return downmix([stereo[:, i : i + 441000] for i in range(0, stereo.shape[1], 441000)])
 
 
@@ -87,19 +87,10 @@ def shared() -> None:
 def cost(seconds: float) -> float:
     """CPU seconds of the facts of a `seconds` song: as a separation's tap gets its four
     sources (the worker's way), and from four kept sources read back (an older entry's)."""
-    song = max(SONGS.iterdir(), key=lambda p: p.stat().st_size)  # the longest: looped to `seconds`
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(song), "-t", str(seconds), "-ac", "2", "-ar",
-         "44100", "-f", "f32le", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout  # fmt: skip
-    stereo = np.frombuffer(raw, dtype=np.float32).reshape(-1, 2)
+    song = _stereo(max(SONGS.iterdir(), key=lambda p: p.stat().st_size))  # the longest, looped to `seconds`
+    frames = int(seconds * 44100)
+    stereo = np.ascontiguousarray(np.tile(song, (1, frames // song.shape[1] + 1))[:, :frames].T)
     names = ("drums", "bass", "other", "vocals")
-    started = time.process_time()
-    FactsTap(names).feed(np.zeros((4, 2, 44100 * 5), dtype=np.float32))
-    detect(*(_mono_of(stereo[: 44100 * 10]),) * 2)
-    print(f"first call in a process (imports, numba's kernels): {time.process_time() - started:.2f} CPU-s")
     blocks = np.ascontiguousarray(stereo.T)
     started, wall = time.process_time(), time.monotonic()
     tap = FactsTap(names)
@@ -122,14 +113,13 @@ def cost(seconds: float) -> float:
     return used
 
 
-def _mono_of(stereo: np.ndarray) -> np.ndarray:
-    return downmix([np.ascontiguousarray(stereo.T)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=240.0, help="length of the song the cost is measured on")
     args = parser.parse_args()
+    started = time.process_time()
+    detect(*(downmix([drum_loop(120, seconds=10)[None]]),) * 2)
+    print(f"first call in a process (imports, numba's kernels): {time.process_time() - started:.2f} CPU-s")
     right, score = generated()
     shared()
     used = cost(args.seconds)

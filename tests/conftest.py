@@ -89,6 +89,14 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_repo(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def engine_cache() -> Path:
+    """Where this run's engines keep what OpenVINO and torch.compile build (pytest_sessionstart's)."""
+    from core.settings import Settings
+
+    return Settings().engine_cache_dir
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A real Redis db of the tests' own (one per xdist worker), emptied before each test."""

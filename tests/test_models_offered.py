@@ -141,11 +141,19 @@ async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
 
 
 async def test_a_worker_serves_the_requests_model_or_refuses_saying_why(
-    redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
+    redis_url: str,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
 ) -> None:
     """The model is the request's, resolved where it was made: a worker that cannot load it,
     or whose copy does not separate the stems asked for, says so; it never runs another
     model instead (it used to put its own six-stem model in for any guitar or piano)."""
+    # PyTorch runs the toy models at once; OpenVINO would first convert each of them.
+    worker = WorkerProcess(tiny_env | {"STEMBOT_ENGINE_BACKEND": "torch"}, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
     board = await Board.connect(Settings(redis_url=redis_url))
     try:
         ref = await board.jobs.store_input(rock_short.read_bytes(), "song.flac")

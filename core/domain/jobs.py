@@ -36,7 +36,8 @@ class Stage(StrEnum):
 class Requester(BaseModel):
     """Who asked, so a reply can find its way back. Ids are strings on every platform."""
 
-    platform: Literal["cli", "telegram", "discord", "test"] = "cli"
+    # "cli", "telegram", "discord", "test", or a new frontend's own name: any platform may ask.
+    platform: str = Field("cli", pattern=r"^[a-z][a-z0-9_]{0,15}$")
     chat_id: str | None = None
     user_id: str | None = None
     message_id: str | None = None
