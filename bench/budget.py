@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.scale import on_private_redis
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import Requester, SeparationRequest
+from core.domain.jobs import Requester, SeparationRequest
 from core.settings import Settings
 from testkit import WorkerProcess, stembot_env, wait_until
 

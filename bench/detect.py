@@ -29,8 +29,8 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.audio import load_audio
-from core.facts import Tonality, describe_facts
+from core.domain.facts import Tonality, describe_facts
+from core.media.audio import load_audio
 from testkit import MULTITRACK, SONGS
 from testkit.music import drum_loop, progression
 from worker.detect import RATE, FactsTap, detect, detect_sources, downmix, key_of, tempo_of
@@ -39,7 +39,7 @@ TEMPI = (70, 82, 90, 100, 110, 120, 128, 140, 160, 180)
 
 
 def _stereo(path: Path) -> np.ndarray:
-    """The file as (2, n) float32 at 44.1 kHz, as the worker decodes a song (core.audio, sandboxed)."""
+    """The file as (2, n) float32 at 44.1 kHz, as the worker decodes a song (core.media.audio, sandboxed)."""
     audio, _ = load_audio(path, 10**9, 3600.0)
     return audio
 

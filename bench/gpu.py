@@ -276,9 +276,10 @@ def throughput_section(bag: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
     """N jobs at once through one real `stembot worker` (toy model on the CPU)."""
-    from core.audio import OutputFormat, encode
     from core.board import Board
-    from core.jobs import Requester, SeparationRequest
+    from core.domain.formats import OutputFormat
+    from core.domain.jobs import Requester, SeparationRequest
+    from core.media.audio import encode
     from core.settings import Settings
     from testkit import WorkerProcess, read_audio, stembot_env
 
@@ -355,9 +356,10 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     mp3s alone), and with the cache off and every encoder replaced by a sink (everything but
     the encoders: fetch, one decode, windows, store).
     """
-    from core.audio import OutputFormat, encode
     from core.board import Board
-    from core.jobs import Requester, SeparationRequest
+    from core.domain.formats import OutputFormat
+    from core.domain.jobs import Requester, SeparationRequest
+    from core.media.audio import encode
     from core.settings import Settings
     from testkit import ffmpeg
     from worker import pipeline, tasks

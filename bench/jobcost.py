@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.gpu import load_bag, stubbed
-from core.audio import OutputFormat
 from core.board import Board
-from core.facts import SongFacts
-from core.jobs import Requester, SeparationRequest, Stage
+from core.domain.facts import SongFacts
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Requester, SeparationRequest, Stage
 from core.settings import Settings
 from testkit import SONGS, ffmpeg, raw_redis
 from worker import tasks

@@ -14,8 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.domain.stems import parse_stems
 from core.settings import Settings
-from core.stems import parse_stems
 from testkit import MODELS, MULTITRACK, read_audio
 from testkit.sdr import sdr
 from worker.engine import Engine

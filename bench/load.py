@@ -25,11 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.audio import OutputFormat, encode
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.errors import QueueFull
-from core.jobs import Requester, SeparationRequest
+from core.domain.errors import QueueFull
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Requester, SeparationRequest
+from core.media.audio import encode
 from core.settings import Settings
 from testkit import SONGS, WorkerProcess, raw_redis, read_audio, stembot_env, write_tiny_repo
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import JobResult, Requester, SeparationRequest
-from core.render import RenderOptions
+from core.domain.jobs import JobResult, Requester, SeparationRequest
+from core.domain.render import RenderOptions
 from core.settings import Settings
 from testkit import MODELS, SONGS, WorkerProcess, ffmpeg, raw_redis, stembot_env
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import Requester, SeparationRequest, Stage
+from core.domain.jobs import Requester, SeparationRequest, Stage
 from core.settings import Settings
 from testkit import WorkerProcess, raw_redis, stembot_env, wait_until
 

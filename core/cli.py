@@ -29,15 +29,16 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from core.audio import FORMAT_NAMES, check_size, inspect
-from core.errors import Cancelled, InvalidCommand, StembotError
-from core.facts import describe_facts
-from core.jobs import Requester, SeparationRequest, describe_progress, model_for
-from core.naming import excerpt, song_name, stem_filename
-from core.render import RenderOptions, split_render_words
+from core.domain.errors import Cancelled, InvalidCommand, StembotError
+from core.domain.facts import describe_facts
+from core.domain.formats import FORMAT_NAMES
+from core.domain.jobs import Requester, SeparationRequest, describe_progress, model_for
+from core.domain.naming import excerpt, song_name, stem_filename
+from core.domain.render import RenderOptions, split_render_words
+from core.domain.stems import parse_stems
+from core.media.audio import check_size, inspect
+from core.media.uploads import delivered_tags, retag
 from core.settings import Settings, describe_validation_error
-from core.stems import parse_stems
-from core.uploads import delivered_tags, retag
 
 if TYPE_CHECKING:
     from core.board import Board
@@ -179,7 +180,7 @@ def _is_url(text: str) -> bool:
 async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[Path, str]:
     """A local path for INPUT (downloading a link) and the song's display file name."""
     if _is_url(source):
-        from core.fetch import fetch_url
+        from core.media.fetch import fetch_url
 
         fetched = await fetch_url(
             source,
@@ -196,10 +197,10 @@ async def obtain_input(source: str, workdir: Path, settings: Settings) -> tuple[
 
 
 async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from core.artifacts import ArtifactMissing
     from core.board import Board
-    from core.desk import output_s, section_s
-    from core.uploads import estimated_bytes
+    from core.desk.job_desk import output_s, section_s
+    from core.media.artifacts import ArtifactMissing
+    from core.media.uploads import estimated_bytes
 
     selection = parse_stems(args.stems)
     options = job_options(args)
@@ -268,7 +269,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _mixer_link(board: Board, request: SeparationRequest, song: str, duration_s: float) -> str | None:
     """The web studio's link to the song (STEMBOT_WEB_URL set, and its whole separation kept)."""
-    from core.studio import StudioSong
+    from core.domain.studio import StudioSong
 
     if not board.settings.studio_enabled:
         return None

@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# ffmpeg demuxer names a user's file may be opened with (STEMBOT_INPUT_FORMATS; core/ffmpeg.py
+from core.domain.formats import AudioFormatName
+
+# ffmpeg demuxer names a user's file may be opened with (STEMBOT_INPUT_FORMATS; core/media/ffmpeg.py
 # enforces them). One name of a demuxer is enough: "mov" admits mov,mp4,m4a,3gp,3g2,mj2
 # and "matroska" admits matroska,webm; the others are listed for the reader.
 DEFAULT_INPUT_FORMATS: tuple[str, ...] = (
@@ -30,7 +32,6 @@ DEFAULT_INPUT_FORMATS: tuple[str, ...] = (
 
 # Sites whose links yt-dlp reads (yt-dlp's extractor names): known public sites only.
 DEFAULT_LINK_SITES = "youtube,youtube:tab,soundcloud,soundcloud:set,bandcamp,bandcamp:album,vimeo,mixcloud,audiomack"
-AudioFormatName = Literal["mp3", "m4a", "flac", "wav", "opus"]
 
 
 class Settings(BaseSettings):
@@ -259,7 +260,7 @@ class Settings(BaseSettings):
 
     @property
     def max_input_bytes(self) -> int:
-        # Decimal megabytes, as every size stembot shows is (core.audio.megabytes).
+        # Decimal megabytes, as every size stembot shows is (core.media.audio.megabytes).
         return int(self.max_input_mb * 1_000_000)
 
     @property

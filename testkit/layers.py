@@ -158,6 +158,23 @@ def violations(
     return sorted(set(bad))
 
 
+def strays(found: Iterable[Arrow], may_import: Mapping[str, Iterable[str]], scope: str | None = None) -> list[str]:
+    """The arrows from a layer (key of `may_import`) to a name it may not import: within `scope`
+    (a package; None: anywhere), a layer may import only what its value names.
+
+    Importing one's own ancestor package (`from core import metrics` reaches `core` too) is
+    implied by Python and not counted.
+    """
+    bad = []
+    for arrow in found:
+        if (scope is not None and not _within(arrow.dst, scope)) or _within(arrow.src, arrow.dst):
+            continue
+        for layer, allowed in may_import.items():
+            if _within(arrow.src, layer) and not any(_within(arrow.dst, name) for name in allowed):
+                bad.append(str(arrow))
+    return sorted(set(bad))
+
+
 def cycle(
     found: Iterable[Arrow], known: Iterable[str], allowed: Mapping[tuple[str, str], str] | None = None
 ) -> list[str] | None:

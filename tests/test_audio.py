@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.audio import OutputFormat, Tags, check_size, decode, encode, load_audio, probe, stream_stats
-from core.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
+from core.domain.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
+from core.domain.formats import OutputFormat
+from core.media.audio import Tags, check_size, decode, encode, load_audio, probe, stream_stats
 from testkit import INPUTS, ROCK, SONGS, ffmpeg, make_clip, read_audio
 
 MB = 1024 * 1024

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.commands import parse_split
-from core.errors import InvalidStemSpec
+from core.domain.commands import parse_split
+from core.domain.errors import InvalidStemSpec
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""core.frontend's one delivery loop, through a small in-memory `Frontend` (a chat that keeps
+"""core.desk.frontend's one delivery loop, through a small in-memory `Frontend` (a chat that keeps
 what it was shown), with a real Redis and, where a job must finish, a real worker process
 (the benchmark engine: its stems are copies of the input, a known answer)."""
 
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from core.board import Board
-from core.deliveries import Delivery
-from core.desk import EDIT_EVERY_S, JobDesk, Song, Upload
-from core.frontend import Button, DeliveryLoop
-from core.jobs import Progress, Stage
+from core.desk.frontend import Button, DeliveryLoop
+from core.desk.job_desk import EDIT_EVERY_S, JobDesk, Upload
+from core.domain.deliveries import Delivery
+from core.domain.jobs import Progress, Song, Stage
+from core.domain.stems import parse_stems
 from core.settings import Settings
-from core.stems import parse_stems
 from testkit import WorkerProcess, read_audio, s3_settings, stembot_env
 
 pytestmark = pytest.mark.timeout(300)

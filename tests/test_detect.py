@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from core.facts import SongFacts, Tonality
+from core.domain.facts import SongFacts, Tonality
 from testkit.music import drum_loop, progression
 from worker.detect import RATE, detect, detect_sources, downmix, key_of, tempo_of
 

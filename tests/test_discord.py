@@ -401,7 +401,7 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
 ) -> None:
     from simcord.components import walk_components
 
-    from core.studio import read_token
+    from core.domain.studio import read_token
 
     secret = "studio-secret"
     settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)

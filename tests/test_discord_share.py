@@ -173,7 +173,7 @@ async def test_telegram_another_users_tap_on_follow_ups_is_a_toast(redis_url: st
     import time
 
     from bots.telegram.frontend import markup
-    from core.frontend import follow_up_buttons
+    from core.desk.frontend import follow_up_buttons
     from testkit import free_port
     from testkit.botapi import BOT_USER, BotApiServer
     from testkit.tgbot import ALICE, start_bot, stop_bot

@@ -14,9 +14,9 @@ import simcord
 from aiohttp import web
 
 from bots.discord import create_bot
-from core.downloads import BUSY, DownloadSlots
-from core.errors import TooManyJobs
-from core.fetch import fetch_url
+from core.domain.errors import TooManyJobs
+from core.media.downloads import BUSY, DownloadSlots
+from core.media.fetch import fetch_url
 from core.settings import Settings
 
 MB = 1_000_000

@@ -13,7 +13,7 @@ import torch
 from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
-from core.errors import Cancelled
+from core.domain.errors import Cancelled
 from worker.compiled import OpenVinoHTDemucs, native_bf16
 from worker.separator import normalisation
 from worker.windowed import Backend, Window, WindowedSeparator, plan_windows

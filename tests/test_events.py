@@ -6,8 +6,8 @@ from prometheus_client import REGISTRY
 
 from core.board import Board
 from core.board.events import Event
-from core.desk import JobDesk
-from core.jobs import JobResult
+from core.desk.job_desk import JobDesk
+from core.domain.jobs import JobResult
 from core.settings import Settings
 
 

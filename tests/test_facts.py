@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.errors import InvalidCommand
-from core.facts import SongFacts, Tonality, describe_facts, key_name, semitones_to, shortest_shift
+from core.domain.errors import InvalidCommand
+from core.domain.facts import SongFacts, Tonality, describe_facts, key_name, semitones_to, shortest_shift
 
 
 @pytest.mark.parametrize(

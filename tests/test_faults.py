@@ -11,7 +11,7 @@ import pytest
 
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import Requester, SeparationRequest
+from core.domain.jobs import Requester, SeparationRequest
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, make_clip, wait_until
 

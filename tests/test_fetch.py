@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from core.errors import DownloadFailed, LinkRefused, TooLarge
-from core.fetch import check_url, fetch_url, find_url, is_public_address
+from core.domain.commands import find_url
+from core.domain.errors import DownloadFailed, LinkRefused, TooLarge
+from core.media.fetch import check_url, fetch_url, is_public_address
 from testkit import ROCK
 
 
@@ -109,7 +110,7 @@ async def test_connection_goes_to_the_checked_address(
 
     `song.invalid` resolves nowhere; only the checked answer (127.0.0.1) is ever used.
     """
-    import core.fetch
+    import core.media.fetch
 
     answers: list[str] = []
 
@@ -117,7 +118,7 @@ async def test_connection_goes_to_the_checked_address(
         answers.append(host)
         return ["127.0.0.1"]
 
-    monkeypatch.setattr(core.fetch, "resolve", fake_resolve)
+    monkeypatch.setattr(core.media.fetch, "resolve", fake_resolve)
     port = server.rsplit(":", 1)[1]
     got = await fetch_url(f"http://song.invalid:{port}/hop", tmp_path / "dl", 50_000_000, 10, allow_private=True)
     assert got.filename == "Rock Song.flac" and answers == ["song.invalid", "song.invalid"]  # each hop checked once
@@ -223,18 +224,20 @@ async def test_every_redirect_hop_is_resolved_and_checked(
     server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, allow_private: bool, refusal: str
 ) -> None:
     """The first hop is the test's server, taken as public; where it redirects is checked anew."""
-    import core.fetch
+    import core.media.fetch
 
-    real = core.fetch.is_public_address
-    monkeypatch.setattr(core.fetch, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
+    real = core.media.fetch.is_public_address
+    monkeypatch.setattr(core.media.fetch, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
     connects: list[str] = []
-    connect = core.fetch.PinnedBackend.connect_tcp
+    connect = core.media.fetch.PinnedBackend.connect_tcp
 
-    async def counted(self: core.fetch.PinnedBackend, host: str, port: int, *args: object, **kw: object) -> object:
+    async def counted(
+        self: core.media.fetch.PinnedBackend, host: str, port: int, *args: object, **kw: object
+    ) -> object:
         connects.append(self.pins[host])
         return await connect(self, host, port, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(core.fetch.PinnedBackend, "connect_tcp", counted)
+    monkeypatch.setattr(core.media.fetch.PinnedBackend, "connect_tcp", counted)
     from urllib.parse import quote
 
     with pytest.raises(LinkRefused, match=refusal):

@@ -7,12 +7,12 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.commands import parse_split
-from core.errors import InvalidStemSpec, LinkRefused, StembotError
-from core.fetch import check_url, find_url
-from core.naming import chat_filename, song_name
-from core.stems import parse_stems
-from core.uploads import BITRATES_KBPS, estimated_bytes, pack, plan_upload
+from core.domain.commands import find_url, parse_split
+from core.domain.errors import InvalidStemSpec, LinkRefused, StembotError
+from core.domain.naming import chat_filename, song_name
+from core.domain.stems import parse_stems
+from core.media.fetch import check_url
+from core.media.uploads import BITRATES_KBPS, estimated_bytes, pack, plan_upload
 from worker.windowed import plan_windows
 
 WORDS = st.sampled_from(

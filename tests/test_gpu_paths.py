@@ -337,9 +337,9 @@ def _cold_engine(tiny_repo: Path, tmp_path: Path, compiler: SlowCompile) -> Any:
 
 def _job(engine: Any, clip: Path, out: Path) -> np.ndarray:
     """A whole job as the CLI runs it (decode, separate, encode): the vocals as a WAV file."""
-    from core.audio import OutputFormat
+    from core.domain.formats import OutputFormat
+    from core.domain.stems import parse_stems
     from core.settings import Settings
-    from core.stems import parse_stems
     from testkit import read_audio
     from worker.pipeline import separate_file
 
@@ -351,7 +351,8 @@ def _job(engine: Any, clip: Path, out: Path) -> np.ndarray:
 
 @pytest.fixture
 def clip(tmp_path: Path) -> Path:
-    from core.audio import OutputFormat, encode
+    from core.domain.formats import OutputFormat
+    from core.media.audio import encode
 
     return encode(noise(4.0, seed=5), tmp_path / "clip.wav", OutputFormat("wav", bit_depth=24))
 

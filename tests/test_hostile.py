@@ -22,10 +22,16 @@ import pytest
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.audio import (
+from core.board import Board
+from core.cli import EXIT_USER_ERROR, main
+from core.domain.errors import NotAudio, TooLarge, TooLong
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Requester, SeparationRequest
+from core.domain.naming import NAME_MAX_BYTES, SONG_MAX_BYTES, cap_bytes, chat_filename, song_name, stem_filename
+from core.domain.stems import parse_stems
+from core.media.audio import (
     NOT_ACCEPTED,
     AudioInfo,
-    OutputFormat,
     Tags,
     encode,
     inspect,
@@ -34,17 +40,11 @@ from core.audio import (
     probe,
     too_long_error,
 )
-from core.audio import decode as decode_audio
-from core.board import Board
-from core.cli import EXIT_USER_ERROR, main
-from core.errors import NotAudio, TooLarge, TooLong
-from core.fetch import fetch_url
-from core.ffmpeg import Sandbox
-from core.jobs import Requester, SeparationRequest
-from core.naming import NAME_MAX_BYTES, SONG_MAX_BYTES, cap_bytes, chat_filename, song_name, stem_filename
+from core.media.audio import decode as decode_audio
+from core.media.fetch import fetch_url
+from core.media.ffmpeg import Sandbox
+from core.media.uploads import part_name
 from core.settings import Settings
-from core.stems import parse_stems
-from core.uploads import part_name
 from testkit import ROOT, WorkerProcess, ffmpeg, run_stembot, write_tiny_repo
 
 pytestmark = pytest.mark.timeout(300)
@@ -130,9 +130,9 @@ def test_decode_refuses_formats_outside_the_whitelist(vgm: Path) -> None:
 MEASURE_PROBE = """
 import resource, sys
 from pathlib import Path
-from core.audio import probe
-from core.errors import NotAudio
-from core.ffmpeg import Sandbox
+from core.media.audio import probe
+from core.domain.errors import NotAudio
+from core.media.ffmpeg import Sandbox
 try:
     probe(Path(sys.argv[1]), 60, Sandbox(memory_mb=int(sys.argv[2]), formats=("libgme",)))
     print("accepted")
@@ -157,7 +157,7 @@ def test_a_bomb_let_through_the_whitelist_is_stopped_by_the_memory_limit(bomb: P
 def test_children_run_under_the_limits(monkeypatch: pytest.MonkeyPatch, prlimit: bool) -> None:
     """Read the limits the kernel holds for a running child (with and without prlimit(1))."""
     if not prlimit:
-        monkeypatch.setattr("core.ffmpeg.shutil.which", lambda name: None)
+        monkeypatch.setattr("core.media.ffmpeg.shutil.which", lambda name: None)
     sandbox = Sandbox(memory_mb=700, cpu_s=77)
     child = sandbox.popen(["sleep", "30"], stdout=subprocess.DEVNULL)
     try:
@@ -192,8 +192,8 @@ def test_settings_make_the_sandbox() -> None:
 
 def test_every_ffmpeg_call_is_sandboxed() -> None:
     """Every place in core/, worker/ and bench/ that starts ffmpeg or ffprobe goes through
-    core.ffmpeg, except bench's input maker, which reads only files it names itself."""
-    allowed = {ROOT / "core" / "ffmpeg.py", ROOT / "bench" / "long_file.py"}
+    core.media.ffmpeg, except bench's input maker, which reads only files it names itself."""
+    allowed = {ROOT / "core" / "media" / "ffmpeg.py", ROOT / "bench" / "long_file.py"}
     offenders = []
     for folder in ("core", "worker", "bench", "bots"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -229,8 +229,9 @@ async def test_enqueue_and_the_worker_refuse_a_bomb(
 
 
 async def test_bot_precheck_refuses_a_bomb(redis_url: str, bomb: Path) -> None:
-    from core.deliveries import Delivery
-    from core.desk import JobDesk, Song
+    from core.desk.job_desk import JobDesk
+    from core.domain.deliveries import Delivery
+    from core.domain.jobs import Song
 
     settings = Settings(redis_url=redis_url)
     board = await Board.connect(settings)
@@ -544,7 +545,7 @@ def _caused(outer: Exception, cause: BaseException) -> Exception:
     ],
 )
 def test_which_failures_a_repeat_runs_again(exc: Exception, code: str) -> None:
-    from core.errors import ERRORS_BY_CODE
+    from core.domain.errors import ERRORS_BY_CODE
     from worker.tasks import _failure
 
     error = _failure(exc)
@@ -576,7 +577,7 @@ def test_the_size_limit_reads_as_set(tmp_path: Path) -> None:
     big = tmp_path / "big.mp3"
     with big.open("wb") as out:
         out.truncate(100 * MB + 1)
-    from core.audio import check_size
+    from core.media.audio import check_size
 
     with pytest.raises(TooLarge) as err:
         check_size(big, settings.max_input_bytes)
@@ -606,7 +607,7 @@ def test_too_long_wordings() -> None:
 
 @pytest.mark.parametrize("spec", ["x" * 100_000, "vocals+" + "y" * 100_000, "all+" + "z" * 100_000])
 def test_unknown_stem_words_are_echoed_short(spec: str) -> None:
-    from core.errors import InvalidStemSpec
+    from core.domain.errors import InvalidStemSpec
 
     with pytest.raises(InvalidStemSpec) as err:
         parse_stems(spec)

@@ -17,16 +17,17 @@ import soundfile
 import torch
 from demucs.pretrained import get_model
 
-from core.audio import AudioWriter, OutputFormat
 from core.board import Board
 from core.board.artifacts import RedisArtifactStore
 from core.board.sources import SourcesCache
-from core.errors import StorageFull
-from core.jobs import Requester, SeparationRequest
-from core.render import RenderOptions
+from core.domain.errors import StorageFull
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Requester, SeparationRequest
+from core.domain.render import RenderOptions
+from core.domain.sources import SourceSet
+from core.domain.stems import parse_stems
+from core.media.audio import AudioWriter
 from core.settings import Settings
-from core.sources import SourceSet
-from core.stems import parse_stems
 from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
 from worker.encoders import ParallelWriter, SourceWriter, read_source
@@ -192,7 +193,7 @@ def test_a_kept_wav_holds_each_sample_rounded_to_24_bits(tmp_path: Path) -> None
 
 def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:
     """Entries kept before the worker wrote its own (ffmpeg's FLAC 24-bit) read back as written."""
-    from core.audio import encode
+    from core.media.audio import encode
 
     audio = np.random.default_rng(2).uniform(-0.9, 0.9, (2, 44_100)).astype(np.float32)
     old = encode(audio, tmp_path / "vocals.flac", OutputFormat("flac", bit_depth=24))

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from testkit import ROOT
-from testkit.layers import Arrow, arrows, cycle, modules, path_to, violations
+from testkit.layers import Arrow, arrows, cycle, modules, path_to, strays, violations
 
 # What each layer may never import (README, "Rules of the house").
 FORBIDDEN = {
     "core": ("worker", "bots", "torch", "demucs", "openvino", "librosa", "soxr", "telegram", "discord"),
-    # the job board serves the use cases above it (core.board's docstring), never imports them
-    "core.board": ("core.desk", "core.cli", "core.links"),
     "bots": ("worker", "torch", "demucs", "openvino", "librosa", "soxr"),
     "worker": ("bots", "telegram", "discord"),
 }
+# core by kind, bottom up (each sub-package's docstring): the core modules each may import.
+# core.cli, the composition root, may import any of them.
+CORE_LAYERS: dict[str, tuple[str, ...]] = {
+    "core.domain": ("core.domain",),
+    "core.settings": ("core.domain",),
+    "core.metrics": (),
+    "core.logs": ("core.settings",),
+    "core.media": ("core.domain", "core.settings", "core.media"),
+    "core.board": ("core.domain", "core.settings", "core.metrics", "core.media", "core.board"),
+    "core.desk": ("core.domain", "core.settings", "core.metrics", "core.media", "core.board", "core.desk"),
+}
+# The domain does no I/O: beside itself, the standard library, pydantic and itsdangerous's signing only.
+DOMAIN_MAY_IMPORT = {"core.domain": ("core.domain", "pydantic", "itsdangerous", *sys.stdlib_module_names)}
 # The one excused arrow: `stembot` is one command. core/cli.py's dispatcher loads, by the
 # module names in PROVIDERS, the commands the upper layers provide, lazily when it builds the
 # parser, and carries on without them when they are not installed. It imports nothing else
@@ -49,6 +61,57 @@ def test_no_arrow_runs_against_the_layers() -> None:
     assert {(a.src, a.dst) for a in found if a.dynamic} == set(ALLOWED)
 
 
+def core_strays(found: list[Arrow]) -> list[str]:
+    """Arrows that run down-up between core's sub-packages, or out of the domain into I/O."""
+    return sorted(set(strays(found, CORE_LAYERS, "core") + strays(found, DOMAIN_MAY_IMPORT)))
+
+
+def test_core_imports_by_kind_only_downwards() -> None:
+    found, _ = arrows(ROOT, PACKAGES)
+    assert core_strays(found) == [], "see each core sub-package's docstring for what it may import"
+    # every core module is in a layer, so a new one cannot sit outside the rules
+    placed = [m for m in modules(ROOT, ["core"]) if any(m == k or m.startswith(k + ".") for k in CORE_LAYERS)]
+    assert set(modules(ROOT, ["core"])) - set(placed) == {"core", "core.cli"}
+
+
+def test_the_core_check_finds_arrows_against_its_kinds(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "core/__init__.py": "",
+            "core/settings.py": "from core.domain.formats import AudioFormatName\nfrom core.media import ffmpeg\n",
+            "core/metrics.py": "import prometheus_client\n",
+            "core/logs.py": "from core.settings import Settings\n",
+            "core/cli.py": "from core.desk.job_desk import JobDesk\n",
+            "core/domain/__init__.py": "",
+            "core/domain/formats.py": "import re\nfrom typing import Literal\nfrom pydantic import BaseModel\n",
+            "core/domain/jobs.py": (
+                "import hashlib\nfrom core.domain.formats import Literal\nimport numpy\n"
+                "def later():\n    from core.media.audio import OutputFormat\n"
+            ),
+            "core/domain/studio.py": "from itsdangerous import URLSafeSerializer\nfrom core import settings\n",
+            "core/media/__init__.py": "",
+            "core/media/ffmpeg.py": "from .. import settings\nfrom ..domain import errors\n",
+            "core/media/audio.py": "import numpy\nfrom core.board.jobs import JobQueue\n",
+            "core/board/__init__.py": "from core import metrics\nfrom core.media import audio\n",
+            "core/board/jobs.py": "import importlib\nimportlib.import_module('core.desk.job_desk')\n",
+            "core/desk/__init__.py": "",
+            "core/desk/job_desk.py": "from core.board import Board\nfrom core.cli import main\n",
+        },
+    )
+    found, _ = arrows(root, PACKAGES)
+    assert core_strays(found) == [
+        "core.board.jobs:2 -> core.desk.job_desk (importlib string)",
+        "core.desk.job_desk:2 -> core.cli",
+        "core.domain.jobs:3 -> numpy",
+        "core.domain.jobs:5 -> core.media.audio",
+        "core.domain.studio:2 -> core.settings",
+        "core.media.audio:2 -> core.board.jobs",
+        "core.settings:2 -> core.media",
+        "core.settings:2 -> core.media.ffmpeg",
+    ]
+
+
 def test_no_import_cycle() -> None:
     found, _ = arrows(ROOT, PACKAGES)
     assert cycle(found, modules(ROOT, PACKAGES), ALLOWED) is None
@@ -80,8 +143,8 @@ def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
             "core/__init__.py": "",
             "core/board/__init__.py": "import redis\nfrom arq import create_pool\n",
             "core/board/jobs.py": "from redis.asyncio import Redis\n",
-            "core/desk.py": "def later():\n    from arq.jobs import Job\n",
-            "core/limits.py": "from limits.aio.storage import RedisStorage\n",
+            "core/desk/job_desk.py": "def later():\n    from arq.jobs import Job\n",
+            "core/domain/limits.py": "from limits.aio.storage import RedisStorage\n",
             "bots/__init__.py": "",
             "bots/chat.py": "import importlib\nimportlib.import_module('redis.asyncio')\n",
             "worker/__init__.py": "",
@@ -91,8 +154,8 @@ def test_the_board_check_finds_redis_outside_the_board(tmp_path: Path) -> None:
     found, _ = arrows(root, PACKAGES)
     assert board_violations(found) == [
         "bots.chat:2 -> redis.asyncio (importlib string)",
-        "core.desk:2 -> arq.jobs",
-        "core.limits:1 -> limits.aio.storage",
+        "core.desk.job_desk:2 -> arq.jobs",
+        "core.domain.limits:1 -> limits.aio.storage",
         "worker.tasks:1 -> redis.exceptions",
     ]
 
@@ -113,8 +176,8 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 PLANTED = {
     "core/__init__.py": "",
-    "core/settings.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from core.ffmpeg import X\n",
-    "core/ffmpeg.py": "from . import settings\n",
+    "core/settings.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from core.media.ffmpeg import X\n",
+    "core/media/ffmpeg.py": "from .. import settings\n",
     "core/cli.py": (
         "import importlib\n"
         "PROVIDERS = ('worker.cli', 'bots.cli')\n"
@@ -151,7 +214,7 @@ def test_the_check_finds_cycles_type_only_and_through_importlib(tmp_path: Path) 
     root = _tree(tmp_path, PLANTED)
     found, _ = arrows(root, PACKAGES)
     known = modules(root, PACKAGES)
-    assert set(cycle(found, modules(root, ["core"])) or []) == {"core.settings", "core.ffmpeg"}
+    assert set(cycle(found, modules(root, ["core"])) or []) == {"core.settings", "core.media.ffmpeg"}
     fixed = [a for a in found if a.src != "core.settings"]
     assert set(cycle(fixed, known) or []) == {"core.cli", "worker.cli"}  # through an importlib string
     assert cycle(fixed, known, {("core.cli", "worker.cli"): "excused"}) is None
@@ -160,7 +223,7 @@ def test_the_check_finds_cycles_type_only_and_through_importlib(tmp_path: Path) 
 def test_the_settings_check_follows_imports_through_other_modules(tmp_path: Path) -> None:
     root = _tree(tmp_path, PLANTED)
     found, _ = arrows(root, PACKAGES)
-    assert path_to(found, "core.ffmpeg", SETTINGS) == ["core.ffmpeg", SETTINGS]  # `from . import settings`
+    assert path_to(found, "core.media.ffmpeg", SETTINGS) == ["core.media.ffmpeg", SETTINGS]  # `from .. import settings`
     assert path_to(found, "bots.chat", SETTINGS) == ["bots.chat", SETTINGS]
     assert path_to(found, "worker.tasks", SETTINGS) == ["worker.tasks", "bots.chat", SETTINGS]
     assert path_to(found, "core.cli", SETTINGS) is None

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-import core.fetch
-from core.errors import LinkRefused
-from core.fetch import fetch_url, split_link
+import core.media.fetch
+from core.domain.errors import LinkRefused
+from core.media.fetch import fetch_url, split_link
 
 MALFORMED = "not a valid web address"
 SCHEME = "Only http:// and https://"
@@ -102,7 +102,7 @@ async def test_links_that_are_not_ascii_are_fetched(
         assert host in ("bücher.invalid", "xn--bcher-kva.invalid")  # as typed, or as a redirect names it
         return ["127.0.0.1"]
 
-    monkeypatch.setattr(core.fetch, "resolve", resolve)
+    monkeypatch.setattr(core.media.fetch, "resolve", resolve)
     url = f"http://bücher.invalid:{server.split(':')[1]}{path}"
     if name is None:  # a space: a malformed link, told so
         with pytest.raises(LinkRefused, match=MALFORMED):

@@ -3,7 +3,7 @@ plain link's (red team round 3: N2 and N1's link part).
 
 A hostile "Mediasite" server plays the page; a loopback service plays the cloud metadata
 endpoint it points yt-dlp at. The page's server listens on 127.0.0.2, which the test
-counts as public (the one seam: `core.fetch.is_public_address`); the metadata service
+counts as public (the one seam: `core.media.fetch.is_public_address`); the metadata service
 listens on 127.0.0.1, which stays private, as it would be in production.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import core.fetch
-import core.links
-from core.errors import DownloadFailed, LinkRefused, TooLarge
-from core.fetch import TOO_SLOW
-from core.links import accepts_any_host, fetch_song, site_extractors
+import core.media.fetch
+import core.media.links
+from core.domain.errors import DownloadFailed, LinkRefused, TooLarge
+from core.media.fetch import TOO_SLOW
+from core.media.links import accepts_any_host, fetch_song, site_extractors
 from core.settings import DEFAULT_LINK_SITES, Settings
 
 # Mediasite takes any host but a fixed path: each behaviour of the page gets its own id.
@@ -55,8 +55,8 @@ def _page(service_path: str) -> str:
 
 @pytest.fixture
 async def servers(unused_tcp_port_factory: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Servers]:
-    real = core.fetch.is_public_address
-    monkeypatch.setattr(core.fetch, "is_public_address", lambda a: a == PAGE_HOST or real(a))
+    real = core.media.fetch.is_public_address
+    monkeypatch.setattr(core.media.fetch, "is_public_address", lambda a: a == PAGE_HOST or real(a))
     page_port, meta_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     s = Servers(f"http://{PAGE_HOST}:{page_port}", f"http://127.0.0.1:{meta_port}")
 
@@ -118,10 +118,10 @@ async def servers(unused_tcp_port_factory: Any, monkeypatch: pytest.MonkeyPatch)
 def mediasite_allowed(monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings under which yt-dlp's Mediasite extractor (which takes any host) is used,
     so that what its requests may reach is tested on its own."""
-    monkeypatch.setattr(core.links, "accepts_any_host", lambda ie: False, raising=False)
-    core.links.site_extractors.cache_clear()
+    monkeypatch.setattr(core.media.links, "accepts_any_host", lambda ie: False, raising=False)
+    core.media.links.site_extractors.cache_clear()
     yield Settings(link_sites="mediasite", download_timeout_s=20)
-    core.links.site_extractors.cache_clear()
+    core.media.links.site_extractors.cache_clear()
 
 
 def test_extractors_that_take_any_host_are_never_used() -> None:
@@ -179,7 +179,7 @@ async def test_a_dripping_page_ends_by_the_links_deadline(servers: Servers, medi
 async def test_what_yt_dlp_reads_is_capped(
     servers: Servers, mediasite_allowed: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(core.links, "_PAGES_MAX_BYTES", 100_000, raising=False)
+    monkeypatch.setattr(core.media.links, "_PAGES_MAX_BYTES", 100_000, raising=False)
     with pytest.raises(TooLarge):
         await fetch_song(f"{servers.page}/Mediasite/Play/{IDS['huge']}", mediasite_allowed)
     assert servers.meta_hits == []

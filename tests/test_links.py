@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-import core.links
-from core.errors import DownloadFailed, LinkRefused, TooLarge, TooLong
-from core.links import Media, fetch_song, is_site_link, media_of, site_extractors, ytdlp_options
+import core.media.links
+from core.domain.errors import DownloadFailed, LinkRefused, TooLarge, TooLong
+from core.media.links import Media, fetch_song, is_site_link, media_of, site_extractors, ytdlp_options
+from core.media.ytdlp import ie_names
 from core.settings import Settings
-from core.ytdlp import ie_names
 
 SETTINGS = Settings(max_duration_s=600, max_input_mb=10)
 GOOD: dict[str, Any] = {
@@ -89,8 +89,8 @@ async def test_links_other_than_http_are_refused(url: str) -> None:
 async def test_the_media_url_is_checked_like_any_link(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """yt-dlp's pick pointing at a private address is refused before anything connects to it."""
     picked = Media("http://169.254.169.254/latest/meta-data", "m4a", "Song")
-    monkeypatch.setattr(core.links, "read_site", _picked(picked))
-    monkeypatch.setattr(core.links, "check_url", _no_check)
+    monkeypatch.setattr(core.media.links, "read_site", _picked(picked))
+    monkeypatch.setattr(core.media.links, "check_url", _no_check)
     with pytest.raises(LinkRefused, match="private or local"):
         await fetch_song("https://www.youtube.com/watch?v=dQw4w9WgXcQ", SETTINGS)
 

@@ -19,17 +19,17 @@ import pytest
 import redis
 from telegram.ext import Application
 
-from core.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
 from core.board import Board
-from core.clock import clock
-from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, settle
-from core.errors import InvalidCommand, NotAudio, QuotaExceeded, StembotError, TooLong, WorkerFailed
-from core.ffmpeg import cpu_cap_s
-from core.jobs import ErrorInfo, JobResult, Requester, SeparationRequest
-from core.render import RenderOptions, check_section, describe, make_options, split_render_words
+from core.desk.job_desk import Finished, JobDesk, settle
+from core.domain.clock import clock
+from core.domain.deliveries import Delivery
+from core.domain.errors import InvalidCommand, NotAudio, QuotaExceeded, StembotError, TooLong, WorkerFailed
+from core.domain.jobs import ErrorInfo, JobResult, Requester, SeparationRequest, Song
+from core.domain.render import RenderOptions, check_section, describe, make_options, split_render_words
+from core.domain.stems import parse_stems
+from core.media.audio import SAMPLE_RATE, TOO_DEMANDING, UNREADABLE, AudioInfo, probe, stream_decode, too_long_error
+from core.media.ffmpeg import cpu_cap_s
 from core.settings import Settings
-from core.stems import parse_stems
 from testkit import ROOT, WorkerProcess, run_stembot, stembot_env, tags
 from testkit.botapi import BotApiServer
 from testkit.tgbot import ALICE, DM

@@ -18,9 +18,9 @@ from telegram.ext import Application
 
 from bots.discord import create_bot
 from core.board import Board
-from core.jobs import Requester, SeparationRequest
+from core.domain.jobs import Requester, SeparationRequest
+from core.domain.stems import parse_stems
 from core.settings import Settings
-from core.stems import parse_stems
 from testkit import MODELS, WorkerProcess
 from testkit.botapi import BotApiServer
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot

@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 from core.board import Board
-from core.jobs import Requester, SeparationRequest
+from core.domain.jobs import Requester, SeparationRequest
 from core.metrics import JOB_STAGES
 from testkit import WorkerProcess, free_port
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from core.board import Board
-from core.jobs import Requester, SeparationRequest
+from core.domain.jobs import Requester, SeparationRequest
 from core.settings import Settings
 from testkit import WorkerProcess
 
@@ -65,8 +65,8 @@ async def test_a_job_over_the_output_bound_fails_and_keeps_nothing(
 def test_a_request_that_would_surely_pass_the_bound_is_refused_up_front(
     files: int, fmt: str, minutes: float, refused: bool
 ) -> None:
-    from core.desk import check_output_size
-    from core.errors import TooLarge
+    from core.desk.job_desk import check_output_size
+    from core.domain.errors import TooLarge
 
     limit = Settings().max_job_output_bytes
     if not refused:

@@ -23,12 +23,12 @@ import soundfile
 from telegram.ext import Application
 
 from bots.discord import create_bot
-from core.desk import check_loop_length, output_s
-from core.errors import TooLong
-from core.facts import SongFacts
-from core.render import RenderOptions
+from core.desk.job_desk import check_loop_length, output_s
+from core.domain.errors import TooLong
+from core.domain.facts import SongFacts
+from core.domain.render import RenderOptions
+from core.domain.sources import Manifest, entry_key
 from core.settings import Settings
-from core.sources import Manifest, entry_key
 from testkit import WorkerProcess, drive, read_audio, run_stembot
 from testkit.botapi import BotApiServer
 from testkit.music import groove

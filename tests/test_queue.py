@@ -10,7 +10,7 @@ import pytest
 
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import Progress, Requester, SeparationRequest, Stage
+from core.domain.jobs import Progress, Requester, SeparationRequest, Stage
 from testkit import SONGS, WorkerProcess, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(300)
@@ -215,7 +215,7 @@ async def test_queue_position(board: Board, rock_short: Path, long_clip: Path) -
 
 
 async def test_queue_cap(redis_url: str, rock_short: Path) -> None:
-    from core.errors import QueueFull
+    from core.domain.errors import QueueFull
     from core.settings import Settings
 
     board = await Board.connect(Settings(redis_url=redis_url, max_queue=2))

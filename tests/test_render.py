@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.commands import parse_split
-from core.errors import InvalidCommand
-from core.facts import SongFacts, Tonality
-from core.render import (
+from core.domain.commands import parse_split
+from core.domain.errors import InvalidCommand
+from core.domain.facts import SongFacts, Tonality
+from core.domain.render import (
     RenderOptions,
     describe,
     file_label,
@@ -20,7 +20,7 @@ from core.render import (
     rubberband,
     split_render_words,
 )
-from core.stems import parse_stems
+from core.domain.stems import parse_stems
 
 C_MAJOR = Tonality(tonic=0, mode="major")
 A_MINOR = Tonality(tonic=9, mode="minor")
@@ -348,7 +348,7 @@ def test_guide_is_labelled_as_such() -> None:
 
 @pytest.mark.parametrize("spec", ["guide+drums", "drums+guide_vocals"])
 def test_guide_is_no_combo_part(spec: str) -> None:
-    from core.errors import InvalidStemSpec
+    from core.domain.errors import InvalidStemSpec
 
     with pytest.raises(InvalidStemSpec, match="cannot be part of a combo"):
         parse_stems(spec)

@@ -16,10 +16,10 @@ import redis
 
 from core.board import Board
 from core.board.jobs import JobQueue
-from core.jobs import JobResult, Requester, SeparationRequest
-from core.render import RenderOptions, rubberband
+from core.domain.jobs import JobResult, Requester, SeparationRequest
+from core.domain.render import RenderOptions, rubberband
+from core.domain.sources import entry_key
 from core.settings import Settings
-from core.sources import entry_key
 from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(600)
@@ -176,7 +176,7 @@ async def test_section(real_worker: WorkerProcess, redis_url: str, song20: Path,
 
 async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
     """Past STEMBOT_SOURCES_MAX_MB the least recently used songs' sources go first."""
-    from core.sources import SourceSet
+    from core.domain.sources import SourceSet
 
     settings = Settings(redis_url=redis_url, sources_max_mb=0.25)
     board = await Board.connect(settings)
@@ -210,7 +210,7 @@ async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
 async def test_the_store_budget_evicts_a_songs_sources_whole(redis_url: str, tmp_path: Path) -> None:
     """One index and one budget (STEMBOT_ARTIFACT_BUDGET_MB) over every artifact: a song's
     sources and their manifest are one group, kept or evicted together, never one source alone."""
-    from core.sources import SourceSet
+    from core.domain.sources import SourceSet
 
     settings = Settings(redis_url=redis_url, artifact_budget_mb=0.25)
     board = await Board.connect(settings)
@@ -305,11 +305,12 @@ async def test_follow_up_buttons_are_the_requesters_and_within_the_output_bound(
 ) -> None:
     """Another user's tap on a follow-up is refused without the song's name; a slower
     follow-up is held to the stored-bytes bound as its longer files will be."""
-    from core.deliveries import Delivery
-    from core.desk import JobDesk, Song
-    from core.errors import InvalidCommand, TooLarge
-    from core.stems import parse_stems
-    from core.uploads import estimated_bytes
+    from core.desk.job_desk import JobDesk
+    from core.domain.deliveries import Delivery
+    from core.domain.errors import InvalidCommand, TooLarge
+    from core.domain.jobs import Song
+    from core.domain.stems import parse_stems
+    from core.media.uploads import estimated_bytes
 
     # One 3 s WAV fits; the same at 80 % tempo (3.75 s) does not.
     limit_mb = estimated_bytes("wav", 3.3) / 1_000_000

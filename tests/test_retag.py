@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.uploads import delivered_tags, retag
+from core.media.uploads import delivered_tags, retag
 from testkit import ROCK, make_clip, tags
 
 

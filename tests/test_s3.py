@@ -11,7 +11,7 @@ import pytest
 import simcord
 
 from bots.discord import create_bot
-from core.artifacts import ArtifactMissing, S3ArtifactStore
+from core.media.artifacts import ArtifactMissing, S3ArtifactStore
 from core.settings import Settings
 from testkit import WorkerProcess, drive, read_audio, s3_settings
 
@@ -22,7 +22,7 @@ async def test_the_sources_cap_holds_in_a_bucket_by_the_one_index(s3_url: str, r
     """A bucket has no byte budget, but its objects are booked in the board's one artifact
     index, so STEMBOT_SOURCES_MAX_MB evicts the songs used longest ago there too, whole."""
     from core.board import Board
-    from core.sources import SourceSet, entry_key
+    from core.domain.sources import SourceSet, entry_key
 
     settings = Settings(**s3_settings(s3_url, redis_url=redis_url, sources_max_mb=0.25))  # type: ignore[arg-type]
     board = await Board.connect(settings)

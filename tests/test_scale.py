@@ -16,11 +16,11 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
 from bots.discord import create_bot
-from core.artifacts import ArtifactMissing
 from core.board import Board
 from core.board.artifacts import RedisArtifactStore, group_of
 from core.board.workers import estimate_wait
-from core.jobs import InputRef, Requester, SeparationRequest, Stage
+from core.domain.jobs import InputRef, Requester, SeparationRequest, Stage
+from core.media.artifacts import ArtifactMissing
 from core.settings import Settings
 from testkit import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, raw_redis, stembot_env
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot

@@ -86,7 +86,7 @@ def test_every_stem_sdr_equals_reference(
 
 def test_karaoke_method_is_the_better_one(reference: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
     """The instrumental is mixture minus vocals because it scores higher than summing the stems."""
-    from core.stems import parse_stems
+    from core.domain.stems import parse_stems
     from worker.pipeline import INSTRUMENTAL_METHOD, render_output
 
     target = truth["drums"] + truth["bass"] + truth["other"]
@@ -221,9 +221,9 @@ def test_streaming_outlives_the_ffmpeg_call_limit(tiny_repo: Path, tmp_path: Pat
     bounded by that limit only once their input has ended."""
     from demucs.pretrained import get_model
 
-    from core.audio import OutputFormat
+    from core.domain.formats import OutputFormat
+    from core.domain.stems import parse_stems
     from core.settings import Settings
-    from core.stems import parse_stems
     from worker.pipeline import separate_file
     from worker.windowed import WindowedSeparator
 

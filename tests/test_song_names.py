@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.naming import song_name
+from core.domain.naming import song_name
 
 
 @pytest.mark.parametrize(

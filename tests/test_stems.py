@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidStemSpec
-from core.stems import parse_stems
+from core.domain.errors import InvalidStemSpec
+from core.domain.stems import parse_stems
 
 F = frozenset
 CASES: list[tuple[str | None, list[tuple[str, frozenset[str]]], bool]] = [
@@ -80,7 +80,7 @@ def test_spec_is_canonical() -> None:
     ],
 )
 def test_one_request_makes_at_most_eight_files(text: str, files: int) -> None:
-    from core.stems import MAX_OUTPUTS
+    from core.domain.stems import MAX_OUTPUTS
 
     if files <= MAX_OUTPUTS:
         assert len(parse_stems(text).outputs) == files
@@ -107,7 +107,7 @@ def test_a_request_carries_the_parsed_selection_and_sends_its_spec(
     and Redis records hold its canonical spec, which reads back to the same selection."""
     import hashlib
 
-    from core.jobs import InputRef, SeparationRequest
+    from core.domain.jobs import InputRef, SeparationRequest
 
     ref = InputRef(artifact_key="input:x", sha256="ab" * 32, filename="song.flac", size_bytes=1)
     request = SeparationRequest(input=ref, stems=parse_stems(text), model="htdemucs")
@@ -125,7 +125,7 @@ def test_a_request_carries_the_parsed_selection_and_sends_its_spec(
 def test_a_payload_with_a_bad_spec_is_refused_saying_why() -> None:
     from pydantic import ValidationError
 
-    from core.jobs import SeparationRequest
+    from core.domain.jobs import SeparationRequest
 
     ref = {"artifact_key": "input:x", "sha256": "ab", "filename": "song.flac", "size_bytes": 1}
     with pytest.raises(ValidationError, match='Unknown stem "vocalz"'):

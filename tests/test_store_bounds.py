@@ -20,13 +20,13 @@ from bots.discord import create_bot
 from core.board import Board
 from core.board.artifacts import RedisArtifactStore
 from core.board.workers import estimate_wait_by_rate
-from core.deliveries import Delivery
-from core.desk import Finished, JobDesk, Song, status_line
-from core.errors import StorageFull, TooLarge
-from core.jobs import JobResult, Progress, Requester, SeparationRequest, Stage
+from core.desk.job_desk import Finished, JobDesk, status_line
+from core.domain.deliveries import Delivery
+from core.domain.errors import StorageFull, TooLarge
+from core.domain.jobs import JobResult, Progress, Requester, SeparationRequest, Song, Stage
+from core.domain.stems import parse_stems
 from core.logs import MAX_RECORD_CHARS, mask_credentials, masked_url, setup_logging
 from core.settings import Settings
-from core.stems import parse_stems
 from testkit import (
     ROCK,
     RedisServer,

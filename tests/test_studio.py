@@ -1,5 +1,5 @@
-"""The studio's grants and Telegram initData checks (core/studio.py), and a mix's levels as a
-render option (core/render.py): pure functions, tables and known answers."""
+"""The studio's grants and Telegram initData checks (core/domain/studio.py), and a mix's levels as a
+render option (core/domain/render.py): pure functions, tables and known answers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from core.render import RenderOptions, describe, file_label, follow_up, label
-from core.stems import parse_stems
-from core.studio import (
+from core.domain.render import RenderOptions, describe, file_label, follow_up, label
+from core.domain.stems import parse_stems
+from core.domain.studio import (
     Grant,
     GrantExpired,
     GrantRefused,
@@ -79,7 +79,7 @@ def test_tampered_or_foreign_tokens_are_refused(token: object) -> None:
 
 
 def test_a_signed_payload_that_is_not_a_grant_is_refused() -> None:
-    from core.studio import _serializer
+    from core.domain.studio import _serializer
 
     bad = _serializer(SECRET).dumps({"song": "../../etc", "platform": "telegram", "user": "42", "exp": NOW + 60})
     with pytest.raises(GrantRefused):

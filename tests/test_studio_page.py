@@ -31,10 +31,10 @@ import pytest
 import soundfile
 
 from core.board import Board
-from core.facts import Tonality, key_name
-from core.jobs import Requester, SeparationRequest
+from core.domain.facts import Tonality, key_name
+from core.domain.jobs import Requester, SeparationRequest
+from core.domain.studio import StudioSong, issue_token, read_token
 from core.settings import Settings
-from core.studio import StudioSong, issue_token, read_token
 from testkit import (
     RATE,
     ROOT,
@@ -515,7 +515,7 @@ def test_send_on_a_link_without_a_chat_says_so_once(music_link: str, page: Page)
 
 
 def test_the_page_spells_every_shifted_key_as_the_bots_do(browser: Browser) -> None:
-    """The page's two spelling tables are a copy of core.facts' (the owner): all 24 keys, every shift."""
+    """The page's two spelling tables are a copy of core.domain.facts' (the owner): all 24 keys, every shift."""
     cases = []
     for mode in ("major", "minor"):
         for tonic in range(12):

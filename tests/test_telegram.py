@@ -494,7 +494,7 @@ async def test_mixer_buttons_open_the_studio_for_the_requester_only(
 ) -> None:
     """A private result carries a Web App button with the requester's link; a group's result a
     deep link into the bot's private chat, whose /start gives that button to the requester only."""
-    from core.studio import read_token
+    from core.domain.studio import read_token
 
     secret = "studio-secret"
     app = await start_bot(botapi, redis_url, web_url="https://studio.example.org", web_secret=secret)

@@ -20,7 +20,7 @@ from aiohttp import web
 from telegram.ext import Application
 
 from bots.telegram import callbacks, texts
-from core.stems import parse_stems
+from core.domain.stems import parse_stems
 from testkit import ROOT, WorkerProcess, stembot_env
 from testkit.botapi import BOT_USER, BotApiServer
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot

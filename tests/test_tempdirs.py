@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core import tempdirs
+from core.media import tempdirs
 from testkit import ROOT, wait_for
 
 # a process that adopts a temp directory, writes a download into it, says where, and waits

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from core.audio import OutputFormat, encode, probe
-from core.errors import QuotaExceeded, TooManyJobs
-from core.limits import check_user
-from core.uploads import UploadPlan, fit_stem, pack, plan_upload
+from core.domain.errors import QuotaExceeded, TooManyJobs
+from core.domain.formats import OutputFormat
+from core.domain.limits import check_user
+from core.media.audio import encode, probe
+from core.media.uploads import UploadPlan, fit_stem, pack, plan_upload
 from testkit import read_audio
 
 MIB = 1024 * 1024

@@ -21,11 +21,11 @@ from telegram.ext import Application
 from bots.web import make_app
 from bots.web.server import REFUSED
 from core.board import Board
-from core.facts import SongFacts
-from core.jobs import Requester, SeparationRequest
+from core.domain.facts import SongFacts
+from core.domain.jobs import Requester, SeparationRequest
+from core.domain.sources import entry_key
+from core.domain.studio import StudioSong, init_data_hash, studio_link
 from core.settings import Settings
-from core.sources import entry_key
-from core.studio import StudioSong, init_data_hash, studio_link
 from testkit import WorkerProcess, read_audio, run_stembot
 from testkit.botapi import BotApiServer
 

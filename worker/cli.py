@@ -14,14 +14,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.audio import OutputFormat, inspect
 from core.cli import Command, add_job_options, job_options, obtain_input, writable_dir
-from core.errors import ModelUnavailable
-from core.ffmpeg import Sandbox
-from core.jobs import Stage, model_for
-from core.naming import song_name
+from core.domain.errors import ModelUnavailable
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Stage, model_for
+from core.domain.naming import song_name
+from core.domain.stems import parse_stems
+from core.media.audio import inspect
+from core.media.ffmpeg import Sandbox
 from core.settings import Settings
-from core.stems import parse_stems
 
 
 class StageBar:

@@ -1,7 +1,7 @@
 """A song's key (with mode) and tempo, detected from its separated sources with librosa.
 
 Once per song, in the worker, when its sources are separated: the facts are kept with the
-cached sources (`core.sources`), so renders from the cache never detect again.
+cached sources (`core.domain.sources`), so renders from the cache never detect again.
 
 - **Tempo** from the drums and bass (the whole song when there are no drums): librosa's
   onset strength in four frequency bands, each band scaled to unit spread (so a kick counts
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from core.audio import SAMPLE_RATE
-from core.facts import SongFacts, Tonality
+from core.domain.facts import SongFacts, Tonality
+from core.media.audio import SAMPLE_RATE
 from worker.encoders import read_source
 
 RATE = 11025  # analysis rate: chroma reaches C8 (4186 Hz), onsets keep their attack

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import soundfile
 
-from core.audio import CHANNELS, SAMPLE_RATE
+from core.media.audio import CHANNELS, SAMPLE_RATE
 
 Render = Callable[[], np.ndarray]
 # stretches waiting per encoder: enough to ride out a slow moment, few enough to bound memory

@@ -12,7 +12,7 @@ from demucs.apply import BagOfModels
 from demucs.pretrained import get_model
 from demucs.repo import ModelLoadingError
 
-from core.errors import ModelUnavailable
+from core.domain.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 A separation (`separate_sources`) decodes the song once and streams the model's output,
 as it comes, to every encoder at once: the files the request asked for (`Renderer`:
 stems and mixes, karaoke, guide vocals, a section, key and tempo) and, in the worker, every
-source losslessly (24-bit WAV or FLAC, written in this process). The worker keeps those sources (`core.sources`), so a
-later request on the same song renders from them (`render_files`) without running the
-model again, through the same `Renderer`, and answers exactly as a first request would.
+source losslessly (24-bit WAV or FLAC, written in this process). The worker keeps those
+sources (`core.domain.sources`), so a later request on the same song renders from them
+(`render_files`) without running the model again, through the same `Renderer`, and answers
+exactly as a first request would.
 """
 
 from __future__ import annotations
@@ -21,24 +22,11 @@ from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
-from core.audio import (
-    SAMPLE_RATE,
-    AudioInfo,
-    AudioWriter,
-    OutputFormat,
-    Tags,
-    decode_to_file,
-    inspect,
-    load_audio,
-    read_raw,
-    stream_decode,
-    stream_stats,
-)
-from core.errors import Cancelled
-from core.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
-from core.jobs import Stage
-from core.naming import stem_filename
-from core.render import (
+from core.domain.errors import Cancelled
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Stage
+from core.domain.naming import stem_filename
+from core.domain.render import (
     RESIDUAL_STEM,
     SECTION_CONTEXT_S,
     RenderOptions,
@@ -48,10 +36,23 @@ from core.render import (
     resolve,
     rubberband,
 )
+from core.domain.sources import SourceSet
+from core.domain.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
+from core.media.audio import (
+    SAMPLE_RATE,
+    AudioInfo,
+    AudioWriter,
+    Tags,
+    decode_to_file,
+    inspect,
+    load_audio,
+    read_raw,
+    stream_decode,
+    stream_stats,
+)
+from core.media.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
+from core.media.uploads import output_too_large
 from core.settings import Settings
-from core.sources import SourceSet
-from core.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
-from core.uploads import output_too_large
 from worker.encoders import ParallelWriter, SourceWriter, read_source
 from worker.scratch import job_dir
 

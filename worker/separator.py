@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from demucs.apply import BagOfModels, apply_model
 
-from core.errors import Cancelled
+from core.domain.errors import Cancelled
 
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]

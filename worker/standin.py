@@ -18,12 +18,12 @@ import wave
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from core.audio import OutputFormat
-from core.errors import Cancelled
-from core.jobs import Stage
-from core.naming import stem_filename
+from core.domain.errors import Cancelled
+from core.domain.formats import OutputFormat
+from core.domain.jobs import Stage
+from core.domain.naming import stem_filename
+from core.domain.stems import StemSelection
 from core.settings import Settings
-from core.stems import StemSelection
 from worker.pipeline import SeparationOutcome, StemFile
 
 log = logging.getLogger(__name__)

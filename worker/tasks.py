@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core import metrics
-from core.artifacts import ArtifactMissing
-from core.audio import SAMPLE_RATE
 from core.board import SERVICE_ERRORS, Board
 from core.board.events import Event
 from core.board.sources import SourcesCache
-from core.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
-from core.facts import SongFacts
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
-from core.render import resolve
-from core.sources import SourceSet, entry_key
-from core.stems import StemSelection
-from core.uploads import output_too_large
+from core.domain.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
+from core.domain.facts import SongFacts
+from core.domain.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
+from core.domain.render import resolve
+from core.domain.sources import SourceSet, entry_key
+from core.domain.stems import StemSelection
+from core.media.artifacts import ArtifactMissing
+from core.media.audio import SAMPLE_RATE
+from core.media.uploads import output_too_large
 from worker.detect import FactsTap
 from worker.pipeline import (
     RenderSpec,

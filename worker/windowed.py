@@ -49,7 +49,7 @@ from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from torch import nn
 
-from core.errors import Cancelled
+from core.domain.errors import Cancelled
 from worker.batcher import Batcher
 from worker.compiled import OpenVinoHTDemucs, Precision
 from worker.network import fuse_attention

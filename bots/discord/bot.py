@@ -13,8 +13,8 @@ from bots.discord.commands import answer_dm, register
 from bots.discord.frontend import DiscordFrontend
 from bots.discord.service import DiscordService
 from core.board import Board
-from core.frontend import DeliveryLoop
-from core.links import warm_up
+from core.desk.frontend import DeliveryLoop
+from core.media.links import warm_up
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from bots.discord import texts
 from bots.discord.frontend import AGAIN_PREFIX, CANCEL_PREFIX, again_id, chat_text
 from bots.discord.guilds import GuildConfig
 from bots.discord.service import DiscordService, service_of, song_in
-from core.commands import parse_split
-from core.desk import SOMETHING_WRONG
-from core.errors import StembotError
-from core.render import RenderOptions, make_options
-from core.stems import DEFAULT, KARAOKE, StemSelection, parse_stems
+from core.desk.job_desk import SOMETHING_WRONG
+from core.domain.commands import parse_split
+from core.domain.errors import StembotError
+from core.domain.render import RenderOptions, make_options
+from core.domain.stems import DEFAULT, KARAOKE, StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in texts.FORMATS]

@@ -1,4 +1,4 @@
-"""Discord's side of the delivery loop (`core.frontend`).
+"""Discord's side of the delivery loop (`core.desk.frontend`).
 
 Replies go through the interaction's own application webhook (application id + token,
 kept in the delivery record), so a restarted bot can still edit the "thinking…" message
@@ -18,10 +18,10 @@ from typing import Any, cast
 import discord
 
 from bots.discord import texts
-from core.deliveries import Delivery
-from core.desk import Upload
-from core.frontend import Button
-from core.uploads import pack
+from core.desk.frontend import Button
+from core.desk.job_desk import Upload
+from core.domain.deliveries import Delivery
+from core.media.uploads import pack
 
 log = logging.getLogger(__name__)
 CANCEL_PREFIX = "stembot:cancel:"
@@ -33,7 +33,7 @@ _MASS_MENTION = re.compile(r"@(everyone|here)")
 def chat_text(text: str) -> str:
     """Text as Discord shows it literally: a song's name is the user's, so its `*`, `_`, `[`,
     `#`, `@everyone` format or ping nothing. Links stay clickable, and the bot's own `<@id>`
-    mentions work (a song's name cannot hold one: `core.naming` drops `<` and `>`)."""
+    mentions work (a song's name cannot hold one: `core.domain.naming` drops `<` and `>`)."""
     return _MASS_MENTION.sub("@\u200b\\1", discord.utils.escape_markdown(text))
 
 

@@ -17,16 +17,17 @@ from bots.discord import texts
 from bots.discord.frontend import chat_text, view
 from bots.discord.guilds import GuildConfig
 from core.board import Board
-from core.deliveries import Delivery
-from core.desk import Accepted, JobDesk, Song
-from core.downloads import DownloadSlots
-from core.errors import DownloadFailed, NotAudio, TooLarge
-from core.fetch import find_url
-from core.frontend import cancel_buttons
-from core.links import fetch_song
-from core.render import RenderOptions
+from core.desk.frontend import cancel_buttons
+from core.desk.job_desk import Accepted, JobDesk
+from core.domain.commands import find_url
+from core.domain.deliveries import Delivery
+from core.domain.errors import DownloadFailed, NotAudio, TooLarge
+from core.domain.jobs import Song
+from core.domain.render import RenderOptions
+from core.domain.stems import StemSelection
+from core.media.downloads import DownloadSlots
+from core.media.links import fetch_song
 from core.settings import Settings
-from core.stems import StemSelection
 
 log = logging.getLogger(__name__)
 # Stop using the token a little before Discord does, so a slow upload does not straddle it.

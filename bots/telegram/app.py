@@ -10,7 +10,7 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder
 from bots.telegram.handlers import COMMANDS, register
 from bots.telegram.service import TelegramService
 from core.board import Board
-from core.links import warm_up
+from core.media.links import warm_up
 from core.settings import Settings
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.audio import FORMAT_NAMES
-from core.errors import InvalidCommand, StembotError
-from core.frontend import Button
-from core.render import FOLLOW_UP_CHANGES
-from core.stems import StemSelection, parse_stems
+from core.desk.frontend import Button
+from core.domain.errors import InvalidCommand, StembotError
+from core.domain.formats import FORMAT_NAMES
+from core.domain.render import FOLLOW_UP_CHANGES
+from core.domain.stems import StemSelection, parse_stems
 
 _ID = re.compile(r"[0-9a-f]{32}")  # a Delivery id (uuid4 hex)
 

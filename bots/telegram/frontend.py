@@ -1,4 +1,4 @@
-"""Telegram's side of the delivery loop (`core.frontend`): the status message edited in
+"""Telegram's side of the delivery loop (`core.desk.frontend`): the status message edited in
 place, results as audio files (or documents) with the follow-up buttons under them."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 
 from bots.telegram import callbacks, texts
-from core.deliveries import Delivery
-from core.desk import Upload
-from core.errors import StembotError
-from core.frontend import Button
+from core.desk.frontend import Button
+from core.desk.job_desk import Upload
+from core.domain.deliveries import Delivery
+from core.domain.errors import StembotError
 
 log = logging.getLogger(__name__)
 AUDIO_FORMATS = ("mp3", "m4a")

@@ -13,13 +13,14 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bots.telegram import callbacks, texts
 from bots.telegram.service import TelegramService, has_audio, user_error
 from core.board.prefs import UserPrefs
-from core.commands import parse_split
-from core.desk import SOMETHING_WRONG, Song, status_line
-from core.errors import LinkRefused, StembotError
-from core.fetch import find_url, is_public_address, resolve, split_link
-from core.links import fetch_song
-from core.render import RenderOptions
-from core.stems import StemSelection, parse_stems
+from core.desk.job_desk import SOMETHING_WRONG, status_line
+from core.domain.commands import find_url, parse_split
+from core.domain.errors import LinkRefused, StembotError
+from core.domain.jobs import Song
+from core.domain.render import RenderOptions
+from core.domain.stems import StemSelection, parse_stems
+from core.media.fetch import is_public_address, resolve, split_link
+from core.media.links import fetch_song
 
 log = logging.getLogger(__name__)
 COMMANDS = [

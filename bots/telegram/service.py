@@ -1,8 +1,8 @@
 """The Telegram bot's work, kept apart from handlers: get songs in, queue them, deliver.
 
 What is not Telegram-specific (checks, limits, queueing, status words, fitting files
-to the upload limit) lives in `core.desk.JobDesk`; the delivery loop is core's
-(`core.frontend.DeliveryLoop`), reaching chats through `bots.telegram.frontend`.
+to the upload limit) lives in `core.desk.job_desk.JobDesk`; the delivery loop is core's
+(`core.desk.frontend.DeliveryLoop`), reaching chats through `bots.telegram.frontend`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ from telegram.error import TelegramError
 from bots.telegram import texts
 from bots.telegram.frontend import TelegramFrontend
 from bots.telegram.texts import RESTARTED
-from core.audio import AudioInfo, inspect_bytes, megabytes
 from core.board import Board
 from core.board.fetches import HEARTBEAT_S, Fetch
-from core.deliveries import Delivery
-from core.desk import JobDesk, Song
-from core.downloads import DownloadSlots
-from core.errors import DownloadFailed, StembotError, TooLarge
-from core.ffmpeg import Sandbox
-from core.frontend import MIXER, DeliveryLoop
-from core.render import RenderOptions
+from core.desk.frontend import MIXER, DeliveryLoop
+from core.desk.job_desk import JobDesk
+from core.domain.deliveries import Delivery
+from core.domain.errors import DownloadFailed, StembotError, TooLarge
+from core.domain.jobs import Song
+from core.domain.render import RenderOptions
+from core.domain.stems import StemSelection
+from core.domain.studio import SONG_ID, studio_link
+from core.media.audio import AudioInfo, inspect_bytes, megabytes
+from core.media.downloads import DownloadSlots
+from core.media.ffmpeg import Sandbox
 from core.settings import Settings
-from core.stems import StemSelection
-from core.studio import SONG_ID, studio_link
 
 log = logging.getLogger(__name__)
 GET_FILE_LIMIT = 20 * 1000 * 1000  # the cloud Bot API's getFile limit
@@ -145,7 +146,7 @@ class TelegramService:
         return texts.MIXER_OPEN.format(song=song.song), InlineKeyboardMarkup([[button]])
 
     def start(self, bot: Bot) -> None:
-        """Deliver results (`core.frontend.DeliveryLoop`) and answer the fetches a killed bot
+        """Deliver results (`core.desk.frontend.DeliveryLoop`) and answer the fetches a killed bot
         left, each on its own timer."""
         self.deliveries = DeliveryLoop(
             self.desk, TelegramFrontend(bot), self.settings.delivery_poll_s, upload_limit=self.upload_limit

@@ -1,7 +1,7 @@
 """What the Telegram bot says."""
 
 # A tap on another's keyboard gets core's words for a tap on another's follow-ups.
-from core.desk import NOT_YOURS as NOT_YOURS
+from core.desk.job_desk import NOT_YOURS as NOT_YOURS
 
 HELP_TEMPLATE = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.

@@ -1,9 +1,9 @@
 """The web studio's HTTP side (aiohttp): the mixer page and its JSON/audio API (bots/web/API.md).
 
-Every /api/ request opens its token first (core.studio): a link that is not ours, was
+Every /api/ request opens its token first (core.domain.studio): a link that is not ours, was
 changed, belongs to someone else, or whose Web App initData fails gets 403, an expired one
 (or one whose song is no longer kept) 410, both with the same body that names nothing;
-then the user's rate limit. What is done with the song is core.studio_desk's.
+then the user's rate limit. What is done with the song is core.desk.studio_desk's.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from core.artifacts import ArtifactMissing
 from core.board import Board
-from core.errors import RateLimited, StembotError
-from core.jobs import StemArtifact
-from core.naming import ascii_filename, chat_filename
+from core.desk.studio_desk import Mix, RenderPending, SongGone, StudioDesk
+from core.domain.errors import RateLimited, StembotError
+from core.domain.jobs import StemArtifact
+from core.domain.naming import ascii_filename, chat_filename
+from core.domain.studio import Grant, GrantExpired, GrantRefused, StudioSong, check_init_data, read_token
+from core.media.artifacts import ArtifactMissing
 from core.settings import Settings
-from core.studio import Grant, GrantExpired, GrantRefused, StudioSong, check_init_data, read_token
-from core.studio_desk import Mix, RenderPending, SongGone, StudioDesk
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

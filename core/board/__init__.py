@@ -1,8 +1,8 @@
 """The job board: the only code that touches Redis or arq.
 
-It may import redis, arq, the `limits` library's Redis storage, and core's domain and
-config modules (jobs, errors, settings, stems, sources, deliveries, artifacts, metrics,
-studio); never another core module that uses it (desk, cli, links), nor bots or worker.
+It may import redis, arq, the `limits` library's Redis storage, core.domain, core.media
+(the S3 byte store that may replace its own), core.settings and core.metrics; never the
+use cases above it (core.desk, core.cli), nor bots or worker.
 Each module owns one key family and offers it as domain verbs with typed values in and
 out: jobs (submit, progress, cancel, finish), workers (registry, ETAs), room
 (reservations), artifacts (the Redis store and its one budget), sources (the cache's books
@@ -23,7 +23,6 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from core.artifacts import ArtifactStore
 from core.board.arqueue import ArqJobs, WorkerHooks, build_worker, connect
 from core.board.artifacts import artifact_store_for
 from core.board.deliveries import DeliveryBook, FollowUpBook, SentFiles
@@ -37,7 +36,8 @@ from core.board.room import Room
 from core.board.sources import SourcesCache
 from core.board.studio import StudioBook, StudioLimits
 from core.board.workers import WorkerRegistry, running_key
-from core.deliveries import Delivery
+from core.domain.deliveries import Delivery
+from core.media.artifacts import ArtifactStore
 from core.settings import Settings
 
 # The errors of the board's services themselves (Redis down, full, timing out), for code

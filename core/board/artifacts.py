@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.artifacts import ArtifactMissing, ArtifactStore, S3ArtifactStore, checked_key
+from core.media.artifacts import ArtifactMissing, ArtifactStore, S3ArtifactStore, checked_key
 from core.settings import Settings
 
 

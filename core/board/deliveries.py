@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from core.deliveries import Delivery
-from core.jobs import SeparationRequest
+from core.domain.deliveries import Delivery
+from core.domain.jobs import SeparationRequest
 
 
 class DeliveryBook:

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core import metrics
-from core.jobs import JobResult
+from core.domain.jobs import JobResult
 
 DAY_S = 86400
 log = logging.getLogger(__name__)

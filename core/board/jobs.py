@@ -20,15 +20,15 @@ from typing import Literal
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from core.artifacts import ArtifactStore
-from core.audio import megabytes
 from core.board.arqueue import RESULT_PREFIX, ArqJobs, JobState, Outcome
 from core.board.artifacts import RedisArtifactStore
 from core.board.events import Events
 from core.board.room import Room
 from core.board.workers import WorkerRegistry
-from core.errors import InternalError, QueueFull, StorageFull, TooLarge, WorkerFailed
-from core.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
+from core.domain.errors import InternalError, QueueFull, StorageFull, TooLarge, WorkerFailed
+from core.domain.jobs import ErrorInfo, InputRef, JobResult, Progress, Requester, SeparationRequest, Stage, StemArtifact
+from core.media.artifacts import ArtifactStore
+from core.media.audio import megabytes
 from core.settings import Settings
 
 

@@ -13,7 +13,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from redis.asyncio import Redis
 
 from core.board.events import DAY_S, today
-from core.errors import Banned, RateLimited
+from core.domain.errors import Banned, RateLimited
 from core.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from core.settings import AudioFormatName
+from core.domain.formats import AudioFormatName
 
 
 class UserPrefs(BaseModel):

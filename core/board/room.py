@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from core.board.arqueue import RESULT_PREFIX
-from core.errors import StorageFull
+from core.domain.errors import StorageFull
 from core.settings import Settings
 
 # Sum the live reservations and drop the lapsed ones, and those of jobs that have a result

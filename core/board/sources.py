@@ -1,6 +1,6 @@
 """The sources cache: songs' separated sources kept within `STEMBOT_SOURCES_MAX_MB`, and
 the claims of separations under way, so the same song asked for twice at once runs the
-model once. The entries' shape is core.sources.
+model once. The entries' shape is core.domain.sources.
 
 An entry (its manifest and its sources) is one group of the one artifact index
 (core.board.artifacts): the cap evicts the groups of sources used longest ago, and the
@@ -20,12 +20,12 @@ from typing import Literal
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from core.artifacts import ArtifactMissing, ArtifactStore
 from core.board.artifacts import ArtifactIndex
-from core.errors import StorageFull
-from core.facts import SongFacts
+from core.domain.errors import StorageFull
+from core.domain.facts import SongFacts
+from core.domain.sources import Manifest, SourceSet, entry_key
+from core.media.artifacts import ArtifactMissing, ArtifactStore
 from core.settings import Settings
-from core.sources import Manifest, SourceSet, entry_key
 
 Claim = Literal["ours", "held", "unkept"]
 _UNKEPT = "-unkept-"  # a claim's value once its holder ended without keeping the sources

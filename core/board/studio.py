@@ -10,8 +10,8 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from redis.asyncio import Redis
 
+from core.domain.studio import StudioSong, studio_link
 from core.settings import Settings
-from core.studio import StudioSong, studio_link
 
 
 class StudioBook:

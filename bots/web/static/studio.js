@@ -17,7 +17,7 @@
   const RENDER_DEBOUNCE_MS = 450; // a few presses of "−" make one render, not one each
   const START_AHEAD_S = 0.05; // scheduling margin so every source starts on the same frame
   const PEAK_COLUMNS = 1200;
-  // A key's tonic spelt as key signatures write it, as the bots do (core/facts.py, key_name).
+  // A key's tonic spelt as key signatures write it, as the bots do (core/domain/facts.py, key_name).
   const MAJOR_NAMES = ["C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"];
   const MINOR_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"];
   const LETTERS = { C: 0, D: 2, E: 4, F: 5, G: 7, A: 9, B: 11 };

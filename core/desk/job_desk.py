@@ -15,16 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from core.artifacts import S3ArtifactStore
-from core.audio import SAMPLE_RATE, inspect_bytes, megabytes, too_long_error
 from core.board import Board
 from core.board.arqueue import JobState
 from core.board.deliveries import FollowUp
 from core.board.events import Event
 from core.board.jobs import refusing_when_full
-from core.clock import clock
-from core.deliveries import Delivery
-from core.errors import (
+from core.domain.clock import clock
+from core.domain.deliveries import Delivery
+from core.domain.errors import (
     Banned,
     InvalidCommand,
     ModelUnavailable,
@@ -34,16 +32,27 @@ from core.errors import (
     TooLong,
     WorkerFailed,
 )
-from core.facts import describe_facts
-from core.ffmpeg import Sandbox
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
-from core.limits import check_user
-from core.naming import chat_filename, song_name
-from core.render import RenderOptions, check_section, follow_up, follow_ups
+from core.domain.facts import describe_facts
+from core.domain.jobs import (
+    ErrorInfo,
+    JobResult,
+    Progress,
+    SeparationRequest,
+    Song,
+    Stage,
+    describe_progress,
+    model_for,
+)
+from core.domain.limits import check_user
+from core.domain.naming import chat_filename, song_name
+from core.domain.render import RenderOptions, check_section, follow_up, follow_ups
+from core.domain.stems import StemSelection, stem_choices, stem_words
+from core.domain.studio import StudioSong
+from core.media.artifacts import S3ArtifactStore
+from core.media.audio import SAMPLE_RATE, inspect_bytes, megabytes, too_long_error
+from core.media.ffmpeg import Sandbox
+from core.media.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 from core.settings import Settings
-from core.stems import StemSelection, stem_choices, stem_words
-from core.studio import StudioSong
-from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
 # What a user reads when something fails that is no fault of their input (a bug, a lost host).
 SOMETHING_WRONG = "Something went wrong on my side. Please try again later."
@@ -59,14 +68,6 @@ LOST_AFTER_S = 120.0
 
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Song:
-    data: bytes
-    filename: str
-    title: str | None = None
-    artist: str | None = None
 
 
 @dataclass(frozen=True)

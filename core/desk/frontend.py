@@ -8,7 +8,7 @@ chat a song was asked from. To deliver, it implements `Frontend`, three coroutin
     send_result(delivery, text, files, buttons)  the finished job: its text, files, buttons
 
 and runs a `DeliveryLoop` over its `JobDesk`. The loop owns everything else: which chats
-wait (`core.deliveries`), what to say and when (`JobDesk.step`: status edits at most every
+wait (`core.domain.deliveries`), what to say and when (`JobDesk.step`: status edits at most every
 `EDIT_EVERY_S`, a result claimed by exactly one process, so a restarted bot or a second
 one never sends it twice), the outcome's words, the follow-up buttons, the files fitted to
 the chat's upload limit (or download links, for files too large for it), the files a chat
@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from core.deliveries import Delivery
-from core.desk import SOMETHING_WRONG, Finished, JobDesk, StatusUpdate, Upload, links_text, outcome_line
-from core.errors import StembotError
-from core.jobs import JobResult
-from core.studio import studio_link
+from core.desk.job_desk import SOMETHING_WRONG, Finished, JobDesk, StatusUpdate, Upload, links_text, outcome_line
+from core.domain.deliveries import Delivery
+from core.domain.errors import StembotError
+from core.domain.jobs import JobResult
+from core.domain.studio import studio_link
 
 log = logging.getLogger(__name__)
 # Chats a bot process serves at once (edits, uploads); past it the rest wait a poll.
@@ -52,7 +52,7 @@ class Button:
     label: str
     action: Literal["cancel", "again", "studio"]
     delivery_id: str
-    change: str = ""  # for `again`: key-1, tempo90, original… (`core.render.follow_up`)
+    change: str = ""  # for `again`: key-1, tempo90, original… (`core.domain.render.follow_up`)
     url: str = ""  # for `studio`
 
 
@@ -71,7 +71,7 @@ MIXER = "🎛 Mixer"
 async def studio_buttons(desk: JobDesk, delivery: Delivery) -> list[Button]:
     """The web studio's button for a delivered result: none without STEMBOT_WEB_URL, or once
     the song's whole separation is no longer kept. Telegram's link opens as a Web App, so it
-    asks for Telegram's proof of the user (`core.studio.check_init_data`)."""
+    asks for Telegram's proof of the user (`core.domain.studio.check_init_data`)."""
     if not desk.settings.studio_enabled:
         return []
     song = await desk.studio_song(delivery)

@@ -10,7 +10,7 @@ on music for twice the CPU), under
 in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
 separation (with its context) is kept under the section's key. Nothing here carries a
 user's file name, title or tags: those belong to each request. The manifest also keeps the
-song's facts (key, mode, BPM: `core.facts.SongFacts`), detected once when it was separated,
+song's facts (key, mode, BPM: `core.domain.facts.SongFacts`), detected once when it was separated,
 so renders from the cache never detect them again and any frontend can read them. The cache itself (which
 entries exist, the claims of separations under way) is the job board's
 (`core.board.sources`); this module is the entries' shape.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from core.facts import SongFacts
+from core.domain.facts import SongFacts
 
 
 @dataclass(frozen=True)

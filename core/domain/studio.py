@@ -23,14 +23,13 @@ import hmac
 import json
 import re
 import time
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
 from itsdangerous import BadData, URLSafeSerializer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from core.jobs import InputRef
-from core.settings import Settings
+from core.domain.jobs import InputRef
 
 _SALT = "stembot-studio-grant"
 SONG_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -156,8 +155,24 @@ class StudioSong(BaseModel):
     chat_id: str | None = None
 
 
+class StudioSetup(Protocol):
+    """Where the studio is served and what signs its links (core.settings.Settings is one)."""
+
+    @property
+    def studio_enabled(self) -> bool: ...
+
+    @property
+    def web_url(self) -> str | None: ...
+
+    @property
+    def web_secret(self) -> SecretStr | None: ...
+
+    @property
+    def web_link_ttl_s(self) -> int: ...
+
+
 def studio_link(
-    settings: Settings, song_id: str, song: StudioSong, webapp: bool = False, now: float | None = None
+    settings: StudioSetup, song_id: str, song: StudioSong, webapp: bool = False, now: float | None = None
 ) -> str:
     """A signed link to a kept song's mixer (`song_id`) for its requester; the studio must be set up."""
     if not (settings.studio_enabled and settings.web_url and settings.web_secret):

@@ -4,10 +4,10 @@ yt-dlp only reads a page's metadata, with fixed options (no user-controlled ones
 video, never a playlist (a playlist is refused without resolving its entries), only the
 extractors of `STEMBOT_LINK_SITES`, and never one whose pattern accepts any host (Generic,
 Mediasite: they fetch whatever server a user names); no cache, no config, nothing written.
-Every request it makes goes through `core.ytdlp`'s handler: resolved, refused unless
+Every request it makes goes through `core.media.ytdlp`'s handler: resolved, refused unless
 public, connected to at the checked address. It picks a plain http(s) audio format; the
 duration and size are checked from metadata, and the media itself is downloaded by
-`core.fetch.fetch_url` like any link. One deadline covers all of a link's stages, and each
+`core.media.fetch.fetch_url` like any link. One deadline covers all of a link's stages, and each
 has a byte cap.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from core.audio import too_long_error
-from core.desk import Song
-from core.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
-from core.fetch import TOO_SLOW, check_url, fetch_url, split_link
-from core.naming import SONG_MAX_BYTES, cap_bytes, excerpt
+from core.domain.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
+from core.domain.jobs import Song
+from core.domain.naming import SONG_MAX_BYTES, cap_bytes, excerpt
+from core.media.audio import too_long_error
+from core.media.fetch import TOO_SLOW, check_url, fetch_url, split_link
 from core.settings import Settings
 
 # Plain http(s) formats only: one URL that fetch_url can check and download (no HLS/DASH
@@ -134,8 +134,8 @@ async def _fetch_song(url: str, settings: Settings, deadline: float) -> Song:
 
 async def read_site(url: str, settings: Settings, deadline: float, extractors: Iterable[Any]) -> Media:
     """yt-dlp's pick for `url`, read with only `extractors` and every request checked
-    (core.ytdlp), by `deadline` (event loop time) and within `_PAGES_MAX_BYTES`."""
-    from core.ytdlp import LinkBudget, extract, ie_names
+    (core.media.ytdlp), by `deadline` (event loop time) and within `_PAGES_MAX_BYTES`."""
+    from core.media.ytdlp import LinkBudget, extract, ie_names
 
     loop = asyncio.get_running_loop()
     budget = LinkBudget(loop, deadline, _PAGES_MAX_BYTES, settings.allow_private_urls)

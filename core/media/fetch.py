@@ -25,13 +25,12 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit, urlunsp
 
 import httpcore
 
-from core.audio import megabytes
-from core.errors import DownloadFailed, LinkRefused, TooLarge
-from core.naming import NAME_MAX_BYTES, cap_bytes, excerpt
+from core.domain.errors import DownloadFailed, LinkRefused, TooLarge
+from core.domain.naming import NAME_MAX_BYTES, cap_bytes, excerpt
+from core.media.audio import megabytes
 
 _MAX_REDIRECTS = 5
 TOO_SLOW = "Downloading that link took too long."
-_URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
 _NETWORK_ERRORS = (
     httpcore.NetworkError,
     httpcore.ProtocolError,
@@ -45,11 +44,6 @@ class Fetched:
     path: Path
     filename: str
     size_bytes: int
-
-
-def find_url(text: str) -> str | None:
-    match = _URL_RE.search(text or "")
-    return match.group(0).rstrip(").,>") if match else None
 
 
 # Python 3.11's `is_global` misses these (IANA special-purpose registries).
@@ -273,7 +267,7 @@ async def fetch_url(
 
 @dataclass(frozen=True)
 class Reply:
-    """One HTTP exchange, read whole: what yt-dlp's requests get back (core.ytdlp)."""
+    """One HTTP exchange, read whole: what yt-dlp's requests get back (core.media.ytdlp)."""
 
     status: int
     headers: list[tuple[str, str]]

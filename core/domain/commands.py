@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from core.audio import FORMAT_NAMES
-from core.fetch import find_url
-from core.render import RenderOptions, split_render_words
-from core.stems import StemSelection, parse_stems
+from core.domain.formats import FORMAT_NAMES
+from core.domain.render import RenderOptions, split_render_words
+from core.domain.stems import StemSelection, parse_stems
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,11 @@ def parse_split(text: str) -> SplitCommand:
         url=url,
         options=options,
     )
+
+
+_URL_RE = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
+
+
+def find_url(text: str) -> str | None:
+    match = _URL_RE.search(text or "")
+    return match.group(0).rstrip(").,>") if match else None

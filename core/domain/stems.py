@@ -17,8 +17,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from core.errors import InvalidStemSpec
-from core.naming import excerpt
+from core.domain.errors import InvalidStemSpec
+from core.domain.naming import excerpt
 
 FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 SIX_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals", "guitar", "piano")

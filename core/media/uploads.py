@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.audio import CHANNELS, SAMPLE_RATE, OutputFormat, Tags, megabytes
-from core.errors import TooLarge
-from core.ffmpeg import DEFAULT_SANDBOX, as_file
+from core.domain.errors import TooLarge
+from core.domain.formats import OutputFormat
+from core.media.audio import CHANNELS, SAMPLE_RATE, Tags, megabytes
+from core.media.ffmpeg import DEFAULT_SANDBOX, as_file
 
 # Bitrates a listener recognises; the plan picks the highest that fits.
 BITRATES_KBPS = (320, 256, 192, 160, 128, 112, 96)

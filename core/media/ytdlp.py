@@ -1,9 +1,9 @@
-"""yt-dlp whose every request is checked and pinned like `core.fetch.fetch_url`'s.
+"""yt-dlp whose every request is checked and pinned like `core.media.fetch.fetch_url`'s.
 
 yt-dlp's own HTTP handlers connect wherever an extractor, or a page it reads, says: a
 hostile page can point it at a loopback service or a cloud metadata endpoint. Here its
 request director holds one handler only, which sends each request, and each redirect hop
-of it, through `core.fetch.request_once` on the caller's event loop: the host resolved,
+of it, through `core.media.fetch.request_once` on the caller's event loop: the host resolved,
 refused unless public, connected to at the checked address, within the link's one
 deadline and byte budget. Because the wait is on the loop, the deadline ends a stalled
 read too, and the yt-dlp thread is free by then. It also refuses to hand a URL to an
@@ -32,8 +32,8 @@ from yt_dlp.networking._helper import get_redirect_method
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import ExtractorError
 
-from core.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
-from core.fetch import TOO_SLOW, Reply, as_utf8, request_once
+from core.domain.errors import DownloadFailed, LinkRefused, StembotError, TooLarge
+from core.media.fetch import TOO_SLOW, Reply, as_utf8, request_once
 
 _MAX_REDIRECTS = 5
 _LOOP_GONE_S = 10.0

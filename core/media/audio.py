@@ -1,7 +1,7 @@
 """Audio I/O through ffmpeg: probe, decode to float32 stereo 44.1 kHz, encode stems.
 
 Every ffmpeg call runs with a timeout and an argument list (never a shell), inside a
-`core.ffmpeg.Sandbox` (paths as `file:`, whitelisted input formats, memory and CPU
+`core.media.ffmpeg.Sandbox` (paths as `file:`, whitelisted input formats, memory and CPU
 limits), and decoding is capped at the duration limit, so a tiny file that claims or
 decodes to hours cannot exhaust memory. No thread or child outlives the call that
 started it, whatever is raised.
@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from core.clock import clock
-from core.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong, WorkerFailed
-from core.ffmpeg import DEFAULT_SANDBOX, Capped, Sandbox, as_file, refused_format
-from core.naming import cap_bytes
+from core.domain.clock import clock
+from core.domain.errors import CorruptAudio, EmptyInput, NotAudio, OutputFailed, TooLarge, TooLong, WorkerFailed
+from core.domain.formats import OutputFormat
+from core.domain.naming import cap_bytes
+from core.media.ffmpeg import DEFAULT_SANDBOX, Capped, Sandbox, as_file, refused_format
 
 SAMPLE_RATE = 44100
 CHANNELS = 2
@@ -46,42 +47,6 @@ class AudioInfo:
     has_video: bool
     title: str | None = None
     artist: str | None = None
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """An encoding target: name doubles as the file extension."""
-
-    name: str
-    bitrate_kbps: int | None = None
-    bit_depth: int = 16
-
-    @property
-    def ext(self) -> str:
-        return self.name
-
-    @property
-    def lossless(self) -> bool:
-        return self.name in ("flac", "wav")
-
-    def codec_args(self) -> list[str]:
-        kbps = f"{self.bitrate_kbps or 320}k"
-        if self.name == "mp3":
-            # LAME's quality 7 (ffmpeg's default is 3): 2.2x less CPU, no lower SNR at these
-            # bitrates (README, "Encoding")
-            return ["-c:a", "libmp3lame", "-b:a", kbps, "-compression_level", "7", "-id3v2_version", "3"]
-        if self.name == "m4a":
-            return ["-c:a", "aac", "-b:a", kbps, "-movflags", "+faststart"]
-        if self.name == "opus":
-            return ["-c:a", "libopus", "-b:a", f"{min(self.bitrate_kbps or 192, 256)}k", "-f", "ogg"]
-        if self.name == "flac":
-            return ["-c:a", "flac"] + (["-sample_fmt", "s32"] if self.bit_depth == 24 else ["-sample_fmt", "s16"])
-        if self.name == "wav":
-            return ["-c:a", "pcm_s24le" if self.bit_depth == 24 else "pcm_s16le"]
-        raise ValueError(f"unknown output format {self.name!r}")
-
-
-FORMAT_NAMES: tuple[str, ...] = ("mp3", "m4a", "flac", "wav", "opus")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ daily minutes.
 
 from __future__ import annotations
 
-from core.errors import QuotaExceeded, TooManyJobs
+from core.domain.errors import QuotaExceeded, TooManyJobs
 
 
 def check_user(

@@ -2,7 +2,7 @@
 
 It is a frontend of the job flow like the bots: every render (a stem at a key and tempo,
 a mix) is a job on the queue, answered from its stored result when asked again; "send to
-chat" is a delivery the requester's bot sends. Who may open what: core.studio.
+chat" is a delivery the requester's bot sends. Who may open what: core.domain.studio.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.audio import SAMPLE_RATE
 from core.board import Board
 from core.board.arqueue import JobState
-from core.deliveries import Delivery
-from core.desk import JobDesk, output_s
-from core.errors import InvalidCommand, RateLimited, WorkerFailed
-from core.jobs import Requester, SeparationRequest, StemArtifact
-from core.render import LEVEL_RANGE, RenderOptions, check_section, make_options
-from core.sources import Manifest
-from core.studio import Grant, StudioSong
-from core.uploads import estimated_bytes
+from core.desk.job_desk import JobDesk, output_s
+from core.domain.deliveries import Delivery
+from core.domain.errors import InvalidCommand, RateLimited, WorkerFailed
+from core.domain.jobs import Requester, SeparationRequest, StemArtifact
+from core.domain.render import LEVEL_RANGE, RenderOptions, check_section, make_options
+from core.domain.sources import Manifest
+from core.domain.studio import Grant, StudioSong
+from core.media.audio import SAMPLE_RATE
+from core.media.uploads import estimated_bytes
 
 
 class SongSummary(BaseModel):

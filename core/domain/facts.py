@@ -1,9 +1,9 @@
 """What a song is: its key (with mode) and tempo, and how a target in words resolves against them.
 
 The worker detects the facts once per song (`worker/detect.py`) and keeps them with the
-song's cached sources (`core.sources`); every job result carries them, so each frontend
+song's cached sources (`core.domain.sources`); every job result carries them, so each frontend
 shows them as it is ("A minor · 96 BPM"). A target (`key=C`, `tempo=100bpm`, parsed by
-`core.render`) becomes semitones and a percentage here, once the facts are known.
+`core.domain.render`) becomes semitones and a percentage here, once the facts are known.
 
 Pure functions only; tested by tables in tests/test_facts.py.
 """
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.errors import InvalidCommand
+from core.domain.errors import InvalidCommand
 
 Mode = Literal["major", "minor"]
 # One spelling per key, as key signatures write them (Db major, C# minor).

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from core.errors import TooManyJobs
+from core.domain.errors import TooManyJobs
 from core.settings import Settings
 
 BUSY = "You already have a song downloading; send the next one when it has arrived."

@@ -83,7 +83,7 @@ def stem_filename(song: str, stem: str, ext: str) -> str:
     return _fit(song, f".{stem}.{ext}")
 
 
-# ` (part 99 of 99)`: what core.uploads.part_name may add to a chat file name.
+# ` (part 99 of 99)`: what core.media.uploads.part_name may add to a chat file name.
 _PART_SUFFIX_BYTES = 16
 
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-from core.audio import OutputFormat
-from core.errors import ERRORS_BY_CODE, InvalidStemSpec, StembotError, WorkerFailed
-from core.facts import SongFacts
-from core.render import RenderOptions
-from core.settings import AudioFormatName
-from core.stems import StemSelection, parse_stems
+from core.domain.errors import ERRORS_BY_CODE, InvalidStemSpec, StembotError, WorkerFailed
+from core.domain.facts import SongFacts
+from core.domain.formats import AudioFormatName, OutputFormat
+from core.domain.render import RenderOptions
+from core.domain.stems import StemSelection, parse_stems
 
 
 class Stage(StrEnum):
@@ -85,7 +85,7 @@ Stems = Annotated[
     StemSelection,
     PlainValidator(_selection),
     PlainSerializer(_spec, return_type=str),
-    WithJsonSchema({"type": "string", "description": "canonical stem spec, see core.stems"}),
+    WithJsonSchema({"type": "string", "description": "canonical stem spec, see core.domain.stems"}),
 ]
 
 
@@ -183,3 +183,13 @@ class JobResult(BaseModel):
 
     def final_progress(self) -> Progress:
         return Progress(job_id=self.job_id, stage=Stage(self.status), percent=100.0 if self.status == "done" else 0.0)
+
+
+@dataclass(frozen=True)
+class Song:
+    """A song as a user sent it: its bytes, its file name and the tags it came with."""
+
+    data: bytes
+    filename: str
+    title: str | None = None
+    artist: str | None = None

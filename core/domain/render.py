@@ -14,7 +14,7 @@ Levels (per-stem gains) come only from the web studio's mixer: one file, the sum
 stems at those gains (see `RenderOptions.levels`).
 
 The options belong to the request, never to the cached sources: any of them can be
-rendered from the same separation. A key or BPM target needs the song's facts (core.facts),
+rendered from the same separation. A key or BPM target needs the song's facts (core.domain.facts),
 known once it is separated: the worker resolves it into semitones and a percentage
 (`resolve`) before it renders, and the result carries the options it rendered.
 """
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from core.clock import clock
-from core.errors import InvalidCommand
-from core.facts import BPM_RANGE, NOTE, SongFacts, Tonality, semitones_to, tempo_for
-from core.naming import excerpt
-from core.stems import GUIDE, GUIDE_LEVEL_DB
+from core.domain.clock import clock
+from core.domain.errors import InvalidCommand
+from core.domain.facts import BPM_RANGE, NOTE, SongFacts, Tonality, semitones_to, tempo_for
+from core.domain.naming import excerpt
+from core.domain.stems import GUIDE, GUIDE_LEVEL_DB
 
 KEY_RANGE = (-12, 12)
 TEMPO_RANGE = (50, 150)

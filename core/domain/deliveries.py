@@ -8,7 +8,7 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from core.jobs import Requester
+from core.domain.jobs import Requester
 
 
 class Delivery(BaseModel):
