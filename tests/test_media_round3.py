@@ -371,7 +371,7 @@ def _live_webm(path: Path, seconds: float) -> Path:
 async def _finished(desk: JobDesk, delivery: Delivery) -> JobResult:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        step = await desk.step(delivery)
+        step = await desk.step(delivery, time.time())
         if isinstance(step, Finished):
             return step.result
         await asyncio.sleep(0.2)
