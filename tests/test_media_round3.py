@@ -371,7 +371,7 @@ def _live_webm(path: Path, seconds: float) -> Path:
 async def _finished(desk: JobDesk, delivery: Delivery) -> JobResult:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        step = await desk.step(delivery)
+        step = await desk.step(delivery, time.time())
         if isinstance(step, Finished):
             return step.result
         await asyncio.sleep(0.2)
@@ -387,7 +387,6 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
     it really lasts."""
     settings = Settings(redis_url=redis_url, max_jobs_per_user=5, daily_minutes_per_user=30)
     board = await Board.connect(settings)
-    queue = board.jobs
     try:
         desk = JobDesk(settings, board, "test")
 
@@ -409,7 +408,7 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
         assert done.status == "done" and len(done.stems) == 1
         assert abs(await desk.usage.used_s(desk.user_key("bob")) - 41) <= 1
         # 10 minutes a day: a song that may last 20 is refused before it is queued
-        strict = JobDesk(Settings(redis_url=redis_url, daily_minutes_per_user=10), queue, "test")
+        strict = JobDesk(Settings(redis_url=redis_url, daily_minutes_per_user=10), board, "test")
         song42 = Song(_live_webm(tmp_path / "c.webm", 42).read_bytes(), "live.webm")  # not cached: a model run
         with pytest.raises(QuotaExceeded):
             await strict.accept(song42, parse_stems("drums"), "mp3", chat("carol"))

@@ -200,7 +200,7 @@ async def _until_finished(desk: JobDesk, delivery_id: str, timeout_s: float = 90
     while time.monotonic() < deadline:
         delivery = await desk.book.get(delivery_id)
         assert delivery is not None
-        step = await desk.step(delivery)
+        step = await desk.step(delivery, time.time())
         if isinstance(step, Finished):
             return step.result
         await asyncio.sleep(0.2)
