@@ -6,8 +6,9 @@ Redis, one decode, the engine, every encoder, store, keep) with the network stub
 music) and the sources cache on, as production runs it. CPU seconds are this process's
 (every thread) plus every child's (ffprobe, the decoder, the encoders), from getrusage.
 A child's CPU counts when it is reaped, so the encoders' show up where they finish (the
-`encode` stage); the `self`/`children` columns keep the two apart. Redis's own CPU is not
-counted (another process, not a child).
+`encode` stage); the `self`/`children` columns keep the two apart. The key and tempo
+detection of a fresh separation (`worker.detect`, after the encoders) is a stage of its own.
+Redis's own CPU is not counted (another process, not a child).
 
 Cases: one stem (vocals), karaoke (the instrumental: the mixture minus the vocals), four
 stems, each a fresh separation; and a render from the kept sources (karaoke again).
@@ -18,7 +19,10 @@ STEMBOT_WORKER_MAX_JOBS=N runs them: jobs a minute at N = 1, 2, 4, and the speed
 N = 1 (at most the core count).
 
 Run: python bench/jobcost.py [--seconds 240] [--repeat 3] [--redis redis://127.0.0.1:6379/15]
-Last line: one_stem_cpu_s=… karaoke_cpu_s=… four_stems_cpu_s=… jobs_per_min=…(1/2/4)
+Also the mp3 encoder alone on the song: LAME is most of every stem, and its speed is the
+host's (1.17 CPU-s a stem when the targets were set, 1.35–1.5 on later hosts of this kind).
+
+Last line: one_stem_cpu_s=… karaoke_cpu_s=… four_stems_cpu_s=… lame_cpu_s=… jobs_per_min=…(1/2/4)
 """
 
 from __future__ import annotations
@@ -41,21 +45,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.gpu import load_bag, stubbed
+from core.audio import OutputFormat
 from core.board import Board
+from core.facts import SongFacts
 from core.jobs import Requester, SeparationRequest, Stage
 from core.settings import Settings
 from testkit import SONGS, ffmpeg, raw_redis
 from worker import tasks
+from worker.detect import FactsTap
 from worker.windowed import WindowedSeparator
 
 TARGETS = {"vocals": 3.0, "karaoke": 3.0, "four stems": 6.5}
 CASES = {"vocals": "vocals", "karaoke": "instrumental", "four stems": "drums bass other vocals"}
 # checkpoints, in the order a fresh job passes them
-MARKS = ("start", "decoded", "separated", "encoded", "stored", "end")
+MARKS = ("start", "decoded", "separated", "detect", "encoded", "stored", "end")
 STAGES = {
     "fetch + decode": ("start", "decoded"),
     "separate (encoders meanwhile)": ("decoded", "separated"),
-    "encode (tail)": ("separated", "encoded"),
+    "encode (tail)": ("separated", "detect"),
+    "detect (key and tempo)": ("detect", "encoded"),
     "store": ("encoded", "stored"),
     "keep": ("stored", "end"),
 }
@@ -99,6 +107,7 @@ class MeteredRun(tasks.JobRun):
         if stage == Stage.uploading:
             self.costs.mark("decoded")  # a render from kept sources has no separation of its own
             self.costs.mark("separated")
+            self.costs.mark("detect")  # (nor a detection: its facts were kept with the sources)
             self.costs.mark("encoded")
         super().report(stage, percent)
 
@@ -115,6 +124,20 @@ def make_songs(seconds: float, count: int, tmp: Path) -> list[Path]:
         ffmpeg("-i", f"file:{base}", "-c", "copy", "-metadata", f"comment=copy {i}", f"file:{song}")
         songs.append(song)
     return songs
+
+
+def encoder_floor(song: Path, tmp: Path, repeat: int = 3) -> float:
+    """CPU seconds of the job's mp3 encoder alone on the song (decoded first, read from a
+    file, no pipe): the part of every stem no change here can cut, and this host's speed."""
+    raw = tmp / "floor.f32"
+    ffmpeg("-i", f"file:{song}", "-f", "f32le", "-ac", "2", "-ar", "44100", f"file:{raw}")
+    runs = []
+    for _ in range(repeat):
+        before = cpu()[1]
+        ffmpeg("-f", "f32le", "-ar", "44100", "-ac", "2", "-i", f"file:{raw}", *OutputFormat("mp3").codec_args(),
+               f"file:{tmp / 'floor.mp3'}")  # fmt: skip
+        runs.append(cpu()[1] - before)
+    return statistics.median(runs)
 
 
 class StubEngine:
@@ -140,7 +163,12 @@ async def one_job(board: Board, engine: StubEngine, song: Path, stems: str, job_
         run.costs.mark("stored")
         await keep(*args)
 
-    with mock.patch.object(tasks, "_keep_sources", metered_keep):
+    class MeteredTap(FactsTap):
+        def facts(self) -> SongFacts:  # once the separation and its encoders are done
+            run.costs.mark("detect")
+            return super().facts()
+
+    with mock.patch.object(tasks, "_keep_sources", metered_keep), mock.patch.object(tasks, "FactsTap", MeteredTap):
         result = await tasks._execute(run, engine, request, job_id)  # type: ignore[arg-type]
     run.costs.mark("stored")
     run.costs.mark("end")
@@ -242,6 +270,8 @@ def main() -> None:
         engine = StubEngine(stubbed(WindowedSeparator(bag, torch.device("cpu"), overlap_s=0.25)))
         settings = Settings(redis_url=args.redis, max_duration_s=args.seconds + 60)
         totals = asyncio.run(cost_table(settings, engine, songs, args.repeat))
+        floor = encoder_floor(songs[0], tmp)
+        say(f"\nthe mp3 encoder alone (ffmpeg, LAME 320k, quality 7, from a file): {floor:.2f} CPU-s a stem")
         say(f"\n## jobs at once in one worker process (vocals, fresh separations), {cores} cores")
         say("| at once | jobs a minute | speed-up over 1 | cores kept busy | load average |")
         say("|---|---|---|---|---|")
@@ -251,7 +281,7 @@ def main() -> None:
             say(f"| {n} | {rates[n]:.1f} | {rates[n] / rates[args.jobs[0]]:.2f}x | {busy:.2f} of {cores} | {load()} |")
     say(
         f"one_stem_cpu_s={totals['vocals']:.2f} karaoke_cpu_s={totals['karaoke']:.2f} "
-        f"four_stems_cpu_s={totals['four stems']:.2f} "
+        f"four_stems_cpu_s={totals['four stems']:.2f} lame_cpu_s={floor:.2f} "
         f"jobs_per_min={'/'.join(f'{rates[n]:.1f}' for n in args.jobs)}"
     )
 

@@ -87,6 +87,7 @@ def engine_for(bag: Any, args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         precision=precision,
         backend=backend,
+        cache_dir=Settings().engine_cache_dir,  # the worker's, so a run after it finds its conversions
     )
 
 

@@ -512,17 +512,26 @@ class StreamStats:
 
 
 def stream_stats(blocks: Iterator[np.ndarray]) -> StreamStats:
-    """Length, and mean and (unbiased) std of the mono mixture, in float64 across blocks."""
-    n, s1, s2 = 0, 0.0, 0.0
+    """Length, and mean and (unbiased) std of the mono mixture: float32 within a block, float64 across.
+
+    Each block's mono mixture (times two: one float32 rounding), less the first block's mean
+    (so a song far off zero loses nothing to cancellation), is summed, squared in place and
+    summed again by numpy's pairwise summation. That is within a few float32 roundings of
+    the float64 answer, for a tenth of the CPU of a float64 copy and its BLAS dot (which
+    also kept OpenBLAS's threads spinning).
+    """
+    n, shift, s1, s2 = 0, None, 0.0, 0.0
     for block in blocks:
-        # twice the mono mixture: the sum in float32 (one rounding), the rest in float64; on
-        # an interleaved block, several times faster than a float64 copy first
-        double = (block[0] + block[1]).astype(np.float64)
+        double = np.add(block[0], block[1])
+        if shift is None:
+            shift = np.float32(double.mean()) if double.size else np.float32(0)
+        double -= shift
         n += double.size
-        s1 += float(double.sum()) / 2
-        s2 += float(np.dot(double, double)) / 4
-    mean = s1 / max(n, 1)
-    var = (s2 - n * mean * mean) / max(n - 1, 1)
+        s1 += float(double.sum())
+        s2 += float(np.square(double, out=double).sum())
+    offset = s1 / max(n, 1)  # of twice the mixture, from `shift`
+    var = (s2 - n * offset * offset) / max(n - 1, 1) / 4
+    mean = (float(shift or 0.0) + offset) / 2
     return StreamStats(n, mean, float(np.sqrt(max(var, 0.0))) + 1e-8)
 
 

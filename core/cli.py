@@ -30,10 +30,11 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from core.audio import FORMAT_NAMES, check_size, inspect
-from core.errors import Cancelled, StembotError
+from core.errors import Cancelled, InvalidCommand, StembotError
+from core.facts import describe_facts
 from core.jobs import Requester, SeparationRequest, describe_progress, model_for
 from core.naming import excerpt, song_name, stem_filename
-from core.render import make_options
+from core.render import RenderOptions, split_render_words
 from core.settings import Settings, describe_validation_error
 from core.stems import parse_stems
 from core.uploads import delivered_tags, retag
@@ -96,12 +97,46 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bit-depth", type=int, choices=(16, 24), default=16, help="bits for wav/flac (default 16)")
     p.add_argument("--model", type=_model_name, default=None, help="demucs model name (default: STEMBOT_MODEL)")
     p.add_argument(
-        "--key", type=int, default=0, metavar="SEMITONES", help="transpose by -12..+12 semitones (vocals keep formants)"
+        "words",
+        nargs="*",
+        metavar="WORD",
+        help="key, tempo, section and loop in words, as in the bots' /split: key-2, key=C, key=Am, tempo80, "
+        "tempo=100bpm, 1:10-1:30, loop 1:10-1:30 x4",
     )
-    p.add_argument("--tempo", type=int, default=100, metavar="PERCENT", help="speed in percent, 50..150 (default 100)")
+    p.add_argument(
+        "--key",
+        default="0",
+        metavar="SEMITONES|KEY",
+        help="transpose by -12..+12 semitones (vocals keep formants), or to a key: C, Am, F#, Bb "
+        "(the shorter way round; a key in the song's other mode is read as its relative)",
+    )
+    p.add_argument(
+        "--tempo",
+        default="100",
+        metavar="PERCENT|BPM",
+        help="speed in percent, 50..150 (default 100), or a tempo such as 100bpm (from the song's detected BPM)",
+    )
     p.add_argument("--start", default=None, metavar="TIME", help="only from TIME on (seconds or m:ss)")
     p.add_argument("--end", default=None, metavar="TIME", help="only up to TIME (seconds or m:ss)")
+    p.add_argument("--loop", type=int, default=1, metavar="N", help="the section N times over in one file, 2..16")
     p.add_argument("-o", "--output", type=Path, default=Path("."), help="directory for the stems (default: .)")
+
+
+def job_options(args: argparse.Namespace) -> RenderOptions:
+    """The render options of a command line: its flags and words, read by the bots' grammar
+    (the words come last, so they win over the flags)."""
+    flags = [f"key={args.key}", f"tempo={args.tempo}"]
+    if args.start is not None or args.end is not None:
+        flags.append(f"{args.start or ''}-{args.end or ''}")
+    if args.loop != 1:
+        flags.append(f"x{args.loop}")
+    rest, options = split_render_words([*flags, *args.words])
+    if rest:
+        raise InvalidCommand(
+            f'"{excerpt(rest[0])}" is not a key, tempo, section or loop word (key-2, key=C, tempo=100bpm, '
+            "1:10-1:30, loop x4); stems go in --stems."
+        )
+    return options
 
 
 def writable_dir(path: Path) -> None:
@@ -167,7 +202,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from core.uploads import estimated_bytes
 
     selection = parse_stems(args.stems)
-    options = make_options(args.key, args.tempo, args.start, args.end)
+    options = job_options(args)
     board = await Board.connect(settings)
     queue = board.jobs
     try:
@@ -179,7 +214,7 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
         ref = await queue.store_input(data, filename)
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             model=model_for(selection, args.model or settings.model, settings.six_stem_model),
             format=args.format or settings.default_format,
             bitrate_kbps=args.bitrate,
@@ -208,6 +243,9 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
             raise result.error.to_exception() if result.error else StembotError(result.status)
         if result.from_cache:
             print("rendered from the cached separation (the model did not run)", flush=True)
+        rendered = result.options or options
+        if facts := describe_facts(result.facts, rendered.key, rendered.tempo):
+            print(f"key and tempo: {facts}", flush=True)
         writable_dir(args.output)
         song = song_name(filename)
         for stem in result.stems:  # named and tagged from this input: a cached result carries no one's name
@@ -322,7 +360,12 @@ CORE_COMMANDS: tuple[Command, ...] = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = _commands()
-    args = build_parser(commands).parse_args(argv)
+    parser = build_parser(commands)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # render words after an option (`--stems drums key=C`): argparse takes positionals only before
+        if not hasattr(args, "words") or any(e.startswith("-") and not e[1:2].isdigit() for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.words = [*args.words, *extra]
     try:
         settings = Settings()
     except ValidationError as exc:

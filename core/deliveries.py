@@ -40,6 +40,6 @@ class Delivery(BaseModel):
         return Requester(
             platform=self.platform,
             chat_id=self.chat_id,
-            user_id=self.user_id,  # type: ignore[arg-type]
+            user_id=self.user_id,
             message_id=self.status_message_id,
         )

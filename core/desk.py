@@ -22,15 +22,26 @@ from core.board.arqueue import JobState
 from core.board.deliveries import FollowUp
 from core.board.events import Event
 from core.board.jobs import refusing_when_full
+from core.clock import clock
 from core.deliveries import Delivery
-from core.errors import Banned, InvalidCommand, ModelUnavailable, QuotaExceeded, StembotError, TooLarge, WorkerFailed
+from core.errors import (
+    Banned,
+    InvalidCommand,
+    ModelUnavailable,
+    QuotaExceeded,
+    StembotError,
+    TooLarge,
+    TooLong,
+    WorkerFailed,
+)
+from core.facts import describe_facts
 from core.ffmpeg import Sandbox
 from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, describe_progress, model_for
 from core.limits import check_user
 from core.naming import chat_filename, song_name
 from core.render import RenderOptions, check_section, follow_up, follow_ups
 from core.settings import Settings
-from core.stems import StemSelection, parse_stems, stem_choices, stem_words
+from core.stems import StemSelection, stem_choices, stem_words
 from core.studio import StudioSong
 from core.uploads import LOSSY, delivered_tags, estimated_bytes, fit_stem, needs_parts, plan_upload, retag
 
@@ -40,6 +51,8 @@ SIX_UNAVAILABLE = (
     "Guitar, piano and all 6 stems are not available on this bot right now. "
     "Ask for vocals, drums, bass, other, karaoke, guide or all (4 stems)."
 )
+# Buttons under one user's song (a keyboard, Cancel, follow-ups) answer another's tap with this.
+NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 EDIT_EVERY_S = 3.0
 # A job neither queued, running nor finished for this long is lost (e.g. expired unrun).
 LOST_AFTER_S = 120.0
@@ -103,8 +116,20 @@ def section_s(duration_s: float, options: RenderOptions) -> float:
 
 
 def output_s(duration_s: float, options: RenderOptions) -> float:
-    """Seconds of each file a request makes: its section, stretched by its tempo."""
-    return section_s(duration_s, options) * 100 / options.tempo
+    """Seconds of each file a request makes: its section, stretched by its tempo, as many
+    times over as it loops (a BPM target's tempo is known only once the song is separated:
+    counted as it is, 100 %, and the worker's byte bound holds the rest)."""
+    return section_s(duration_s, options) * 100 / options.tempo * options.repeats
+
+
+def check_loop_length(seconds: float, options: RenderOptions, longest_s: float) -> None:
+    """A loop makes at most as long a file as the longest song taken: its repeats are the
+    one way a request could ask for more audio than it sends."""
+    if options.repeats > 1 and seconds > longest_s:
+        raise TooLong(
+            f"{options.repeats} times that section would make {clock(seconds)} of audio; one file may be at most "
+            f"{clock(longest_s)}. Ask for fewer repeats or a shorter section."
+        )
 
 
 @dataclass(frozen=True)
@@ -156,7 +181,9 @@ def outcome_line(result: JobResult, song: str) -> str:
         timing = f" in {took:.0f} s" if took else ""
         stems = ", ".join(s.stem for s in result.stems)
         how = f"{result.model}, rendered from the cached separation" if result.from_cache else result.model
-        return f"✅ {song}: {stems} ({how}{timing})."
+        rendered = result.options or RenderOptions()
+        facts = describe_facts(result.facts, rendered.key, rendered.tempo)  # "A minor · 96 BPM"
+        return f"✅ {song}: {stems} ({how}{timing}).{f'{chr(10)}🎼 {facts}' if facts else ''}"
     if result.status == "cancelled":
         return f"✖️ {song}: cancelled."
     return f"⚠️ {song}: {result.error.message if result.error else 'Separation failed.'}"
@@ -260,6 +287,7 @@ class JobDesk:
         await self._check_user(delivery, cost)
         fmt = fmt or s.default_format
         seconds = output_s(duration, options)
+        check_loop_length(seconds, options, longest)
         check_output_size(len(selection.outputs), fmt, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         ref = await self.board.jobs.store_input(
             song.data, song.filename, song.title or info.title, song.artist or info.artist
@@ -270,7 +298,7 @@ class JobDesk:
         delivery.note = plan_upload(fmt, seconds, upload_limit, s.mp3_bitrate_kbps).note
         request = SeparationRequest(
             input=ref,
-            stems=selection.spec,
+            stems=selection,
             format=fmt,  # type: ignore[arg-type]
             model=model,
             options=options,
@@ -376,7 +404,7 @@ class JobDesk:
         if record.request.requester.user_id != user_id:
             # The buttons sit under one user's song, in a chat others read: they are that
             # user's, as Cancel is, so nobody renders (or learns the name of) another's song.
-            raise InvalidCommand("These buttons belong to the person who asked. Send the song yourself to use them.")
+            raise InvalidCommand(NOT_YOURS)
         return record
 
     async def _again(self, previous_id: str, change: str, delivery: Delivery) -> Accepted:
@@ -390,12 +418,15 @@ class JobDesk:
         options = follow_up(record.request.options, change)
         request = record.request.model_copy(update={"options": options, "requester": delivery.requester})
         seconds = output_s(record.duration_s, options)
-        files = len(parse_stems(request.stems).outputs)
+        check_loop_length(seconds, options, delivery.longest_s or s.max_duration_s)
+        files = len(request.stems.outputs)
         check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
         cost = await self._cost(record.request.input.sha256, request.model, record.duration_s, options)
         if not await self._sources_cached(record.request.input.sha256, request.model, options):
             # The model would run again (its sources expired): the per-minute limits apply.
             await self.gate.check_rate(user, f"{self.book.platform}:{delivery.chat_id}")
+        else:
+            await self.gate.check_render_rate(user)
         await self._check_user(delivery, cost)
         delivery.song = record.song
         delivery.format = request.format
@@ -415,7 +446,7 @@ class JobDesk:
                     raise WorkerFailed("I no longer keep that song. Please send it again.")
                 await self._check_user(delivery, 0.0)
                 seconds = output_s(duration_s, request.options)
-                files = len(request.selection.outputs)
+                files = len(request.stems.outputs)
                 check_output_size(files, request.format, seconds, s.mp3_bitrate_kbps, s.max_job_output_bytes)
                 delivery.format = request.format
                 expected = files * estimated_bytes(request.format, seconds, s.mp3_bitrate_kbps)
@@ -480,7 +511,17 @@ class JobDesk:
             return StatusUpdate(text)
         if not await self.book.claim(delivery):
             return None
+        await self._rendered(delivery, result)
         return Finished(await self._settle(delivery, result))
+
+    async def _rendered(self, delivery: Delivery, result: JobResult) -> None:
+        """Remember what a finished job rendered (a key or BPM target resolved against the
+        song), so its follow-up buttons step from that, not from the words asked."""
+        record = await self._follow_ups.get(delivery.id)
+        if record is None or result.options is None or record.request.options == result.options:
+            return
+        record.request = record.request.model_copy(update={"options": result.options})
+        await self._follow_ups.keep(delivery.id, record, max(self.settings.sources_ttl_s, 60))
 
     async def _settle(self, delivery: Delivery, result: JobResult) -> JobResult:
         """A finished job against the length its request was accepted for: containers may state
@@ -489,7 +530,9 @@ class JobDesk:
         what the song really took (less, for one that stated no length and was charged the most)."""
         if result.status != "done" or not result.stems:
             return result
-        covered = max(stem.duration_s for stem in result.stems) * delivery.tempo / 100
+        # the song's seconds the files cover: their length at the tempo rendered, once round the loop
+        rendered = result.options or RenderOptions(tempo=delivery.tempo)
+        covered = max(stem.duration_s for stem in result.stems) * rendered.tempo / 100 / rendered.repeats
         verdict = settle(covered, delivery.charged_s, delivery.longest_s or self.settings.max_duration_s)
         refusal: StembotError | None = verdict.refusal
         user = self.user_key(delivery.user_id)

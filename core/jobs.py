@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import time
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from core.audio import OutputFormat
-from core.errors import ERRORS_BY_CODE, StembotError, WorkerFailed
+from core.errors import ERRORS_BY_CODE, InvalidStemSpec, StembotError, WorkerFailed
+from core.facts import SongFacts
 from core.render import RenderOptions
 from core.settings import AudioFormatName
 from core.stems import StemSelection, parse_stems
@@ -35,7 +36,8 @@ class Stage(StrEnum):
 class Requester(BaseModel):
     """Who asked, so a reply can find its way back. Ids are strings on every platform."""
 
-    platform: Literal["cli", "telegram", "discord", "test"] = "cli"
+    # "cli", "telegram", "discord", "test", or a new frontend's own name: any platform may ask.
+    platform: str = Field("cli", pattern=r"^[a-z][a-z0-9_]{0,15}$")
     chat_id: str | None = None
     user_id: str | None = None
     message_id: str | None = None
@@ -60,9 +62,39 @@ class InputRef(BaseModel):
     artist: str | None = None
 
 
+def _selection(value: object) -> StemSelection:
+    """A request's stems: parsed already (built in process), or its canonical spec (read back
+    from the arq payload or a follow-up record, as `_spec` wrote it)."""
+    if isinstance(value, StemSelection):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_stems(value)
+        except InvalidStemSpec as exc:
+            raise ValueError(exc.user_message) from exc
+    raise ValueError("stems: a stem selection or its canonical spec")
+
+
+def _spec(selection: StemSelection) -> str:
+    return selection.spec
+
+
+# A request carries the parsed selection; on the wire (arq's payload, Redis records) it is
+# the canonical spec, which parses back to an equal selection (tests/test_fuzz.py).
+Stems = Annotated[
+    StemSelection,
+    PlainValidator(_selection),
+    PlainSerializer(_spec, return_type=str),
+    WithJsonSchema({"type": "string", "description": "canonical stem spec, see core.stems"}),
+]
+
+
 class SeparationRequest(BaseModel):
+    """One job, exactly as a worker is to do it: `model` is resolved at admission
+    (`model_for`), and a worker that cannot serve it refuses the job, never using another."""
+
     input: InputRef
-    stems: str = Field(description="canonical stem spec, see core.stems")
+    stems: Stems
     model: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     format: AudioFormatName = "mp3"
     bitrate_kbps: int | None = Field(None, ge=32, le=320)
@@ -71,23 +103,21 @@ class SeparationRequest(BaseModel):
     requester: Requester = Field(default_factory=Requester)
 
     @property
-    def selection(self) -> StemSelection:
-        return parse_stems(self.stems)
-
-    @property
     def output_format(self) -> OutputFormat:
         return OutputFormat(self.format, self.bitrate_kbps, self.bit_depth)
 
     def content_key(self) -> str:
         """Identical work gets an identical key: used as the arq job id for dedupe and caching."""
-        parts = [self.input.sha256, self.model, self.stems, self.format, str(self.bitrate_kbps), str(self.bit_depth)]
+        parts = [self.input.sha256, self.model, self.stems.spec, self.format, str(self.bitrate_kbps)]
+        parts.append(str(self.bit_depth))
         if not self.options.is_default:  # keys of plain requests stay what they were
             parts.append(self.options.cache_part())
         return "sep-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 def model_for(selection: StemSelection, model: str, six_stem_model: str) -> str:
-    """Guitar and piano exist only in the six-stem model."""
+    """The model a request names (guitar and piano exist only in the six-stem model): chosen
+    once, where a request is made, from that side's settings."""
     return six_stem_model if selection.six_stems else model
 
 
@@ -147,6 +177,9 @@ class JobResult(BaseModel):
     audio_seconds: float = 0.0  # separated by the model; 0 when rendered from cached sources
     from_cache: bool = False  # rendered from a song's cached sources, without the model
     finished_at: float = Field(default_factory=time.time)
+    facts: SongFacts | None = None  # the song's key and tempo, as detected (None: unknown)
+    # What was rendered: the request's options with key and BPM targets resolved (None: as asked)
+    options: RenderOptions | None = None
 
     def final_progress(self) -> Progress:
         return Progress(job_id=self.job_id, stage=Stage(self.status), percent=100.0 if self.status == "done" else 0.0)

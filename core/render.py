@@ -3,14 +3,20 @@
 Pure functions only; tested by tables in tests/test_render.py.
 
     key-2  key+3        transpose by semitones (-12 … +12), formants kept for vocals
+    key=C  key=Am       transpose to that key, the shorter way round (a target in the other
+                        mode than the song's is read as its relative: the mode stays)
     tempo80  tempo120%  play at that percentage of the original speed (50 … 150)
+    tempo=100bpm        play at that tempo (a percentage of the song's detected BPM, 50 … 150)
     1:10-2:30  70-150   only that stretch of the song (m:ss or seconds; `1:10-` = to the end)
+    loop x4             that stretch N times over in one file (2 … 16; `loop` alone: x4)
 
 Levels (per-stem gains) come only from the web studio's mixer: one file, the sum of the
 stems at those gains (see `RenderOptions.levels`).
 
 The options belong to the request, never to the cached sources: any of them can be
-rendered from the same separation.
+rendered from the same separation. A key or BPM target needs the song's facts (core.facts),
+known once it is separated: the worker resolves it into semitones and a percentage
+(`resolve`) before it renders, and the result carries the options it rendered.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core.clock import clock
 from core.errors import InvalidCommand
+from core.facts import BPM_RANGE, NOTE, SongFacts, Tonality, semitones_to, tempo_for
 from core.naming import excerpt
 from core.stems import GUIDE, GUIDE_LEVEL_DB
 
@@ -48,6 +55,12 @@ MINUS = "\u2212"  # a typographic minus, for titles
 
 _KEY = re.compile(r"^(?:key|pitch)[:=]?([+\-\u2212]?\d+)$")
 _TEMPO = re.compile(r"^(?:tempo|speed)[:=]?(\d+)%?$")
+_KEY_NAME = re.compile(rf"^key[:=]?{NOTE}$")
+_BPM = re.compile(r"^(?:(?:tempo|speed)[:=]?)?(\d{1,6}(?:\.\d{1,3})?)bpm$")
+_REPEATS = re.compile(r"^(?:[x\u00d7](\d+)|(\d+)[x\u00d7])$")
+LOOP = "loop"
+REPEATS_RANGE = (2, 16)
+LOOP_REPEATS = 4  # `loop 1:10-1:30` with no count
 _TIME = r"\d+(?::\d{1,2})?(?:\.\d+)?"
 _SECTION = re.compile(rf"^({_TIME})?[-\u2013]({_TIME})?$")
 
@@ -61,6 +74,10 @@ class RenderOptions(BaseModel):
     tempo: int = Field(100, ge=TEMPO_RANGE[0], le=TEMPO_RANGE[1])
     start_s: float | None = Field(None, ge=0)
     end_s: float | None = Field(None, gt=0)
+    # Targets in words, resolved against the song's facts into `key` and `tempo` (`resolve`)
+    key_target: Tonality | None = None
+    tempo_bpm: float | None = Field(None, ge=BPM_RANGE[0], le=BPM_RANGE[1])
+    repeats: int = Field(1, ge=1, le=REPEATS_RANGE[1])  # the section, this many times over
     # (stem, linear gain) pairs, sorted by stem; empty: no mix (the request's own stems)
     levels: tuple[tuple[str, float], ...] = ()
 
@@ -82,11 +99,28 @@ class RenderOptions(BaseModel):
     def _order(self) -> RenderOptions:
         if self.end_s is not None and self.end_s - (self.start_s or 0.0) < MIN_SECTION_S:
             raise ValueError("the section must end at least a second after it starts")
+        if self.key_target is not None and self.key:
+            raise ValueError("a key target and a transposition in semitones exclude each other")
+        if self.tempo_bpm is not None and self.tempo != 100:
+            raise ValueError("a BPM target and a tempo in percent exclude each other")
+        if self.repeats > 1 and not self.has_section:
+            raise ValueError("only a section repeats")
         return self
 
     @property
     def is_default(self) -> bool:
         return self == RenderOptions()
+
+    @property
+    def has_targets(self) -> bool:
+        """A key or BPM to reach, which only the song's facts turn into semitones and percent."""
+        return self.key_target is not None or self.tempo_bpm is not None
+
+    @property
+    def renders_later(self) -> bool:
+        """Rendered from the kept sources after the separation, not while it runs: a target
+        needs the facts detected from them, a loop reads its section again for every repeat."""
+        return self.has_targets or self.repeats > 1
 
     @property
     def has_section(self) -> bool:
@@ -101,7 +135,13 @@ class RenderOptions(BaseModel):
         if self.is_default:
             return ""
         part = f"k{self.key}|t{self.tempo}|s{_ms(self.start_s)}|e{_ms(self.end_s)}"
-        if self.levels:  # keys of requests without levels stay what they were
+        if self.key_target is not None:  # parts added only when set: older keys stay what they were
+            part += f"|K{self.key_target.short}"
+        if self.tempo_bpm is not None:
+            part += f"|B{self.tempo_bpm:g}"
+        if self.repeats > 1:
+            part += f"|x{self.repeats}"
+        if self.levels:
             part += "|l" + ",".join(f"{name}={gain:g}" for name, gain in self.levels)
         return part
 
@@ -151,8 +191,30 @@ def _check_tempo(value: int) -> int:
     return value
 
 
+def _check_bpm(value: float) -> float:
+    if not BPM_RANGE[0] <= value <= BPM_RANGE[1]:
+        raise InvalidCommand(
+            f"{value:g} BPM is not a tempo I can aim for: name one from {BPM_RANGE[0]:g} to {BPM_RANGE[1]:g}."
+        )
+    return value
+
+
+def _check_repeats(value: int) -> int:
+    if not REPEATS_RANGE[0] <= value <= REPEATS_RANGE[1]:
+        low, high = REPEATS_RANGE
+        raise InvalidCommand(f"A loop plays its section {low} to {high} times (x{low} … x{high}), not {value}.")
+    return value
+
+
 def make_options(
-    key: int = 0, tempo: int = 100, start: str | float | None = None, end: str | float | None = None
+    key: int = 0,
+    tempo: int = 100,
+    start: str | float | None = None,
+    end: str | float | None = None,
+    *,
+    key_target: Tonality | None = None,
+    tempo_bpm: float | None = None,
+    repeats: int = 1,
 ) -> RenderOptions:
     """Checked options from user values; raise InvalidCommand with a message a user understands."""
     start_s = parse_time(start) if isinstance(start, str) else start
@@ -161,7 +223,30 @@ def make_options(
         raise InvalidCommand(f"The section {clock(start_s)}-{clock(end_s)} ends before it starts.")
     if end_s is not None and end_s - (start_s or 0.0) < MIN_SECTION_S:  # `-0.5` is a section too
         raise section_refused(start_s or 0.0, end_s, None)
-    return RenderOptions(key=_check_key(key), tempo=_check_tempo(tempo), start_s=start_s or None, end_s=end_s)
+    if key_target is not None and key:
+        raise InvalidCommand(f"Ask for a key (key={key_target.short}) or a shift in semitones (key{key:+d}), not both.")
+    if tempo_bpm is not None and tempo != 100:
+        raise InvalidCommand(f"Ask for a tempo in BPM ({tempo_bpm:g}bpm) or in percent (tempo{tempo}), not both.")
+    if repeats != 1:
+        _check_repeats(repeats)
+        if start_s is None and end_s is None:
+            raise InvalidCommand(f"A loop needs a section to repeat: loop 1:10-1:30 x{repeats}.")
+    return RenderOptions(
+        key=_check_key(key), tempo=_check_tempo(tempo), start_s=start_s or None, end_s=end_s,
+        key_target=key_target, tempo_bpm=None if tempo_bpm is None else _check_bpm(tempo_bpm), repeats=repeats,
+    )  # fmt: skip
+
+
+def resolve(options: RenderOptions, facts: SongFacts | None) -> RenderOptions:
+    """`options` with their targets (key=C, tempo=100bpm) turned into semitones and percent
+    against the song's `facts`; raise InvalidCommand when they cannot be (out of range, or a
+    key or beat the detector could not find). Done once, in the worker, before rendering."""
+    if not options.has_targets:
+        return options
+    facts = facts or SongFacts()
+    key = options.key if options.key_target is None else semitones_to(facts, options.key_target)
+    tempo = options.tempo if options.tempo_bpm is None else tempo_for(facts, options.tempo_bpm, TEMPO_RANGE)
+    return options.model_copy(update={"key": key, "tempo": tempo, "key_target": None, "tempo_bpm": None})
 
 
 def check_section(options: RenderOptions, song_s: float | None) -> None:
@@ -190,16 +275,38 @@ class _Words:
     tempo: int = 100
     start: float | None = None
     end: float | None = None
+    key_target: Tonality | None = None
+    tempo_bpm: float | None = None
+    repeats: int = 1
+    loop: bool = False
 
 
 def _take(word: str, found: _Words) -> bool:
-    """Fold one word into `found` if it is a render word; False for anything else."""
+    """Fold one word into `found` if it is a render word; False for anything else.
+
+    Of two words for the key (or the tempo), the later one counts, in semitones or as a target."""
     w = word.lower()
     if m := _KEY.match(w):
         found.key = _check_key(_number(m.group(1).replace(MINUS, "-"), word, _KEY_SPAN))
+        found.key_target = None
+        return True
+    if m := _KEY_NAME.match(w):
+        found.key_target = Tonality.parse("".join(g or "" for g in m.groups()))
+        found.key = 0
         return True
     if m := _TEMPO.match(w):
         found.tempo = _check_tempo(_number(m.group(1), word, _TEMPO_SPAN))
+        found.tempo_bpm = None
+        return True
+    if m := _BPM.match(w):
+        found.tempo_bpm = _check_bpm(float(m.group(1)))
+        found.tempo = 100
+        return True
+    if w == LOOP:
+        found.loop = True
+        return True
+    if m := _REPEATS.match(w):
+        found.repeats = _check_repeats(_number(m.group(1) or m.group(2), word, "x2 to x16"))
         return True
     if (m := _SECTION.match(w)) and (m.group(1) or m.group(2)):
         found.start = parse_time(m.group(1)) if m.group(1) else None
@@ -207,7 +314,8 @@ def _take(word: str, found: _Words) -> bool:
         return True
     if w.startswith(("key", "pitch", "tempo", "speed")):
         raise InvalidCommand(
-            f'"{excerpt(word)}" is not understood: write key-2 or key+3 (semitones), tempo80 (percent).'
+            f'"{excerpt(word)}" is not understood: write key-2 or key+3 (semitones), key=C or key=Am (a key), '
+            "tempo80 (percent) or tempo=100bpm."
         )
     return False
 
@@ -223,7 +331,11 @@ def split_render_words(words: list[str]) -> tuple[list[str], RenderOptions]:
     """Separate the render words (key, tempo, section) from the rest of a /split line."""
     found = _Words()
     rest = [w for w in words if not _take(w, found)]
-    return rest, make_options(found.key, found.tempo, found.start, found.end)
+    repeats = LOOP_REPEATS if found.loop and found.repeats == 1 else found.repeats
+    return rest, make_options(
+        found.key, found.tempo, found.start, found.end,
+        key_target=found.key_target, tempo_bpm=found.tempo_bpm, repeats=repeats,
+    )  # fmt: skip
 
 
 def _decibels(gain: float) -> str:
@@ -241,12 +353,17 @@ def describe(options: RenderOptions) -> str:
     parts = describe_levels(options)
     if options.key:
         parts.append(f"key {'+' if options.key > 0 else MINUS}{abs(options.key)}")
+    if options.key_target is not None:
+        parts.append(f"in {options.key_target.name}")
     if options.tempo != 100:
         parts.append(f"{options.tempo} %")
+    if options.tempo_bpm is not None:
+        parts.append(f"{options.tempo_bpm:g} BPM")
     if options.has_section:
         start = clock(options.start_s or 0.0)
         end = clock(options.end_s) if options.end_s is not None else "end"
-        parts.append(f"{start}\u2013{end}")
+        times = f" \u00d7{options.repeats}" if options.repeats > 1 else ""
+        parts.append(f"{start}\u2013{end}{times}")
     return ", ".join(parts)
 
 
@@ -275,11 +392,17 @@ def file_label(stem: str, options: RenderOptions) -> str:
             parts.append(f"no_{name}" if gain == 0 else f"{name}{round(20 * math.log10(gain)):+d}dB")
     if options.key:
         parts.append(f"key{options.key:+d}")
+    if options.key_target is not None:
+        parts.append(f"key{options.key_target.short.replace('#', 's')}")
     if options.tempo != 100:
         parts.append(f"tempo{options.tempo}")
+    if options.tempo_bpm is not None:
+        parts.append(f"{options.tempo_bpm:g}bpm")
     if options.has_section:
         end = f"{options.end_s:g}s" if options.end_s is not None else "end"
         parts.append(f"{options.start_s or 0:g}s-{end}")
+    if options.repeats > 1:
+        parts.append(f"x{options.repeats}")
     return ".".join(parts)
 
 
@@ -290,7 +413,10 @@ def rubberband(options: RenderOptions, keep_formants: bool) -> str | None:
     args = [f"tempo={options.tempo / 100:.6g}", f"pitch={2 ** (options.key / 12):.8g}"]
     if keep_formants and options.key:
         args.append("formant=preserved")
-    return "rubberband=" + ":".join([*args, "pitchq=quality"])
+    # Phases reset only above the range of musical fundamentals: with rubberband's default
+    # (crisp) a held note warbles by ±1 % (a 440 Hz tone at key −2 swings 387-396 Hz),
+    # while drum attacks stay as sharp; same CPU.
+    return "rubberband=" + ":".join([*args, "transients=mixed", "pitchq=quality"])
 
 
 # How far one tap of a tempo button moves, in percentage points.
@@ -307,7 +433,10 @@ def follow_up(options: RenderOptions, change: str) -> RenderOptions:
     """The options a follow-up button asks for, relative to the ones just delivered.
 
     `key-1`/`key+1` and `tempo-10`/`tempo+10` step from the delivered result (clamped to
-    the ranges); `original` drops key and tempo; the section and a mix's levels always stay."""
+    the ranges); `original` drops key and tempo; the section (and its loop) and a mix's
+    levels always stay."""
+    if options.has_targets:
+        raise InvalidCommand("That result is not rendered yet. Wait for it, then use its buttons.")
     key, tempo = options.key, options.tempo
     if change in ("key-1", "key+1"):
         key += 1 if change == "key+1" else -1
@@ -319,13 +448,18 @@ def follow_up(options: RenderOptions, change: str) -> RenderOptions:
         key, tempo = 0, 100
     else:
         raise InvalidCommand(f'Unknown follow-up "{excerpt(change)}".')
-    after = make_options(_clamp(key, KEY_RANGE), _clamp(tempo, TEMPO_RANGE), options.start_s, options.end_s)
+    after = make_options(
+        _clamp(key, KEY_RANGE), _clamp(tempo, TEMPO_RANGE), options.start_s, options.end_s, repeats=options.repeats
+    )
     return after.model_copy(update={"levels": options.levels})  # a mix stays that mix
 
 
 def follow_ups(options: RenderOptions) -> list[tuple[str, str]]:
     """The buttons under a result delivered with `options`: (label, change), each one a
-    change that gives another file (none re-sends the same); tempo labels name their target."""
+    change that gives another file (none re-sends the same); tempo labels name their target.
+    None while a target is unresolved: the buttons step from what was rendered."""
+    if options.has_targets:
+        return []
     buttons = []
     for change in ("key-1", "key+1", f"tempo-{TEMPO_STEP}", f"tempo+{TEMPO_STEP}", "original"):  # button order
         after = follow_up(options, change)

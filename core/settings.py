@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     daily_minutes_per_user: float = Field(120, gt=0, description="minutes of audio one user may split per day")
     user_rate: str = Field("6/minute", description="requests one user may make (limits notation, e.g. 6/minute)")
     chat_rate: str = Field("20/minute", description="requests one chat or channel may make")
+    render_rate: str = Field(
+        "30/minute",
+        description="renders from cached sources (follow-up buttons) one user may ask for: "
+        "they skip the rate limits above, which protect the model",
+    )
     admins: str = Field("", description="comma-separated admins as platform:user_id (telegram:42,discord:1234)")
 
     # Worker
@@ -226,7 +231,7 @@ class Settings(BaseSettings):
             raise ValueError("a comma-separated list of ffmpeg demuxer names, such as mp3,ogg,flac")
         return ",".join(names)
 
-    @field_validator("user_rate", "chat_rate", "web_rate", "web_render_rate")
+    @field_validator("user_rate", "chat_rate", "render_rate", "web_rate", "web_render_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
         from limits import parse

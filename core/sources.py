@@ -9,7 +9,9 @@ on music for twice the CPU), under
 
 in the artifact store (Redis or S3), each with `STEMBOT_SOURCES_TTL_S`. A section's
 separation (with its context) is kept under the section's key. Nothing here carries a
-user's file name, title or tags: those belong to each request. The cache itself (which
+user's file name, title or tags: those belong to each request. The manifest also keeps the
+song's facts (key, mode, BPM: `core.facts.SongFacts`), detected once when it was separated,
+so renders from the cache never detect them again and any frontend can read them. The cache itself (which
 entries exist, the claims of separations under way) is the job board's
 (`core.board.sources`); this module is the entries' shape.
 """
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from core.facts import SongFacts
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class SourceSet:
     whole: bool = True  # the whole song (offset 0, to its end), not a section
     title: str | None = None  # tags of the input's own bytes (never a requester's names)
     artist: str | None = None
+    facts: SongFacts | None = None  # key and tempo; None: not detected (yet)
+    entry: str = ""  # the cache entry they were fetched from ("" for a fresh separation)
 
 
 class Manifest(BaseModel):
@@ -43,6 +49,7 @@ class Manifest(BaseModel):
     title: str | None = None
     artist: str | None = None
     codec: str = "flac"  # the file type of its sources (entries from before WAV was kept: FLAC)
+    facts: SongFacts | None = None  # entries from before detection: none, until a render adds them
 
     def source_key(self, key: str, name: str) -> str:
         return f"{key}:{name}.{self.codec}"

@@ -178,9 +178,14 @@ STEM_CHOICES: list[tuple[str, str]] = [
 ]
 
 
+_NEEDS_SIX = frozenset(spec for _, spec in STEM_CHOICES if parse_stems(spec).six_stems)
+KARAOKE = parse_stems("karaoke")  # what a one-tap karaoke menu asks for
+DEFAULT = parse_stems(DEFAULT_SPEC)  # what a request that names no stems gets
+
+
 def stem_choices(six_stems: bool) -> list[tuple[str, str]]:
     """The choices to offer: without the six-stem model, none that needs it."""
-    return [(text, spec) for text, spec in STEM_CHOICES if six_stems or not parse_stems(spec).six_stems]
+    return [(text, spec) for text, spec in STEM_CHOICES if six_stems or spec not in _NEEDS_SIX]
 
 
 def stem_words(six_stems: bool) -> str:

@@ -8,7 +8,7 @@ chat" is a delivery the requester's bot sends. Who may open what: core.studio.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -84,9 +84,7 @@ class StudioDesk:
 
     async def summary(self, song: StudioSong) -> SongSummary:
         manifest = await self.manifest(song)
-        # The key and tempo the worker detected, kept with the sources (`core.facts.SongFacts`,
-        # in the manifest once key and BPM detection is there; until then none).
-        facts: Any = getattr(manifest, "facts", None)
+        facts = manifest.facts  # detected by the worker once, kept with the sources (None: an older entry)
         tonality = facts.tonality if facts is not None else None
         return SongSummary(
             title=song.song,
@@ -154,7 +152,7 @@ class StudioDesk:
                 raise RateLimited("You're asking for new renders too fast. Wait a minute and try again.")
         s = self.settings
         seconds = output_s(manifest.frames / SAMPLE_RATE, request.options)
-        expected = len(request.selection.outputs) * estimated_bytes(STUDIO_FORMAT, seconds, s.mp3_bitrate_kbps)
+        expected = len(request.stems.outputs) * estimated_bytes(STUDIO_FORMAT, seconds, s.mp3_bitrate_kbps)
         submission = await jobs.submit(request, int(expected), 0.0)
         if submission.state != "cached":
             raise RenderPending()

@@ -195,6 +195,19 @@ async def drive(env: Any, until: Callable[[], Any], timeout: float = 120, step_s
     raise TimeoutError("the bot never did that:\n" + env.transcript()[-3000:])
 
 
+def s3_settings(s3_url: str, **more: object) -> dict[str, object]:
+    """Settings for an S3 artifact store at `s3_url` (the `s3_url` fixture's moto server), in
+    a bucket of its own: nothing leaks between tests."""
+    return {
+        "artifact_store": "s3",
+        "s3_endpoint_url": s3_url,
+        "s3_bucket": f"b{time.time_ns()}",
+        "s3_access_key_id": "test",
+        "s3_secret_access_key": "test",
+        **more,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -178,3 +178,25 @@ def cycle(
     except CycleError as exc:
         return list(exc.args[1])
     return None
+
+
+def path_to(found: Iterable[Arrow], start: str, target: str) -> list[str] | None:
+    """The modules from `start` to `target` (or one inside it) by a chain of imports, or None:
+    what `start` pulls in when it is imported, whoever wrote the import on the way."""
+    graph: dict[str, set[str]] = {}
+    for arrow in found:
+        graph.setdefault(arrow.src, set()).add(arrow.dst)
+    came_from: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        module = todo.pop(0)
+        if _within(module, target):
+            chain = [module]
+            while (previous := came_from[chain[-1]]) is not None:
+                chain.append(previous)
+            return chain[::-1]
+        for nxt in sorted(graph.get(module, ())):
+            if nxt not in came_from:
+                came_from[nxt] = module
+                todo.append(nxt)
+    return None

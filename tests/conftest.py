@@ -5,6 +5,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -88,6 +89,14 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_repo(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def engine_cache() -> Path:
+    """Where this run's engines keep what OpenVINO and torch.compile build (pytest_sessionstart's)."""
+    from core.settings import Settings
+
+    return Settings().engine_cache_dir
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A real Redis db of the tests' own (one per xdist worker), emptied before each test."""
@@ -163,6 +172,19 @@ def tiny_worker(tiny_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProc
     worker.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_url() -> Iterator[str]:
+    """An S3 endpoint: moto's server (no MinIO binary can be had here); `testkit.s3_settings`
+    gives each test a bucket of its own on it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it."""
@@ -182,6 +204,22 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
     await server.start(unused_tcp_port)
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def env(redis_url: str) -> AsyncIterator[Any]:
+    """The Discord bot running in simcord (an in-process Discord on a virtual clock), with the
+    tests' settings (`testkit.dcbot`), as simcord's own `simcord_env` fixture runs one."""
+    import simcord
+
+    from testkit.dcbot import discord_bot
+
+    env = simcord.Env(discord_bot(redis_url))
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.audio import OutputFormat, Tags, check_size, decode, encode, load_audio, probe
+from core.audio import OutputFormat, Tags, check_size, decode, encode, load_audio, probe, stream_stats
 from core.errors import CorruptAudio, EmptyInput, NotAudio, TooLarge, TooLong
 from testkit import INPUTS, ROCK, SONGS, ffmpeg, make_clip, read_audio
 
@@ -148,3 +149,23 @@ def test_over_size(tmp_path: Path) -> None:
     path = make_clip(ROCK / "mixture.flac", tmp_path / "big.wav")
     with pytest.raises(TooLarge, match="limit"):
         check_size(path, 100_000)
+
+
+@pytest.mark.parametrize("dc", [0.0, 0.5])
+def test_stream_stats_are_the_float64_statistics_of_the_mono_mixture(dc: float) -> None:
+    """Length, mean and unbiased std of (left + right) / 2, computed block by block in float32,
+    against numpy's float64 answer over the whole song: blocks of uneven sizes, as
+    interleaved views (how `read_raw` yields them), and a DC offset that cancellation would eat."""
+    rng = np.random.default_rng(5)
+    song = (rng.normal(dc, 0.01, (300_001, 2)) + np.array([0.001, -0.002])).astype(np.float32)
+    cuts = [0, 7, 44_100, 44_101, 200_000, len(song)]
+    stats = stream_stats(song[a:b].T for a, b in itertools.pairwise(cuts))
+    mono = song.astype(np.float64).mean(axis=1)
+    assert stats.frames == len(song)
+    assert stats.mean == pytest.approx(mono.mean(), rel=1e-7, abs=1e-9)
+    assert stats.std == pytest.approx(mono.std(ddof=1) + 1e-8, rel=2e-7)  # (ddof 0 would be 1.7e-6 off)
+
+
+def test_stream_stats_of_nothing() -> None:
+    stats = stream_stats(iter([]))
+    assert (stats.frames, stats.mean, stats.std) == (0, 0.0, 1e-8)

@@ -145,11 +145,21 @@ def test_engine_cache_dir_setting_expands_home(monkeypatch: pytest.MonkeyPatch, 
     assert Settings().engine_cache_dir == tmp_path / "engine"
 
 
-def test_prepared_copies_are_shared_and_go_when_their_model_goes(tiny_repo: Path) -> None:
+@pytest.mark.parametrize("options", [{"backend": "openvino"}, {"compile_mode": "default"}])
+def test_the_engine_is_told_where_its_builds_go(tiny_repo: Path, options: dict[str, Any]) -> None:
+    """The engine reads no settings: what compiles the network needs its cache dir passed in."""
+    bag = get_model("htdemucs", repo=tiny_repo)
+    with pytest.raises(ValueError, match="cache_dir"):
+        WindowedSeparator(bag, torch.device("cpu"), **options)
+    plain = WindowedSeparator(bag, torch.device("cpu")).separate(np.zeros((2, 100), np.float32))
+    assert plain["vocals"].shape == (2, 100)  # plain PyTorch needs none
+
+
+def test_prepared_copies_are_shared_and_go_when_their_model_goes(tiny_repo: Path, engine_cache: Path) -> None:
     """Separators for different requests share one compiled copy; a dropped model frees it."""
     bag = get_model("htdemucs", repo=tiny_repo)
-    first = WindowedSeparator(bag, torch.device("cpu"), backend="openvino")
-    second = WindowedSeparator(bag, torch.device("cpu"), backend="openvino", needed={"vocals"})
+    first = WindowedSeparator(bag, torch.device("cpu"), backend="openvino", cache_dir=engine_cache)
+    second = WindowedSeparator(bag, torch.device("cpu"), backend="openvino", needed={"vocals"}, cache_dir=engine_cache)
     assert first.models[0] is second.models[0]
     # no PyTorch copy of the weights beside the compiled network: OpenVINO has no fp32 rerun
     assert isinstance(first.models[0], OpenVinoHTDemucs) and first.fp32_models is first.models

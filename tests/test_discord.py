@@ -19,24 +19,10 @@ from aiohttp import web
 from bots.discord import create_bot
 from core.settings import Settings
 from testkit import ROCK, WorkerProcess, drive, make_clip, read_audio
+from testkit.dcbot import bot_settings, discord_bot
 from testkit.sdr import sdr
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def make_settings(redis_url: str, **overrides: Any) -> Settings:
-    return Settings(redis_url=redis_url, allow_private_urls=True, **overrides)
-
-
-@pytest.fixture
-async def env(redis_url: str) -> AsyncIterator[simcord.Env]:
-    """As simcord's own `simcord_env` fixture, with stembot's test settings."""
-    env = simcord.Env(create_bot(make_settings(redis_url)))
-    await env.start()
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 def files_of(result: simcord.InteractionResult) -> list[discord.Attachment]:
@@ -137,7 +123,7 @@ async def test_small_upload_limit_gives_lower_bitrate_parts(
     redis_url: str, tiny_worker: WorkerProcess, rock_short: Path
 ) -> None:
     limit = 20 * 1024  # a 3 s stem at 96 kbps is ~36 KB: two parts
-    settings = make_settings(redis_url, discord_max_upload_mb=limit / 1024 / 1024)
+    settings = bot_settings(redis_url, discord_max_upload_mb=limit / 1024 / 1024)
     async with simcord.run(create_bot(settings)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(
@@ -182,7 +168,7 @@ async def test_bad_attachments_get_a_clear_message(env: simcord.Env, name: str, 
 
 
 async def test_over_duration_is_refused(redis_url: str, rock_short: Path) -> None:
-    async with simcord.run(create_bot(make_settings(redis_url, max_duration_s=2))) as env:
+    async with simcord.run(discord_bot(redis_url, max_duration_s=2)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
         assert result.response is not None and "the limit is 0:02" in result.response.content
@@ -199,7 +185,7 @@ async def test_missing_song_and_bad_stems(env: simcord.Env) -> None:
 async def test_result_after_the_token_expired_goes_to_the_channel(
     redis_url: str, tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
-    async with simcord.run(create_bot(make_settings(redis_url, delivery_poll_s=60))) as env:
+    async with simcord.run(discord_bot(redis_url, delivery_poll_s=60)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", file=("late.flac", rock_short.read_bytes()), stems="bass")
         await env.advance_time(16 * 60)  # no worker yet: the job waits past the token's 15 minutes
@@ -248,7 +234,7 @@ async def test_restarted_bot_still_delivers_once(
 ) -> None:
     _, channel, alice = server_with_member(env)
     result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals")
-    await env.restart_bot(create_bot(make_settings(redis_url)))  # the job has not run yet
+    await env.restart_bot(discord_bot(redis_url))  # the job has not run yet
     worker_factory.append(WorkerProcess(tiny_env, tmp_path / "w.log").start())
     files = await drive(env, lambda: files_of(result))
     for _ in range(5):  # more delivery rounds must not send it again
@@ -275,7 +261,7 @@ async def test_one_song_at_a_time_per_user(env: simcord.Env, rock_short: Path, t
 
 
 async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> None:
-    settings = make_settings(redis_url, admins="discord:1")
+    settings = bot_settings(redis_url, admins="discord:1")
     async with simcord.run(create_bot(settings)) as env:
         guild = env.create_guild("band", owner=env.create_user("owner"))
         channel = guild.create_text_channel("music")
@@ -283,7 +269,7 @@ async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> Non
         bob = guild.add_member(env.create_user("bob"))
         not_operator = await owner.slash(channel, "stembot ban", user=bob)
         assert not_operator.response is not None and "Only the bot's admins" in not_operator.response.content
-        settings_with_owner = make_settings(redis_url, admins=f"discord:{owner.id}")
+        settings_with_owner = bot_settings(redis_url, admins=f"discord:{owner.id}")
         await env.restart_bot(create_bot(settings_with_owner))
         banned = await owner.slash(channel, "stembot ban", user=bob)
         assert banned.response is not None and banned.response.content.startswith("Banned")
@@ -298,7 +284,7 @@ async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> Non
 
 
 async def test_rate_limit_per_user(redis_url: str, rock_short: Path) -> None:
-    async with simcord.run(create_bot(make_settings(redis_url, user_rate="2/minute"))) as env:
+    async with simcord.run(discord_bot(redis_url, user_rate="2/minute")) as env:
         _, channel, alice = server_with_member(env)
         replies = []
         for _ in range(3):
@@ -418,7 +404,7 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
     from core.studio import read_token
 
     secret = "studio-secret"
-    settings = make_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
+    settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
     env = simcord.Env(create_bot(settings))
     await env.start()
     try:

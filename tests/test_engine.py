@@ -70,9 +70,13 @@ def test_even_windows_cover_the_song_with_the_least_overlap() -> None:
 
 @pytest.mark.parametrize("seconds", [1.3, 2.0, 5.5])
 @pytest.mark.parametrize(("backend", "batch_size"), [("torch", 1), ("torch", 3), ("openvino", 1), ("openvino", 3)])
-def test_reference_layout_equals_apply_model(bag, seconds: float, backend: Backend, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+def test_reference_layout_equals_apply_model(  # type: ignore[no-untyped-def]
+    bag, seconds: float, backend: Backend, batch_size: int, engine_cache: Path
+) -> None:
     wav = noise(seconds)
-    sep = WindowedSeparator(bag, torch.device("cpu"), layout="reference", batch_size=batch_size, backend=backend)
+    sep = WindowedSeparator(
+        bag, torch.device("cpu"), layout="reference", batch_size=batch_size, backend=backend, cache_dir=engine_cache
+    )
     assert isinstance(sep.models[0], OpenVinoHTDemucs) == (backend == "openvino")
     np.testing.assert_allclose(stacked(sep, sep.separate(wav)), reference(bag, wav), atol=2e-5)
 
@@ -113,9 +117,11 @@ def test_even_layout_has_no_click_at_window_seams(bag) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag, backend: Backend, engine_cache: Path) -> None:  # type: ignore[no-untyped-def]
     wav = noise(9.0)
-    sep = WindowedSeparator(bag, torch.device("cpu"), batch_size=2, overlap_s=0.25, backend=backend)
+    sep = WindowedSeparator(
+        bag, torch.device("cpu"), batch_size=2, overlap_s=0.25, backend=backend, cache_dir=engine_cache
+    )
     seen: list[float] = []
     sep.separate(wav, progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == -(-len(sep.windows(wav.shape[-1])) // 2)
@@ -134,11 +140,11 @@ def test_progress_is_monotonic_and_cancel_stops_within_one_batch(bag, backend: B
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_reduced_precision_path_runs_and_stays_close(bag, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+def test_reduced_precision_path_runs_and_stays_close(bag, backend: Backend, engine_cache: Path) -> None:  # type: ignore[no-untyped-def]
     """bf16: PyTorch autocast (the GPU path) and OpenVINO (the CPU default), both run here."""
     wav = noise(3.0)
     full = WindowedSeparator(bag, torch.device("cpu"))
-    half = WindowedSeparator(bag, torch.device("cpu"), precision="bf16", backend=backend)
+    half = WindowedSeparator(bag, torch.device("cpu"), precision="bf16", backend=backend, cache_dir=engine_cache)
     a, b = stacked(full, full.separate(wav)), stacked(half, half.separate(wav))
     if backend == "openvino" and not native_bf16():
         # A CPU without bf16: OpenVINO computes in f32 whatever the hint, says so, and matches fp32.
@@ -150,9 +156,9 @@ def test_reduced_precision_path_runs_and_stays_close(bag, backend: Backend) -> N
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_six_stem_model_through_the_engine(tiny_repo: Path, backend: Backend) -> None:
+def test_six_stem_model_through_the_engine(tiny_repo: Path, backend: Backend, engine_cache: Path) -> None:
     bag6 = get_model("htdemucs_6s", repo=tiny_repo)
-    sep = WindowedSeparator(bag6, torch.device("cpu"), layout="reference", backend=backend)
+    sep = WindowedSeparator(bag6, torch.device("cpu"), layout="reference", backend=backend, cache_dir=engine_cache)
     wav = noise(2.5)
     out = sep.separate(wav)
     assert set(out) == {"drums", "bass", "other", "vocals", "guitar", "piano"}
@@ -161,13 +167,15 @@ def test_six_stem_model_through_the_engine(tiny_repo: Path, backend: Backend) ->
 
 @pytest.mark.slow  # in-process, but among the longest tests (make check leaves it out)
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
-def test_bag_of_specialists_and_the_vocals_fast_path(tiny_repo: Path, backend: Backend) -> None:
+def test_bag_of_specialists_and_the_vocals_fast_path(tiny_repo: Path, backend: Backend, engine_cache: Path) -> None:
     """htdemucs_ft's shape: four models; karaoke runs only the vocals specialist."""
     ft = get_model("htdemucs_ft", repo=tiny_repo)
     wav = noise(2.5)
-    full = WindowedSeparator(ft, torch.device("cpu"), layout="reference", backend=backend)
+    full = WindowedSeparator(ft, torch.device("cpu"), layout="reference", backend=backend, cache_dir=engine_cache)
     np.testing.assert_allclose(stacked(full, full.separate(wav)), reference(ft, wav), atol=2e-5)
-    fast = WindowedSeparator(ft, torch.device("cpu"), layout="reference", needed={"vocals"}, backend=backend)
+    fast = WindowedSeparator(
+        ft, torch.device("cpu"), layout="reference", needed={"vocals"}, backend=backend, cache_dir=engine_cache
+    )
     assert fast.models[0] is full.models[3]  # prepared (compiled) once, shared
     assert len(fast.models) == 1 and len(full.models) == 4
     np.testing.assert_allclose(fast.separate(wav)["vocals"], full.separate(wav)["vocals"], atol=1e-6)

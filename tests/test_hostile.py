@@ -450,15 +450,26 @@ def test_tags_from_the_file_are_cut(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def broken_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toy repo plus `broken`, a model without a vocals source: asking it for vocals fails
-    in the engine with an AssertionError, the same way every time."""
+    """The toy repo plus `broken`, a mono model: a stereo song fails in its first layer, the
+    same way every time. (A model without the source a request asks for is refused before it
+    runs: tests/test_models_offered.py.)"""
     import torch
     import yaml
     from demucs.htdemucs import HTDemucs
 
     repo = write_tiny_repo(tmp_path_factory.mktemp("broken-models"))
-    kwargs = dict(channels=8, depth=2, t_layers=1, t_heads=1, dconv_comp=2, nfft=1024, segment=2.0, bottom_channels=0)
-    sources = ["drums", "bass", "other", "voice"]
+    kwargs = dict(
+        channels=8,
+        depth=2,
+        t_layers=1,
+        t_heads=1,
+        dconv_comp=2,
+        nfft=1024,
+        segment=2.0,
+        bottom_channels=0,
+        audio_channels=1,
+    )
+    sources = ["drums", "bass", "other", "vocals"]
     model = HTDemucs(sources, **kwargs)
     package = {"klass": HTDemucs, "args": (sources,), "kwargs": kwargs, "state": model.state_dict()}
     torch.save(package | {"training_args": {}}, repo / "0000dddd.th")
@@ -500,14 +511,14 @@ async def test_a_deterministic_failure_runs_once(
     assert len(starts) == 1, starts
     # ...for STEMBOT_INTERNAL_ERROR_TTL_S: after that a request is tried afresh (a fix may have shipped).
     # A TTL of 0 has always run out; a TTL of 1 s raced the clock (a fast host got here within it).
-    board = await Board.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
-    later = board.jobs
+    later_board = await Board.connect(Settings(redis_url=queue.settings.redis_url, internal_error_ttl_s=0))
+    later = later_board.jobs
     try:
         retried = await later.submit(request)
         assert retried.state == "queued"
         assert (await later.wait_result(retried.job_id, timeout_s=120)).error.code == "internal_error"  # type: ignore[union-attr]
     finally:
-        await later.close()
+        await later_board.close()
     starts = [line for line in worker.log().splitlines() if f"{first.job_id}:separate(" in line and "→" in line]
     assert len(starts) == 2, starts
 

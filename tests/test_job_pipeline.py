@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import soundfile
 import torch
 from demucs.pretrained import get_model
 
@@ -169,6 +170,24 @@ def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path)
     assert np.max(np.abs(back - audio)) <= 2**-23
     assert np.max(np.abs(back[:, 2:4] - audio[:, 2:4])) == 0  # silence and the smallest steps exactly
     assert 10 * np.log10(np.sum(audio.astype(np.float64) ** 2) / np.sum((back - audio).astype(np.float64) ** 2)) > 130
+
+
+def test_a_kept_wav_holds_each_sample_rounded_to_24_bits(tmp_path: Path) -> None:
+    """Every sample of a kept WAV is round(x · 2^23) (+1 on the top step), as libsndfile reads
+    the file back: stretches of odd and even lengths, full scale both ways, and the rounding's ties."""
+    rng = np.random.default_rng(11)
+    audio = np.clip(rng.normal(0, 0.4, (2, 20_003)), -1, 1).astype(np.float32)
+    audio[:, :5] = [[1.0, -1.0, 0.5 / 2**23, 1.5 / 2**23, -2.5 / 2**23], [-1.0, 1.0, 0.0, -(2**-23), 2**-22]]
+    writer = SourceWriter(tmp_path / "bass.wav")
+    for at, size in zip([0, 1, 4, 1003, 10_000], [1, 3, 999, 8997, 10_003], strict=True):
+        writer.write(audio[:, at : at + size])
+    writer.close()
+    with soundfile.SoundFile(tmp_path / "bass.wav") as back:
+        assert (back.samplerate, back.channels, back.subtype, back.frames) == (44_100, 2, "PCM_24", 20_003)
+        steps = back.read(dtype="int32") >> 8
+    expected = np.clip(np.rint(audio.T.astype(np.float64) * 2**23), -(2**23), 2**23 - 1)
+    assert np.array_equal(steps, expected)
+    assert steps[:5].tolist() == [[2**23 - 1, -(2**23)], [-(2**23), 2**23 - 1], [0, 0], [2, -1], [-2, 2]]
 
 
 def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from testkit import ROOT
-from testkit.layers import Arrow, arrows, cycle, modules, violations
+from testkit.layers import Arrow, arrows, cycle, modules, path_to, violations
 
 # What each layer may never import (README, "Rules of the house").
 FORBIDDEN = {
-    "core": ("worker", "bots", "torch", "demucs", "openvino", "telegram", "discord"),
-    "bots": ("worker", "torch", "demucs", "openvino"),
+    "core": ("worker", "bots", "torch", "demucs", "openvino", "librosa", "soxr", "telegram", "discord"),
+    # the job board serves the use cases above it (core.board's docstring), never imports them
+    "core.board": ("core.desk", "core.cli", "core.links"),
+    "bots": ("worker", "torch", "demucs", "openvino", "librosa", "soxr"),
     "worker": ("bots", "telegram", "discord"),
 }
 # The one excused arrow: `stembot` is one command. core/cli.py's dispatcher loads, by the
@@ -30,6 +32,13 @@ BOARD_ONLY = ("redis", "arq", "limits.aio")
 # tests and bench share helpers only through testkit; no test module imports another.
 TEST_SIDE = {"tests": ("tests", "bench"), "bench": ("tests",), "testkit": ("tests", "bench")}
 PACKAGES = ("core", "worker", "bots")
+# The engine takes its options as arguments and reads no settings (issue #20): the worker's
+# wiring (worker.engine, worker.main, worker.tasks, worker.cli) passes them from `Settings`.
+ENGINE = (
+    "worker.windowed", "worker.batcher", "worker.inductor", "worker.compiled", "worker.network",
+    "worker.separator", "worker.models",
+)  # fmt: skip
+SETTINGS = "core.settings"
 
 
 def test_no_arrow_runs_against_the_layers() -> None:
@@ -43,6 +52,13 @@ def test_no_arrow_runs_against_the_layers() -> None:
 def test_no_import_cycle() -> None:
     found, _ = arrows(ROOT, PACKAGES)
     assert cycle(found, modules(ROOT, PACKAGES), ALLOWED) is None
+
+
+def test_the_engine_reads_no_settings() -> None:
+    """No engine module imports the settings, nor anything that does."""
+    found, _ = arrows(ROOT, PACKAGES)
+    assert {module: path_to(found, module, SETTINGS) for module in ENGINE} == dict.fromkeys(ENGINE)
+    assert path_to(found, "worker.engine", SETTINGS) == ["worker.engine", SETTINGS]  # the wiring does
 
 
 def board_violations(found: list[Arrow]) -> list[str]:
@@ -139,6 +155,15 @@ def test_the_check_finds_cycles_type_only_and_through_importlib(tmp_path: Path) 
     fixed = [a for a in found if a.src != "core.settings"]
     assert set(cycle(fixed, known) or []) == {"core.cli", "worker.cli"}  # through an importlib string
     assert cycle(fixed, known, {("core.cli", "worker.cli"): "excused"}) is None
+
+
+def test_the_settings_check_follows_imports_through_other_modules(tmp_path: Path) -> None:
+    root = _tree(tmp_path, PLANTED)
+    found, _ = arrows(root, PACKAGES)
+    assert path_to(found, "core.ffmpeg", SETTINGS) == ["core.ffmpeg", SETTINGS]  # `from . import settings`
+    assert path_to(found, "bots.chat", SETTINGS) == ["bots.chat", SETTINGS]
+    assert path_to(found, "worker.tasks", SETTINGS) == ["worker.tasks", "bots.chat", SETTINGS]
+    assert path_to(found, "core.cli", SETTINGS) is None
 
 
 def test_the_test_side_check_finds_a_test_importing_a_test(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from bots.discord import create_bot
 from core.board import Board
 from core.jobs import Requester, SeparationRequest
 from core.settings import Settings
+from core.stems import parse_stems
 from testkit import MODELS, WorkerProcess
 from testkit.botapi import BotApiServer
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
@@ -137,6 +138,38 @@ async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
         assert again.state == "queued"  # not "cached": the refusal was the configuration's, not the song's
     finally:
         await board.close()
+
+
+async def test_a_worker_serves_the_requests_model_or_refuses_saying_why(
+    redis_url: str,
+    tiny_env: dict[str, str],
+    rock_short: Path,
+    tmp_path: Path,
+    worker_factory: list[WorkerProcess],
+) -> None:
+    """The model is the request's, resolved where it was made: a worker that cannot load it,
+    or whose copy does not separate the stems asked for, says so; it never runs another
+    model instead (it used to put its own six-stem model in for any guitar or piano)."""
+    # PyTorch runs the toy models at once; OpenVINO would first convert each of them.
+    worker = WorkerProcess(tiny_env | {"STEMBOT_ENGINE_BACKEND": "torch"}, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    board = await Board.connect(Settings(redis_url=redis_url))
+    try:
+        ref = await board.jobs.store_input(rock_short.read_bytes(), "song.flac")
+        requester = Requester(platform="test", chat_id="1", user_id="1")
+        outcomes = []
+        for stems, model in (("guitar", "mystery_6s"), ("guitar", "htdemucs"), ("guitar", "htdemucs_6s")):
+            request = SeparationRequest(input=ref, stems=parse_stems(stems), model=model, requester=requester)
+            result = await board.jobs.wait_result((await board.jobs.submit(request)).job_id, timeout_s=120)
+            outcomes.append((result.status, result.model, result.error.message if result.error else None))
+    finally:
+        await board.close()
+    assert outcomes == [
+        ("failed", "mystery_6s", "The model mystery_6s is not available on this bot."),
+        ("failed", "htdemucs", "The model htdemucs does not separate guitar."),
+        ("done", "htdemucs_6s", None),
+    ]
 
 
 @pytest.mark.parametrize(("models", "six"), [(["htdemucs"], False), (["htdemucs", "htdemucs_6s"], True)])

@@ -17,7 +17,7 @@ import redis
 from core.board import Board
 from core.board.jobs import JobQueue
 from core.jobs import JobResult, Requester, SeparationRequest
-from core.render import RenderOptions
+from core.render import RenderOptions, rubberband
 from core.settings import Settings
 from core.sources import entry_key
 from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
@@ -104,6 +104,21 @@ def test_key_and_tempo(real_worker: WorkerProcess, redis_url: str, tone: Path, t
     assert abs(ratio - 1.25) <= 0.0125, ratio
     assert "key \u22122" in lower.name or "key-2" in lower.name
     assert _stats(redis_url)["model_runs"] == 1
+
+
+@pytest.mark.parametrize("keep_formants", [False, True])
+def test_a_key_change_holds_a_note_steady(tone: Path, tmp_path: Path, keep_formants: bool) -> None:
+    """The renders' rubberband filter on a 440 Hz tone at key −2: every 0.19 s stretch peaks at
+    392 ± 1.5 Hz. Rubberband's default (crisp) transients made it warble from 387 to 396 Hz."""
+    lower = tmp_path / "lower.wav"
+    ffmpeg("-i", str(tone), "-af", str(rubberband(RenderOptions(key=-2), keep_formants)), str(lower))
+    mono = read_audio(lower).mean(0)
+    n = 8192
+    peaks = [
+        float(np.argmax(np.abs(np.fft.rfft(mono[i : i + n] * np.hanning(n), 8 * n)))) * RATE / (8 * n)
+        for i in range(n, mono.size - 2 * n, n)
+    ]
+    assert max(abs(peak - 392.0) for peak in peaks) <= 1.5, peaks
 
 
 @pytest.fixture(scope="module")

@@ -4,42 +4,18 @@ and large results delivered as expiring links through the Discord bot and a real
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import simcord
-from moto.server import ThreadedMotoServer
 
 from bots.discord import create_bot
 from core.artifacts import ArtifactMissing, S3ArtifactStore
 from core.settings import Settings
-from testkit import WorkerProcess, drive, free_port, read_audio
+from testkit import WorkerProcess, drive, read_audio, s3_settings
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def s3_settings(s3_url: str, **more: object) -> dict[str, object]:
-    bucket = f"b{time.time_ns()}"  # a bucket per test: nothing leaks between them
-    return {
-        "artifact_store": "s3",
-        "s3_endpoint_url": s3_url,
-        "s3_bucket": bucket,
-        "s3_access_key_id": "test",
-        "s3_secret_access_key": "test",
-        **more,
-    }
 
 
 async def test_the_sources_cap_holds_in_a_bucket_by_the_one_index(s3_url: str, redis_url: str, tmp_path: Path) -> None:

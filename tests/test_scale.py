@@ -4,6 +4,7 @@ work in both bots while the jobs it accepted complete."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,29 @@ async def test_benchmark_engine_separates_without_torch(
     worker.stop()
     assert "benchmark engine" in worker.log()
     assert "torch not loaded" in worker.log()
+
+
+async def test_a_worker_takes_the_next_job_when_one_ends_not_at_its_next_poll(
+    redis_url: str, work_tmp: Path, tmp_path: Path, rock_short: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    """One slot, four queued jobs, a 5 s poll: each job starts as the one before it ends
+    (core.board.arqueue wakes the worker then), so the three gaps are nowhere near the
+    2.5 s a poll would leave each on average."""
+    board = await Board.connect(Settings(redis_url=redis_url))
+    queue = board.jobs
+    try:
+        ref = await queue.store_input(rock_short.read_bytes(), "rock.flac")
+        jobs = [(await queue.submit(request(ref, stems))).job_id for stems in ("vocals", "drums", "bass", "other")]
+        env = bench_env(redis_url, work_tmp, STEMBOT_WORKER_POLL_S="5")
+        worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
+        for job_id in jobs:
+            assert (await queue.wait_result(job_id, timeout_s=120)).status == "done"
+        times = [await queue.times(job_id) for job_id in jobs]
+        spans = sorted((t.started, t.finished) for t in times if t is not None)
+        gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(spans)]
+        assert len(gaps) == 3 and sum(gaps) < 3.0, gaps
+    finally:
+        await board.close()
 
 
 async def test_evicted_result_is_recomputed_and_a_queued_input_is_kept(

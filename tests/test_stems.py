@@ -97,3 +97,36 @@ def test_every_combination_at_once_is_refused() -> None:
     with pytest.raises(InvalidStemSpec) as err:
         parse_stems(" ".join([*combos, "karaoke"]))
     assert "at most 8" in err.value.user_message and len(err.value.user_message) < 300
+
+
+@pytest.mark.parametrize(("text", "expected", "six"), CASES)
+def test_a_request_carries_the_parsed_selection_and_sends_its_spec(
+    text: str | None, expected: list[tuple[str, frozenset[str]]], six: bool
+) -> None:
+    """Parsed once where the user typed it: the request holds the selection; arq's payload
+    and Redis records hold its canonical spec, which reads back to the same selection."""
+    import hashlib
+
+    from core.jobs import InputRef, SeparationRequest
+
+    ref = InputRef(artifact_key="input:x", sha256="ab" * 32, filename="song.flac", size_bytes=1)
+    request = SeparationRequest(input=ref, stems=parse_stems(text), model="htdemucs")
+    payload = request.model_dump(mode="json")
+    spec = " ".join(name for name, _ in expected)
+    assert payload["stems"] == spec
+    back = SeparationRequest.model_validate(payload)
+    assert [(o.name, o.sources) for o in back.stems.outputs] == expected and back.stems.six_stems is six
+    # The job id is what it was when the request carried the spec as text: results already
+    # stored under it are found again.
+    key = "|".join(["ab" * 32, "htdemucs", spec, "mp3", "None", "16"])
+    assert back.content_key() == "sep-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def test_a_payload_with_a_bad_spec_is_refused_saying_why() -> None:
+    from pydantic import ValidationError
+
+    from core.jobs import SeparationRequest
+
+    ref = {"artifact_key": "input:x", "sha256": "ab", "filename": "song.flac", "size_bytes": 1}
+    with pytest.raises(ValidationError, match='Unknown stem "vocalz"'):
+        SeparationRequest.model_validate({"input": ref, "stems": "vocalz", "model": "htdemucs"})

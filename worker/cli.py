@@ -15,12 +15,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.audio import OutputFormat, inspect
-from core.cli import Command, add_job_options, obtain_input, writable_dir
+from core.cli import Command, add_job_options, job_options, obtain_input, writable_dir
 from core.errors import ModelUnavailable
 from core.ffmpeg import Sandbox
 from core.jobs import Stage, model_for
 from core.naming import song_name
-from core.render import make_options
 from core.settings import Settings
 from core.stems import parse_stems
 
@@ -46,7 +45,7 @@ class StageBar:
 
 def separate(args: argparse.Namespace, settings: Settings) -> int:
     selection = parse_stems(args.stems)
-    options = make_options(args.key, args.tempo, args.start, args.end)
+    options = job_options(args)
     fmt = OutputFormat(args.format or settings.default_format, args.bitrate, args.bit_depth)
     model = model_for(selection, args.model or settings.model, settings.six_stem_model)
     writable_dir(args.output)

@@ -15,7 +15,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -45,6 +45,7 @@ from core.render import (
     check_section,
     file_label,
     label,
+    resolve,
     rubberband,
 )
 from core.settings import Settings
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's work
     from worker.windowed import WindowedSeparator
 
 Reporter = Callable[[Stage, float], None]
+Tap = Callable[[np.ndarray], None]  # takes (sources, channels, n) blocks of a separation as they come
 InstrumentalMethod = Literal["subtract", "sum"]
 # Measured on the shared multitrack clips (README, "Karaoke"): subtracting the separated
 # vocals from the mixture keeps more of the accompaniment than summing the other stems.
@@ -231,7 +233,8 @@ class Renderer:
             for o in spec.selection.outputs
         ]  # fmt: skip
         album = title or spec.song
-        sandbox = _encoder_sandbox(settings, spec.options, None if end is None else last - first)
+        frames = None if end is None else (last - first) * spec.options.repeats
+        sandbox = _encoder_sandbox(settings, spec.options, frames)
         self.writers: list[ParallelWriter] = []
         try:
             for f in self.files:
@@ -324,19 +327,25 @@ def separate_sources(
     report: Reporter | None = None,
     should_stop: StopFn | None = None,
     timings: dict[str, float] | None = None,
+    tap: Tap | None = None,
 ) -> Separation:
     """Separate `input_path` (only the request's section and some context, if it has one),
     writing the files `render` asks for as the model's output comes, and every source
-    losslessly into `keep_in` (24-bit WAV or FLAC: the sources cache's entry).
+    losslessly into `keep_in` (24-bit WAV or FLAC: the sources cache's entry); `tap` gets
+    every block of sources too (the key and tempo detector's, `worker.detect.FactsTap`).
 
     `timings` gets `decode`, `separate` (the encoders run meanwhile) and `encode` (what
     the encoders take after the model is done).
     """
     timings = {} if timings is None else timings
     options = render.options if render else RenderOptions()
+    if options.renders_later:  # a target needs the facts of the sources, a loop reads them again
+        raise ValueError("render a key or BPM target, or a loop, from the kept sources after the separation")
     if _is_windowed(separator):
         windowed = cast("WindowedSeparator", separator)
-        return _stream_sources(input_path, windowed, settings, options, render, keep_in, report, should_stop, timings)
+        return _stream_sources(
+            input_path, windowed, settings, options, render, keep_in, report, should_stop, timings, tap
+        )
     say: Reporter = report or (lambda stage, pct: None)
     window = separation_window(options)
     sandbox = Sandbox.from_settings(settings)
@@ -349,7 +358,8 @@ def separate_sources(
     frames = wav.shape[-1]
     t1 = time.perf_counter()
     # The outputs first: a section the song cannot hold is refused before the model runs.
-    with _Outputs(separator.sources, render, keep_in, settings, (window[0], window[0] + frames), info) as outputs:
+    covered = (window[0], window[0] + frames)
+    with _Outputs(separator.sources, render, keep_in, settings, covered, info, tap) as outputs:
         say(Stage.separating, 0.0)
         sources = separator.separate(wav, progress=lambda f: say(Stage.separating, 100.0 * f), should_stop=should_stop)
         t2 = time.perf_counter()
@@ -373,8 +383,10 @@ class _Outputs:
         settings: Settings,
         covered: tuple[int, int | None],
         info: AudioInfo,
+        tap: Tap | None = None,
     ) -> None:
         self.names = list(names)
+        self.tap = tap
         self.position = covered[0]
         self.writers: dict[str, ParallelWriter] = {}
         self.renderer: Renderer | None = None
@@ -398,6 +410,8 @@ class _Outputs:
         # Kept sources are stored clipped (24-bit PCM holds ±1): the files made now are made from
         # the same samples, so a later render from the cache gives what this one gives.
         np.clip(sources, -1.0, 1.0, out=sources)
+        if self.tap is not None:
+            self.tap(sources)
         named = dict(zip(self.names, sources, strict=True))
         for name, writer in self.writers.items():
             writer.put(functools.partial(np.asarray, named[name]))
@@ -438,6 +452,7 @@ def _stream_sources(
     report: Reporter | None,
     should_stop: StopFn | None,
     timings: dict[str, float],
+    tap: Tap | None = None,
 ) -> Separation:
     """`separate_sources` in bounded memory: decode once, then separate and encode block by block.
 
@@ -457,7 +472,7 @@ def _stream_sources(
         # A whole song's encoders need not know its length: they start while it decodes,
         # on the core the decoder leaves idle. A section's are named after where it ends.
         outputs = (
-            stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, (0, None), info))
+            stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, (0, None), info, tap))
             if whole
             else None
         )
@@ -473,7 +488,7 @@ def _stream_sources(
         t1 = time.perf_counter()
         if outputs is None:
             covered = (window[0], window[0] + stats.frames)
-            outputs = stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, covered, info))
+            outputs = stack.enter_context(_Outputs(separator.sources, render, keep_in, settings, covered, info, tap))
         blocks = stack.enter_context(contextlib.closing(read_raw(raw, start, stop)))
         say(Stage.separating, 0.0)
         separator.separate_stream(
@@ -542,33 +557,39 @@ def render_files(
 
     `mixture_path` (the input) is needed for karaoke and guide, which subtract the vocals
     from the song itself; it is decoded the same way as for the separation, so it lines up.
+    A loop (`repeats`) reads its section again for each time round, the same samples each
+    time, into the same encoders: one file, the section N times over, sample for sample.
     """
     say: Reporter = report or (lambda stage, pct: None)
     if uses_mixture(spec.selection, spec.options) and mixture_path is None:
         raise ValueError("karaoke needs the mixture")
+    if spec.options.has_targets:
+        raise ValueError("key and BPM targets are resolved against the song's facts before rendering")
     sandbox = Sandbox.from_settings(settings)
     covered = (sources.offset, sources.offset + sources.frames)
     renderer = Renderer(spec, settings, covered, sources.title, sources.artist)
     wanted = needed_sources(spec.selection)
+    total = max(renderer.frames * spec.options.repeats, 1)
     try:
-        with contextlib.ExitStack() as stack:
-            cut = (renderer.first - sources.offset, renderer.last - sources.offset)
-            names = [n for n in sources.paths if n in wanted]
-            if set(names) != wanted:
-                raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
-            streams = [stack.enter_context(_kept(sources.paths[n], *cut)) for n in names]
-            if renderer.needs_mixture and mixture_path is not None:
-                mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
-                streams.append(stack.enter_context(mixed))
-            position = renderer.first
-            say(Stage.encoding, 0.0)
-            for blocks in zip(*streams, strict=True):
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                mixture = blocks[-1] if renderer.needs_mixture else None
-                renderer.feed(position, dict(zip(names, blocks, strict=False)), mixture)
-                position += blocks[0].shape[-1]
-                say(Stage.encoding, 100.0 * (position - renderer.first) / max(renderer.frames, 1))
+        names = [n for n in sources.paths if n in wanted]
+        if set(names) != wanted:
+            raise ValueError(f"the kept sources lack {sorted(wanted - set(names))}")
+        say(Stage.encoding, 0.0)
+        for _ in range(spec.options.repeats):
+            with contextlib.ExitStack() as stack:
+                cut = (renderer.first - sources.offset, renderer.last - sources.offset)
+                streams = [stack.enter_context(_kept(sources.paths[n], *cut)) for n in names]
+                if renderer.needs_mixture and mixture_path is not None:
+                    mixed = _decoded(mixture_path, settings, sandbox, renderer.first, renderer.last)
+                    streams.append(stack.enter_context(mixed))
+                position = renderer.first
+                for blocks in zip(*streams, strict=True):
+                    if should_stop is not None and should_stop():
+                        raise Cancelled()
+                    mixture = blocks[-1] if renderer.needs_mixture else None
+                    renderer.feed(position, dict(zip(names, blocks, strict=False)), mixture)
+                    position += blocks[0].shape[-1]
+                    say(Stage.encoding, 100.0 * renderer.done / total)
     except BaseException:
         renderer.abort()
         raise
@@ -602,9 +623,20 @@ def separate_file(
         return outcome
     spec = RenderSpec(out_dir, song, selection, fmt, options or RenderOptions())
     timings: dict[str, float] = {}
-    done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
+    if not spec.options.renders_later:
+        done = separate_sources(input_path, separator, settings, spec, None, report, should_stop, timings)
+        files = done.files
+    else:
+        from worker.detect import FactsTap  # librosa, for a key or BPM target only
+
+        facts = FactsTap(separator.sources) if spec.options.has_targets else None
+        with job_dir() as scratch:
+            keep_in, tap = Path(scratch), None if facts is None else facts.feed
+            done = separate_sources(input_path, separator, settings, None, keep_in, report, should_stop, timings, tap)
+            rendered = replace(spec, options=resolve(spec.options, None if facts is None else facts.facts()))
+            files = render_files(done.sources, input_path, rendered, settings, report, should_stop)
     return SeparationOutcome(
-        files=done.files,
+        files=files,
         audio_seconds=done.sources.frames / SAMPLE_RATE,
         title=done.info.title or song,
         artist=done.info.artist,

@@ -13,7 +13,8 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,10 +25,14 @@ from core.audio import SAMPLE_RATE
 from core.board import SERVICE_ERRORS, Board
 from core.board.events import Event
 from core.board.sources import SourcesCache
-from core.errors import Cancelled, InternalError, StembotError, WorkerFailed
-from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact, model_for
+from core.errors import Cancelled, InternalError, ModelUnavailable, StembotError, WorkerFailed
+from core.facts import SongFacts
+from core.jobs import ErrorInfo, JobResult, Progress, SeparationRequest, Stage, StemArtifact
+from core.render import resolve
 from core.sources import SourceSet, entry_key
+from core.stems import StemSelection
 from core.uploads import output_too_large
+from worker.detect import FactsTap
 from worker.pipeline import (
     RenderSpec,
     Separation,
@@ -176,20 +181,33 @@ async def _separate(
     request: SeparationRequest,
     model: str,
     in_path: Path,
-    spec: RenderSpec,
+    spec: RenderSpec | None,
     keep_in: Path | None,
     timings: dict[str, float],
 ) -> Separation:
     """Run the model on the song (or its section), writing the requested files as it goes,
-    and every source into `keep_in` for the sources cache."""
+    and every source into `keep_in` for the sources cache; detect the song's key and tempo
+    from the model's output as it comes."""
     settings = run.settings
     # Kept sources are every source; without them a bag of specialists runs only the needed ones.
-    needed = None if keep_in is not None else needed_sources(request.selection)
+    needed = None if keep_in is not None else needed_sources(request.stems)
     separator = await run.in_thread(lambda: engine.separator(model, needed))
+    check_serves(model, request.stems, separator.sources)
+    tap = FactsTap(separator.sources)
     separation = await run.in_thread(
-        lambda: separate_sources(in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings)
+        lambda: separate_sources(
+            in_path, separator, settings, spec, keep_in, run.report, run.stop.is_set, timings, tap.feed
+        )
     )
     await run.board.events.record(Event.model_run, model)
+    started = time.monotonic()
+    try:
+        facts: SongFacts | None = await run.in_thread(tap.facts)
+    except Exception:  # a detector that fails costs the facts, never the answer
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        facts = None
+    timings["detect"] = time.monotonic() - started
+    separation.sources = replace(separation.sources, facts=facts)
     return separation
 
 
@@ -221,12 +239,13 @@ async def _whole_file(
     """The benchmark engine (worker.standin) makes the stems itself, without sources to keep."""
     settings = run.settings
     separator = await run.in_thread(lambda: engine.separator(model, None))
+    check_serves(model, request.stems, separator.sources)
     outcome = await run.in_thread(
         lambda: separate_file(
             in_path,
             out,
             NEUTRAL_SONG,
-            request.selection,
+            request.stems,
             request.output_format,
             separator,
             settings,
@@ -246,13 +265,25 @@ async def _whole_file(
     )
 
 
+def check_serves(model: str, selection: StemSelection, sources: Collection[str]) -> None:
+    """Refuse a request for stems its model does not separate: the model is the request's
+    (`SeparationRequest.model`), never swapped here for one that has them."""
+    missing = [s for s in sorted(selection.sources_needed) if s not in sources]
+    if missing:
+        raise ModelUnavailable(f"The model {model} does not separate {', '.join(missing)}.")
+
+
 async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_id: str) -> JobResult:
-    """Render from the song's cached sources when there are some; else separate first."""
+    """Render from the song's cached sources when there are some; else separate first.
+
+    A request with a key or BPM target, or a loop, is rendered from the kept sources after
+    the separation (a target needs the song's facts, detected from them; a loop reads its
+    section again for every repeat); any other request's files are made while the model runs."""
     board = run.board
     settings = board.settings
-    selection = request.selection
-    model = model_for(selection, request.model, settings.six_stem_model)
+    selection, model = request.stems, request.model
     cache = board.sources
+    later = request.options.renders_later
     started = time.monotonic()
     run.report(Stage.downloading, 0)
     with job_dir() as tmp:
@@ -260,6 +291,8 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         (work / "sources").mkdir()
         (work / "out").mkdir()
         sources = await _find_or_claim(run, cache, request, model, engine.keeps_sources, work / "sources")
+        if sources is not None:
+            check_serves(model, selection, tuple(sources.paths))
         in_path = None
         if sources is None or uses_mixture(selection, request.options):
             in_path = await _input(board, request, work / "input")
@@ -274,11 +307,25 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
             assert in_path is not None
             if not engine.keeps_sources:  # the benchmark engine makes the stems itself
                 return await _whole_file(run, engine, model, request, job_id, in_path, work / "out")
-            keep_in = work / "sources" if cache.enabled else None
-            separation = await _separate(run, engine, request, model, in_path, spec, keep_in, timings)
-            files = separation.files
+            keep_in = work / "sources" if cache.enabled or later else None
+            made_now = None if later else spec
+            separation = await _separate(run, engine, request, model, in_path, made_now, keep_in, timings)
+            sources = separation.sources
+        facts = await _facts(run, cache, sources, timings)
+        sources = replace(sources, facts=facts)
+        if separation is not None:
+            separation.sources = sources  # kept with its facts
+        options = request.options
+        if separation is None or later:
+            try:
+                options = resolve(request.options, facts)
+            except StembotError:  # out of reach (200 BPM of a 96 BPM song): the separation is still kept
+                if separation is not None and cache.enabled:
+                    await _keep_sources(run, cache, request, model, sources)
+                raise
+            files = await _render(run, sources, in_path, replace(spec, options=options), timings)
         else:
-            files = await _render(run, sources, in_path, spec, timings)
+            files = separation.files
         run.report(Stage.uploading, 0)
         stored = time.monotonic()
         stems = await _store_outputs(board, job_id, files, request.format)
@@ -297,7 +344,29 @@ async def _execute(run: JobRun, engine: Engine, request: SeparationRequest, job_
         timings=timings,
         audio_seconds=0.0 if separation is None else separation.sources.frames / SAMPLE_RATE,
         from_cache=separation is None,
+        facts=facts,
+        options=options,
     )
+
+
+async def _facts(run: JobRun, cache: SourcesCache, sources: SourceSet, timings: dict[str, float]) -> SongFacts | None:
+    """The song's key and tempo: detected during its separation, or kept with its cached
+    sources; an entry kept before detection existed has them detected from its sources now
+    (and kept with it). A detector that fails costs the facts, never the answer."""
+    if sources.facts is not None or not sources.entry:  # a fresh separation's tap had its say
+        return sources.facts
+    started = time.monotonic()
+    try:
+        from worker.detect import detect_sources  # librosa: loaded by the first job that needs it
+
+        facts = await run.in_thread(lambda: detect_sources(sources.paths))
+    except Exception:
+        log.warning("could not detect the key and tempo of %s", run.job_id, exc_info=True)
+        return None
+    timings["detect"] = time.monotonic() - started
+    with contextlib.suppress(Exception):
+        await cache.add_facts(sources.entry, facts)
+    return facts
 
 
 async def _find_or_claim(

@@ -50,7 +50,6 @@ from demucs.htdemucs import HTDemucs
 from torch import nn
 
 from core.errors import Cancelled
-from core.settings import Settings
 from worker.batcher import Batcher
 from worker.compiled import OpenVinoHTDemucs, Precision
 from worker.network import fuse_attention
@@ -113,7 +112,7 @@ def prepare(
     backend: Backend,
     precision: Precision,
     fused: bool,
-    cache_dir: Path,
+    cache_dir: Path | None,
     compile_mode: CompileMode = None,
     batch: int = 1,
     compiler: Compiler | None = None,
@@ -123,7 +122,8 @@ def prepare(
     `compile_mode` (PyTorch backend): torch.compile the network for batches of exactly
     `batch` windows at `precision` (`compiler`, by default `worker.inductor.compile_network`),
     in the background: the module runs eager until the compiled network is ready, and stays
-    eager (logged) if compiling fails.
+    eager (logged) if compiling fails. What OpenVINO and torch.compile build is kept in
+    `cache_dir`, which they need (None will do for plain PyTorch).
     """
     compiling = backend == "torch" and compile_mode is not None
     key: _PreparedKey = (
@@ -138,15 +138,21 @@ def prepare(
         if backend == "torch" and compile_mode is not None:
             from worker.inductor import Handover, compile_network  # torch.compile's import is slow; GPUs only
 
-            eager = prepare(model, "torch", "fp32", fused, cache_dir)
-            build = compiler or compile_network
-            done[key] = Handover(eager, lambda: build(eager, precision, batch, cache_dir, compile_mode))
+            eager = prepare(model, "torch", "fp32", fused, None)
+            build, cache = compiler or compile_network, _needed(cache_dir)
+            done[key] = Handover(eager, lambda: build(eager, precision, batch, cache, compile_mode))
         else:
             # copy.copy: a shell sharing the weights, so no value refers back to its weak key
             shell = copy.copy(model)
-            ready = _compiled(shell, precision, fused, cache_dir) if backend == "openvino" else None
+            ready = _compiled(shell, precision, fused, _needed(cache_dir)) if backend == "openvino" else None
             done[key] = ready if ready is not None else (fuse_attention(model) if fused else shell).eval()
     return done[key]
+
+
+def _needed(cache_dir: Path | None) -> Path:
+    if cache_dir is None:
+        raise ValueError("the OpenVINO backend and torch.compile keep what they build in a cache_dir: pass one")
+    return cache_dir
 
 
 def _compiled(model: nn.Module, precision: Precision, fused: bool, cache_dir: Path) -> nn.Module | None:
@@ -167,7 +173,12 @@ def _blocks_from(wav: np.ndarray, size: int = 44100 * 10) -> Iterator[np.ndarray
 
 
 class WindowedSeparator:
-    """HTDemucs (or a bag of them) over planned windows; one clear entry object per model."""
+    """HTDemucs (or a bag of them) over planned windows; one clear entry object per model.
+
+    It reads no settings: every option is an argument (the worker's `worker.engine` passes
+    them from `Settings`). `cache_dir` is where OpenVINO and torch.compile keep what they
+    build, so those need one; plain PyTorch does not.
+    """
 
     def __init__(
         self,
@@ -206,16 +217,17 @@ class WindowedSeparator:
         members = [(m, w) for m, w in zip(model.models, model.weights, strict=True) if any(w[i] for i in wanted)]
         if backend == "openvino" and device.type != "cpu":
             raise ValueError("the OpenVINO backend runs on the CPU")
-        cache = cache_dir or Settings().engine_cache_dir
         compile_mode = compile_mode if backend == "torch" else None
+        if backend == "openvino" or compile_mode is not None:
+            _needed(cache_dir)  # before any model is prepared
         self.models = [
-            prepare(m.to(device), backend, precision, fused_attention, cache, compile_mode, batch_size, compiler)
+            prepare(m.to(device), backend, precision, fused_attention, cache_dir, compile_mode, batch_size, compiler)
             for m, _ in members
         ]
         # A reduced-precision PyTorch batch that comes out not finite runs again through these,
         # in fp32. OpenVINO has no such rerun: no PyTorch copy of the weights (170 MB) is kept.
         self.fp32_models = (
-            [prepare(m, "torch", "fp32", fused_attention, cache) for m, _ in members]
+            [prepare(m, "torch", "fp32", fused_attention, None) for m, _ in members]
             if backend == "torch"
             else self.models
         )

@@ -26,7 +26,7 @@ from core.commands import parse_split
 from core.desk import SOMETHING_WRONG
 from core.errors import StembotError
 from core.render import RenderOptions, make_options
-from core.stems import StemSelection, parse_stems
+from core.stems import DEFAULT, KARAOKE, StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 FORMAT_CHOICES = [app_commands.Choice(name=f.upper(), value=f) for f in texts.FORMATS]
@@ -86,9 +86,9 @@ async def _begin(
 @app_commands.describe(
     file="the song (audio or video)",
     url="a link to the song instead of a file",
-    stems="vocals, karaoke, guide, drums, bass, other, all, 6, combos (drums+bass), a section (1:10-2:30)",
+    stems="vocals, karaoke, guide, drums, bass, other, all, 6, drums+bass, 1:10-2:30, key=C, 100bpm, loop x4",
     format="file format of the stems",
-    key="transpose by semitones, -12 to +12",
+    key="transpose by semitones, -12 to +12 (to a key: key=C in stems)",
     tempo="speed in percent, 50 to 150",
     private="only you see the result",
 )
@@ -109,9 +109,15 @@ async def split(
         return
     try:
         command = parse_split(f"{stems or ''} {url or ''}")
-        typed = command.options
+        typed = command.options  # `key=C`, `tempo=100bpm`, `loop … x4` come as words in stems
         options = make_options(
-            typed.key if key is None else key, typed.tempo if tempo is None else tempo, typed.start_s, typed.end_s
+            typed.key if key is None else key,
+            typed.tempo if tempo is None else tempo,
+            typed.start_s,
+            typed.end_s,
+            key_target=typed.key_target if key is None else None,
+            tempo_bpm=typed.tempo_bpm if tempo is None else None,
+            repeats=typed.repeats,
         )
     except StembotError as exc:
         await _refuse(interaction, exc.user_message)
@@ -121,7 +127,7 @@ async def split(
         await _refuse(interaction, texts.NO_SONG)
         return
     fmt = format.value if format else command.format
-    await _begin(interaction, source, command.selection or parse_stems(None), fmt, private, options)
+    await _begin(interaction, source, command.selection or DEFAULT, fmt, private, options)
 
 
 @split.autocomplete("stems")
@@ -151,7 +157,7 @@ async def _message_song(interaction: discord.Interaction, message: discord.Messa
 async def karaoke(interaction: discord.Interaction, message: discord.Message) -> None:
     source = await _message_song(interaction, message)
     if source is not None:
-        await _begin(interaction, source, parse_stems("karaoke"), None, False)
+        await _begin(interaction, source, KARAOKE, None, False)
 
 
 class StemPicker(discord.ui.View):

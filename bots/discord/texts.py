@@ -9,11 +9,16 @@ HELP_TEMPLATE = """\
 `/split … stems:drums+bass` — one file with drums and bass mixed
 `/split … stems:guide` — karaoke with the vocals mixed back quietly, to sing along
 `/split … key:-2 tempo:80` — two semitones down, at 80 % speed (or `stems:karaoke key-2 tempo80`)
+`/split … stems:karaoke key=C tempo=100bpm` — in C, at 100 BPM (from the song's detected key and tempo)
 `/split … stems:vocals 1:10-2:30` — only that part of the song
+`/split … stems:drums loop 1:10-1:30 x4` — that part four times over, in one file, to practise with
 `/split … private:True` — only you see the result
 
 Under every result, **Key −1 · Key +1 · Tempo −10 % · Tempo +10 % · Original** render it
-again in seconds, stepping from that result, without separating it again.{mixer}
+again in seconds, stepping from that result, without separating it again.{mixer} Every result
+says the song's key and BPM. A key target goes the shorter way round and keeps the song's mode:
+`key=C` on a song in A minor keeps A minor (C major's relative). `tempo=…bpm` reaches 50 to
+150 % of the song's tempo; `loop` repeats a section 2 to 16 times (`x4` if no count is given).
 
 Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**,
 or send me the song in a DM and pick the stems. **Cancel** under a song's status stops it.

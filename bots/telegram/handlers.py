@@ -23,7 +23,7 @@ from core.stems import StemSelection, parse_stems
 
 log = logging.getLogger(__name__)
 COMMANDS = [
-    BotCommand("split", "split a song: /split vocals, /split karaoke key-2 tempo80, /split drums 1:10-2:30"),
+    BotCommand("split", "split a song: /split vocals, /split karaoke key=C tempo=100bpm, /split drums loop 1:10-1:30"),
     BotCommand("settings", "your default stems and format"),
     BotCommand("status", "your jobs and the queue"),
     BotCommand("cancel", "stop your running jobs"),

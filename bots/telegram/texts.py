@@ -1,5 +1,8 @@
 """What the Telegram bot says."""
 
+# A tap on another's keyboard gets core's words for a tap on another's follow-ups.
+from core.desk import NOT_YOURS as NOT_YOURS
+
 HELP_TEMPLATE = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.
 
@@ -12,12 +15,18 @@ Anywhere, also in groups: reply to a message with audio with
 /split all — drums, bass, other, vocals
 /split guide — karaoke with the vocals mixed back quietly, to sing along
 /split karaoke key-2 tempo80 — two semitones down, at 80 % speed
+/split karaoke key=C tempo=100bpm — in C, at 100 BPM (from the song's detected key and tempo)
 /split vocals 1:10-2:30 — only that part of the song
+/split drums loop 1:10-1:30 x4 — that part four times over, in one file, to practise with
 /split vocals https://example.com/song.mp3 — from a link (direct audio links, YouTube, SoundCloud, Bandcamp, Vimeo…)
 
 Stems: {stems} (at most 8 files at once).
 Formats: mp3 (default), flac, wav, m4a, opus.
-Key: key-12 … key+12 semitones. Tempo: tempo50 … tempo150 (percent). Section: m:ss-m:ss or seconds.
+Key: key-12 … key+12 semitones, or a key: key=C, key=Am, key=F#, key=Bb (the shorter way
+round; a song keeps its mode, so key=C on a song in A minor keeps A minor, C major's
+relative, and key=Am on a song in C major keeps C major). Tempo: tempo50 … tempo150
+(percent), or tempo=100bpm (50 … 150 % of the song's tempo). Section: m:ss-m:ss or seconds;
+loop … x2 to x16 repeats it (loop alone: x4). Every result says the song's key and BPM.
 After the files come, the buttons with the result (Key −1 · Key +1 · Tempo −10 % ·
 Tempo +10 % · Original) render the song again in seconds, stepping from that result,
 without separating it again.{mixer}
@@ -53,7 +62,6 @@ WHAT_TO_SEND = (
 )
 NOT_A_SONG = "{name} doesn't look like a song. Send an audio file, a voice note, a video or a link; /help shows how."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I do."
-NOT_YOURS = "These buttons belong to the person who asked. Send the song yourself to use them."
 RESTARTED = "⚠️ I was restarted while getting your song. Please send it again."
 MIX_START = "mix_"  # /start payload of a group's Mixer link: mix_<studio song id>
 MIXER_OPEN = "🎛 {song}: open the mixer."

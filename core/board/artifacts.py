@@ -89,19 +89,17 @@ redis.call('SET', KEYS[4], total)
 return evicted
 """
 
-# Forget artifacts (KEYS: index, sizes, group bytes, total; ARGV: data prefix, members
-# prefix, then each key and its group): their data and their books; a group left empty goes.
-# `only_gone` ('1' in ARGV[3]): only those whose data no longer exists (a sweep).
-_FORGET = """
-local data_prefix, members, only_gone = ARGV[1], ARGV[2], ARGV[3] == '1'
+# Forget, of the artifacts named (KEYS: index, sizes, group bytes, total; ARGV: data prefix,
+# members prefix, then each key and its group), those whose data no longer exists: a sweep.
+_FORGET_GONE = """
+local data_prefix, members = ARGV[1], ARGV[2]
 local total = tonumber(redis.call('GET', KEYS[4]) or '0')
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local k, g = ARGV[i], ARGV[i + 1]
-  if not (only_gone and redis.call('EXISTS', data_prefix .. k) == 1) then
+  if redis.call('EXISTS', data_prefix .. k) == 0 then
     local size = tonumber(redis.call('HGET', KEYS[2], k) or '0')
     total = total - size
     redis.call('HDEL', KEYS[2], k)
-    redis.call('DEL', data_prefix .. k)
     redis.call('SREM', members .. g, k)
     if redis.call('SCARD', members .. g) == 0 then
       redis.call('HDEL', KEYS[3], g)
@@ -125,15 +123,16 @@ redis.call('DEL', KEYS[1])
 """
 
 
-# Bytes of live, pinned artifacts (KEYS: index, sizes; ARGV: data prefix, pin prefix,
-# members prefix). The index holds what fits in the budget, a few thousand groups at most.
+# Bytes of live, pinned artifacts (KEYS: sizes; ARGV: data prefix, pin prefix): one read of
+# the sizes, then a check per artifact. The index holds what fits in the budget, a few
+# thousand artifacts at most.
 _PINNED = """
 local total = 0
-for _, g in ipairs(redis.call('ZRANGE', KEYS[1], 0, 19999)) do
-  for _, k in ipairs(redis.call('SMEMBERS', ARGV[3] .. g)) do
-    if redis.call('EXISTS', ARGV[2] .. k) == 1 and redis.call('EXISTS', ARGV[1] .. k) == 1 then
-      total = total + tonumber(redis.call('HGET', KEYS[2], k) or '0')
-    end
+local sizes = redis.call('HGETALL', KEYS[1])
+for i = 1, #sizes, 2 do
+  local k = sizes[i]
+  if redis.call('EXISTS', ARGV[2] .. k) == 1 and redis.call('EXISTS', ARGV[1] .. k) == 1 then
+    total = total + tonumber(sizes[i + 1])
   end
 end
 return total
@@ -154,7 +153,7 @@ class ArtifactIndex:
         self._total = prefix + "artifacts:bytes"
         self._members = prefix + "artifacts:members:"
         self._account = redis.register_script(_ACCOUNT_AND_EVICT)
-        self._forget = redis.register_script(_FORGET)
+        self._forget_gone = redis.register_script(_FORGET_GONE)
         self._pinned = redis.register_script(_PINNED)
 
     @property
@@ -184,14 +183,49 @@ class ArtifactIndex:
         """`key`'s group counts as used now: it is evicted last."""
         await self._redis.zadd(self._index, {group_of(key): time.time()}, xx=True)
 
-    async def forget(self, keys: list[str], data_prefix: str, only_gone: bool = False) -> None:
+    async def forget(self, keys: list[str], data_prefix: str) -> None:
+        """Delete artifacts (their data, where it is in Redis) and their books.
+
+        Plain commands in one transaction, not a script: an undo runs right after a write
+        Redis refused for want of memory, when loading a script may be refused too."""
+        if not keys:
+            return
+        sizes = [int(s or 0) for s in await self._redis.hmget(self._sizes, keys)]  # type: ignore[misc]
+        groups: dict[str, int] = {}
+        for key, size in zip(keys, sizes, strict=True):
+            groups[group_of(key)] = groups.get(group_of(key), 0) + size
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(data_prefix + k for k in keys))
+            pipe.hdel(self._sizes, *keys)
+            for key in keys:
+                pipe.srem(self._members + group_of(key), key)
+            for group, size in groups.items():
+                pipe.hincrby(self._group_bytes, group, -size)
+            pipe.decrby(self._total, sum(sizes))
+            await pipe.execute()
+        await self._drop_empty(list(groups))
+
+    async def _drop_empty(self, groups: list[str]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.scard(self._members + group)
+            counts = await pipe.execute()
+        empty = [g for g, n in zip(groups, counts, strict=True) if not n]
+        if empty:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._index, *empty)
+                pipe.hdel(self._group_bytes, *empty)
+                await pipe.execute()
+
+    async def forget_gone(self, data_prefix: str) -> None:
+        """Drop from the books the artifacts whose data expired or was deleted."""
+        keys = await self.all_keys()
         if keys:
             pairs = [part for key in keys for part in (key, group_of(key))]
-            await self._forget(keys=self._books, args=[data_prefix, self._members, "1" if only_gone else "0", *pairs])
+            await self._forget_gone(keys=self._books, args=[data_prefix, self._members, *pairs])
 
     async def pinned_bytes(self, data_prefix: str, pin_prefix: str) -> int:
-        args = [data_prefix, pin_prefix, self._members]
-        return int(await self._pinned(keys=[self._index, self._sizes], args=args))
+        return int(await self._pinned(keys=[self._sizes], args=[data_prefix, pin_prefix]))
 
     async def groups(self, prefix: str = "") -> list[str]:
         """The groups whose names start with `prefix`, used longest ago first."""
@@ -315,7 +349,7 @@ class RedisArtifactStore:
 
         Returns how many live artifacts were evicted.
         """
-        await self.index.forget(await self.index.all_keys(), self._prefix, only_gone=True)
+        await self.index.forget_gone(self._prefix)
         return await self._account("", -1)
 
     async def stored_bytes(self) -> int:

@@ -30,6 +30,7 @@ class Gate:
         )
         self._user_rate = parse(settings.user_rate)
         self._chat_rate = parse(settings.chat_rate)
+        self._render_rate = parse(settings.render_rate)
 
     def is_admin(self, user_key: str) -> bool:
         return user_key in self.settings.admin_keys
@@ -54,6 +55,15 @@ class Gate:
             raise RateLimited("You're sending requests too fast. Wait a minute and try again.")
         if not await self._limiter.hit(self._chat_rate, "chat", chat_key):
             raise RateLimited("This chat is sending requests too fast. Wait a minute and try again.")
+
+    async def check_render_rate(self, user_key: str) -> None:
+        """A render from cached sources (a follow-up button): no model runs, so the limits above
+        do not apply (a musician stepping through tempi is not flooding), but this wider one
+        does, so that a script cannot keep the encoders busy."""
+        if self.is_admin(user_key):
+            return
+        if not await self._limiter.hit(self._render_rate, "render", user_key):
+            raise RateLimited("You're asking for renders too fast. Wait a minute and try again.")
 
     async def ban(self, user_key: str) -> bool:
         await self._redis.sadd(self._bans, user_key)  # type: ignore[misc]

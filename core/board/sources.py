@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from core.artifacts import ArtifactMissing, ArtifactStore
 from core.board.artifacts import ArtifactIndex
 from core.errors import StorageFull
+from core.facts import SongFacts
 from core.settings import Settings
 from core.sources import Manifest, SourceSet, entry_key
 
@@ -101,7 +102,24 @@ class SourcesCache:
         for name in manifest.sources:
             await self.store.touch(manifest.source_key(key, name), self.ttl_s)
         await self.store.touch(key, self.ttl_s)
-        return SourceSet(paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist)
+        return SourceSet(
+            paths, manifest.offset, manifest.frames, manifest.whole, manifest.title, manifest.artist,
+            facts=manifest.facts, entry=key,
+        )  # fmt: skip
+
+    async def add_facts(self, key: str, facts: SongFacts) -> None:
+        """Keep `facts` in an entry kept before they were detected (a no-op once it is gone)."""
+        try:
+            manifest = Manifest.model_validate_json(await self.store.get(key))
+        except ArtifactMissing:
+            return
+        updated = manifest.model_copy(update={"facts": facts})
+        await self.store.put(key, updated.model_dump_json().encode(), self.ttl_s)
+
+    async def facts(self, sha256: str, model: str) -> SongFacts | None:
+        """The facts kept with a song's whole sources, for a frontend to show (None: not kept)."""
+        found = await self.find(sha256, model, (0, None))
+        return None if found is None else found[1].facts
 
     async def put(self, key: str, sources: SourceSet) -> bool:
         """Keep `sources` under `key` (manifest last, so a half-written entry is never found),
@@ -126,6 +144,7 @@ class SourcesCache:
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
                 size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),
+                facts=sources.facts,
             )  # fmt: skip
             await self.store.put(key, manifest.model_dump_json().encode(), self.ttl_s)
         except BaseException:  # a half-kept entry (the store full, say) is not left to expire
