@@ -202,3 +202,29 @@ def test_levels_mix_the_stems_and_give_the_rest_of_the_song_to_other() -> None:
         0.5 * stems["drums"] + stems["bass"] + 2 * (stems["other"] + residual),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "private", "drawn"),
+    [
+        (
+            "https://studio.example.org/s/t",
+            True,
+            {"text": "🎛 Mixer", "web_app": {"url": "https://studio.example.org/s/t"}},
+        ),
+        (
+            "https://studio.example.org/s/t",
+            False,
+            {"text": "🎛 Mixer", "url": "https://t.me/stembot_bot?start=mix_SONGID12"},
+        ),
+        ("http://studio.example.org/s/t", True, None),  # Telegram refuses a message with an http Web App
+    ],
+)
+def test_the_telegram_mixer_button(url: str, private: bool, drawn: dict[str, object] | None) -> None:
+    from bots.telegram.frontend import markup
+    from core.frontend import MIXER, Button
+
+    buttons = [Button("Key +1", "again", "d1", "key+1"), Button(MIXER, "studio", "d1", change="SONGID12", url=url)]
+    rows = markup(buttons, private, "stembot_bot").to_dict()["inline_keyboard"]  # type: ignore[union-attr]
+    assert rows[0] == [{"text": "Key +1", "callback_data": "again|d1|key+1"}]
+    assert rows[1:] == ([[drawn]] if drawn else [])

@@ -35,7 +35,8 @@ def markup(buttons: Sequence[Button], private: bool = True, bot_username: str = 
 
     The studio's button is a Web App in a private chat (`private`). A group allows no Web App
     buttons, and anyone there may tap: its button is a link into the bot's private chat
-    (`t.me/<bot>?start=mix_<id>`), whose /start opens the studio for the requester only."""
+    (`t.me/<bot>?start=mix_<id>`), whose /start opens the studio for the requester only.
+    A studio not served over https gets no button: Telegram would refuse the whole message."""
     rows = [
         [
             InlineKeyboardButton(b.label, callback_data=callbacks.callback_data(b))
@@ -44,7 +45,7 @@ def markup(buttons: Sequence[Button], private: bool = True, bot_username: str = 
         ]
     ]
     for b in buttons:
-        if b.action != "studio":
+        if b.action != "studio" or not b.url.startswith("https://"):  # Telegram opens Web Apps over https only
             continue
         if private:
             rows.append([InlineKeyboardButton(b.label, web_app=WebAppInfo(b.url))])

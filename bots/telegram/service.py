@@ -135,7 +135,8 @@ class TelegramService:
         """/start mix_<id> from a group's Mixer link: the Web App button, for the requester only.
         A mix they send from it comes to this private chat, not to the group."""
         studio = self.desk.board.studio
-        song = await studio.get(song_id) if self.settings.studio_enabled and SONG_ID.fullmatch(song_id) else None
+        served = self.settings.studio_enabled and (self.settings.web_url or "").startswith("https://")
+        song = await studio.get(song_id) if served and SONG_ID.fullmatch(song_id) else None
         if song is None:
             return texts.MIXER_GONE, None
         if (song.platform, song.user_id) != ("telegram", str(user_id)):
