@@ -222,7 +222,7 @@ def test_levels_mix_the_stems_and_give_the_rest_of_the_song_to_other() -> None:
 )
 def test_the_telegram_mixer_button(url: str, private: bool, drawn: dict[str, object] | None) -> None:
     from bots.telegram.frontend import markup
-    from core.frontend import MIXER, Button
+    from core.desk.frontend import MIXER, Button
 
     buttons = [Button("Key +1", "again", "d1", "key+1"), Button(MIXER, "studio", "d1", change="SONGID12", url=url)]
     rows = markup(buttons, private, "stembot_bot").to_dict()["inline_keyboard"]  # type: ignore[union-attr]
