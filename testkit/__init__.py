@@ -248,6 +248,34 @@ def raw_redis(url: str) -> redis.asyncio.Redis:
     return client
 
 
+def stats_totals(url: str, prefix: str = "stembot:") -> dict[str, float]:
+    """The `/stats` day counters summed over every day in the (per-test) db: a test that
+    runs across midnight UTC books its events on two days, and reading only today's hash
+    made such a test fail once a day."""
+    client = redis.Redis.from_url(url)
+    totals: dict[str, float] = {}
+    try:
+        for key in client.scan_iter(match=f"{prefix}stats:[0-9]*"):
+            if not key.rsplit(b":", 1)[-1].isdigit():
+                continue  # not a day's hash (another key of the stats family)
+            for field, value in cast(dict[bytes, bytes], client.hgetall(key)).items():
+                totals[field.decode()] = totals.get(field.decode(), 0.0) + float(value)
+    finally:
+        client.close()
+    return totals
+
+
+def usage_total(url: str, user: str, prefix: str = "stembot:") -> float:
+    """A user's audio seconds charged, summed over every day in the db (see `stats_totals`)."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [k for k in client.scan_iter(match=f"{prefix}usage:[0-9]*:{user}")]
+        values = [cast(bytes | None, client.get(k)) for k in keys]
+        return sum((float(v) for v in values if v is not None), 0.0)
+    finally:
+        client.close()
+
+
 def fill(url: str, ratio: float) -> None:
     """Fill Redis with unrelated bytes up to `ratio` of its maxmemory."""
     chunk = 256 * 1024

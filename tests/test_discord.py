@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bots.discord import create_bot
 from core.settings import Settings
-from testkit import ROCK, WorkerProcess, drive, make_clip, read_audio
+from testkit import ROCK, WorkerProcess, drive, make_clip, read_audio, stats_totals
 from testkit.dcbot import bot_settings, discord_bot
 from testkit.sdr import sdr
 
@@ -301,9 +301,6 @@ async def test_key_tempo_and_a_follow_up_button_without_the_model(
 ) -> None:
     """`/split key:-2 tempo:80`, then "Key +1" under the result: rendered from the cached
     sources (key −1), and the model ran once."""
-    import time
-
-    import redis
 
     _, channel, alice = server_with_member(env)
     result = await alice.slash(
@@ -315,10 +312,8 @@ async def test_key_tempo_and_a_follow_up_button_without_the_model(
     more = await drive(env, lambda: files_of(again), timeout=180)
     assert [f.filename for f in more] == ["song - vocals (key \u22121, 80 %).mp3"]
     assert "rendered from the cached separation" in again.followups[0].content
-    client = redis.Redis.from_url(redis_url)
-    stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
-    client.close()
-    assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+    stats = stats_totals(redis_url)
+    assert (stats["model_runs"], stats["cached_renders"]) == (1, 1)
 
 
 @pytest.mark.parametrize(

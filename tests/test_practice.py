@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from core.domain.facts import SongFacts
 from core.domain.render import RenderOptions
 from core.domain.sources import Manifest, entry_key
 from core.settings import Settings
-from testkit import WorkerProcess, drive, read_audio, run_stembot
+from testkit import WorkerProcess, drive, read_audio, run_stembot, stats_totals
 from testkit.botapi import BotApiServer
 from testkit.music import groove
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
@@ -132,10 +131,8 @@ async def test_cached_renders_skip_the_models_rate_limit_but_keep_their_own(
         refused = await botapi.wait_for(lambda: [t for t in _texts(botapi, "editMessageText") if "too fast" in t])
         assert "renders too fast" in refused[0]
         assert len(botapi.sent("sendAudio")) == 4
-        client = redis.Redis.from_url(redis_url)
-        stats = client.hgetall(f"stembot:stats:{int(time.time() // 86400)}")
-        client.close()
-        assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 3)
+        stats = stats_totals(redis_url)
+        assert (stats["model_runs"], stats["cached_renders"]) == (1, 3)
     finally:
         await stop_bot(app)
 

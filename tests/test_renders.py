@@ -7,7 +7,6 @@ the key, tempo and section checks use the real htdemucs weights on short clips.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,10 @@ from core.domain.jobs import JobResult, Requester, SeparationRequest
 from core.domain.render import RenderOptions, rubberband
 from core.domain.sources import entry_key
 from core.settings import Settings
-from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot
+from testkit import SONGS, WorkerProcess, ffmpeg, make_clip, read_audio, run_stembot, stats_totals
 
 pytestmark = pytest.mark.timeout(600)
 RATE = 44100
-
-
-def _stats(redis_url: str) -> dict[str, float]:
-    client = redis.Redis.from_url(redis_url)
-    day = int(time.time() // 86400)
-    raw = client.hgetall(f"stembot:stats:{day}")
-    client.close()
-    return {k.decode(): float(v) for k, v in raw.items()}
 
 
 def _snr(ref: np.ndarray, est: np.ndarray) -> float:
@@ -59,7 +50,7 @@ def test_model_runs_once(
     assert "rendered from the cached separation" in said
     rhythm, said = _enqueue(rock_short, tmp_path / "c", tiny_env, "--stems", "drums+bass", "--format", "flac")
     assert "rendered from the cached separation" in said
-    stats = _stats(redis_url)
+    stats = stats_totals(redis_url)
     assert (stats["model_runs"], stats["cached_renders"]) == (1, 2)
     assert "from cached sources" in tiny_worker.log()
 
@@ -103,7 +94,7 @@ def test_key_and_tempo(real_worker: WorkerProcess, redis_url: str, tone: Path, t
     ratio = read_audio(slower).shape[-1] / read_audio(original).shape[-1]
     assert abs(ratio - 1.25) <= 0.0125, ratio
     assert "key \u22122" in lower.name or "key-2" in lower.name
-    assert _stats(redis_url)["model_runs"] == 1
+    assert stats_totals(redis_url)["model_runs"] == 1
 
 
 @pytest.mark.parametrize("keep_formants", [False, True])
@@ -171,7 +162,7 @@ async def test_section(real_worker: WorkerProcess, redis_url: str, song20: Path,
         assert await queue.store.exists(entry_key(sha, "htdemucs", (5 * RATE, 12 * RATE)))
     finally:
         await board.close()
-    assert _stats(redis_url)["model_runs"] == 2
+    assert stats_totals(redis_url)["model_runs"] == 2
 
 
 async def test_cache_is_bounded(redis_url: str, tmp_path: Path) -> None:
@@ -255,7 +246,7 @@ def test_a_partly_evicted_song_is_separated_again(
         client.close()
     _, said = _enqueue(rock_short, tmp_path / "b", tiny_env, "--stems", "drums+bass")
     assert "rendered from the cached separation" not in said
-    assert _stats(redis_url)["model_runs"] == 2
+    assert stats_totals(redis_url)["model_runs"] == 2
 
 
 def test_a_section_past_the_songs_end_is_named_as_it_was_cut(
@@ -369,7 +360,7 @@ async def test_two_requests_for_one_song_at_once_run_the_model_once(
     results, _ = await _two_stems_at_once(board.jobs, tiny_env, tmp_path, worker_factory)
     assert [r.status for r in results] == ["done", "done"]
     assert sorted(r.from_cache for r in results) == [False, True]
-    assert _stats(redis_url)["model_runs"] == 1
+    assert stats_totals(redis_url)["model_runs"] == 1
     assert redis.Redis.from_url(redis_url).keys("stembot:claim:*") == []  # released
 
 
@@ -385,6 +376,6 @@ async def test_requests_for_a_song_too_big_to_keep_separate_side_by_side(
     env = tiny_env | {"STEMBOT_SOURCES_MAX_MB": "0.01"}
     results, logs = await _two_stems_at_once(board.jobs, env, tmp_path, worker_factory)
     assert [(r.status, r.from_cache) for r in results] == [("done", False), ("done", False)]
-    assert _stats(redis_url)["model_runs"] == 2
+    assert stats_totals(redis_url)["model_runs"] == 2
     assert "over STEMBOT_SOURCES_MAX_MB alone: not kept" in logs
     assert redis.Redis.from_url(redis_url).keys("stembot:sources:*") == []

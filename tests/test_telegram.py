@@ -11,7 +11,7 @@ import pytest
 from telegram.ext import Application
 
 from core.settings import Settings
-from testkit import ROCK, WorkerProcess, ffmpeg, make_clip, read_audio, tags
+from testkit import ROCK, WorkerProcess, ffmpeg, make_clip, read_audio, stats_totals, tags, usage_total
 from testkit.botapi import BotApiServer
 from testkit.sdr import sdr
 from testkit.tgbot import ALICE, DM, GROUP, start_bot, stop_bot
@@ -371,9 +371,6 @@ async def test_key_tempo_and_a_follow_up_without_the_model(
 ) -> None:
     """`/split vocals key-2 tempo80`, then the "Original" button under the result: the
     second file comes from the cached sources, and the model ran once."""
-    import time
-
-    import redis
 
     caption = "/split vocals key-2 tempo80"
     botapi.message(DM, ALICE, audio=_audio(botapi, rock_short, title="Rock"), caption=caption)
@@ -391,12 +388,9 @@ async def test_key_tempo_and_a_follow_up_without_the_model(
     slow = read_audio_bytes(first[0].files["audio"], "slow.mp3", tmp_path)
     plain = read_audio_bytes(again[0].files["audio"], "plain.mp3", tmp_path)
     assert abs(slow.shape[-1] / plain.shape[-1] - 1.25) < 0.02
-    client = redis.Redis.from_url(redis_url)
-    day = int(time.time() // 86400)
-    stats = client.hgetall(f"stembot:stats:{day}")
-    used = float(client.get(f"stembot:usage:{day}:telegram:42") or 0)
-    client.close()
-    assert (float(stats[b"model_runs"]), float(stats[b"cached_renders"])) == (1, 1)
+    stats = stats_totals(redis_url)
+    used = usage_total(redis_url, "telegram:42")
+    assert (stats["model_runs"], stats["cached_renders"]) == (1, 1)
     assert abs(used - 3.0) < 0.1  # the separated song's 3 s; the render from cache is free
 
 
