@@ -43,8 +43,10 @@ def _jobs_started(worker: WorkerProcess, job_id: str) -> int:
 
 
 async def _wait_stage(
-    queue: JobQueue, job_id: str, stage: Stage, min_percent: float = 0, timeout: float = 60
+    queue: JobQueue, job_id: str, stage: Stage, min_percent: float = 0, timeout: float = 240
 ) -> Progress:
+    # A bound, not a speed check: a fresh worker's first job loads the model and decodes a long
+    # clip first, which took over 60 s on a 2-core host at load 9-20.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         p = await queue.progress(job_id)
