@@ -15,18 +15,22 @@ def _prometheus(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def _prometheus_counts() -> dict[str, float]:
+    return {
+        "requests": _prometheus("stembot_requests_total", platform="telegram"),
+        "hits": _prometheus("stembot_cache_hits_total", platform="telegram"),
+        "refused": _prometheus("stembot_refusals_total", platform="discord", code="rate_limited"),
+        "done": _prometheus("stembot_jobs_total", status="done"),
+        "minutes": _prometheus("stembot_audio_minutes_total"),
+        "runs": _prometheus("stembot_model_runs_total", model="htdemucs"),
+        "renders": _prometheus("stembot_cached_renders_total"),
+    }
+
+
 async def test_stats_and_prometheus_count_the_same_events(redis_url: str) -> None:
     board = await Board.connect(Settings(redis_url=redis_url))
     try:
-        before = {
-            "requests": _prometheus("stembot_requests_total", platform="telegram"),
-            "hits": _prometheus("stembot_cache_hits_total", platform="telegram"),
-            "refused": _prometheus("stembot_refusals_total", platform="discord", code="rate_limited"),
-            "done": _prometheus("stembot_jobs_total", status="done"),
-            "minutes": _prometheus("stembot_audio_minutes_total"),
-            "runs": _prometheus("stembot_model_runs_total", model="htdemucs"),
-            "renders": _prometheus("stembot_cached_renders_total"),
-        }
+        before = _prometheus_counts()
         for _ in range(3):
             await board.events.record(Event.request, "telegram")
         await board.events.record(Event.cache_hit, "telegram")
@@ -40,15 +44,7 @@ async def test_stats_and_prometheus_count_the_same_events(redis_url: str) -> Non
         expected = {"requests": 3, "requests_telegram": 3, "cache_hits": 1, "refusals": 1, "refusals_discord": 1}
         expected |= {"jobs_done": 1, "audio_minutes": 1.5, "model_runs": 1, "cached_renders": 1}
         assert day.counts == expected
-        after = {
-            "requests": _prometheus("stembot_requests_total", platform="telegram"),
-            "hits": _prometheus("stembot_cache_hits_total", platform="telegram"),
-            "refused": _prometheus("stembot_refusals_total", platform="discord", code="rate_limited"),
-            "done": _prometheus("stembot_jobs_total", status="done"),
-            "minutes": _prometheus("stembot_audio_minutes_total"),
-            "runs": _prometheus("stembot_model_runs_total", model="htdemucs"),
-            "renders": _prometheus("stembot_cached_renders_total"),
-        }
+        after = _prometheus_counts()
         grew = {name: after[name] - before[name] for name in before}
         assert grew == {"requests": 3, "hits": 1, "refused": 1, "done": 1, "minutes": 1.5, "runs": 1, "renders": 1}
 
