@@ -334,6 +334,8 @@ async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: Work
             "not json",
             '{"tempo": 10}',
             '{"start_s": 2, "end_s": 1}',
+            "[" * 5000,  # deeper than the JSON parser recurses
+            '{"levels": ' * 3000 + "1" + "}" * 3000,
         ]
         for body in bodies:
             response = await http.post(url, data=body, headers={"Content-Type": "application/json"})

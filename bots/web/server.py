@@ -207,7 +207,7 @@ async def mix(request: web.Request) -> web.StreamResponse:
     grant, kept = await studio.open(request)
     try:
         asked = Mix.model_validate(await request.json())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise web.HTTPBadRequest(reason="the body must be a mix as bots/web/API.md describes") from None
     try:
         job, manifest = await studio.desk.mix_request(kept, grant, asked)
