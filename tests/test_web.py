@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,9 +26,9 @@ from core.board import Board
 from core.domain.facts import SongFacts
 from core.domain.jobs import Requester, SeparationRequest
 from core.domain.sources import entry_key
-from core.domain.studio import StudioSong, init_data_hash, studio_link
+from core.domain.studio import Grant, StudioSong, init_data_hash, issue_token, studio_link
 from core.settings import Settings
-from testkit import WorkerProcess, read_audio, run_stembot
+from testkit import ROOT, WorkerProcess, free_port, read_audio, run_stembot, stembot_env, wait_until
 from testkit.botapi import BotApiServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -343,3 +345,34 @@ async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: Work
             assert set(await response.json()) == {"error"}, body
         big = await http.post(url, data="x" * 100_000)
         assert big.status == 413
+
+
+async def test_the_studios_log_names_each_requests_route_never_its_token(redis_url: str, tmp_path: Path) -> None:
+    """`stembot web` logs as every stembot process does, a line per request naming its route:
+    the path itself holds the link's token, which opens the song for as long as the link lives."""
+    port, log_path = free_port(), tmp_path / "web.log"
+    env = stembot_env(STEMBOT_REDIS_URL=redis_url, STEMBOT_WEB_SECRET=SECRET, STEMBOT_WEB_URL="http://studio.test")
+    grant = Grant(song="NeverKept1234567", platform="test", user="42", exp=int(time.time()) + 600)
+    token = issue_token(grant, SECRET)
+    with log_path.open("wb") as log:
+        command = [sys.executable, "-m", "core.cli", "web", "--port", str(port)]
+        web = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        async with ClientSession() as http:
+
+            async def answers() -> bool:
+                with contextlib.suppress(OSError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                return False
+
+            await wait_until(answers, timeout=60)
+            async with http.get(f"http://127.0.0.1:{port}/api/{token}/song") as response:
+                assert response.status == 410  # genuine, its song not kept
+        await wait_until(lambda: "/api/{token}/song 410" in log_path.read_text(), timeout=30)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    text = log_path.read_text()
+    assert "GET /api/{token}/song 410" in text, text
+    assert token not in text and token.rsplit(".", 1)[1] not in text, text  # nor its signature alone

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from core.board import Board
 from core.desk.studio_desk import Mix, RenderPending, SongGone, StudioDesk
@@ -26,6 +27,7 @@ from core.domain.errors import RateLimited, StembotError
 from core.domain.jobs import StemArtifact
 from core.domain.naming import ascii_filename, chat_filename
 from core.domain.studio import Grant, GrantExpired, GrantRefused, StudioSong, check_init_data, read_token
+from core.logs import setup_logging
 from core.media.artifacts import ArtifactMissing
 from core.settings import Settings
 
@@ -230,6 +232,16 @@ async def mix(request: web.Request) -> web.StreamResponse:
     )
 
 
+class RouteAccessLog(AbstractAccessLogger):
+    """A line a request naming its route, never its path: the path holds the link's token,
+    which opens the song for whoever reads it while the link lives."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = request.match_info.route.resource if isinstance(request, web.Request) else None
+        where = route.canonical if route is not None else "-"
+        self.logger.info("%s %s %s %.3fs", request.method, where, response.status, time)
+
+
 def make_app(board: Board, files_dir: Path | None = None) -> web.Application:
     """The studio's aiohttp application, on `board` (and its settings). `files_dir` holds
     rendered files (default: a temporary directory of its own, removed on shutdown)."""
@@ -255,10 +267,12 @@ def make_app(board: Board, files_dir: Path | None = None) -> web.Application:
 def run(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     """`stembot web`: serve the studio until stopped."""
 
+    setup_logging(settings)
+
     async def serve() -> None:
         board = await Board.connect(settings)
         app = make_app(board)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, access_log_class=RouteAccessLog)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host or settings.web_host, port or settings.web_port)
