@@ -266,6 +266,11 @@ async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
         assert response.status == 200, data
         assert response.headers["Content-Type"] == "audio/mpeg"
         assert response.headers["Content-Disposition"] == 'attachment; filename="Rock_Demo_-_mix.no_vocals.mp3"'
+        # served from the server's disk as stems are (one copy however many ask at once, not one
+        # in memory per request), so it seeks too
+        async with http.post(url, json={**mix, "action": "download"}, headers={"Range": "bytes=100-1099"}) as response:
+            assert response.status == 206
+            assert await response.read() == data[100:1100]
 
         karaoke = SeparationRequest(input=song.input, stems="karaoke", model="htdemucs")
         done = await board.jobs.submit(karaoke, 0, 0.0)

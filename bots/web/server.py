@@ -217,7 +217,9 @@ async def mix(request: web.Request) -> web.StreamResponse:
             await studio.desk.send(kept, grant, job)
             return web.json_response({"state": "sending"}, status=202)
         artifact = await studio.desk.mix_file(job, manifest, MIX_WAIT_S)
-        data = await studio.board.jobs.fetch(artifact)
+        # From this server's disk, as stems are: a flood of downloads of one long mix holds one
+        # copy, not one in memory per request.
+        path = await studio.file(artifact)
     except RenderPending:
         return web.json_response(RENDERING, status=202)
     except ArtifactMissing:
@@ -225,11 +227,8 @@ async def mix(request: web.Request) -> web.StreamResponse:
     except StembotError as exc:
         return _user_error(exc, 503 if exc.retryable else 400)
     name = ascii_filename(chat_filename(kept.song, artifact.file_stem or "mix", artifact.format))
-    return web.Response(
-        body=data,
-        content_type="audio/mpeg",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    headers = {"Content-Type": "audio/mpeg", "Content-Disposition": f'attachment; filename="{name}"'}
+    return web.FileResponse(path, headers=headers)
 
 
 class RouteAccessLog(AbstractAccessLogger):
