@@ -32,7 +32,7 @@ from testkit import ROOT, WorkerProcess, free_port, read_audio, run_stembot, ste
 from testkit.botapi import BotApiServer
 
 pytestmark = pytest.mark.timeout(300)
-SECRET = "test-studio-secret"
+SECRET = "test-studio-secret-0123456789abcdef"
 BOT_TOKEN = "123:TEST"  # testkit.tgbot's
 SONG = "Rock Démo"
 
@@ -174,7 +174,7 @@ async def test_links_that_are_not_the_requesters_reveal_nothing(
         song = await _separate(board, rock_short)
         token = await _link(board, song)
         tampered = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
-        other_key = Settings(redis_url=redis_url, web_url="http://studio.test", web_secret="another-secret")
+        other_key = Settings(redis_url=redis_url, web_url="http://studio.test", web_secret="another-" + SECRET)
         foreign = studio_link(other_key, "AbCdEfGh12345678", song)
         foreign_token = foreign.rsplit("/s/", 1)[1]
         expired = await _link(board, song, now=time.time() - 2 * board.settings.web_link_ttl_s)
@@ -381,3 +381,14 @@ async def test_the_studios_log_names_each_requests_route_never_its_token(redis_u
     text = log_path.read_text()
     assert "GET /api/{token}/song 410" in text, text
     assert token not in text and token.rsplit(".", 1)[1] not in text, text  # nor its signature alone
+
+
+@pytest.mark.parametrize("secret", ["changeme", "a-secret-of-31-characters-only!"])
+def test_a_guessable_web_secret_is_refused_without_being_echoed(redis_url: str, secret: str) -> None:
+    """Anyone holding one link could guess a short key offline, then sign links for others'
+    songs (a group's Mixer link shows the song's id): the studio does not start with one."""
+    env = stembot_env(STEMBOT_REDIS_URL=redis_url, STEMBOT_WEB_SECRET=secret, STEMBOT_WEB_URL="http://studio.test")
+    done = run_stembot("web", "--port", str(free_port()), env=env, timeout=60)
+    assert done.returncode != 0
+    assert "STEMBOT_WEB_SECRET" in done.stderr and "32" in done.stderr, done.stderr
+    assert secret not in done.stderr + done.stdout
