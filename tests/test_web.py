@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from telegram.ext import Application
 
 from bots.web import make_app
-from bots.web.server import REFUSED
+from bots.web.server import _STUDIO, REFUSED
 from core.board import Board
 from core.domain.facts import SongFacts
 from core.domain.jobs import Requester, SeparationRequest
@@ -142,6 +142,26 @@ async def test_stems_stream_with_http_range(
         assert response.headers["Accept-Ranges"] == "bytes"
         stored = await board.jobs.fetch((await board.jobs.result(_vocals_job(song))).stems[0])  # type: ignore[union-attr]
         assert whole == stored
+
+        # many asking at once for a file not yet on the server's disk: fetched from the store
+        # once, not once per request (each copy is the whole file in memory)
+        fetched: list[str] = []
+        fetch = board.jobs.fetch
+
+        async def counted(artifact: Any) -> bytes:
+            fetched.append(artifact.artifact_key)
+            return await fetch(artifact)
+
+        board.jobs.fetch = counted  # type: ignore[method-assign]
+        bass = server.make_url(f"/api/{token}/stem/bass")
+        await _when_rendered(http, "GET", bass, headers={"Range": "bytes=0-0"})
+        fetched.clear()
+        for file in Path(server.app[_STUDIO].files_dir).iterdir():
+            file.unlink()
+        answers = await asyncio.gather(*(_when_rendered(http, "GET", bass) for _ in range(8)))
+        assert {(response.status, body) for response, body in answers} == {(200, answers[0][1])}
+        assert len(fetched) == 1, fetched
+        board.jobs.fetch = fetch  # type: ignore[method-assign]
 
         for asked, expected in [("bytes=100-1099", whole[100:1100]), ("bytes=-500", whole[-500:])]:
             async with http.get(url, headers={"Range": asked}) as response:

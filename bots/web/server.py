@@ -58,6 +58,7 @@ class Studio:
         self.files_dir = files_dir
         self._secret = settings.web_secret.get_secret_value()
         self._bot_token = settings.telegram_token.get_secret_value() if settings.telegram_token else None
+        self._fetching: dict[Path, asyncio.Lock] = {}
 
     async def open(self, request: web.Request) -> tuple[Grant, StudioSong]:
         """The grant and song a request's token opens, or a 403/410/429 answer raised."""
@@ -83,9 +84,16 @@ class Studio:
         path = self.files_dir / name
         if path.exists():
             return path
-        data = await self.board.jobs.fetch(artifact)
-        await asyncio.to_thread(_write, path, data)
-        await asyncio.to_thread(_trim, self.files_dir, FILES_MAX_BYTES, path)
+        # One fetch a file, however many ask at once: each holds the whole file in memory.
+        lock = self._fetching.setdefault(path, asyncio.Lock())
+        try:
+            async with lock:
+                if not path.exists():
+                    data = await self.board.jobs.fetch(artifact)
+                    await asyncio.to_thread(_write, path, data)
+                    await asyncio.to_thread(_trim, self.files_dir, FILES_MAX_BYTES, path)
+        finally:
+            self._fetching.pop(path, None)  # a later request finds the file, or fetches anew
         return path
 
 
