@@ -15,6 +15,8 @@ from core.domain.formats import AudioFormatName
 # ffmpeg demuxer names a user's file may be opened with (STEMBOT_INPUT_FORMATS; core/media/ffmpeg.py
 # enforces them). One name of a demuxer is enough: "mov" admits mov,mp4,m4a,3gp,3g2,mj2
 # and "matroska" admits matroska,webm; the others are listed for the reader.
+MIN_WEB_SECRET_CHARS = 32
+
 DEFAULT_INPUT_FORMATS: tuple[str, ...] = (
     "mp3",  # MP3 (and MP2)
     "aac",  # raw ADTS AAC
@@ -199,7 +201,9 @@ class Settings(BaseSettings):
         None, description="public base URL of the web studio (https://studio.example.org); unset = no mixer links"
     )
     web_secret: SecretStr | None = Field(
-        None, description="key that signs mixer links (shared by the bots and `stembot web`; required to run it)"
+        None,
+        description="key that signs mixer links, at least 32 random characters "
+        "(shared by the bots and `stembot web`; required to run it)",
     )
     web_link_ttl_s: int = Field(
         24 * 3600, ge=60, le=30 * 86400, description="how long a mixer link works once a result is delivered"
@@ -238,6 +242,20 @@ class Settings(BaseSettings):
         from limits import parse
 
         parse(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("web_secret")
+    @classmethod
+    def _web_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """None when blank (an empty line in .env); else long enough that nobody holding one
+        link can guess it offline and sign links to others' songs."""
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_WEB_SECRET_CHARS:
+            raise ValueError(
+                f"STEMBOT_WEB_SECRET must be at least {MIN_WEB_SECRET_CHARS} characters, "
+                "a random string (openssl rand -hex 32)"
+            )
         return value
 
     @field_validator("web_url")

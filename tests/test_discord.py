@@ -398,7 +398,7 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
 
     from core.domain.studio import read_token
 
-    secret = "studio-secret"
+    secret = "studio-secret-0123456789abcdef0123456"
     settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
     env = simcord.Env(create_bot(settings))
     await env.start()

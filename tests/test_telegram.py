@@ -490,7 +490,7 @@ async def test_mixer_buttons_open_the_studio_for_the_requester_only(
     deep link into the bot's private chat, whose /start gives that button to the requester only."""
     from core.domain.studio import read_token
 
-    secret = "studio-secret"
+    secret = "studio-secret-0123456789abcdef0123456"
     app = await start_bot(botapi, redis_url, web_url="https://studio.example.org", web_secret=secret)
     try:
         botapi.message(DM, ALICE, document=_audio(botapi, rock_short), caption="/split vocals")

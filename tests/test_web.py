@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,18 +21,18 @@ from aiohttp.test_utils import TestServer
 from telegram.ext import Application
 
 from bots.web import make_app
-from bots.web.server import REFUSED
+from bots.web.server import _STUDIO, REFUSED
 from core.board import Board
 from core.domain.facts import SongFacts
 from core.domain.jobs import Requester, SeparationRequest
 from core.domain.sources import entry_key
-from core.domain.studio import StudioSong, init_data_hash, studio_link
+from core.domain.studio import Grant, StudioSong, init_data_hash, issue_token, studio_link
 from core.settings import Settings
-from testkit import WorkerProcess, read_audio, run_stembot
+from testkit import ROOT, WorkerProcess, free_port, read_audio, run_stembot, stembot_env, wait_until
 from testkit.botapi import BotApiServer
 
 pytestmark = pytest.mark.timeout(300)
-SECRET = "test-studio-secret"
+SECRET = "test-studio-secret-0123456789abcdef"
 BOT_TOKEN = "123:TEST"  # testkit.tgbot's
 SONG = "Rock Démo"
 
@@ -141,6 +143,26 @@ async def test_stems_stream_with_http_range(
         stored = await board.jobs.fetch((await board.jobs.result(_vocals_job(song))).stems[0])  # type: ignore[union-attr]
         assert whole == stored
 
+        # many asking at once for a file not yet on the server's disk: fetched from the store
+        # once, not once per request (each copy is the whole file in memory)
+        fetched: list[str] = []
+        fetch = board.jobs.fetch
+
+        async def counted(artifact: Any) -> bytes:
+            fetched.append(artifact.artifact_key)
+            return await fetch(artifact)
+
+        board.jobs.fetch = counted  # type: ignore[method-assign]
+        bass = server.make_url(f"/api/{token}/stem/bass")
+        await _when_rendered(http, "GET", bass, headers={"Range": "bytes=0-0"})
+        fetched.clear()
+        for file in Path(server.app[_STUDIO].files_dir).iterdir():
+            file.unlink()
+        answers = await asyncio.gather(*(_when_rendered(http, "GET", bass) for _ in range(8)))
+        assert {(response.status, body) for response, body in answers} == {(200, answers[0][1])}
+        assert len(fetched) == 1, fetched
+        board.jobs.fetch = fetch  # type: ignore[method-assign]
+
         for asked, expected in [("bytes=100-1099", whole[100:1100]), ("bytes=-500", whole[-500:])]:
             async with http.get(url, headers={"Range": asked}) as response:
                 assert response.status == 206
@@ -172,7 +194,7 @@ async def test_links_that_are_not_the_requesters_reveal_nothing(
         song = await _separate(board, rock_short)
         token = await _link(board, song)
         tampered = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
-        other_key = Settings(redis_url=redis_url, web_url="http://studio.test", web_secret="another-secret")
+        other_key = Settings(redis_url=redis_url, web_url="http://studio.test", web_secret="another-" + SECRET)
         foreign = studio_link(other_key, "AbCdEfGh12345678", song)
         foreign_token = foreign.rsplit("/s/", 1)[1]
         expired = await _link(board, song, now=time.time() - 2 * board.settings.web_link_ttl_s)
@@ -264,6 +286,11 @@ async def test_a_mix_without_vocals_is_the_karaoke_render_and_the_bot_sends_it(
         assert response.status == 200, data
         assert response.headers["Content-Type"] == "audio/mpeg"
         assert response.headers["Content-Disposition"] == 'attachment; filename="Rock_Demo_-_mix.no_vocals.mp3"'
+        # served from the server's disk as stems are (one copy however many ask at once, not one
+        # in memory per request), so it seeks too
+        async with http.post(url, json={**mix, "action": "download"}, headers={"Range": "bytes=100-1099"}) as response:
+            assert response.status == 206
+            assert await response.read() == data[100:1100]
 
         karaoke = SeparationRequest(input=song.input, stems="karaoke", model="htdemucs")
         done = await board.jobs.submit(karaoke, 0, 0.0)
@@ -334,6 +361,8 @@ async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: Work
             "not json",
             '{"tempo": 10}',
             '{"start_s": 2, "end_s": 1}',
+            "[" * 5000,  # deeper than the JSON parser recurses
+            '{"levels": ' * 3000 + "1" + "}" * 3000,
         ]
         for body in bodies:
             response = await http.post(url, data=body, headers={"Content-Type": "application/json"})
@@ -341,3 +370,45 @@ async def test_malformed_mixes_get_a_clear_400(redis_url: str, tiny_worker: Work
             assert set(await response.json()) == {"error"}, body
         big = await http.post(url, data="x" * 100_000)
         assert big.status == 413
+
+
+async def test_the_studios_log_names_each_requests_route_never_its_token(redis_url: str, tmp_path: Path) -> None:
+    """`stembot web` logs as every stembot process does, a line per request naming its route:
+    the path itself holds the link's token, which opens the song for as long as the link lives."""
+    port, log_path = free_port(), tmp_path / "web.log"
+    env = stembot_env(STEMBOT_REDIS_URL=redis_url, STEMBOT_WEB_SECRET=SECRET, STEMBOT_WEB_URL="http://studio.test")
+    grant = Grant(song="NeverKept1234567", platform="test", user="42", exp=int(time.time()) + 600)
+    token = issue_token(grant, SECRET)
+    with log_path.open("wb") as log:
+        command = [sys.executable, "-m", "core.cli", "web", "--port", str(port)]
+        web = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        async with ClientSession() as http:
+
+            async def answers() -> bool:
+                with contextlib.suppress(OSError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                return False
+
+            await wait_until(answers, timeout=60)
+            async with http.get(f"http://127.0.0.1:{port}/api/{token}/song") as response:
+                assert response.status == 410  # genuine, its song not kept
+        await wait_until(lambda: "/api/{token}/song 410" in log_path.read_text(), timeout=30)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    text = log_path.read_text()
+    assert "GET /api/{token}/song 410" in text, text
+    assert token not in text and token.rsplit(".", 1)[1] not in text, text  # nor its signature alone
+
+
+@pytest.mark.parametrize("secret", ["changeme", "a-secret-of-31-characters-only!"])
+def test_a_guessable_web_secret_is_refused_without_being_echoed(redis_url: str, secret: str) -> None:
+    """Anyone holding one link could guess a short key offline, then sign links for others'
+    songs (a group's Mixer link shows the song's id): the studio does not start with one."""
+    env = stembot_env(STEMBOT_REDIS_URL=redis_url, STEMBOT_WEB_SECRET=secret, STEMBOT_WEB_URL="http://studio.test")
+    done = run_stembot("web", "--port", str(free_port()), env=env, timeout=60)
+    assert done.returncode != 0
+    assert "STEMBOT_WEB_SECRET" in done.stderr and "32" in done.stderr, done.stderr
+    assert secret not in done.stderr + done.stdout

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from core.board import Board
 from core.desk.studio_desk import Mix, RenderPending, SongGone, StudioDesk
@@ -26,6 +27,7 @@ from core.domain.errors import RateLimited, StembotError
 from core.domain.jobs import StemArtifact
 from core.domain.naming import ascii_filename, chat_filename
 from core.domain.studio import Grant, GrantExpired, GrantRefused, StudioSong, check_init_data, read_token
+from core.logs import setup_logging
 from core.media.artifacts import ArtifactMissing
 from core.settings import Settings
 
@@ -56,6 +58,7 @@ class Studio:
         self.files_dir = files_dir
         self._secret = settings.web_secret.get_secret_value()
         self._bot_token = settings.telegram_token.get_secret_value() if settings.telegram_token else None
+        self._fetching: dict[Path, asyncio.Lock] = {}
 
     async def open(self, request: web.Request) -> tuple[Grant, StudioSong]:
         """The grant and song a request's token opens, or a 403/410/429 answer raised."""
@@ -81,9 +84,16 @@ class Studio:
         path = self.files_dir / name
         if path.exists():
             return path
-        data = await self.board.jobs.fetch(artifact)
-        await asyncio.to_thread(_write, path, data)
-        await asyncio.to_thread(_trim, self.files_dir, FILES_MAX_BYTES, path)
+        # One fetch a file, however many ask at once: each holds the whole file in memory.
+        lock = self._fetching.setdefault(path, asyncio.Lock())
+        try:
+            async with lock:
+                if not path.exists():
+                    data = await self.board.jobs.fetch(artifact)
+                    await asyncio.to_thread(_write, path, data)
+                    await asyncio.to_thread(_trim, self.files_dir, FILES_MAX_BYTES, path)
+        finally:
+            self._fetching.pop(path, None)  # a later request finds the file, or fetches anew
         return path
 
 
@@ -207,7 +217,7 @@ async def mix(request: web.Request) -> web.StreamResponse:
     grant, kept = await studio.open(request)
     try:
         asked = Mix.model_validate(await request.json())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise web.HTTPBadRequest(reason="the body must be a mix as bots/web/API.md describes") from None
     try:
         job, manifest = await studio.desk.mix_request(kept, grant, asked)
@@ -215,7 +225,9 @@ async def mix(request: web.Request) -> web.StreamResponse:
             await studio.desk.send(kept, grant, job)
             return web.json_response({"state": "sending"}, status=202)
         artifact = await studio.desk.mix_file(job, manifest, MIX_WAIT_S)
-        data = await studio.board.jobs.fetch(artifact)
+        # From this server's disk, as stems are: a flood of downloads of one long mix holds one
+        # copy, not one in memory per request.
+        path = await studio.file(artifact)
     except RenderPending:
         return web.json_response(RENDERING, status=202)
     except ArtifactMissing:
@@ -223,11 +235,18 @@ async def mix(request: web.Request) -> web.StreamResponse:
     except StembotError as exc:
         return _user_error(exc, 503 if exc.retryable else 400)
     name = ascii_filename(chat_filename(kept.song, artifact.file_stem or "mix", artifact.format))
-    return web.Response(
-        body=data,
-        content_type="audio/mpeg",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    headers = {"Content-Type": "audio/mpeg", "Content-Disposition": f'attachment; filename="{name}"'}
+    return web.FileResponse(path, headers=headers)
+
+
+class RouteAccessLog(AbstractAccessLogger):
+    """A line a request naming its route, never its path: the path holds the link's token,
+    which opens the song for whoever reads it while the link lives."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = request.match_info.route.resource if isinstance(request, web.Request) else None
+        where = route.canonical if route is not None else "-"
+        self.logger.info("%s %s %s %.3fs", request.method, where, response.status, time)
 
 
 def make_app(board: Board, files_dir: Path | None = None) -> web.Application:
@@ -255,10 +274,12 @@ def make_app(board: Board, files_dir: Path | None = None) -> web.Application:
 def run(settings: Settings, host: str | None = None, port: int | None = None) -> int:
     """`stembot web`: serve the studio until stopped."""
 
+    setup_logging(settings)
+
     async def serve() -> None:
         board = await Board.connect(settings)
         app = make_app(board)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, access_log_class=RouteAccessLog)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host or settings.web_host, port or settings.web_port)
