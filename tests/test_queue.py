@@ -11,6 +11,7 @@ import pytest
 from core.board import Board
 from core.board.jobs import JobQueue
 from core.domain.jobs import Progress, Requester, SeparationRequest, Stage
+from core.settings import Settings
 from testkit import SONGS, WorkerProcess, make_clip, read_audio, run_stembot
 
 pytestmark = pytest.mark.timeout(300)
@@ -197,12 +198,13 @@ async def test_killed_worker_does_not_leave_the_job_stuck(
     await _wait_stage(queue, job.job_id, Stage.separating, min_percent=5)
     first.kill()
     assert any(work_tmp.iterdir())  # the dead worker's scratch files
-    killed_at = time.monotonic()
     second = _worker(tiny_env, tmp_path, worker_factory, "w2")
-    result = await queue.wait_result(job.job_id, timeout_s=120)
+    # Only the heartbeat (1 s here: the dead claim lapses within 4 s) can free the job this
+    # soon: without it, arq's claim would stand for the job timeout (an hour, far past this
+    # bound). No stopwatch on the rerun itself: a loaded 2-core host took 66 s for it.
+    assert "STEMBOT_JOB_TIMEOUT_S" not in tiny_env and Settings.model_fields["job_timeout_s"].default >= 3600
+    result = await queue.wait_result(job.job_id, timeout_s=300)
     assert result.status == "done"
-    # heartbeat 1 s → the dead worker's claim lapses within 4 s, plus the second run itself
-    assert time.monotonic() - killed_at < 60
     assert _jobs_started(second, job.job_id) == 1
     assert list(work_tmp.iterdir()) == []
 
@@ -218,7 +220,6 @@ async def test_queue_position(board: Board, rock_short: Path, long_clip: Path) -
 
 async def test_queue_cap(redis_url: str, rock_short: Path) -> None:
     from core.domain.errors import QueueFull
-    from core.settings import Settings
 
     board = await Board.connect(Settings(redis_url=redis_url, max_queue=2))
     queue = board.jobs
