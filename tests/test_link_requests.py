@@ -173,7 +173,8 @@ async def test_a_dripping_page_ends_by_the_links_deadline(servers: Servers, medi
     with pytest.raises(DownloadFailed) as refused:
         await fetch_song(f"{servers.page}/Mediasite/Play/{IDS['drip']}", settings)
     assert refused.value.user_message == TOO_SLOW
-    assert time.monotonic() - started < 1.5 + 5  # the page would take 100 s; a per-read timeout never fires
+    # the page would take 100 s; a per-read timeout never fires (slack for a loaded host, far from 100)
+    assert time.monotonic() - started < 1.5 + 30
 
 
 async def test_what_yt_dlp_reads_is_capped(
