@@ -34,7 +34,7 @@ from core.domain.facts import describe_facts
 from core.domain.formats import FORMAT_NAMES
 from core.domain.jobs import Requester, SeparationRequest, describe_progress, model_for
 from core.domain.naming import excerpt, song_name, stem_filename
-from core.domain.render import RenderOptions, split_render_words
+from core.domain.render import RenderOptions, parse_time, split_render_words
 from core.domain.stems import parse_stems
 from core.media.audio import check_size, inspect
 from core.media.uploads import delivered_tags, retag
@@ -128,6 +128,9 @@ def job_options(args: argparse.Namespace) -> RenderOptions:
     (the words come last, so they win over the flags)."""
     flags = [f"key={args.key}", f"tempo={args.tempo}"]
     if args.start is not None or args.end is not None:
+        for time in (args.start, args.end):
+            if time is not None:
+                parse_time(time)  # "-5" is no time: say so, not that "-5-" is no word
         flags.append(f"{args.start or ''}-{args.end or ''}")
     if args.loop != 1:
         flags.append(f"x{args.loop}")
