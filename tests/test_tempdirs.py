@@ -14,7 +14,7 @@ from testkit import ROOT, wait_for
 _OWNER = """
 import sys, tempfile, time
 from pathlib import Path
-from core import tempdirs
+from core.media import tempdirs
 own = tempdirs.adopt(Path(sys.argv[1]))
 link = tempfile.mkdtemp(prefix="stembot-link-")
 (Path(link) / "download").write_bytes(b"x" * 1000)
