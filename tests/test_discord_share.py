@@ -228,3 +228,14 @@ async def test_another_users_pick_is_refused_privately(env: simcord.Env, rock_sh
     assert "belongs to the person who opened it" in refused.response.content
     assert len(channel.history()) == public_before
     assert await env.bot.service.book.pending() == []  # type: ignore[attr-defined]
+
+
+async def test_help_names_the_follow_up_buttons_as_a_result_draws_them(env: simcord.Env) -> None:
+    """/help promised "Tempo −10 % · Tempo +10 % · Original" buttons; a result at the song's
+    own tempo draws "Tempo 90 %" and "Tempo 110 %", and Original only once it is changed."""
+    channel, (alice,) = server_with(env, "alice")
+    reply = await alice.slash(channel, "help")
+    assert reply.response is not None
+    said = reply.response.content
+    assert "**Key \u22121 \u00b7 Key +1 \u00b7 Tempo 90 % \u00b7 Tempo 110 %** (and **Original** once the key" in said
+    assert "Tempo \u221210 %" not in said and "Tempo +10 %" not in said

@@ -172,6 +172,18 @@ async def test_a_greeting_and_a_text_file_in_a_dm_each_get_one_answer(
     assert len(_texts(botapi, "sendMessage")) == 3 and botapi.sent("getFile") == []
 
 
+async def test_help_names_the_follow_up_buttons_as_a_result_draws_them(
+    botapi: BotApiServer,
+    bot: Application,  # type: ignore[type-arg]
+) -> None:
+    """/help promised "Tempo −10 % · Tempo +10 % · Original" buttons; a result at the song's
+    own tempo draws "Tempo 90 %" and "Tempo 110 %", and Original only once it is changed."""
+    botapi.message(DM, ALICE, **_command("/help"))
+    [text] = await botapi.wait_for(lambda: _texts(botapi, "sendMessage"))
+    assert "Key \u22121 \u00b7 Key +1 \u00b7 Tempo 90 % \u00b7 Tempo 110 % (and Original once the key" in text
+    assert "Tempo \u221210 %" not in text and "Tempo +10 %" not in text
+
+
 async def test_a_group_gets_no_answer_to_chatter(botapi: BotApiServer, bot: Application) -> None:  # type: ignore[type-arg]
     group = {"id": -100, "type": "supergroup", "title": "band"}
     botapi.message(group, ALICE, text="hi all")

@@ -1,5 +1,7 @@
 """What the Discord bot says."""
 
+from core.domain.render import first_follow_ups
+
 HELP_TEMPLATE = """\
 **stembot** splits a song into stems.
 
@@ -14,11 +16,12 @@ HELP_TEMPLATE = """\
 `/split … stems:drums loop 1:10-1:30 x4` — that part four times over, in one file, to practise with
 `/split … private:True` — only you see the result
 
-Under every result, **Key −1 · Key +1 · Tempo −10 % · Tempo +10 % · Original** render it
-again in seconds, stepping from that result, without separating it again.{mixer} Every result
-says the song's key and BPM. A key target goes the shorter way round and keeps the song's mode:
-`key=C` on a song in A minor keeps A minor (C major's relative). `tempo=…bpm` reaches 50 to
-150 % of the song's tempo; `loop` repeats a section 2 to 16 times (`x4` if no count is given).
+Under every result, **{buttons}** (and **Original** once the key or tempo
+is changed) render it again in seconds, stepping from that result, without separating it
+again.{mixer} Every result says the song's key and BPM. A key target goes the shorter way
+round and keeps the song's mode: `key=C` on a song in A minor keeps A minor (C major's
+relative). `tempo=…bpm` reaches 50 to 150 % of the song's tempo; `loop` repeats a section
+2 to 16 times (`x4` if no count is given).
 
 Right-click (or long-press) a message with a song → **Apps** → **Split stems** or **Karaoke**,
 or send me the song in a DM and pick the stems. **Cancel** under a song's status stops it.
@@ -48,7 +51,7 @@ FORMATS = ["mp3", "flac", "wav"]
 def help_text(stem_words: str, mixer: bool = False) -> str:
     """/help, listing only the stems the workers can serve (`JobDesk.stem_words`), and the
     Mixer link when the web studio is set up."""
-    return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "")
+    return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "", buttons=first_follow_ups())
 
 
 MIXER_OFFER = "🎛 {song}: mix the stems in the web studio (only you see this link)."

@@ -2,6 +2,7 @@
 
 # A tap on another's keyboard gets core's words for a tap on another's follow-ups.
 from core.desk.job_desk import NOT_YOURS as NOT_YOURS
+from core.domain.render import first_follow_ups
 
 HELP_TEMPLATE = """\
 Send me a song (audio file, voice note, video or a link) and I split it into stems.
@@ -27,9 +28,9 @@ round; a song keeps its mode, so key=C on a song in A minor keeps A minor, C maj
 relative, and key=Am on a song in C major keeps C major). Tempo: tempo50 … tempo150
 (percent), or tempo=100bpm (50 … 150 % of the song's tempo). Section: m:ss-m:ss or seconds;
 loop … x2 to x16 repeats it (loop alone: x4). Every result says the song's key and BPM.
-After the files come, the buttons with the result (Key −1 · Key +1 · Tempo −10 % ·
-Tempo +10 % · Original) render the song again in seconds, stepping from that result,
-without separating it again.{mixer}
+After the files come, the buttons with the result,
+{buttons} (and Original once the key or tempo is changed),
+render the song again in seconds, stepping from that result, without separating it again.{mixer}
 /settings sets your default stems and format.
 /status shows your jobs and the queue; /cancel stops your running jobs.
 Files over 20 MB: send them as MP3 or as a link."""
@@ -48,7 +49,7 @@ loop, then Download or Send to chat. In groups it opens here, in our private cha
 def help_text(stem_words: str, mixer: bool = False) -> str:
     """/help, listing only the stems the workers can serve (`JobDesk.stem_words`), and the
     Mixer button when the web studio is set up."""
-    return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "")
+    return HELP_TEMPLATE.format(stems=stem_words, mixer=MIXER_HELP if mixer else "", buttons=first_follow_ups())
 
 
 def keyboard_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:

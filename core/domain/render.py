@@ -475,5 +475,11 @@ def follow_ups(options: RenderOptions) -> list[tuple[str, str]]:
     return buttons
 
 
+def first_follow_ups() -> str:
+    """The follow-up buttons under a result at the song's own key and tempo, as the bots'
+    /help names them (`Original` joins them once a result is changed)."""
+    return " \u00b7 ".join(text for text, _ in follow_ups(RenderOptions()))
+
+
 def _clamp(value: int, bounds: tuple[int, int]) -> int:
     return max(bounds[0], min(bounds[1], value))
