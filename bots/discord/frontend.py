@@ -100,7 +100,7 @@ class DiscordFrontend:
         """The result text once, with the files (as many messages as the upload limit takes),
         the follow-up buttons under the last of them; the studio's link apart, for the
         requester's eyes only."""
-        await self.edit_status(delivery, f"✅ {delivery.song}: done, sent below.", [])
+        await self.edit_status(delivery, texts.SENT_BELOW.format(song=delivery.song), [])
         batches = pack([len(f.data) for f in files], delivery.upload_limit, MAX_FILES) or [[]]
         shared = [b for b in buttons if b.action != "studio"]
         for number, batch in enumerate(batches):

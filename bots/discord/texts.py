@@ -34,6 +34,7 @@ NO_SONG = "Attach a song (the file option) or give a link (the url option)."
 NOT_AUDIO = "That attachment is not audio or video. Send an audio file (mp3, flac, wav, ogg, m4a…) or a video."
 NO_SONG_IN_MESSAGE = "That message has no audio or video attachment and no link."
 PICK = "What should I extract?"
+SENT_BELOW = "✅ {song}: done, sent below."  # the status once the result follows it
 DM_HINT = "Send me a song (an audio or video file, or a link) and I'll ask which stems you want. `/help` says more."
 # How a song in progress is stopped here: Discord has no /cancel, its status has a button.
 CANCEL_HOW = "press Cancel under its status"

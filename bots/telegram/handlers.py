@@ -19,7 +19,7 @@ from core.domain.errors import LinkRefused, StembotError
 from core.domain.jobs import Song
 from core.domain.render import RenderOptions
 from core.domain.stems import StemSelection, parse_stems
-from core.media.fetch import is_public_address, resolve, split_link
+from core.media.fetch import PRIVATE_LINK, is_public_address, resolve, split_link
 from core.media.links import fetch_song
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ async def check_link(url: str, allow_private: bool) -> None:
     except (OSError, UnicodeError, ValueError):
         return
     if not allow_private and not all(is_public_address(a) for a in addresses):
-        raise LinkRefused("That link points at a private or local address, which I don't fetch.")
+        raise LinkRefused(PRIVATE_LINK)
 
 
 async def _start(

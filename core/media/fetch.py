@@ -87,7 +87,8 @@ def is_public_address(address: str) -> bool:
         return False
 
 
-_MALFORMED = "That link is not a valid web address."
+MALFORMED = "That link is not a valid web address."
+PRIVATE_LINK = "That link points at a private or local address, which I don't fetch."
 _MAX_URL_CHARS = 4096
 # host[:port] once userinfo is ruled out: a bracketed IPv6 literal or a name, then digits.
 _AUTHORITY = re.compile(r"(\[[^\[\]]*\]|[^\[\]:]*)(?::([0-9]*))?")
@@ -102,19 +103,19 @@ def split_link(url: str) -> SplitResult:
     it is malformed rather than meeting DNS or another scheme's refusal.
     """
     if len(url) > _MAX_URL_CHARS or any(not ch.isprintable() or ch.isspace() for ch in url):
-        raise LinkRefused(_MALFORMED)  # urlsplit would quietly drop a tab or newline
+        raise LinkRefused(MALFORMED)  # urlsplit would quietly drop a tab or newline
     try:
         parts = urlsplit(url)
         port = parts.port  # a port out of range or not a number raises ValueError here
     except ValueError as exc:  # e.g. `http://[::1/x`, `http://host:abc/`, `:99999`
-        raise LinkRefused(_MALFORMED) from exc
+        raise LinkRefused(MALFORMED) from exc
     if parts.scheme not in ("http", "https"):
         raise LinkRefused("Only http:// and https:// links are accepted.")
     if "@" in parts.netloc:  # `http://@host/` too: an empty user name is still userinfo
         raise LinkRefused("Links with a user name or password are not accepted.")
     authority = _AUTHORITY.fullmatch(parts.netloc)
     if authority is None or port == 0 or not _valid_host(authority.group(1)):
-        raise LinkRefused(_MALFORMED)
+        raise LinkRefused(MALFORMED)
     return parts
 
 
@@ -169,7 +170,7 @@ async def check_url(url: str, allow_private: bool) -> list[str]:
     if not addresses:
         raise LinkRefused(f"I couldn't find the host {excerpt(host, 80)}.")
     if not allow_private and not all(is_public_address(a) for a in addresses):
-        raise LinkRefused("That link points at a private or local address, which I don't fetch.")
+        raise LinkRefused(PRIVATE_LINK)
     return addresses
 
 
