@@ -157,10 +157,15 @@ class WorkerProcess:
         )
         return self
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Until the worker takes jobs: its model loaded (and, the first time in a run, converted
+        for OpenVINO, which takes minutes on a loaded 2-core host with the real weights), so a
+        test's own deadlines time the jobs, not the start."""
+        from worker.main import READY
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "Starting worker" in self.log() or "redis_version" in self.log():
+            if READY in self.log():
                 return
             assert self.proc is not None and self.proc.poll() is None, self.log()
             time.sleep(0.2)

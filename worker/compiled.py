@@ -151,7 +151,8 @@ class OpenVinoHTDemucs(nn.Module):
 
     @property
     def runs_in(self) -> str:
-        """The precision OpenVINO really computes in: a bf16 hint falls back to f32 on CPUs without bf16."""
+        """The precision OpenVINO really computes in: a bf16 hint falls back to f32 on a CPU with
+        neither bf16 nor AVX-512 (on AVX-512 alone OpenVINO emulates bf16)."""
         return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
     def _network(self, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

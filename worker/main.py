@@ -24,6 +24,10 @@ _BEAT_S = 10
 _STORE_EVERY = 6
 
 
+# Begins the log line that says the worker is taking jobs (its model loaded).
+READY = "worker ready:"
+
+
 def make_engine(settings: Settings) -> Any:
     """The engine the settings name. Imported here, so a benchmark worker never loads torch."""
     if settings.engine == "benchmark":
@@ -51,9 +55,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     await board.workers.announce_models(models, 3 * _BEAT_S)
     # Load the default model before taking jobs, so the first user does not wait for it. On
     # a GPU its compile starts here too, in the background: jobs run eager until it is done.
+    loading = time.monotonic()
     await asyncio.to_thread(engine.separator, settings.model)
     ctx["engine"] = engine
     ctx["presence"] = asyncio.create_task(_announce(board, models))
+    # The line operators (and the tests' WorkerProcess.wait_ready) wait for: jobs are taken now.
+    log.info("%s %s loaded in %.1f s", READY, settings.model, time.monotonic() - loading)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
