@@ -57,9 +57,16 @@ _MINOR = np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0])
 
 @functools.cache
 def _librosa():  # type: ignore[no-untyped-def]
-    """librosa, imported on first use: it takes a second or two, and the bots never need it."""
-    import librosa
+    """librosa, imported on first use: it takes a second or two, and the bots never need it.
 
+    numpy's BLAS is set to one thread for the process then: its only calls in the worker are
+    librosa's small products here, after each of which OpenBLAS's second thread spins: 0.09
+    of detection's 0.5 CPU-s for a 240 s song (README, "Whole jobs"), for no gain in wall
+    time, on cores the encoders and other jobs need."""
+    import librosa
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     return librosa
 
 
