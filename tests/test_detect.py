@@ -52,6 +52,21 @@ def test_key_of_progressions_in_all_24_keys() -> None:
     assert sum(scores.values()) / len(scores) >= 0.9, {k: v for k, v in scores.items() if v < 1}
 
 
+@pytest.mark.parametrize("cents", [-40, 40])
+def test_key_of_progressions_tuned_off_a440(cents: int) -> None:
+    """Songs tuned away from A440 (432 Hz is -32 cents; old tapes run sharp or flat) keep
+    their key: the tuning is estimated (from a sample of the frames). Read at A440, 40
+    cents off loses every key."""
+    a4 = 440 * 2 ** (cents / 1200)
+    found = {
+        (tonic, mode): key_of(_as_the_worker_reads(progression(tonic, mode, seconds=8, a4=a4)))
+        for tonic in range(12)
+        for mode in ("major", "minor")
+    }
+    wrong = {k: v for k, v in found.items() if v != Tonality(tonic=k[0], mode=k[1])}  # type: ignore[arg-type]
+    assert len(wrong) <= 2, wrong
+
+
 def test_silence_has_no_key_and_no_beat() -> None:
     quiet = np.zeros(RATE * 10, dtype=np.float32)
     assert detect(quiet, quiet) == SongFacts()
