@@ -30,7 +30,7 @@ from core.media.audio import AudioWriter
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
-from worker.encoders import ParallelWriter, SourceWriter, read_source
+from worker.encoders import ParallelWriter, SourceWriter, pcm24, read_source
 from worker.windowed import WindowedSeparator
 
 pytestmark = pytest.mark.timeout(300)
@@ -189,6 +189,25 @@ def test_a_kept_wav_holds_each_sample_rounded_to_24_bits(tmp_path: Path) -> None
     expected = np.clip(np.rint(audio.T.astype(np.float64) * 2**23), -(2**23), 2**23 - 1)
     assert np.array_equal(steps, expected)
     assert steps[:5].tolist() == [[2**23 - 1, -(2**23)], [-(2**23), 2**23 - 1], [0, 0], [2, -1], [-2, 2]]
+
+
+# frames (left, right) -> the bytes a 24-bit WAV holds for them: little-endian, left first
+PCM24_TABLE = [
+    ([(0.0, 0.0)], "000000 000000"),
+    ([(1.0, -1.0)], "ffff7f 000080"),  # full scale both ways: the top step is 2^23 - 1
+    ([(2**-23, -(2**-23))], "010000 ffffff"),  # the smallest steps
+    ([(0.5 / 2**23, 1.5 / 2**23)], "000000 020000"),  # ties round to even
+    ([(0.5, -0.25), (-2.5 / 2**23, 0.75)], "000040 0000e0 feffff 000060"),  # two frames: one group of words
+    ([(0.5, 0.0), (0.0, 0.5), (2**-23, 2**-22)], "000040 000000 000000 000040 010000 020000"),  # and one over
+]
+
+
+@pytest.mark.parametrize(("frames", "expected"), PCM24_TABLE)
+def test_pcm24_packs_known_frames_to_their_bytes(frames: list[tuple[float, float]], expected: str) -> None:
+    block = np.array(frames, dtype=np.float32).T
+    assert pcm24(block).tobytes() == bytes.fromhex(expected.replace(" ", ""))
+    stacked = np.stack([block, block])  # a view into a separation's block of sources, as the writer gets it
+    assert pcm24(stacked[1]).tobytes() == bytes.fromhex(expected.replace(" ", ""))
 
 
 def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:
