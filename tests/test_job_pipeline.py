@@ -249,6 +249,41 @@ async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redi
         await client.aclose()
 
 
+@pytest.mark.parametrize("size", [0, 1, 3 * 4096 + 1])
+def test_a_mapped_file_reads_as_its_bytes(size: int, tmp_path: Path) -> None:
+    from core.board.sources import mapped
+
+    path = tmp_path / "vocals.wav"
+    path.write_bytes(np.random.default_rng(size).bytes(size))
+    view = mapped(path)
+    assert (len(view), bytes(view)) == (size, path.read_bytes())
+
+
+async def test_kept_sources_sent_from_their_mapping_come_back_whole(redis_url: str, tmp_path: Path) -> None:
+    """Sources go to Redis from their files' mappings (one past two pieces, one small):
+    fetched back, each file is byte for byte the one kept."""
+    from core.board.artifacts import _PIECE
+
+    settings = Settings(redis_url=redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = SourcesCache(RedisArtifactStore(client, settings.key_prefix), client, settings)
+    kept, back = tmp_path / "kept", tmp_path / "back"
+    kept.mkdir(), back.mkdir()
+    paths = {"vocals": kept / "vocals.wav", "drums": kept / "drums.wav"}
+    paths["vocals"].write_bytes(np.random.default_rng(5).bytes(2 * _PIECE + 7))
+    paths["drums"].write_bytes(b"RIFF")
+    try:
+        assert await cache.put("sources:abc:htdemucs", SourceSet(paths, 0, 44100))
+        found = await cache.find("abc", "htdemucs", (0, None))
+        assert found is not None
+        fetched = await cache.fetch(*found, back)
+        assert fetched is not None
+        assert {n: p.read_bytes() for n, p in fetched.paths.items()} == {n: p.read_bytes() for n, p in paths.items()}
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
 async def test_a_big_artifact_refused_half_way_leaves_no_pieces(full_redis: RedisServer) -> None:
     from core.board.artifacts import _PIECE
 
