@@ -60,25 +60,31 @@ def drum_loop(bpm: float, seconds: float = 30.0, rate: int = RATE, seed: int = 0
 
 
 @functools.cache  # a progression repeats its notes: each is made once
-def _tone(midi: int, seconds: float, rate: int) -> np.ndarray:
+def _tone(midi: int, seconds: float, rate: int, a4: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
-    f = 440.0 * 2 ** ((midi - 69) / 12)
+    f = a4 * 2 ** ((midi - 69) / 12)
     wave = sum(np.sin(2 * np.pi * k * f * t) / k for k in range(1, 7) if k * f < rate / 2)
     return np.asarray(wave) * np.exp(-t * 2.5)
 
 
 def progression(
-    tonic: int, mode: str, which: int = 0, seconds: float = 16.0, rate: int = RATE, chord_s: float = 1.0
+    tonic: int,
+    mode: str,
+    which: int = 0,
+    seconds: float = 16.0,
+    rate: int = RATE,
+    chord_s: float = 1.0,
+    a4: float = 440.0,
 ) -> np.ndarray:
     """Chords of progression `which` (0 or 1) in the key on pitch class `tonic` (C = 0), one
-    every `chord_s` seconds (a bar of a drum loop's, to play over it)."""
+    every `chord_s` seconds (a bar of a drum loop's, to play over it), tuned to `a4` Hz."""
     chords = PROGRESSIONS[mode][which]
     root = 48 + tonic  # the chords around C3…B3, the bass an octave below
     out = np.zeros(int(seconds * rate))
     for i in range(int(np.ceil(seconds / chord_s))):
         chord = chords[i % len(chords)]
-        sound = 0.8 * _tone(root + chord[0] - 12, chord_s, rate) + sum(
-            0.5 * _tone(root + s, chord_s, rate) for s in chord
+        sound = 0.8 * _tone(root + chord[0] - 12, chord_s, rate, a4) + sum(
+            0.5 * _tone(root + s, chord_s, rate, a4) for s in chord
         )
         piece = out[int(i * chord_s * rate) : int((i + 1) * chord_s * rate)]
         piece += np.asarray(sound)[: piece.size]

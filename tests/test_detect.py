@@ -15,7 +15,7 @@ import soundfile
 
 from core.domain.facts import SongFacts, Tonality
 from testkit.music import drum_loop, progression
-from worker.detect import RATE, detect, detect_sources, downmix, key_of, tempo_of
+from worker.detect import RATE, _power, detect, detect_sources, downmix, key_of, tempo_of
 
 TEMPI = (70, 82, 90, 100, 110, 120, 128, 140, 160, 180)
 
@@ -50,6 +50,39 @@ def test_key_of_progressions_in_all_24_keys() -> None:
         for which in (0, 1)
     }
     assert sum(scores.values()) / len(scores) >= 0.9, {k: v for k, v in scores.items() if v < 1}
+
+
+@pytest.mark.parametrize("cents", [-40, 40])
+def test_key_of_progressions_tuned_off_a440(cents: int) -> None:
+    """Songs tuned away from A440 (432 Hz is -32 cents; old tapes run sharp or flat) keep
+    their key: the tuning is estimated (from a sample of the frames). Read at A440, 40
+    cents off loses every key."""
+    a4 = 440 * 2 ** (cents / 1200)
+    found = {
+        (tonic, mode): key_of(_as_the_worker_reads(progression(tonic, mode, seconds=8, a4=a4)))
+        for tonic in range(12)
+        for mode in ("major", "minor")
+    }
+    wrong = {k: v for k, v in found.items() if v != Tonality(tonic=k[0], mode=k[1])}  # type: ignore[arg-type]
+    assert len(wrong) <= 2, wrong
+
+
+@pytest.mark.parametrize(("length", "n_fft", "hop"), [(1, 1024, 128), (5000, 1024, 128), (44_101, 4096, 2048)])
+def test_the_power_spectrogram_is_librosas_in_pieces(
+    length: int, n_fft: int, hop: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_power`'s pieces, joined, are librosa.stft(...) squared to float32 rounding: a frame,
+    one piece, and several (pieces made small here), songs shorter than one window included."""
+    import librosa
+
+    monkeypatch.setattr("worker.detect._STFT_SAMPLES", 8 * n_fft)  # pieces of 8 frames
+    mono = np.random.default_rng(length).uniform(-0.5, 0.5, length).astype(np.float32)
+    pieces = list(_power(mono, n_fft, hop))
+    assert [first for first, _ in pieces] == list(range(0, 1 + length // hop, 8))
+    ours = np.concatenate([piece for _, piece in pieces], axis=1)
+    theirs = np.abs(librosa.stft(mono, n_fft=n_fft, hop_length=hop)) ** 2
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(theirs)
 
 
 def test_silence_has_no_key_and_no_beat() -> None:

@@ -30,7 +30,7 @@ from core.media.audio import AudioWriter
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
-from worker.encoders import ParallelWriter, SourceWriter, read_source
+from worker.encoders import ParallelWriter, SourceWriter, pcm24, read_source
 from worker.windowed import WindowedSeparator
 
 pytestmark = pytest.mark.timeout(300)
@@ -191,6 +191,25 @@ def test_a_kept_wav_holds_each_sample_rounded_to_24_bits(tmp_path: Path) -> None
     assert steps[:5].tolist() == [[2**23 - 1, -(2**23)], [-(2**23), 2**23 - 1], [0, 0], [2, -1], [-2, 2]]
 
 
+# frames (left, right) -> the bytes a 24-bit WAV holds for them: little-endian, left first
+PCM24_TABLE = [
+    ([(0.0, 0.0)], "000000 000000"),
+    ([(1.0, -1.0)], "ffff7f 000080"),  # full scale both ways: the top step is 2^23 - 1
+    ([(2**-23, -(2**-23))], "010000 ffffff"),  # the smallest steps
+    ([(0.5 / 2**23, 1.5 / 2**23)], "000000 020000"),  # ties round to even
+    ([(0.5, -0.25), (-2.5 / 2**23, 0.75)], "000040 0000e0 feffff 000060"),  # two frames: one group of words
+    ([(0.5, 0.0), (0.0, 0.5), (2**-23, 2**-22)], "000040 000000 000000 000040 010000 020000"),  # and one over
+]
+
+
+@pytest.mark.parametrize(("frames", "expected"), PCM24_TABLE)
+def test_pcm24_packs_known_frames_to_their_bytes(frames: list[tuple[float, float]], expected: str) -> None:
+    block = np.array(frames, dtype=np.float32).T
+    assert pcm24(block).tobytes() == bytes.fromhex(expected.replace(" ", ""))
+    stacked = np.stack([block, block])  # a view into a separation's block of sources, as the writer gets it
+    assert pcm24(stacked[1]).tobytes() == bytes.fromhex(expected.replace(" ", ""))
+
+
 def test_sources_kept_before_as_ffmpeg_flac_still_read(tmp_path: Path) -> None:
     """Entries kept before the worker wrote its own (ffmpeg's FLAC 24-bit) read back as written."""
     from core.media.audio import encode
@@ -225,6 +244,41 @@ async def test_a_big_artifact_goes_in_pieces_and_is_never_seen_half_written(redi
         assert 0 < await client.ttl(f"{settings.key_prefix}artifact:sources:big:m:vocals.wav") <= 60
         assert await store.stored_bytes() == len(data)
         assert await client.keys("*staging*") == []
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 4096 + 1])
+def test_a_mapped_file_reads_as_its_bytes(size: int, tmp_path: Path) -> None:
+    from core.board.sources import mapped
+
+    path = tmp_path / "vocals.wav"
+    path.write_bytes(np.random.default_rng(size).bytes(size))
+    view = mapped(path)
+    assert (len(view), bytes(view)) == (size, path.read_bytes())
+
+
+async def test_kept_sources_sent_from_their_mapping_come_back_whole(redis_url: str, tmp_path: Path) -> None:
+    """Sources go to Redis from their files' mappings (one past two pieces, one small):
+    fetched back, each file is byte for byte the one kept."""
+    from core.board.artifacts import _PIECE
+
+    settings = Settings(redis_url=redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = SourcesCache(RedisArtifactStore(client, settings.key_prefix), client, settings)
+    kept, back = tmp_path / "kept", tmp_path / "back"
+    kept.mkdir(), back.mkdir()
+    paths = {"vocals": kept / "vocals.wav", "drums": kept / "drums.wav"}
+    paths["vocals"].write_bytes(np.random.default_rng(5).bytes(2 * _PIECE + 7))
+    paths["drums"].write_bytes(b"RIFF")
+    try:
+        assert await cache.put("sources:abc:htdemucs", SourceSet(paths, 0, 44100))
+        found = await cache.find("abc", "htdemucs", (0, None))
+        assert found is not None
+        fetched = await cache.fetch(*found, back)
+        assert fetched is not None
+        assert {n: p.read_bytes() for n, p in fetched.paths.items()} == {n: p.read_bytes() for n, p in paths.items()}
     finally:
         await client.flushdb()
         await client.aclose()

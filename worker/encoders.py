@@ -95,26 +95,36 @@ _FULL_SCALE = np.float32(1 << 23)
 def pcm24(block: np.ndarray) -> np.ndarray:
     """(2, n) float32 within ±1 as interleaved little-endian 24-bit PCM: round(x · 2^23), with
     +1 on the top step (2^23 − 1). So a sample reads back (÷ 2^23, as libsndfile reads) within
-    half a step, 144 dB under full scale, and +1 within one."""
-    scaled = np.empty((block.shape[-1], CHANNELS), np.float32)
-    np.multiply(block.T, _FULL_SCALE, out=scaled)  # interleaved as it is scaled; exact (a power of two)
+    half a step, 144 dB under full scale, and +1 within one.
+
+    Rounded in the block's own (planar) layout, and interleaved as it is packed: two frames
+    (four samples, 16 bytes with each one's top byte unused) make three 4-byte words of
+    output, assembled from the left and right channels' even and odd frames. Interleaving
+    the floats first cost as much again (0.11 → 0.06 CPU-s a 240 s source, README "Whole jobs").
+    """
+    frames = block.shape[-1]
+    scaled = np.multiply(block, _FULL_SCALE, dtype=np.float32)  # exact (a power of two)
     np.rint(scaled, out=scaled)
     np.clip(scaled, -_FULL_SCALE, _FULL_SCALE - 1, out=scaled)
-    samples = scaled.astype("<i4").reshape(-1).view("<u4")
-    out = np.empty(3 * samples.size, np.uint8)
-    whole = samples.size // 4 * 4
-    # four samples (16 bytes, each one's top byte unused) make three 4-byte words of output
-    four, words = samples[:whole].reshape(-1, 4), out[: 3 * whole].view("<u4").reshape(-1, 3)
-    np.bitwise_and(four[:, 0], 0xFFFFFF, out=words[:, 0])
-    words[:, 0] |= four[:, 1] << 24
-    np.right_shift(four[:, 1], 8, out=words[:, 1])
+    samples = scaled.astype("<i4").view("<u4")
+    out = np.empty(3 * CHANNELS * frames, np.uint8)
+    pairs = frames // 2
+    words = out[: 12 * pairs].view("<u4").reshape(-1, 3)
+    left, right = samples[0, : 2 * pairs], samples[1, : 2 * pairs]
+    shifted = np.empty(pairs, np.uint32)
+    # word 0: left[2i]'s three bytes, right[2i]'s low byte
+    np.bitwise_and(left[0::2], 0xFFFFFF, out=words[:, 0])
+    words[:, 0] |= np.left_shift(right[0::2], 24, out=shifted)
+    # word 1: right[2i]'s high two bytes, left[2i + 1]'s low two
+    np.right_shift(right[0::2], 8, out=words[:, 1])
     words[:, 1] &= 0xFFFF
-    words[:, 1] |= four[:, 2] << 16
-    np.right_shift(four[:, 2], 16, out=words[:, 2])
+    words[:, 1] |= np.left_shift(left[1::2], 16, out=shifted)
+    # word 2: left[2i + 1]'s high byte, right[2i + 1]'s three
+    np.right_shift(left[1::2], 16, out=words[:, 2])
     words[:, 2] &= 0xFF
-    words[:, 2] |= four[:, 3] << 8
-    # a stretch of an odd number of frames ends in two samples: their low three bytes each
-    out[3 * whole :] = samples[whole:].view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)
+    words[:, 2] |= np.left_shift(right[1::2], 8, out=shifted)
+    if frames % 2:  # the last of an odd number of frames: each sample's low three bytes
+        out[12 * pairs :] = np.ascontiguousarray(samples[:, -1]).view(np.uint8).reshape(CHANNELS, 4)[:, :3].reshape(-1)
     return out
 
 

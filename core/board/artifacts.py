@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.media.artifacts import ArtifactMissing, ArtifactStore, S3ArtifactStore, checked_key
+from core.media.artifacts import ArtifactMissing, ArtifactStore, Blob, S3ArtifactStore, checked_key
 from core.settings import Settings
 
 
@@ -275,7 +275,7 @@ class RedisArtifactStore:
     async def _account(self, key: str, size: int, pipe: Any = None) -> int:
         return await self.index.account(key, size, self._prefix, self._pins, self.budget_bytes, pipe)
 
-    async def put(self, key: str, data: bytes, ttl_s: int) -> None:
+    async def put(self, key: str, data: Blob, ttl_s: int) -> None:
         try:
             if len(data) > _PIECE:
                 await self._put_in_pieces(key, data, ttl_s)
@@ -287,7 +287,7 @@ class RedisArtifactStore:
         except RedisError as exc:
             raise redacted(exc, f"storing {key} ({len(data)} bytes)") from None
 
-    async def _put_in_pieces(self, key: str, data: bytes, ttl_s: int) -> None:
+    async def _put_in_pieces(self, key: str, data: Blob, ttl_s: int) -> None:
         """A big value written piece by piece beside its key (a name of its own, so two puts
         of one key never mix), then moved in place with its books in one transaction:
         nobody ever reads half of it."""
@@ -369,7 +369,7 @@ class IndexedS3Store(S3ArtifactStore):
         super().__init__(settings)
         self.index = ArtifactIndex(redis, settings.key_prefix)
 
-    async def put(self, key: str, data: bytes, ttl_s: int) -> None:
+    async def put(self, key: str, data: Blob, ttl_s: int) -> None:
         await super().put(key, data, ttl_s)
         await self.index.account(checked_key(key), len(data), self._NO_DATA, self._NO_DATA, None)
 

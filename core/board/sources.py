@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +48,16 @@ if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+def mapped(path: Path) -> memoryview:
+    """A file's bytes as they lie in the page cache, not read into a `bytes` of their own: a
+    63 MB source sent to Redis from its mapping cost 0.022 CPU-s, from a fresh copy 0.058
+    (README, "Whole jobs"). The mapping goes with the last view of it."""
+    with path.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:  # (an empty file cannot be mapped)
+            return memoryview(b"")
+        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 class SourcesCache:
@@ -139,8 +151,7 @@ class SourcesCache:
         try:
             for name, path in sources.paths.items():
                 written.append(f"{key}:{name}.{next(iter(codecs))}")
-                data = await asyncio.to_thread(path.read_bytes)  # tens of MB: not in the event loop's thread
-                await self.store.put(written[-1], data, self.ttl_s)
+                await self.store.put(written[-1], mapped(path), self.ttl_s)
             manifest = Manifest(
                 sources=list(sources.paths), offset=sources.offset, frames=sources.frames, whole=sources.whole,
                 size_bytes=size, title=sources.title, artist=sources.artist, codec=next(iter(codecs)),

@@ -32,8 +32,12 @@ def checked_key(key: str) -> str:
     return key
 
 
+# What a store takes: bytes, or a view of them (a mapped file is sent without a copy of its own).
+Blob = bytes | memoryview
+
+
 class ArtifactStore(Protocol):
-    async def put(self, key: str, data: bytes, ttl_s: int) -> None: ...
+    async def put(self, key: str, data: Blob, ttl_s: int) -> None: ...
 
     async def get(self, key: str) -> bytes: ...
 
@@ -135,10 +139,11 @@ class S3ArtifactStore:
             return None
         return meta if float(meta.get("expires-at", "inf")) > time.time() else None
 
-    def _put(self, key: str, data: bytes, ttl_s: int) -> None:
+    def _put(self, key: str, data: Blob, ttl_s: int) -> None:
         self._prepare()
         expires = {"expires-at": f"{time.time() + ttl_s:.0f}"}
-        self._client.put_object(Bucket=self._bucket, Key=self._k(key), Body=data, Metadata=expires)
+        body = data if isinstance(data, bytes) else bytes(data)  # botocore takes bytes or a file, not a view
+        self._client.put_object(Bucket=self._bucket, Key=self._k(key), Body=body, Metadata=expires)
 
     def _get(self, key: str) -> bytes:
         if self._alive(key) is None:
@@ -161,7 +166,7 @@ class S3ArtifactStore:
         objects = [{"Key": self._k(k)} for k in keys]
         self._client.delete_objects(Bucket=self._bucket, Delete={"Objects": objects})
 
-    async def put(self, key: str, data: bytes, ttl_s: int) -> None:
+    async def put(self, key: str, data: Blob, ttl_s: int) -> None:
         await asyncio.to_thread(self._put, key, data, ttl_s)
 
     async def get(self, key: str) -> bytes:
