@@ -124,3 +124,29 @@ def test_a_loop_with_a_chord_progression_over_it(bpm: int) -> None:
     facts = detect(mix, mix)
     assert facts.tonality == Tonality(tonic=7, mode="major")
     assert facts.bpm is not None and abs(facts.bpm / bpm - 1) <= 0.02
+
+
+def test_a_process_first_use_of_librosa_holds_the_hosts_numba_cache_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba's cache of librosa's kernels is written at their first use in a process; two
+    processes writing it at once corrupt it (segfaults later). That first use is under one
+    host-wide lock, re-entered by a first use inside it; later uses take no lock."""
+    from worker import detect
+
+    lock = detect._numba_cache_lock()
+    assert lock is detect._numba_cache_lock()  # one instance: re-entered, never deadlocked
+    held: list[bool] = []
+
+    @detect._compiles_kernels
+    def inner() -> bool:
+        return lock.is_locked
+
+    @detect._compiles_kernels
+    def outer() -> bool:
+        held.append(lock.is_locked)
+        return inner()
+
+    assert outer() and held == [True]  # both first uses, nested, under the lock
+    assert not lock.is_locked
+    assert not outer() and held == [True, False]  # after: no lock (inner's first use was under outer's)
+    tone = np.sin(2 * np.pi * 440 * np.arange(4 * RATE) / RATE).astype(np.float32)
+    assert detect.key_of(tone) is not None and not lock.is_locked

@@ -29,13 +29,19 @@ loops and chord progressions: tests/test_detect.py; on the shared songs: bench/d
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import tempfile
+import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import scipy.fft
 import soxr
+from filelock import FileLock
 from numpy.lib.stride_tricks import sliding_window_view
 
 from core.domain.facts import SongFacts, Tonality
@@ -61,7 +67,46 @@ _MAJOR = np.array([5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0])
 _MINOR = np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0])
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@functools.cache  # one instance, so a first use inside another (`_librosa` in `_periodicity`) re-enters it
+def _numba_cache_lock() -> FileLock:
+    """One lock per host for numba's cache of librosa's kernels, which it keeps beside librosa.
+
+    numba compiles librosa's kernels at import and at their first call in a process, and
+    writes each to that cache. Two processes writing one kernel at once leave an index that
+    names the other's file, and a process that loads it later jumps to address 0: the
+    segfaults of a fresh venv's first `pytest -n 2` (test_detect's tuning, and a worker
+    during its first job). Where librosa's folder is read-only numba caches elsewhere; the
+    lock is then in the temp dir."""
+    spec = importlib.util.find_spec("librosa")
+    folder = Path(spec.origin).parent if spec is not None and spec.origin else None
+    if folder is None or not os.access(folder, os.W_OK):
+        folder = Path(tempfile.gettempdir())
+    return FileLock(folder / ".stembot-numba-cache.lock")
+
+
+def _compiles_kernels(func: Callable[P, R]) -> Callable[P, R]:
+    """`func`, whose first run in this process holds `_numba_cache_lock` (the kernels it
+    compiles are then in the cache, and later runs here only read them)."""
+    done = threading.Event()
+
+    @functools.wraps(func)
+    def first_locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if done.is_set():
+            return func(*args, **kwargs)
+        with _numba_cache_lock():
+            result = func(*args, **kwargs)
+        done.set()
+        return result
+
+    return first_locked
+
+
 @functools.cache
+@_compiles_kernels
 def _librosa():  # type: ignore[no-untyped-def]
     """librosa, imported on first use: it takes a second or two, and the bots never need it.
 
@@ -85,6 +130,19 @@ def key_of(mono: np.ndarray, rate: int = RATE) -> Tonality | None:
     """The best matching of the 24 keys, or None for silence."""
     if mono.size == 0 or float(np.sqrt(np.mean(np.square(mono)))) < _SILENT_RMS:
         return None
+    profile = _chroma_profile(mono, rate)
+    best: tuple[float, Tonality] | None = None
+    for mode, template in (("major", _MAJOR), ("minor", _MINOR)):
+        for tonic in range(12):
+            fit = float(np.corrcoef(profile, np.roll(template, tonic))[0, 1])
+            if best is None or fit > best[0]:
+                best = (fit, Tonality(tonic=tonic, mode=mode))  # type: ignore[arg-type]
+    return None if best is None or not np.isfinite(best[0]) else best[1]
+
+
+@_compiles_kernels
+def _chroma_profile(mono: np.ndarray, rate: int) -> np.ndarray:
+    """The song's chroma averaged over time, at its estimated tuning."""
     librosa = _librosa()
     power = np.concatenate([piece for _, piece in _power(mono, _KEY_FFT, _KEY_FFT // 2)], axis=1)
     # Songs are not all at A440 (a shared clip's 8 cents flat turns its key when taken as A440):
@@ -95,14 +153,7 @@ def key_of(mono: np.ndarray, rate: int = RATE) -> Tonality | None:
         warnings.simplefilter("ignore", UserWarning)
         tuning = librosa.estimate_tuning(S=sampled, sr=rate, n_fft=_KEY_FFT)
     chroma = librosa.feature.chroma_stft(S=power, sr=rate, tuning=tuning)
-    profile = chroma.mean(axis=1)
-    best: tuple[float, Tonality] | None = None
-    for mode, template in (("major", _MAJOR), ("minor", _MINOR)):
-        for tonic in range(12):
-            fit = float(np.corrcoef(profile, np.roll(template, tonic))[0, 1])
-            if best is None or fit > best[0]:
-                best = (fit, Tonality(tonic=tonic, mode=mode))  # type: ignore[arg-type]
-    return None if best is None or not np.isfinite(best[0]) else best[1]
+    return np.asarray(chroma.mean(axis=1))
 
 
 def tempo_of(mono: np.ndarray, rate: int = RATE) -> float | None:
@@ -130,6 +181,7 @@ def tempo_of(mono: np.ndarray, rate: int = RATE) -> float | None:
     return max(bpm for bpm, strength in levels if strength >= _LEVEL_RATIO * strongest)
 
 
+@_compiles_kernels
 def _periodicity(mono: np.ndarray, rate: int, max_lag: int) -> np.ndarray | None:
     """The autocorrelation of the song's onset strength (bands scaled alike), 1 at lag 0;
     None when no band has onsets (scaling would blow its noise up into a beat)."""
