@@ -30,7 +30,7 @@ from core.media.audio import AudioWriter
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
-from worker.encoders import ParallelWriter, SourceWriter, pcm24, read_source
+from worker.encoders import ParallelWriter, SourceWriter, on_pcm24_grid, pcm24, read_source
 from worker.windowed import WindowedSeparator
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,9 +155,9 @@ def test_a_section_is_cut_to_the_sample_while_streaming(
 
 @pytest.mark.parametrize("codec", ["wav", "flac"])
 def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path) -> None:
-    """A kept source read back is the float audio written, within one 24-bit step (libsndfile
-    scales by 2^23 - 1, so ±1 fits: at most a step off, 138 dB under full scale), written
-    block by block and read back in blocks of another size."""
+    """A kept source read back is the float audio written, within one 24-bit step (138 dB
+    under full scale), written block by block and read back in blocks of another size; and
+    exactly the samples `on_pcm24_grid` gives, which the fresh files are made from."""
     rng = np.random.default_rng(7)
     audio = np.clip(rng.normal(0, 0.3, (2, 3 * 44100 + 17)), -1, 1).astype(np.float32)
     audio[:, :4] = [[1.0, -1.0, 0.0, 2**-23], [-1.0, 1.0, 0.0, -(2**-22)]]  # full scale, and the smallest steps
@@ -170,6 +170,9 @@ def test_kept_sources_hold_the_separation_to_24_bits(codec: str, tmp_path: Path)
     assert back.shape == audio.shape
     assert np.max(np.abs(back - audio)) <= 2**-23
     assert np.max(np.abs(back[:, 2:4] - audio[:, 2:4])) == 0  # silence and the smallest steps exactly
+    on_grid = audio.copy()
+    on_pcm24_grid(on_grid)
+    assert np.array_equal(back, on_grid)  # what a render from the cache reads is what a fresh one used
     assert 10 * np.log10(np.sum(audio.astype(np.float64) ** 2) / np.sum((back - audio).astype(np.float64) ** 2)) > 130
 
 

@@ -53,7 +53,7 @@ from core.media.audio import (
 from core.media.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
 from core.media.uploads import output_too_large
 from core.settings import Settings
-from worker.encoders import ParallelWriter, SourceWriter, read_source
+from worker.encoders import ParallelWriter, SourceWriter, on_pcm24_grid, read_source
 from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
@@ -408,9 +408,9 @@ class _Outputs:
     def emit(self, sources: np.ndarray, mixture: np.ndarray) -> None:
         """(sources, channels, n) separated audio of the next n samples (this receiver's own,
         clipped here in place), and the song's own."""
-        # Kept sources are stored clipped (24-bit PCM holds ±1): the files made now are made from
-        # the same samples, so a later render from the cache gives what this one gives.
-        np.clip(sources, -1.0, 1.0, out=sources)
+        # Every file is made from the samples a cache keeps (clipped, on the 24-bit grid), kept
+        # or not: a later render from kept sources gives these files, and so does a fresh one.
+        on_pcm24_grid(sources)
         if self.tap is not None:
             self.tap(sources)
         named = dict(zip(self.names, sources, strict=True))
