@@ -46,6 +46,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self.passes: list[tuple[int, int]] = []  # (windows, songs) of recent passes, for tests and benchmarks
+        self.requests = 0  # received so far, for tests
 
     @property
     def waiting(self) -> int:
@@ -57,6 +58,7 @@ class Batcher:
         request = _Request(chunks)
         with self._cond:
             self._queue.append(request)
+            self.requests += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="stembot-batcher", daemon=True)
                 self._thread.start()
