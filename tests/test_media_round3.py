@@ -393,25 +393,25 @@ async def test_a_song_that_states_no_length_is_checked_and_charged_by_its_decode
         def chat(user: str) -> Delivery:
             return Delivery(platform="test", job_id="", chat_id="c", user_id=user)
 
-        song40 = Song(_live_webm(tmp_path / "a.webm", 40).read_bytes(), "live.webm")
-        # a server that takes songs of up to 30 s: accepted as at most 30 s, refused once decoded
-        alice = (await desk.accept(song40, parse_stems("vocals"), "mp3", chat("alice"), None, 30)).delivery
-        assert await desk.usage.used_s(desk.user_key("alice")) == 30
+        song6 = Song(_live_webm(tmp_path / "a.webm", 6).read_bytes(), "live.webm")
+        # a server that takes songs of up to 3 s: accepted as at most 3 s, refused once decoded
+        alice = (await desk.accept(song6, parse_stems("vocals"), "mp3", chat("alice"), None, 3)).delivery
+        assert await desk.usage.used_s(desk.user_key("alice")) == 3
         refused = await _finished(desk, alice)
         assert refused.status == "failed" and refused.error is not None and refused.stems == []
-        assert refused.error.message == "That is 0:40 long; the limit is 0:30. Send a shorter excerpt."
-        # no such server: charged the bot's 20 minutes while queued, 41 s once decoded
-        song41 = Song(_live_webm(tmp_path / "b.webm", 41).read_bytes(), "live.webm")
-        bob = (await desk.accept(song41, parse_stems("vocals"), "mp3", chat("bob"))).delivery
+        assert refused.error.message == "That is 0:06 long; the limit is 0:03. Send a shorter excerpt."
+        # no such server: charged the bot's 20 minutes while queued, 5 s once decoded
+        song5 = Song(_live_webm(tmp_path / "b.webm", 5).read_bytes(), "live.webm")
+        bob = (await desk.accept(song5, parse_stems("vocals"), "mp3", chat("bob"))).delivery
         assert await desk.usage.used_s(desk.user_key("bob")) == settings.max_duration_s
         done = await _finished(desk, bob)
         assert done.status == "done" and len(done.stems) == 1
-        assert abs(await desk.usage.used_s(desk.user_key("bob")) - 41) <= 1
+        assert abs(await desk.usage.used_s(desk.user_key("bob")) - 5) <= 0.5
         # 10 minutes a day: a song that may last 20 is refused before it is queued
         strict = JobDesk(Settings(redis_url=redis_url, daily_minutes_per_user=10), board, "test")
-        song42 = Song(_live_webm(tmp_path / "c.webm", 42).read_bytes(), "live.webm")  # not cached: a model run
+        song7 = Song(_live_webm(tmp_path / "c.webm", 7).read_bytes(), "live.webm")  # not cached: a model run
         with pytest.raises(QuotaExceeded):
-            await strict.accept(song42, parse_stems("drums"), "mp3", chat("carol"))
+            await strict.accept(song7, parse_stems("drums"), "mp3", chat("carol"))
     finally:
         await board.close()
 
