@@ -48,12 +48,6 @@ class Batcher:
         self.passes: list[tuple[int, int]] = []  # (windows, songs) of recent passes, for tests and benchmarks
         self.requests = 0  # received so far, for tests
 
-    @property
-    def waiting(self) -> int:
-        """Requests queued and not yet wholly handed to a pass."""
-        with self._cond:
-            return len(self._queue)
-
     def __call__(self, chunks: torch.Tensor) -> torch.Tensor:
         request = _Request(chunks)
         with self._cond:

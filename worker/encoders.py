@@ -76,10 +76,7 @@ class SourceWriter:
             return
         # as integers on pcm24's grid (libsndfile keeps an int32's top 24 bits): its own float
         # conversion scales by 2^23 − 1, off the grid a fresh render is made on
-        steps = np.multiply(block.T, _FULL_SCALE, dtype=np.float32)
-        np.rint(steps, out=steps)
-        np.clip(steps, -_FULL_SCALE, _FULL_SCALE - 1, out=steps)
-        frames = np.left_shift(steps.astype(np.int32), 8)
+        frames = np.left_shift(_steps(block.T).astype(np.int32), 8)
         with self._lock:
             self._file.write(frames)
 
@@ -103,10 +100,17 @@ def on_pcm24_grid(block: np.ndarray) -> None:
     a later render from the kept sources makes, to the bit: LAME turns differences of a 24-bit
     step into others 56 dB under the music, so made from the unrounded samples, a cached mp3
     render stayed 56.5 dB from the first (the issue asks for 60). Exact: a power of two."""
-    np.multiply(block, _FULL_SCALE, out=block)
-    np.rint(block, out=block)
-    np.clip(block, -_FULL_SCALE, _FULL_SCALE - 1, out=block)
+    _steps(block, out=block)
     np.multiply(block, np.float32(1 / _FULL_SCALE), out=block)
+
+
+def _steps(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The 24-bit steps of float32 samples within ±1, as float32: round(x · 2^23) within
+    [−2^23, 2^23 − 1] (the top step takes +1). The one rounding rule of every kept sample."""
+    steps: np.ndarray = np.multiply(block, _FULL_SCALE, out=out, dtype=np.float32)  # exact (a power of two)
+    np.rint(steps, out=steps)
+    np.clip(steps, -_FULL_SCALE, _FULL_SCALE - 1, out=steps)
+    return steps
 
 
 def pcm24(block: np.ndarray) -> np.ndarray:
@@ -120,10 +124,7 @@ def pcm24(block: np.ndarray) -> np.ndarray:
     the floats first cost as much again (0.11 → 0.06 CPU-s a 240 s source, README "Whole jobs").
     """
     frames = block.shape[-1]
-    scaled = np.multiply(block, _FULL_SCALE, dtype=np.float32)  # exact (a power of two)
-    np.rint(scaled, out=scaled)
-    np.clip(scaled, -_FULL_SCALE, _FULL_SCALE - 1, out=scaled)
-    samples = scaled.astype("<i4").view("<u4")
+    samples = _steps(block).astype("<i4").view("<u4")
     out = np.empty(3 * CHANNELS * frames, np.uint8)
     pairs = frames // 2
     words = out[: 12 * pairs].view("<u4").reshape(-1, 3)
