@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         None, gt=0, description="cap on Discord uploads below what Discord allows (MiB); unset = Discord's limit"
     )
     delivery_poll_s: float = Field(1.0, gt=0, description="how often the bots look for progress and results")
+    bot_heartbeat_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="how often a bot proves it is alive; one silent for 7.5 beats is taken for dead, and another "
+        "bot answers the downloads it left unfinished",
+    )
 
     # Web studio (`stembot web`)
     web_host: str = Field("127.0.0.1", description="address `stembot web` listens on")
@@ -296,6 +303,11 @@ class Settings(BaseSettings):
     @property
     def sources_max_bytes(self) -> int:
         return int(self.sources_max_mb * 1_000_000)
+
+    @property
+    def bot_alive_s(self) -> float:
+        """How long a bot's proof of life lasts: past it, its unfinished downloads are orphans."""
+        return self.bot_heartbeat_s * 7.5
 
     @property
     def in_progress_ttl_s(self) -> float:

@@ -58,9 +58,9 @@ def _test_redis_db() -> int:
     """The tests' own Redis db: STEMBOT_TEST_REDIS_DB, plus the xdist worker's index.
 
     Under `pytest -n N` every worker flushes and fills a db of its own, so they never see
-    each other's keys: with the default 13 and `-n 2`, dbs 13 and 14.
+    each other's keys: with the default 12 and `-n 3`, dbs 12, 13 and 14 (15 is the benchmarks').
     """
-    base = int(os.environ.get("STEMBOT_TEST_REDIS_DB", "13"))
+    base = int(os.environ.get("STEMBOT_TEST_REDIS_DB", "12"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw3" under xdist
     db = base + int(worker.removeprefix("gw"))
     if db > 15:

@@ -3,6 +3,7 @@ records a dead bot left for a live one to answer (N1, N15). Against a real Redis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -48,3 +49,18 @@ async def test_a_dead_bots_fetches_go_to_exactly_one_live_bot(redis: Redis) -> N
     assert await sibling.orphans() == [] and await live.others(mine) == 0
     await live.end(mine)
     assert await redis.hlen("stembot:telegram:fetching") == 0
+
+
+async def test_a_bot_is_taken_for_dead_once_its_proof_of_life_lapses(redis: Redis) -> None:
+    """`STEMBOT_BOT_HEARTBEAT_S` sets the lapse (7.5 beats): alive within it, dead after it."""
+    from core.settings import Settings
+
+    alive_s = Settings(bot_heartbeat_s=0.04).bot_alive_s
+    assert alive_s == pytest.approx(0.3)
+    quiet, live = FetchBook(redis, "telegram", alive_s=alive_s), FetchBook(redis, "telegram", alive_s=alive_s)
+    left = await quiet.begin("42", "42", status_message_id="9")
+    assert await live.orphans() == []
+    ttl_ms = await redis.pttl(f"stembot:telegram:bot-alive:{quiet.owner}")
+    assert 0 < ttl_ms <= 300
+    await asyncio.sleep(ttl_ms / 1000 + 0.05)
+    assert await live.orphans() == [left]

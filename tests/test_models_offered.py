@@ -76,12 +76,29 @@ def choice_names(choices: list[dict[str, Any]]) -> set[str]:
     return {str(c["name"]) for c in choices}
 
 
+@pytest.fixture
+def four_only_worker(
+    tiny_repo: Path, tiny_env: dict[str, str], tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> WorkerProcess:
+    """A worker on a repo without the six-stem model, as the shared one is (the toy repo's
+    htdemucs only: which models a repo has is `in_repo`'s, tested above with the shared one)."""
+    four_only = tmp_path / "four-only"
+    four_only.mkdir()
+    for name in ("htdemucs.yaml", "0000aaaa.th"):
+        (four_only / name).write_bytes((tiny_repo / name).read_bytes())
+    # PyTorch runs the toy model at once; OpenVINO would first convert it.
+    env = tiny_env | {"STEMBOT_MODEL_REPO": str(four_only), "STEMBOT_ENGINE_BACKEND": "torch"}
+    worker = WorkerProcess(env, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    return worker
+
+
 async def test_discord_offers_no_six_stems_when_the_workers_cannot_load_them(
-    redis_url: str, real_worker: WorkerProcess, rock_short: Path
+    redis_url: str, four_only_worker: WorkerProcess, rock_short: Path
 ) -> None:
-    """A worker on the shared repo (no htdemucs_6s) announces htdemucs alone: autocomplete,
-    the picker and /help leave guitar, piano and 6 out; asking for them anyway is refused
-    without a path, the same way each time."""
+    """A worker without htdemucs_6s announces htdemucs alone: autocomplete, the picker and
+    /help leave guitar, piano and 6 out; asking for them anyway is refused without a path,
+    the same way each time."""
     assert wait_for_models(redis_url) == {"htdemucs"}
     async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
         guild = env.create_guild("band")
@@ -107,21 +124,10 @@ async def test_discord_offers_no_six_stems_when_the_workers_cannot_load_them(
 
 
 async def test_a_worker_refusal_shows_no_path_and_is_not_cached(
-    redis_url: str,
-    tiny_repo: Path,
-    tiny_env: dict[str, str],
-    rock_short: Path,
-    tmp_path: Path,
-    worker_factory: list[WorkerProcess],
+    redis_url: str, four_only_worker: WorkerProcess, rock_short: Path
 ) -> None:
     """A six-stem job that reaches a worker without the model (the bots asked before it
     announced, say) fails without the host's path, and asking again queues it again."""
-    four_only = tmp_path / "four-only"  # the toy repo without its six-stem model
-    four_only.mkdir()
-    for name in ("htdemucs.yaml", "0000aaaa.th"):
-        (four_only / name).write_bytes((tiny_repo / name).read_bytes())
-    env = tiny_env | {"STEMBOT_MODEL_REPO": str(four_only)}
-    worker_factory.append(WorkerProcess(env, tmp_path / "w.log").start())
     assert wait_for_models(redis_url) == {"htdemucs"}
     board = await Board.connect(Settings(redis_url=redis_url))
     queue = board.jobs

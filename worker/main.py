@@ -141,3 +141,11 @@ def run_worker(settings: Settings) -> None:
         settings.engine,
     )
     worker_for(settings, separate, HOOKS).run()
+    # Stopped cleanly: its jobs are done or handed back and its presence is withdrawn. The
+    # interpreter's own teardown with torch and OpenVINO loaded would take another 0.7 s (1.6 s
+    # on a loaded host) and do nothing the worker needs, so it is skipped: restarts, rolling
+    # deploys and the test suite's hundred worker stops wait that much less.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

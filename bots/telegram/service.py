@@ -18,7 +18,7 @@ from bots.telegram import texts
 from bots.telegram.frontend import TelegramFrontend
 from bots.telegram.texts import RESTARTED
 from core.board import Board
-from core.board.fetches import HEARTBEAT_S, Fetch
+from core.board.fetches import Fetch
 from core.desk.frontend import MIXER, DeliveryLoop
 from core.desk.job_desk import JobDesk
 from core.domain.deliveries import Delivery
@@ -172,7 +172,7 @@ class TelegramService:
                     await self._tell_restarted(bot, fetch)
             except Exception:  # the next beat tries again
                 log.exception("answering fetches of a stopped bot")
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.settings.bot_heartbeat_s)
 
     async def _tell_restarted(self, bot: Bot, fetch: Fetch) -> None:
         chat = int(fetch.chat_id)

@@ -15,16 +15,12 @@ hash expires by itself when no bot writes to it any more.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
-
-# A bot proves it is alive this often (from its delivery loop) ...
-HEARTBEAT_S = 2.0
-# ... and is taken for dead when it has not for this long.
-ALIVE_S = 15
 
 
 class Fetch(BaseModel):
@@ -40,15 +36,18 @@ class Fetch(BaseModel):
 
 
 class FetchBook:
-    def __init__(self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: float = 300) -> None:
+    def __init__(
+        self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: float = 300, alive_s: float = 15
+    ) -> None:
         self._redis = redis
         self.owner = uuid.uuid4().hex  # this process; a restarted bot is another owner
         self.ttl_s = ttl_s  # longer than any fetch may take: past it a record no longer counts
+        self.alive_s = alive_s  # a bot that has not proved it is alive for this long is taken for dead
         self._key = f"{prefix}{platform}:fetching"
         self._alive = f"{prefix}{platform}:bot-alive:"
 
     async def heartbeat(self) -> None:
-        await self._redis.set(self._alive + self.owner, b"1", ex=ALIVE_S)
+        await self._redis.set(self._alive + self.owner, b"1", px=math.ceil(self.alive_s * 1000))
 
     async def begin(
         self,
@@ -69,7 +68,7 @@ class FetchBook:
         )
         await self.heartbeat()  # a record of a process nobody knows alive would be swept at once
         await self._redis.hset(self._key, fetch.id, fetch.model_dump_json())  # type: ignore[misc]
-        await self._redis.expire(self._key, int(self.ttl_s) + ALIVE_S)
+        await self._redis.expire(self._key, math.ceil(self.ttl_s + self.alive_s))
         return fetch
 
     async def end(self, fetch: Fetch) -> None:
