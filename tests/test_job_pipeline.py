@@ -416,3 +416,38 @@ async def test_a_claim_is_one_jobs_until_released_or_lapsed(redis_url: str) -> N
         assert await cache.claim(key, "job-f", 30) == "ours"  # a later request tries to keep them again
     finally:
         await client.aclose()
+
+
+async def test_sources_kept_between_the_look_and_the_claim_are_found(board: Board, tmp_path: Path) -> None:
+    """The race of two stems of one song asked for at once, on a loaded host: the waiting
+    job looked, found nothing, and the separating job kept its sources and let go before
+    the waiter's next claim. The waiter took the free claim and ran the model again (both
+    answers "not from cache"). It now looks once more after a claim it gets."""
+    from core.domain.sources import entry_key
+    from worker.tasks import JobRun, _find_or_claim
+
+    cache = board.sources  # type: ignore[attr-defined]
+    ref = await board.jobs.store_input(b"a song", "song.flac")  # type: ignore[attr-defined]
+    request = SeparationRequest(input=ref, stems="drums", model="htdemucs", requester=Requester(platform="test"))
+    key = entry_key(ref.sha256, "htdemucs")
+    vocals = tmp_path / "vocals.flac"
+    vocals.write_bytes(b"the other job's vocals")
+    assert await cache.claim(key, "job-a", 30) == "ours"  # job-a separates the song
+    looked = []
+    real_find = cache.find
+
+    async def find_while_job_a_ends(*args: Any) -> Any:
+        found = await real_find(*args)
+        if not looked:  # job-a keeps its sources and lets go just after the waiter's first look
+            assert await cache.put(key, SourceSet({"vocals": vocals}, 0, 1000))
+            await cache.release(key, "job-a", True, 30)
+        looked.append(found)
+        return found
+
+    cache.find = find_while_job_a_ends
+    run = JobRun(board, "job-b")  # type: ignore[arg-type]
+    (tmp_path / "sources").mkdir()
+    sources = await _find_or_claim(run, cache, request, "htdemucs", True, tmp_path / "sources")
+    assert looked[0] is None and sources is not None
+    assert sources.paths["vocals"].read_bytes() == b"the other job's vocals"
+    assert run.claims == [] and not await cache.claimed(key)  # job-b separates nothing, holds nothing

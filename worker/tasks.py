@@ -392,10 +392,17 @@ async def _find_or_claim(
         if not (cache.enabled and keeps_sources):
             return None
         claim = await cache.claim(own, run.job_id, ttl_s)
-        if claim == "ours":
-            run.claims.append((cache, own))
         if claim != "held":
-            return None
+            # The job that held the claim keeps the sources before it lets go: they may have
+            # come between the look above and this claim, so look once more before separating.
+            found = await cache.find(request.input.sha256, model, section)
+            sources = None if found is None else await cache.fetch(*found, dest)
+            if claim == "ours":
+                if sources is not None:
+                    await cache.release(own, run.job_id, True, ttl_s)
+                else:
+                    run.claims.append((cache, own))
+            return sources
         if run.stop.is_set():
             raise Cancelled()
         if not waited:
