@@ -7,6 +7,8 @@ librosa release that moves a bin, not for a detector that halves fast songs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import soundfile
 
 from core.domain.facts import SongFacts, Tonality
+from testkit import ROOT
 from testkit.music import drum_loop, progression
 from worker.detect import RATE, _power, detect, detect_sources, downmix, key_of, tempo_of
 
@@ -150,3 +153,26 @@ def test_a_process_first_use_of_librosa_holds_the_hosts_numba_cache_lock(monkeyp
     assert not outer() and held == [True, False]  # after: no lock (inner's first use was under outer's)
     tone = np.sin(2 * np.pi * 440 * np.arange(4 * RATE) / RATE).astype(np.float32)
     assert detect.key_of(tone) is not None and not lock.is_locked
+
+
+@pytest.mark.parametrize("warmed", [True, False])
+def test_a_warmed_process_detects_without_loading_anything(warmed: bool) -> None:
+    """A worker calls `warm` at its start, so no job loads librosa or its kernels (seconds
+    holding the GIL, which stalled a job's heartbeat on a loaded host). In a fresh process:
+    after `warm`, detection never takes the lock that guards their first use; without it, it does."""
+    script = f"""
+import numpy as np
+from worker import detect
+if {warmed}:
+    detect.warm()
+def loads_kernels():
+    raise SystemExit("loaded kernels in a job")
+detect._numba_cache_lock = loads_kernels
+noise = np.random.default_rng(0).standard_normal(6 * detect.RATE).astype(np.float32)
+print(detect.detect(noise, noise))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    if warmed:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1 and "loaded kernels in a job" in done.stderr

@@ -121,6 +121,17 @@ def _librosa():  # type: ignore[no-untyped-def]
     return librosa
 
 
+def warm() -> None:
+    """Load librosa and the kernels detection runs, now (a worker's start) rather than in its
+    first job: 1.5-2 CPU-s here, much of it in imports and numba's loading, which hold the
+    GIL. In a job that stalled the event loop, and with it the job's heartbeat and its claim
+    on the song's separation, for seconds on a loaded host."""
+    t = np.arange(5 * RATE) / RATE
+    beat = (np.sin(2 * np.pi * 2 * t) > 0.9).astype(np.float32)  # 120 BPM clicks over a tone: both paths run
+    song = (0.5 * np.sin(2 * np.pi * 440 * t) * (0.2 + beat)).astype(np.float32)
+    detect(song, song)
+
+
 def detect(harmony: np.ndarray, rhythm: np.ndarray, rate: int = RATE) -> SongFacts:
     """The key of `harmony` and the tempo of `rhythm`, both mono float32 at `rate`."""
     return SongFacts.of(key_of(harmony, rate), tempo_of(rhythm, rate))

@@ -57,6 +57,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     # a GPU its compile starts here too, in the background: jobs run eager until it is done.
     loading = time.monotonic()
     await asyncio.to_thread(engine.separator, settings.model)
+    if engine.keeps_sources:  # it detects key and tempo (the benchmark engine does not)
+        from worker.detect import warm
+
+        await asyncio.to_thread(warm)
     ctx["engine"] = engine
     ctx["presence"] = asyncio.create_task(_announce(board, models))
     # The line operators (and the tests' WorkerProcess.wait_ready) wait for: jobs are taken now.

@@ -402,6 +402,10 @@ async def _find_or_claim(
                     await cache.release(own, run.job_id, True, ttl_s)
                 else:
                     run.claims.append((cache, own))
+                    if waited:  # the holder let go, or its claim lapsed, and no sources are to be had
+                        log.warning(
+                            "job %s: the claim on %s is free and no sources are kept; separating here", run.job_id, own
+                        )
             return sources
         if run.stop.is_set():
             raise Cancelled()
