@@ -404,7 +404,10 @@ async def _find_or_claim(
                     run.claims.append((cache, own))
                     if waited:  # the holder let go, or its claim lapsed, and no sources are to be had
                         log.warning(
-                            "job %s: the claim on %s is free and no sources are kept; separating here", run.job_id, own
+                            "job %s: the claim on %s is free and its sources %s; separating here",
+                            run.job_id,
+                            own,
+                            "could not be fetched" if found is not None else "are not kept",
                         )
             return sources
         if run.stop.is_set():
