@@ -451,3 +451,31 @@ async def test_sources_kept_between_the_look_and_the_claim_are_found(board: Boar
     assert looked[0] is None and sources is not None
     assert sources.paths["vocals"].read_bytes() == b"the other job's vocals"
     assert run.claims == [] and not await cache.claimed(key)  # job-b separates nothing, holds nothing
+
+
+async def test_a_look_while_sources_are_being_kept_leaves_them_be(board: Board, tmp_path: Path) -> None:
+    """The flaky two-stems-at-once test's cause: a waiting job looked while the other was
+    keeping the sources (written, their manifest not yet), took that for an expired entry and
+    dropped them, so nothing was found once the manifest came, and it separated again."""
+    from core.domain.sources import entry_key
+
+    cache = board.sources  # type: ignore[attr-defined]
+    key = entry_key("a-song", "htdemucs")
+    vocals = tmp_path / "vocals.flac"
+    vocals.write_bytes(b"the vocals")
+    real_put = cache.store.put
+    looked = []
+
+    async def put_with_a_look_before_the_manifest(name: str, data: Any, ttl_s: float) -> Any:
+        if name == key:  # the sources are in, the manifest is next: the waiter looks now
+            looked.append(await cache.find("a-song", "htdemucs", (0, None)))
+        return await real_put(name, data, ttl_s)
+
+    cache.store.put = put_with_a_look_before_the_manifest
+    assert await cache.put(key, SourceSet({"vocals": vocals}, 0, 1000))
+    assert looked == [None]  # not there yet
+    found = await cache.find("a-song", "htdemucs", (0, None))
+    assert found is not None
+    (tmp_path / "got").mkdir()
+    fetched = await cache.fetch(*found, tmp_path / "got")
+    assert fetched is not None and fetched.paths["vocals"].read_bytes() == b"the vocals"

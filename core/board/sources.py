@@ -90,7 +90,9 @@ class SourcesCache:
         try:
             raw = await self.store.get(key)
         except ArtifactMissing:
-            await self.drop(key)
+            # Not dropped: the manifest is written last, so its sources may be on their way
+            # (another job keeping them right now); dropping them here cost that job its entry
+            # and the waiting job a second separation. Leftovers of an expired one are evict's.
             return None
         manifest = Manifest.model_validate_json(raw)
         keys = [manifest.source_key(key, name) for name in manifest.sources]
