@@ -227,9 +227,11 @@ class ArtifactIndex:
     async def pinned_bytes(self, data_prefix: str, pin_prefix: str) -> int:
         return int(await self._pinned(keys=[self._sizes], args=[data_prefix, pin_prefix]))
 
-    async def groups(self, prefix: str = "") -> list[str]:
-        """The groups whose names start with `prefix`, used longest ago first."""
-        groups = (raw.decode() for raw in await self._redis.zrange(self._index, 0, -1))
+    async def groups(self, prefix: str = "", used_before: float | None = None) -> list[str]:
+        """The groups whose names start with `prefix`, used longest ago first; only those last
+        used before `used_before` (a `time.time()`) if given."""
+        until = "+inf" if used_before is None else used_before
+        groups = (raw.decode() for raw in await self._redis.zrangebyscore(self._index, "-inf", until))
         return [g for g in groups if g.startswith(prefix)]
 
     async def members(self, group: str) -> list[str]:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import mmap
 import os
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -218,13 +219,17 @@ class SourcesCache:
         return await self.index.bytes_of(await self.index.groups("sources:"))
 
     async def evict(self) -> list[str]:
-        """Drop entries whose manifest expired, then those used longest ago until under the cap."""
-        evicted = []
-        entries = await self.index.groups("sources:")
-        for key in entries:
+        """Drop entries whose manifest expired, then those used longest ago until under the cap.
+
+        An entry without a manifest is dropped only once it is unused for the manifest's
+        lifetime: a manifest kept or renewed since then would still be there, so a younger
+        one is another job's entry being written (its manifest comes last), not a leftover."""
+        expired_before = time.time() - self.ttl_s
+        for key in await self.index.groups("sources:", used_before=expired_before):
             if not await self.store.exists(key):
                 await self.drop(key)
-        entries = [key for key in entries if await self.index.members(key)]
+        evicted = []
+        entries = [key for key in await self.index.groups("sources:") if await self.index.members(key)]
         while entries and await self.index.bytes_of(entries) > self.max_bytes:
             key = entries.pop(0)
             await self.drop(key)
