@@ -369,6 +369,15 @@ async def _facts(run: JobRun, cache: SourcesCache, sources: SourceSet, timings: 
     return facts
 
 
+async def _kept_sources(
+    cache: SourcesCache, sha256: str, model: str, section: tuple[int, int | None], dest: Path
+) -> SourceSet | None:
+    """The song's cached sources, fetched into `dest`; None if none are kept (one that expired
+    while fetched is gone from the books then, so the next look finds none either)."""
+    found = await cache.find(sha256, model, section)
+    return None if found is None else await cache.fetch(*found, dest)
+
+
 async def _find_or_claim(
     run: JobRun, cache: SourcesCache, request: SeparationRequest, model: str, keeps_sources: bool, dest: Path
 ) -> SourceSet | None:
@@ -383,20 +392,16 @@ async def _find_or_claim(
     ttl_s = run.settings.in_progress_ttl_s
     waited = False
     while True:
-        found = await cache.find(request.input.sha256, model, section)
-        if found is not None:
-            sources = await cache.fetch(*found, dest)
-            if sources is not None:
-                return sources
-            continue  # it expired meanwhile, and is gone from the books now: claim it
+        sources = await _kept_sources(cache, request.input.sha256, model, section, dest)
+        if sources is not None:
+            return sources
         if not (cache.enabled and keeps_sources):
             return None
         claim = await cache.claim(own, run.job_id, ttl_s)
         if claim != "held":
             # The job that held the claim keeps the sources before it lets go: they may have
             # come between the look above and this claim, so look once more before separating.
-            found = await cache.find(request.input.sha256, model, section)
-            sources = None if found is None else await cache.fetch(*found, dest)
+            sources = await _kept_sources(cache, request.input.sha256, model, section, dest)
             if claim == "ours":
                 if sources is not None:
                     await cache.release(own, run.job_id, True, ttl_s)
@@ -404,10 +409,7 @@ async def _find_or_claim(
                     run.claims.append((cache, own))
                     if waited:  # the holder let go, or its claim lapsed, and no sources are to be had
                         log.warning(
-                            "job %s: the claim on %s is free and its sources %s; separating here",
-                            run.job_id,
-                            own,
-                            "could not be fetched" if found is not None else "are not kept",
+                            "job %s: the claim on %s is free, no sources kept: separating here", run.job_id, own
                         )
             return sources
         if run.stop.is_set():

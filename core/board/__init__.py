@@ -98,8 +98,10 @@ class Board:
     def sent_files(self, platform: str) -> SentFiles:
         return SentFiles(self._redis, platform, self.settings.key_prefix)
 
-    def fetches(self, platform: str, ttl_s: float = 300) -> FetchBook:
-        return FetchBook(self._redis, platform, self.settings.key_prefix, ttl_s, self.settings.bot_alive_s)
+    def fetches(self, platform: str, ttl_s: float) -> FetchBook:
+        return FetchBook(
+            self._redis, platform, self.settings.key_prefix, ttl_s=ttl_s, alive_s=self.settings.bot_alive_s
+        )
 
     def guilds(self, model: type[Config], platform: str) -> GuildBook[Config]:
         return GuildBook(self._redis, model, platform, self.settings.key_prefix)

@@ -36,9 +36,7 @@ class Fetch(BaseModel):
 
 
 class FetchBook:
-    def __init__(
-        self, redis: Redis, platform: str, prefix: str = "stembot:", ttl_s: float = 300, alive_s: float = 15
-    ) -> None:
+    def __init__(self, redis: Redis, platform: str, prefix: str, *, ttl_s: float, alive_s: float) -> None:
         self._redis = redis
         self.owner = uuid.uuid4().hex  # this process; a restarted bot is another owner
         self.ttl_s = ttl_s  # longer than any fetch may take: past it a record no longer counts
