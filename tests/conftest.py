@@ -22,6 +22,12 @@ def _share_the_cores() -> None:
 
 _share_the_cores()
 
+from testkit import zygote
+
+# The suite's `stembot worker`s are forked from a process that has imported torch and warmed
+# detection: 0.4 CPU-s to start one instead of 3.8, over a hundred starts (testkit/zygote.py).
+zygote.enable()
+
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
