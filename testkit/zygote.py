@@ -202,8 +202,13 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
         os.dup2(log, 2)
         for fd in (null, log):
             os.close(fd)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        # What `python -m core.cli worker` starts with, whatever the zygote inherited: a job
+        # started with `&` from a script (CI's, say) ignores SIGINT, and its children with it,
+        # so a worker told to stop before arq set its own handler ran on until killed.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a stop sent meanwhile lands now
         os.environ.clear()
         os.environ.update(request["env"])
