@@ -10,8 +10,10 @@ its engine and its settings as any worker does.
 
 What differs from a fresh process, and why it is safe here:
 - The zygote imports and warms detection only: no model, no OpenVINO core, no torch op, so
-  no thread pool of theirs is running when it forks (checked before each fork). OpenBLAS's
-  own threads are stopped and restarted around a fork by its pthread_atfork handlers.
+  no thread pool of theirs is running when it forks, and its OpenBLAS starts with one thread:
+  it forks with one thread only (checked before each fork).
+- Signals are as a fresh `python -m core.cli worker` has them (see `_child`), and a stop sent
+  while the child is forked waits until it is set up (see `serve`).
 - Anything read from the environment at import time is read again in the child: the
   settings' cache and tempfile's folder are reset (TMPDIR is per test).
 - numpy's and torch's seeds are shared by all children: nothing a worker does draws from them.
@@ -176,7 +178,7 @@ def spawn(env: Mapping[str, str], log_path: Path, root: Path) -> ForkedProcess:
 def _preload() -> None:
     """What every worker loads before its model: imports, and detection's kernels run once."""
     import core.cli  # noqa: F401
-    import worker.engine
+    import worker.engine  # torch, demucs
     import worker.main  # noqa: F401
     from worker.detect import warm
 
