@@ -17,6 +17,11 @@ What differs from a fresh process, and why it is safe here:
 - Anything read from the environment at import time is read again in the child: the
   settings' cache and tempfile's folder are reset (TMPDIR is per test).
 - numpy's and torch's seeds are shared by all children: nothing a worker does draws from them.
+- What the interpreter and native libraries read once at start is the zygote's, not the
+  test's: `PYTHON*` variables, `OMP_`/`MKL_`/`OPENBLAS_NUM_THREADS` (the suite sets them
+  alike for every process, tests/conftest.py; OpenBLAS is one thread here). A test that
+  varies those needs a fresh worker. So does one that reads a worker's `/proc/<pid>/environ`,
+  which shows the zygote's.
 
 Only the suite forks (tests/conftest.py calls `enable`): the benchmarks time real starts, and
 a worker whose env names the benchmark engine starts fresh, since it must not load torch.
@@ -32,13 +37,14 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _enabled = False
 _STOPS = {signal.SIGINT, signal.SIGTERM}
@@ -125,8 +131,9 @@ class Zygote:
             return ForkedProcess(self, self._spawned.pop(number))
 
     def exit_code(self, pid: int) -> int | None:
+        """`pid`'s exit code, None while it runs; a gone zygote killed what it had left."""
         with self.changed:
-            return self._exited.get(pid)
+            return self._exited.get(pid, -signal.SIGKILL if self._gone else None)
 
     def _listen(self) -> None:
         assert self._proc.stdout is not None
@@ -135,6 +142,9 @@ class Zygote:
             with self.changed:
                 if "spawned" in message:
                     self._spawned[message["id"]] = message["spawned"]
+                    # the pid of an earlier child, reused: its exit is not this one's (a child's
+                    # exit always comes after its spawn)
+                    self._exited.pop(message["spawned"], None)
                 else:
                     self._exited[message["exited"]] = message["code"]
                 self.changed.notify_all()
@@ -180,9 +190,14 @@ def _preload() -> None:
     import core.cli  # noqa: F401
     import worker.engine  # torch, demucs
     import worker.main  # noqa: F401
+    from core.settings import get_settings
     from worker.detect import warm
 
     warm()
+    # As an import may: the zygote's temp dir and settings are its own, and the child must
+    # read them again from its test's environment (tests/test_zygote.py checks it does).
+    tempfile.gettempdir()
+    get_settings()
 
 
 def _threads() -> int:
@@ -195,6 +210,7 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
     to fd 1 still), so the zygote sees its stdin close when the test closes it."""
     code = 1
     try:
+        signal.set_wakeup_fd(-1)  # before its pipe closes, and its number is the log's
         for fd in zygotes_fds:
             os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -204,10 +220,10 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
         os.dup2(log, 2)
         for fd in (null, log):
             os.close(fd)
-        signal.set_wakeup_fd(-1)
-        # What `python -m core.cli worker` starts with, whatever the zygote inherited: a job
-        # started with `&` from a script (CI's, say) ignores SIGINT, and its children with it,
-        # so a worker told to stop before arq set its own handler ran on until killed.
+        # Python's own SIGINT handler, as a worker started from a terminal has it, whatever
+        # the zygote inherited: a job started with `&` from a script (CI's `.ci/run`, say)
+        # ignores SIGINT, and its children with it, so a worker told to stop before arq set
+        # its own handler ran on until killed. (A fresh worker started there would too.)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -215,8 +231,6 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        import tempfile
-
         from core.settings import get_settings
 
         tempfile.tempdir = None  # read from TMPDIR again
@@ -226,7 +240,10 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
 
         code = main(["worker"])
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -237,13 +254,28 @@ def _child(request: dict[str, Any], zygotes_fds: list[int]) -> None:
 
 
 def serve() -> None:
+    # Answers go out on a descriptor of their own: whatever prints to stdout (a library at
+    # import, say) goes to stderr and cannot garble them.
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    children: set[int] = set()
+    try:
+        _serve(answers, children)
+    except BrokenPipeError:  # the test process is gone
+        pass
+    finally:
+        for pid in children:  # the tests are gone, or the zygote failed: so are their workers
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _serve(answers: IO[bytes], children: set[int]) -> None:
     _preload()
-    requests, answers = sys.stdin.fileno(), sys.stdout.buffer
+    requests = sys.stdin.fileno()
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_w, False)
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector below
-    children: set[int] = set()
     selector = selectors.DefaultSelector()
     selector.register(requests, selectors.EVENT_READ)
     selector.register(wakeup_r, selectors.EVENT_READ)
@@ -263,7 +295,7 @@ def serve() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         pid = os.fork()
         if pid == 0:
-            _child(request, [wakeup_r, wakeup_w, selector.fileno()])
+            _child(request, [wakeup_r, wakeup_w, selector.fileno(), answers.fileno()])
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
         children.add(pid)
         answer({"id": request["id"], "spawned": pid})
@@ -285,6 +317,3 @@ def serve() -> None:
                     break
                 children.discard(pid)
                 answer({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
-    for pid in children:  # the tests are gone: so are their workers
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)

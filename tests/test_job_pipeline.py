@@ -483,40 +483,44 @@ async def test_a_look_while_sources_are_being_kept_leaves_them_be(board: Board, 
     assert fetched is not None and fetched.paths["vocals"].read_bytes() == b"the vocals"
 
 
+@pytest.mark.parametrize("room_for_both", [True, False], ids=["room-for-both", "room-for-one"])
 async def test_eviction_leaves_sources_being_kept_be_and_drops_leftovers(
-    board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room_for_both: bool
 ) -> None:
     """The same race in `evict`: another song kept meanwhile evicts, and an entry whose sources
-    are in but whose manifest is not yet is no leftover. One that has had no manifest for
-    longer than a manifest lives is, and goes."""
+    are in but whose manifest is not yet is no leftover, nor the one to evict when the cap is
+    passed (the other song goes: it is not kept). One that has had no manifest for longer
+    than a manifest lives is a leftover, and goes."""
     from core.board import sources as sources_module
     from core.domain.sources import entry_key
 
     cache = board.sources  # type: ignore[attr-defined]
+    monkeypatch.setattr(cache, "max_bytes", 10_000_000 if room_for_both else 150_000)
     key, other, left = (entry_key(song, "htdemucs") for song in ("a-song", "another", "left-over"))
     vocals, others = tmp_path / "vocals.flac", tmp_path / "others.flac"
-    vocals.write_bytes(b"the vocals")
-    others.write_bytes(b"another song's vocals")
+    vocals.write_bytes(b"v" * 100_000)
+    others.write_bytes(b"o" * 100_000)
     await cache.store.put(f"{left}:vocals.flac", b"an expired entry's vocals", cache.ttl_s)
     real_put = cache.store.put
+    other_kept = []
 
     async def put_with_another_song_kept_before_the_manifest(name: str, data: Any, ttl_s: float) -> Any:
         if name == key:  # the sources are in, the manifest is next: another job keeps its song now
-            assert await cache.put(other, SourceSet({"vocals": others}, 0, 1000))
+            other_kept.append(await cache.put(other, SourceSet({"vocals": others}, 0, 1000)))
         return await real_put(name, data, ttl_s)
 
-    cache.store.put = put_with_another_song_kept_before_the_manifest
+    monkeypatch.setattr(cache.store, "put", put_with_another_song_kept_before_the_manifest)
     assert await cache.put(key, SourceSet({"vocals": vocals}, 0, 1000))
-    cache.store.put = real_put
+    assert other_kept == [room_for_both]
     found = await cache.find("a-song", "htdemucs", (0, None))
     assert found is not None
     (tmp_path / "got").mkdir()
     fetched = await cache.fetch(*found, tmp_path / "got")
-    assert fetched is not None and fetched.paths["vocals"].read_bytes() == b"the vocals"
+    assert fetched is not None and fetched.paths["vocals"].read_bytes() == b"v" * 100_000
     assert await cache.store.exists(f"{left}:vocals.flac") == 1  # young: it may be on its way still
 
     later = time.time() + cache.ttl_s + 1  # a manifest written before now is gone by then
     monkeypatch.setattr(sources_module, "time", SimpleNamespace(time=lambda: later))
     assert await cache.evict() == []
     assert await cache.store.exists(f"{left}:vocals.flac") == 0
-    assert sorted(await cache.index.groups("sources:")) == sorted([key, other])
+    assert sorted(await cache.index.groups("sources:")) == sorted([key, other] if room_for_both else [key])

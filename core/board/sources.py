@@ -223,15 +223,19 @@ class SourcesCache:
 
         An entry without a manifest is dropped only once it is unused for the manifest's
         lifetime: a manifest kept or renewed since then would still be there, so a younger
-        one is another job's entry being written (its manifest comes last), not a leftover."""
+        one is another job's entry being written (its manifest comes last), not a leftover.
+        Its bytes count against the cap, but it is not evicted: its writer evicts once it
+        is whole, and may find itself the one to go then."""
         expired_before = time.time() - self.ttl_s
         for key in await self.index.groups("sources:", used_before=expired_before):
             if not await self.store.exists(key):
                 await self.drop(key)
         evicted = []
         entries = [key for key in await self.index.groups("sources:") if await self.index.members(key)]
-        while entries and await self.index.bytes_of(entries) > self.max_bytes:
-            key = entries.pop(0)
+        whole = [key for key in entries if await self.store.exists(key)]
+        while whole and await self.index.bytes_of(entries) > self.max_bytes:
+            key = whole.pop(0)
+            entries.remove(key)
             await self.drop(key)
             evicted.append(key)
         return evicted
