@@ -226,13 +226,17 @@ class SourcesCache:
         one is another job's entry being written (its manifest comes last), not a leftover.
         Its bytes count against the cap, but it is not evicted: its writer evicts once it
         is whole, and may find itself the one to go then."""
-        expired_before = time.time() - self.ttl_s
-        for key in await self.index.groups("sources:", used_before=expired_before):
-            if not await self.store.exists(key):
+        stale = set(await self.index.groups("sources:", used_before=time.time() - self.ttl_s))
+        entries, whole = [], []
+        for key in await self.index.groups("sources:"):
+            has_manifest = bool(await self.store.exists(key))
+            if not has_manifest and key in stale:
                 await self.drop(key)
+            elif await self.index.members(key):
+                entries.append(key)
+                if has_manifest:
+                    whole.append(key)
         evicted = []
-        entries = [key for key in await self.index.groups("sources:") if await self.index.members(key)]
-        whole = [key for key in entries if await self.store.exists(key)]
         while whole and await self.index.bytes_of(entries) > self.max_bytes:
             key = whole.pop(0)
             entries.remove(key)
