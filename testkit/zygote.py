@@ -94,7 +94,8 @@ class Zygote:
     """The test side: the zygote process, and what it says about its children."""
 
     def __init__(self, root: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STEMBOT_") or k == "STEMBOT_ENGINE_CACHE_DIR"}
+        from testkit import stembot_env  # (testkit imports this module)
+
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from testkit.zygote import serve; serve()"],
             stdin=subprocess.PIPE,
@@ -102,7 +103,7 @@ class Zygote:
             stderr=subprocess.PIPE,  # not the test's: pytest swaps that file per test
             # numpy's and scipy's OpenBLAS start no threads, so it forks with its one thread; a
             # worker sets its BLAS to one thread anyway when it warms detection (worker.detect)
-            env=env | {"PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"},
+            env=stembot_env(OPENBLAS_NUM_THREADS="1"),
             cwd=root,  # the checkout's packages, as `python -m core.cli` finds them
         )
         self.changed = threading.Condition()
