@@ -333,7 +333,7 @@ def worker_section(args: argparse.Namespace, tmp: Path) -> dict[int, float]:
 
 
 class _Sink:
-    """Stands in for an AudioWriter: takes the audio, encodes nothing (the job without its encoders)."""
+    """Stands in for an AudioWriter or LameWriter: takes the audio, encodes nothing (the job without its encoders)."""
 
     def __init__(self, dest: Path, *args: Any, **kwargs: Any) -> None:
         self.dest = dest
@@ -409,7 +409,7 @@ def job_section(bag: Any, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         before = children_cpu()
         timings, wall = asyncio.run(one_job(settings))
         runs[name] = (timings, wall, children_cpu() - before)
-    with mock.patch.object(pipeline, "AudioWriter", _Sink):
+    with mock.patch.object(pipeline, "AudioWriter", _Sink), mock.patch.object(pipeline, "LameWriter", _Sink):
         sink_timings, sink_wall = asyncio.run(one_job(uncached))
     # the encodes alone, one after another, for their CPU time
     stems = pipeline.load_audio(song, cached.max_input_bytes, cached.max_duration_s)[0]

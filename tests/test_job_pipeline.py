@@ -29,6 +29,7 @@ from core.domain.render import RenderOptions
 from core.domain.sources import SourceSet
 from core.domain.stems import parse_stems
 from core.media.audio import AudioWriter
+from core.media.lame import LameWriter
 from core.settings import Settings
 from testkit import SONGS, RedisServer, WorkerProcess, ffmpeg, fill, raw_redis, read_audio
 from worker import pipeline
@@ -78,6 +79,11 @@ def watched(monkeypatch: pytest.MonkeyPatch, separator: WindowedSeparator) -> It
             seen["during" if running.is_set() else "after"][self.dest.name] += 1
             super().write(block)
 
+    class WatchedLame(LameWriter):
+        def write(self, block: np.ndarray) -> None:
+            seen["during" if running.is_set() else "after"][self.dest.name] += 1
+            super().write(block)
+
     class WatchedSource(SourceWriter):
         def write(self, block: np.ndarray) -> None:
             seen["during" if running.is_set() else "after"][self.dest.name] += 1
@@ -86,6 +92,7 @@ def watched(monkeypatch: pytest.MonkeyPatch, separator: WindowedSeparator) -> It
     for decoder in ("stream_decode", "decode_to_file", "load_audio", "read_source"):
         monkeypatch.setattr(pipeline, decoder, counting(getattr(pipeline, decoder)))
     monkeypatch.setattr(pipeline, "AudioWriter", Watched)
+    monkeypatch.setattr(pipeline, "LameWriter", WatchedLame)
     monkeypatch.setattr(pipeline, "SourceWriter", WatchedSource)
     monkeypatch.setattr(separator, "separate_stream", flagged)
     yield seen

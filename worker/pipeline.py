@@ -51,9 +51,11 @@ from core.media.audio import (
     stream_stats,
 )
 from core.media.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
+from core.media.lame import LameWriter
+from core.media.lame import available as lame_available
 from core.media.uploads import output_too_large
 from core.settings import Settings
-from worker.encoders import ParallelWriter, SourceWriter, on_pcm24_grid, read_source
+from worker.encoders import Encoder, ParallelWriter, SourceWriter, on_pcm24_grid, read_source
 from worker.scratch import job_dir
 
 if TYPE_CHECKING:  # the engines import torch, which the benchmark engine's worker never loads
@@ -241,9 +243,7 @@ class Renderer:
             for f in self.files:
                 tags = Tags(title=f"{album} — {f.label}", artist=artist, extra={"album": album})
                 filters = rubberband(spec.options, keep_formants="vocals" in f.output.sources)
-                encoder = AudioWriter(
-                    f.path, spec.fmt, tags, settings.ffmpeg_timeout_s, audio_filter=filters, sandbox=sandbox
-                )
+                encoder = _stem_writer(f.path, spec.fmt, tags, settings.ffmpeg_timeout_s, filters, sandbox)
                 self.writers.append(ParallelWriter(encoder))
         except BaseException:
             self.abort()
@@ -291,6 +291,17 @@ class Renderer:
     def abort(self) -> None:
         for writer in self.writers:
             writer.abort()
+
+
+def _stem_writer(
+    dest: Path, fmt: OutputFormat, tags: Tags, timeout_s: float, audio_filter: str | None, sandbox: Sandbox
+) -> Encoder:
+    """A file's encoder: an mp3 by LAME in this process (`core.media.lame`: no child, no pipe),
+    unless a filter (key, tempo) must run first or the host has no libmp3lame; every other
+    file by an ffmpeg child."""
+    if fmt.name == "mp3" and audio_filter is None and lame_available():
+        return LameWriter(dest, fmt, tags)
+    return AudioWriter(dest, fmt, tags, timeout_s, audio_filter=audio_filter, sandbox=sandbox)
 
 
 def _encoder_sandbox(settings: Settings, options: RenderOptions, frames: int | None) -> Sandbox:

@@ -525,6 +525,8 @@ class AudioWriter:
 
     def write(self, block: np.ndarray) -> None:
         assert self.proc.stdin is not None
+        if not block.shape[-1]:  # (a memoryview of nothing cannot be cast)
+            return
         interleaved = np.empty((block.shape[-1], block.shape[0]), np.float32)
         np.clip(block.T, -1.0, 1.0, out=interleaved)  # one pass: clipped, interleaved, float32
         try:

@@ -1,0 +1,155 @@
+"""mp3 stems encoded in this process by libmp3lame (`core.media.lame`), against known answers:
+tones of known pitch and level, the song's own length to the sample, ffmpeg's own libmp3lame
+for the frames, ffprobe for the tags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.domain.formats import OutputFormat
+from core.media import lame
+from core.media.audio import AudioWriter, Tags
+from core.media.ffmpeg import DEFAULT_SANDBOX
+from core.media.lame import LameWriter
+from testkit import RATE, read_audio
+from worker import pipeline
+
+# an odd length, fed in blocks of uneven sizes (an empty one too): no block boundary is an mp3
+# frame's (1152 samples), and the writer's buffers grow twice
+FRAMES = 3 * RATE + 777
+BLOCKS = (1000, 0, 50_000, 1152, 4 * RATE)
+
+
+def tones(frames: int = FRAMES, level: tuple[float, float] = (0.5, 0.3)) -> np.ndarray:
+    """440 Hz on the left, 1000 Hz on the right: a swapped or shifted channel shows."""
+    t = np.arange(frames) / RATE
+    return np.stack([level[0] * np.sin(2 * np.pi * 440 * t), level[1] * np.sin(2 * np.pi * 1000 * t)]).astype(
+        np.float32
+    )
+
+
+def fed(writer: lame.LameWriter | AudioWriter, audio: np.ndarray) -> Path:
+    start = 0
+    sizes = iter(BLOCKS * (1 + audio.shape[-1] // sum(BLOCKS)))
+    while start < audio.shape[-1]:
+        n = next(sizes)
+        writer.write(audio[:, start : start + n])
+        start += n
+    writer.close()
+    return writer.dest
+
+
+def peak_hz(channel: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(channel * np.hanning(channel.size)))
+    return float(np.argmax(spectrum) * RATE / channel.size)
+
+
+def test_the_suites_host_encodes_in_process() -> None:
+    """CI installs libmp3lame (`.ci/system-deps`): the worker's own mp3 path is the one tested."""
+    assert lame.available()
+
+
+def test_an_mp3_decodes_to_its_input_to_the_sample(tmp_path: Path) -> None:
+    audio = tones()
+    out = read_audio(fed(LameWriter(tmp_path / "a.mp3", OutputFormat("mp3")), audio))
+    # LAME's Info frame holds its delay and padding: the decoder trims them, so the stem is the
+    # song's length and lines up with it (a sample's shift would cost these tones ~30 dB)
+    assert out.shape == audio.shape
+    for channel, hz in ((0, 440), (1, 1000)):
+        noise = out[channel] - audio[channel]
+        assert 10 * np.log10(np.sum(audio[channel] ** 2) / np.sum(noise**2)) > 50
+        assert abs(peak_hz(out[channel]) - hz) < 1
+
+
+def test_samples_past_full_scale_are_clipped_not_wrapped(tmp_path: Path) -> None:
+    audio = tones(level=(1.6, 0.3))
+    out = read_audio(fed(LameWriter(tmp_path / "loud.mp3", OutputFormat("mp3")), audio))
+    clipped = np.clip(audio, -1, 1)
+    assert np.max(np.abs(out[0])) < 1.1  # wrapped, a sample past +1 would come back near −1
+    assert 10 * np.log10(np.sum(clipped**2) / np.sum((out - clipped) ** 2)) > 30
+
+
+@pytest.mark.parametrize("kbps", [320, 192, 128])
+def test_the_frames_are_ffmpegs_libmp3lame_frames_byte_for_byte(tmp_path: Path, kbps: int) -> None:
+    """The same library and settings (bitrate, quality 7, joint stereo, float scale) as
+    `OutputFormat.codec_args` gives ffmpeg: every audio frame after the tag and Info frame is
+    the same bytes."""
+    fmt = OutputFormat("mp3", kbps)
+    ours = fed(LameWriter(tmp_path / "ours.mp3", fmt), tones())
+    theirs = fed(AudioWriter(tmp_path / "ffmpeg.mp3", fmt, sandbox=DEFAULT_SANDBOX), tones())
+    frames = [_audio_frames(p.read_bytes()) for p in (ours, theirs)]
+    assert len(frames[0]) > 100 and frames[0] == frames[1]
+
+
+def _audio_frames(data: bytes) -> bytes:
+    """The file less its ID3v2 tag and its first frame (the Info frame, which names its writer)."""
+    assert data[:3] == b"ID3"
+    size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
+    body = data[10 + size :]
+    assert body[:2] == b"\xff\xfb" and b"Info" in body[:64]
+    second = body.find(b"\xff\xfb", 4)
+    return body[second:]
+
+
+def test_tags_read_back_in_any_script(tmp_path: Path) -> None:
+    tags = Tags(title="Björk — vocals 🎤", artist="Sigur Rós", extra={"album": "Ágætis byrjun", "comment": "ok"})
+    dest = fed(LameWriter(tmp_path / "t.mp3", OutputFormat("mp3"), tags), tones(RATE))
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags", "-of", "json", str(dest)],
+        capture_output=True,
+        check=True,
+    )
+    read = json.loads(probe.stdout)["format"]["tags"]
+    assert read["title"] == tags.title and read["artist"] == tags.artist and read["album"] == "Ágætis byrjun"
+    assert read["comment"] == "ok" and read["encoder"].startswith("LAME ")
+
+
+def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
+    writer = LameWriter(tmp_path / "gone.mp3", OutputFormat("mp3"))
+    audio = tones(20 * RATE)
+    started, errors = threading.Event(), []
+
+    def feed() -> None:
+        try:
+            for start in range(0, audio.shape[-1], RATE):
+                writer.write(audio[:, start : start + RATE])
+                started.set()
+        except OSError as exc:
+            errors.append(exc)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    assert started.wait(30)
+    writer.abort()
+    feeder.join(30)
+    assert not feeder.is_alive() and len(errors) == 1 and "stopped" in str(errors[0])
+    assert list(tmp_path.iterdir()) == []
+    writer.abort()  # twice: still nothing to do, nothing raised
+
+
+@pytest.mark.parametrize(
+    ("fmt", "audio_filter", "has_lame", "writer"),
+    [
+        ("mp3", None, True, LameWriter),
+        ("mp3", "rubberband=tempo=1.1", True, AudioWriter),  # the filter runs in ffmpeg
+        ("mp3", None, False, AudioWriter),  # a host with no libmp3lame (a static ffmpeg)
+        ("flac", None, True, AudioWriter),
+        ("wav", None, True, AudioWriter),
+        ("m4a", None, True, AudioWriter),
+    ],
+)
+def test_which_encoder_makes_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, audio_filter: str | None, has_lame: bool, writer: type
+) -> None:
+    monkeypatch.setattr(pipeline, "lame_available", lambda: has_lame)
+    made = pipeline._stem_writer(tmp_path / f"x.{fmt}", OutputFormat(fmt), Tags(), 60, audio_filter, DEFAULT_SANDBOX)
+    try:
+        assert type(made) is writer
+    finally:
+        made.abort()
