@@ -4,9 +4,9 @@ A 240 s mp3 goes through the worker's own job code (`worker.tasks._execute`: fet
 Redis, one decode, the engine, every encoder, store, keep) with the network stubbed out
 (bench/gpu.py's null network: each source is the window's input, so the encoders get real
 music) and the sources cache on, as production runs it. CPU seconds are this process's
-(every thread) plus every child's (ffprobe, the decoder, the encoders), from getrusage.
-A child's CPU counts when it is reaped, so the encoders' show up where they finish (the
-`encode` stage); the `self`/`children` columns keep the two apart. The key and tempo
+(every thread: the mp3 encoders are LAME in this process, `core.media.lame`) plus every
+child's (ffprobe, the decoder, any ffmpeg encoder), from getrusage. A child's CPU counts
+when it is reaped, where it finishes; the `self`/`children` columns keep the two apart. The key and tempo
 detection of a fresh separation (`worker.detect`, after the encoders) is a stage of its own.
 Redis's own CPU is not counted (another process, not a child).
 

@@ -67,6 +67,14 @@ def test_an_mp3_decodes_to_its_input_to_the_sample(tmp_path: Path) -> None:
         assert abs(peak_hz(out[channel]) - hz) < 1
 
 
+def test_closing_twice_keeps_the_file(tmp_path: Path) -> None:
+    writer = LameWriter(tmp_path / "twice.mp3", OutputFormat("mp3"))
+    fed(writer, tones(RATE))
+    size = writer.dest.stat().st_size
+    writer.close()
+    assert writer.dest.stat().st_size == size and read_audio(writer.dest).shape == (2, RATE)
+
+
 def test_samples_past_full_scale_are_clipped_not_wrapped(tmp_path: Path) -> None:
     audio = tones(level=(1.6, 0.3))
     out = read_audio(fed(LameWriter(tmp_path / "loud.mp3", OutputFormat("mp3")), audio))

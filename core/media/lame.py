@@ -167,7 +167,8 @@ class LameWriter:
         """The last frames, then the Info frame over the placeholder LAME wrote first."""
         try:
             with self._lock:
-                assert self._lame is not None and self._file is not None
+                if self._lame is None or self._file is None:  # closed already (or stopped: nothing to finish)
+                    return
                 out = self._room(0)
                 size = self._lib.lame_encode_flush(self._lame, out, len(out))
                 if size < 0:
