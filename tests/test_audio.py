@@ -170,3 +170,28 @@ def test_stream_stats_are_the_float64_statistics_of_the_mono_mixture(dc: float) 
 def test_stream_stats_of_nothing() -> None:
     stats = stream_stats(iter([]))
     assert (stats.frames, stats.mean, stats.std) == (0, 0.0, 1e-8)
+
+
+def test_nan_and_infinite_samples_decode_as_silence(tmp_path: Path) -> None:
+    """Every decode path (whole, streamed, through a raw file) turns them into 0 and keeps
+    every other sample as it is."""
+    import soundfile
+
+    from core.media.audio import decode_to_file, inspect, read_raw, stream_decode
+
+    t = np.arange(44100) / 44100
+    song = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 1000 * t)]).astype(np.float32)
+    song[:, 1000:1100] = np.nan
+    song[0, 2000], song[1, 2001] = np.inf, -np.inf
+    path = tmp_path / "nans.wav"
+    soundfile.write(path, song.T, 44100, subtype="FLOAT")
+    expected = np.where(np.isfinite(song), song, 0)
+    info = inspect(path, 10**9, 60)
+    raw = tmp_path / "song.f32"
+    decode_to_file(path, raw, info, 60)
+    for got in (
+        decode(path, info, 60),
+        np.concatenate(list(stream_decode(path, info, 60, block_s=0.3)), axis=1),
+        np.concatenate(list(read_raw(raw, block=10_000)), axis=1),
+    ):
+        np.testing.assert_array_equal(got, expected)

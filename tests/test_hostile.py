@@ -18,6 +18,7 @@ import unicodedata
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,7 +46,7 @@ from core.media.fetch import fetch_url
 from core.media.ffmpeg import Sandbox
 from core.media.uploads import part_name
 from core.settings import Settings
-from testkit import ROOT, WorkerProcess, ffmpeg, run_stembot, write_tiny_repo
+from testkit import ROOT, WorkerProcess, ffmpeg, read_audio, run_stembot, write_tiny_repo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -225,6 +226,41 @@ async def test_enqueue_and_the_worker_refuse_a_bomb(
     assert done.returncode == EXIT_USER_ERROR, done.stderr
     assert NOT_ACCEPTED in done.stderr
     assert not (tmp_path / "out").exists()
+    assert list(work_tmp.iterdir()) == []
+
+
+def _float_wav_with_nans(src: Path, dest: Path) -> Path:
+    """The song as a 32-bit float WAV with a stretch of NaN and infinities in the middle: a
+    float file may hold them, and ffmpeg passes them through its decoder."""
+    import soundfile
+
+    audio = read_audio(src)
+    mid = audio.shape[-1] // 2
+    audio[:, mid : mid + 4410] = np.nan
+    audio[0, mid + 5000], audio[1, mid + 5001] = np.inf, -np.inf
+    soundfile.write(dest, audio.T, 44100, subtype="FLOAT")
+    return dest
+
+
+async def test_a_song_of_nans_gets_its_stems_and_the_worker_lives_on(
+    tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess], work_tmp: Path
+) -> None:
+    """One NaN spread through the model's normalisation to every stem, and LAME (in the
+    worker's own process) aborts its process on one: decoding turns them into silence."""
+    song = _float_wav_with_nans(rock_short, tmp_path / "nans.wav")
+    worker = WorkerProcess(tiny_env, tmp_path / "w.log").start()
+    worker_factory.append(worker)
+    worker.wait_ready()
+    for name, source in (("nans", song), ("after", rock_short)):
+        done = await asyncio.to_thread(
+            run_stembot, "enqueue", str(source), "--stems", "vocals", "--wait", "-o", str(tmp_path / name),
+            env=tiny_env, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (stem,) = (tmp_path / name).glob("*.mp3")
+        out = read_audio(stem)
+        assert np.isfinite(out).all() and np.abs(out).max() > 0.01
+    assert worker.proc is not None and worker.proc.poll() is None  # the same worker took the next song
     assert list(work_tmp.iterdir()) == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from core.media import lame
 from core.media.audio import AudioWriter, Tags
 from core.media.ffmpeg import DEFAULT_SANDBOX
 from core.media.lame import LameWriter
-from testkit import RATE, read_audio
+from testkit import RATE, ROOT, read_audio
 from worker import pipeline
 
 # an odd length, fed in blocks of uneven sizes (an empty one too): no block boundary is an mp3
@@ -55,16 +56,52 @@ def test_the_suites_host_encodes_in_process() -> None:
     assert lame.available()
 
 
-def test_an_mp3_decodes_to_its_input_to_the_sample(tmp_path: Path) -> None:
-    audio = tones()
-    out = read_audio(fed(LameWriter(tmp_path / "a.mp3", OutputFormat("mp3")), audio))
+@pytest.mark.parametrize(("kbps", "snr_db"), [(320, 27), (250, 25), (128, 18), (100, 18), (64, 16)])
+def test_an_mp3_decodes_to_its_input_to_the_sample(tmp_path: Path, kbps: int, snr_db: float) -> None:
+    # tones under a little noise: the noise makes the lag of best match one sharp peak
+    audio = tones() + np.random.default_rng(7).normal(0, 0.02, (2, FRAMES)).astype(np.float32)
+    out = read_audio(fed(LameWriter(tmp_path / "a.mp3", OutputFormat("mp3", kbps)), audio))
     # LAME's Info frame holds its delay and padding: the decoder trims them, so the stem is the
-    # song's length and lines up with it (a sample's shift would cost these tones ~30 dB)
+    # song's length and lines up with it (without the frame: 1105 samples late, 1707 longer)
     assert out.shape == audio.shape
     for channel, hz in ((0, 440), (1, 1000)):
+        assert lag(out[channel], audio[channel]) == 0
         noise = out[channel] - audio[channel]
-        assert 10 * np.log10(np.sum(audio[channel] ** 2) / np.sum(noise**2)) > 50
+        assert 10 * np.log10(np.sum(audio[channel] ** 2) / np.sum(noise**2)) > snr_db
         assert abs(peak_hz(out[channel]) - hz) < 1
+
+
+def lag(late: np.ndarray, early: np.ndarray) -> int:
+    """How many samples `late` trails `early` by, at their best match (negative: leads)."""
+    n = 2 * late.size
+    corr = np.fft.irfft(np.fft.rfft(late, n) * np.conj(np.fft.rfft(early, n)), n)
+    best = int(np.argmax(corr))
+    return best if best < late.size else best - n
+
+
+def test_a_bitrate_too_low_for_the_info_frame_is_ffmpegs() -> None:
+    with pytest.raises(ValueError, match="64 kbit/s"):
+        LameWriter(Path("/nonexistent/x.mp3"), OutputFormat("mp3", 60))
+
+
+def test_a_nan_is_silence_not_the_end_of_the_process(tmp_path: Path) -> None:
+    """LAME asserts on a NaN and aborts its process (the worker, with every job in it); run
+    where that would show as an exit status, not as this test run's end."""
+    script = f"""
+import numpy as np
+from pathlib import Path
+from core.domain.formats import OutputFormat
+from core.media.lame import LameWriter
+block = np.full((2, 44100), 0.25, np.float32)
+block[:, 100:30000] = np.nan
+w = LameWriter(Path({str(tmp_path / "nan.mp3")!r}), OutputFormat("mp3"))
+w.write(block)
+w.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    out = read_audio(tmp_path / "nan.mp3")
+    assert np.isfinite(out).all() and np.abs(out[:, 2000:28000]).max() < 0.01 and np.abs(out[:, 35000:]).max() > 0.2
 
 
 def test_closing_twice_keeps_the_file(tmp_path: Path) -> None:
@@ -83,7 +120,7 @@ def test_samples_past_full_scale_are_clipped_not_wrapped(tmp_path: Path) -> None
     assert 10 * np.log10(np.sum(clipped**2) / np.sum((out - clipped) ** 2)) > 30
 
 
-@pytest.mark.parametrize("kbps", [320, 192, 128])
+@pytest.mark.parametrize("kbps", [320, 250, 192, 100, 64])
 def test_the_frames_are_ffmpegs_libmp3lame_frames_byte_for_byte(tmp_path: Path, kbps: int) -> None:
     """The same library and settings (bitrate, quality 7, joint stereo, float scale) as
     `OutputFormat.codec_args` gives ffmpeg: every audio frame after the tag and Info frame is
@@ -139,6 +176,8 @@ def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path
     assert not feeder.is_alive() and len(errors) == 1 and "stopped" in str(errors[0])
     assert list(tmp_path.iterdir()) == []
     writer.abort()  # twice: still nothing to do, nothing raised
+    with pytest.raises(OSError, match="stopped"):  # its file is gone: no close can say it is done
+        writer.close()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +186,9 @@ def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path
         ("mp3", None, True, LameWriter),
         ("mp3", "rubberband=tempo=1.1", True, AudioWriter),  # the filter runs in ffmpeg
         ("mp3", None, False, AudioWriter),  # a host with no libmp3lame (a static ffmpeg)
+        ("mp3 32", None, True, AudioWriter),  # frames too short for LAME's Info frame
+        ("mp3 60", None, True, AudioWriter),
+        ("mp3 64", None, True, LameWriter),
         ("flac", None, True, AudioWriter),
         ("wav", None, True, AudioWriter),
         ("m4a", None, True, AudioWriter),
@@ -156,7 +198,9 @@ def test_which_encoder_makes_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, audio_filter: str | None, has_lame: bool, writer: type
 ) -> None:
     monkeypatch.setattr(pipeline, "lame_available", lambda: has_lame)
-    made = pipeline._stem_writer(tmp_path / f"x.{fmt}", OutputFormat(fmt), Tags(), 60, audio_filter, DEFAULT_SANDBOX)
+    name, _, kbps = fmt.partition(" ")
+    output = OutputFormat(name, int(kbps) if kbps else None)
+    made = pipeline._stem_writer(tmp_path / f"x.{name}", output, Tags(), 60, audio_filter, DEFAULT_SANDBOX)
     try:
         assert type(made) is writer
     finally:

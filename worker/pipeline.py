@@ -51,7 +51,7 @@ from core.media.audio import (
     stream_stats,
 )
 from core.media.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
-from core.media.lame import LameWriter
+from core.media.lame import MIN_KBPS, LameWriter
 from core.media.lame import available as lame_available
 from core.media.uploads import output_too_large
 from core.settings import Settings
@@ -244,7 +244,11 @@ class Renderer:
                 tags = Tags(title=f"{album} — {f.label}", artist=artist, extra={"album": album})
                 filters = rubberband(spec.options, keep_formants="vocals" in f.output.sources)
                 encoder = _stem_writer(f.path, spec.fmt, tags, settings.ffmpeg_timeout_s, filters, sandbox)
-                self.writers.append(ParallelWriter(encoder))
+                try:
+                    self.writers.append(ParallelWriter(encoder))
+                except BaseException:  # (no thread to be had): the encoder is nobody's to abort but ours
+                    encoder.abort()
+                    raise
         except BaseException:
             self.abort()
             raise
@@ -297,9 +301,9 @@ def _stem_writer(
     dest: Path, fmt: OutputFormat, tags: Tags, timeout_s: float, audio_filter: str | None, sandbox: Sandbox
 ) -> Encoder:
     """A file's encoder: an mp3 by LAME in this process (`core.media.lame`: no child, no pipe),
-    unless a filter (key, tempo) must run first or the host has no libmp3lame; every other
-    file by an ffmpeg child."""
-    if fmt.name == "mp3" and audio_filter is None and lame_available():
+    unless a filter (key, tempo) must run first, the bitrate is under `MIN_KBPS` or the host
+    has no libmp3lame; every other file by an ffmpeg child."""
+    if fmt.name == "mp3" and fmt.kbps >= MIN_KBPS and audio_filter is None and lame_available():
         return LameWriter(dest, fmt, tags)
     return AudioWriter(dest, fmt, tags, timeout_s, audio_filter=audio_filter, sandbox=sandbox)
 

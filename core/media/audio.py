@@ -252,7 +252,17 @@ def decode(
     frames = len(proc.stdout) // _BYTES_PER_FRAME
     _check_decode(proc, frames, info, max_duration_s)
     pcm = np.frombuffer(proc.stdout[: frames * _BYTES_PER_FRAME], dtype=np.float32)
-    return np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T)
+    return finite(np.ascontiguousarray(pcm.reshape(frames, CHANNELS).T))
+
+
+def finite(pcm: np.ndarray) -> np.ndarray:
+    """Decoded samples with every NaN or infinity as silence. A float file may hold them and
+    ffmpeg passes them through; one NaN spreads through the model's normalisation to every
+    stem, and LAME aborts its process on one (an assertion). A copy only where one is found."""
+    if np.isfinite(pcm).all():
+        return pcm
+    clean: np.ndarray = np.nan_to_num(pcm, nan=0.0, posinf=0.0, neginf=0.0)
+    return clean
 
 
 def decode_to_file(
@@ -305,7 +315,7 @@ def read_raw(
             if pcm.size == 0:
                 return
             left -= pcm.size // CHANNELS
-            yield pcm.reshape(-1, CHANNELS).T
+            yield finite(pcm.reshape(-1, CHANNELS).T)
 
 
 def encode(
@@ -435,7 +445,7 @@ def stream_decode(
             frames += n
             if frames / SAMPLE_RATE > max_duration_s:
                 raise _decoded_too_long(frames, max_duration_s)
-            yield np.frombuffer(raw[: n * _BYTES_PER_FRAME], dtype=np.float32).reshape(n, CHANNELS).T
+            yield finite(np.frombuffer(raw[: n * _BYTES_PER_FRAME], dtype=np.float32).reshape(n, CHANNELS).T)
         if proc.wait() != 0 and not watchdog.is_alive():
             raise CorruptAudio("Reading this file took too long; it may be damaged.")
     finally:

@@ -14,13 +14,14 @@ settings are `OutputFormat`'s: the one owner of what an mp3 stem is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import io
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from core.media.audio import CHANNELS, SAMPLE_RATE, Tags
 _VBR_OFF = 0
 _JOINT_STEREO = 1
 _FULL_SCALE = np.float32(32768)  # `lame_encode_buffer_float`'s full scale (ffmpeg's too)
+# Below 64 kbit/s a 44.1 kHz frame is too short for LAME's Info frame, so a decoder could not
+# trim the encoder's delay and padding: those mp3s go through ffmpeg, whose muxer writes one.
+MIN_KBPS = 64
 # the ID3 frames of ffmpeg's names for a stem's tags; any other key is a TXXX frame, as there
 _TAG_FRAMES = {"title": "TIT2", "artist": "TPE1", "album": "TALB"}
 
@@ -70,10 +74,11 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+@functools.cache
 def available() -> bool:
     try:
         library()
-    except OSError:
+    except (OSError, AttributeError):  # no library, or one without a function this module calls
         return False
     return True
 
@@ -102,14 +107,15 @@ class LameWriter:
     blocks (clipped to ±1 here), then `close`, or `abort` from another thread."""
 
     def __init__(self, dest: Path, fmt: OutputFormat, tags: Tags | None = None) -> None:
-        if fmt.name != "mp3":
-            raise ValueError(f"LAME writes mp3, not {fmt.name}")
+        if fmt.name != "mp3" or fmt.kbps < MIN_KBPS:
+            raise ValueError(f"LAME writes mp3 of {MIN_KBPS} kbit/s or more here, not {fmt.name} at {fmt.kbps}")
         self.dest = dest
         self.frames = 0
         self._lib = library()
         self._lame: int | None = self._lib.lame_init()
         if not self._lame:
             raise MemoryError("LAME could not start an encoder")
+        self._state: Literal["open", "closed", "aborted"] = "open"
         self._pcm = np.empty((CHANNELS, 0), np.float32)
         self._out = ctypes.create_string_buffer(0)
         # `abort` comes from another thread than the writes: LAME must not be closed under one
@@ -143,55 +149,77 @@ class LameWriter:
             self._out = ctypes.create_string_buffer(need)
         return self._out
 
+    def _open(self) -> tuple[int, BinaryIO]:
+        if self._state != "open" or self._lame is None or self._file is None:
+            raise OSError(f"the encoder of {self.dest.name} was stopped")
+        return self._lame, self._file
+
     def write(self, block: np.ndarray) -> None:
         n = block.shape[-1]
         if self._pcm.shape[-1] < n:
             self._pcm = np.empty((CHANNELS, n), np.float32)
         pcm = self._pcm[:, :n]
         np.clip(block, -1.0, 1.0, out=pcm)
+        np.nan_to_num(pcm, copy=False)  # a NaN would fail an assertion in LAME: the whole process
         pcm *= _FULL_SCALE
         floats = ctypes.POINTER(ctypes.c_float)
         with self._lock:
-            if self._lame is None or self._file is None:
-                raise OSError(f"the encoder of {self.dest.name} was stopped")
+            lame, file = self._open()
             out = self._room(n)
             size = self._lib.lame_encode_buffer_float(
-                self._lame, pcm[0].ctypes.data_as(floats), pcm[1].ctypes.data_as(floats), n, out, len(out)
+                lame, pcm[0].ctypes.data_as(floats), pcm[1].ctypes.data_as(floats), n, out, len(out)
             )
-            if size < 0:
-                raise RuntimeError(f"LAME failed on {self.dest.name} ({size})")
-            self._file.write(memoryview(out)[:size])
+            file.write(memoryview(out)[: _checked(size, self.dest)])
         self.frames += n
 
     def close(self) -> None:
-        """The last frames, then the Info frame over the placeholder LAME wrote first."""
+        """The last frames, then the Info frame over the placeholder LAME wrote first. A second
+        close does nothing; a close after `abort` raises, as the file is gone."""
+        if self._state == "closed":
+            return
         try:
             with self._lock:
-                if self._lame is None or self._file is None:  # closed already (or stopped: nothing to finish)
-                    return
+                lame, file = self._open()
                 out = self._room(0)
-                size = self._lib.lame_encode_flush(self._lame, out, len(out))
-                if size < 0:
-                    raise RuntimeError(f"LAME failed to finish {self.dest.name} ({size})")
-                self._file.write(memoryview(out)[:size])
-                size = self._lib.lame_get_lametag_frame(self._lame, out, len(out))
-                self._file.seek(self._info_at)
-                self._file.write(memoryview(out)[:size])
-                self._release()
+                file.write(memoryview(out)[: _checked(self._lib.lame_encode_flush(lame, out, len(out)), self.dest)])
+                size = self._lib.lame_get_lametag_frame(lame, out, len(out))
+                if not 0 < size <= len(out):  # (MIN_KBPS keeps its frames big enough to hold it)
+                    raise RuntimeError(f"LAME wrote no Info frame for {self.dest.name}")
+                file.seek(self._info_at)
+                file.write(memoryview(out)[:size])
+                self._file = None
+                file.close()  # (a full disk shows here, on the last flush: the file goes, as on any failure)
+                self._state = "closed"
+                self._free_encoder()
         except BaseException:
             self.abort()
             raise
 
-    def _release(self) -> None:
+    def _free_encoder(self) -> None:
         if self._lame is not None:
             self._lib.lame_close(self._lame)
             self._lame = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
     def abort(self) -> None:
-        """Stop and leave nothing behind (a cancelled or failed job)."""
+        """Stop and leave nothing behind (a cancelled or failed job); never raises."""
         with self._lock:
-            self._release()
-        self.dest.unlink(missing_ok=True)
+            if self._state == "open":
+                self._state = "aborted"
+            self._free_encoder()
+            file, self._file = self._file, None
+            if file is not None:
+                with contextlib.suppress(OSError):  # (what it could not flush is being deleted)
+                    file.close()
+        if self._state == "aborted":
+            with contextlib.suppress(OSError):
+                self.dest.unlink(missing_ok=True)
+
+
+def _checked(size: int, dest: Path) -> int:
+    """The bytes LAME made, or its failure: -2 is its allocation failing (the host's), the
+    others a bug of this module."""
+    if size == -2:
+        raise MemoryError(f"LAME ran out of memory encoding {dest.name}")
+    if size < 0:
+        raise RuntimeError(f"LAME failed on {dest.name} ({size})")
+    return size
