@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.domain.errors import OutputFailed
 from core.domain.formats import OutputFormat
 from core.media import lame
 from core.media.audio import AudioWriter, Tags
@@ -20,6 +21,7 @@ from core.media.ffmpeg import DEFAULT_SANDBOX
 from core.media.lame import LameWriter
 from testkit import RATE, ROOT, read_audio
 from worker import pipeline
+from worker.encoders import ParallelWriter
 
 # an odd length, fed in blocks of uneven sizes (an empty one too): no block boundary is an mp3
 # frame's (1152 samples), and the writer's buffers grow twice
@@ -90,6 +92,7 @@ def test_a_nan_is_silence_not_the_end_of_the_process(tmp_path: Path) -> None:
     script = f"""
 import numpy as np
 from pathlib import Path
+from core.domain.errors import OutputFailed
 from core.domain.formats import OutputFormat
 from core.media.lame import LameWriter
 block = np.full((2, 44100), 0.25, np.float32)
@@ -153,6 +156,24 @@ def test_tags_read_back_in_any_script(tmp_path: Path) -> None:
     read = json.loads(probe.stdout)["format"]["tags"]
     assert read["title"] == tags.title and read["artist"] == tags.artist and read["album"] == "Ágætis byrjun"
     assert read["comment"] == "ok" and read["encoder"].startswith("LAME ")
+
+
+def test_a_file_that_cannot_be_written_reads_as_ffmpegs_did(tmp_path: Path) -> None:
+    """The OS's words and the file's name, never its path: a directory at its name, and a
+    full disk (a link to /dev/full) half-way through, which leaves nothing behind."""
+    (tmp_path / "dir.mp3").mkdir()
+    with pytest.raises(OutputFailed) as err:
+        LameWriter(tmp_path / "dir.mp3", OutputFormat("mp3"))
+    assert err.value.user_message == "Could not write dir.mp3: Is a directory."
+    full = tmp_path / "full.mp3"
+    full.symlink_to("/dev/full")
+    feeder, audio = ParallelWriter(LameWriter(full, OutputFormat("mp3"))), tones()  # as a job feeds it
+    with pytest.raises(OutputFailed) as err:
+        for start in range(0, FRAMES, RATE):
+            feeder.put(lambda start=start: audio[:, start : start + RATE])
+        feeder.close()
+    assert err.value.user_message == "Could not write full.mp3: No space left on device."
+    assert not full.is_symlink() and Path("/dev/full").exists()
 
 
 def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path) -> None:

@@ -356,6 +356,11 @@ def write_failed(dest: Path, stderr: bytes) -> OutputFailed:
     return OutputFailed(f"Could not write {dest.name}: {reason}.", detail=text[-500:])
 
 
+def os_write_failed(dest: Path, exc: OSError) -> OutputFailed:
+    """`write_failed` for a file this process writes itself (ffmpeg's words are the OS's too)."""
+    return write_failed(dest, str(exc.strerror or exc).encode())
+
+
 def inspect(
     path: Path, max_bytes: int, max_duration_s: float, timeout_s: float = 60, sandbox: Sandbox = DEFAULT_SANDBOX
 ) -> AudioInfo:

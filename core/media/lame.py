@@ -20,13 +20,14 @@ import ctypes.util
 import functools
 import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 
 from core.domain.formats import LAME_QUALITY, OutputFormat
-from core.media.audio import CHANNELS, SAMPLE_RATE, Tags
+from core.media.audio import CHANNELS, SAMPLE_RATE, Tags, os_write_failed
 
 # lame.h's values
 _VBR_OFF = 0
@@ -123,9 +124,10 @@ class LameWriter:
         self._file: BinaryIO | None = None
         try:
             self._configure(fmt)
-            self._file = dest.open("wb")
-            self._file.write(id3_tag(tags or Tags()))
-            self._info_at = self._file.tell()  # LAME's first frame: its Info frame, filled in at the end
+            with self._writing():
+                self._file = dest.open("wb")
+                self._file.write(id3_tag(tags or Tags()))
+                self._info_at = self._file.tell()  # LAME's first frame: its Info frame, filled in at the end
         except BaseException:
             self.abort()
             raise
@@ -169,7 +171,8 @@ class LameWriter:
             size = self._lib.lame_encode_buffer_float(
                 lame, pcm[0].ctypes.data_as(floats), pcm[1].ctypes.data_as(floats), n, out, len(out)
             )
-            file.write(memoryview(out)[: _checked(size, self.dest)])
+            with self._writing():
+                file.write(memoryview(out)[: _checked(size, self.dest)])
         self.frames += n
 
     def close(self) -> None:
@@ -178,7 +181,7 @@ class LameWriter:
         if self._state == "closed":
             return
         try:
-            with self._lock:
+            with self._lock, self._writing():
                 lame, file = self._open()
                 out = self._room(0)
                 file.write(memoryview(out)[: _checked(self._lib.lame_encode_flush(lame, out, len(out)), self.dest)])
@@ -194,6 +197,17 @@ class LameWriter:
         except BaseException:
             self.abort()
             raise
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The file's own failures (a full disk, a directory at its name) as an ffmpeg
+        encoder's read: "Could not write <name>: <the OS's words>.", no path."""
+        try:
+            yield
+        except OSError as exc:
+            if self._state != "open":  # stopped: the writer's own "stopped", not the file's
+                raise
+            raise os_write_failed(self.dest, exc) from exc
 
     def _free_encoder(self) -> None:
         if self._lame is not None:
