@@ -24,6 +24,9 @@ every stem, and its speed is the host's (1.17 CPU-s a stem when the targets were
 to 2.9 on the 2-core hosts since, drifting by a quarter within minutes on some). So each
 job is also stated at the targets' host's speed: its CPU-s × 1.17 / its round's figure.
 
+Then one mp3 stem's encoder alone, as the job runs it (LAME in this process) and as it ran
+before (an ffmpeg child fed through a pipe), in alternating pairs: their paired ratio.
+
 Last line: one_stem_cpu_s=… karaoke_cpu_s=… four_stems_cpu_s=… lame_cpu_s=…
 at_targets_host_speed=…(vocals/karaoke/four stems/karaoke from kept sources) jobs_per_min=…(1/2/4)
 """
@@ -45,6 +48,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from bench.gpu import load_bag, stubbed
@@ -52,6 +56,8 @@ from core.board import Board
 from core.domain.facts import SongFacts
 from core.domain.formats import OutputFormat
 from core.domain.jobs import Requester, SeparationRequest, Stage
+from core.media.audio import AudioWriter, Tags
+from core.media.lame import LameWriter
 from core.settings import Settings
 from testkit import SONGS, ffmpeg, raw_redis
 from worker import tasks
@@ -149,6 +155,27 @@ def encoder_floor(raw: Path, tmp: Path, repeat: int = 3) -> float:
                f"file:{tmp / 'floor.mp3'}")  # fmt: skip
         runs.append(cpu()[1] - before)
     return statistics.median(runs)
+
+
+def mp3_writers(raw: Path, tmp: Path, pairs: int) -> None:
+    """The job's two mp3 encoders on the song, alternating (this kind of host drifts, so each
+    pair is run back to back): LAME in this process (`LameWriter`) against an ffmpeg child fed
+    through a pipe (`AudioWriter`), as the job feeds them (10 s blocks)."""
+    song = np.fromfile(raw, np.float32).reshape(-1, 2).T
+    costs: dict[str, list[float]] = {"in-process": [], "ffmpeg child": []}
+    for _ in range(pairs):
+        for name, make in (("in-process", LameWriter), ("ffmpeg child", AudioWriter)):
+            before = sum(cpu())
+            writer = make(tmp / f"{name}.mp3", OutputFormat("mp3"), Tags(title="a stem"))
+            for start in range(0, song.shape[-1], 10 * 44100):
+                writer.write(song[:, start : start + 10 * 44100])
+            writer.close()
+            costs[name].append(sum(cpu()) - before)
+    ratios = [a / b for a, b in zip(costs["in-process"], costs["ffmpeg child"], strict=True)]
+    say(f"\n## one mp3 stem's encoder, {pairs} alternating pairs: CPU-s, median (min)")
+    for name, runs in costs.items():
+        say(f"- {name}: {statistics.median(runs):.2f} ({min(runs):.2f})")
+    say(f"- in-process / ffmpeg child, paired: {statistics.median(ratios):.2f} (median)")
 
 
 def floor_input(song: Path, tmp: Path) -> Path:
@@ -287,6 +314,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case (the median is shown)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4], help="jobs at once for the rate")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of jobs at once, per rate")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating pairs of the two mp3 encoders")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     global args
     args = parser.parse_args()
@@ -300,6 +328,7 @@ def main() -> None:
         engine = StubEngine(stubbed(WindowedSeparator(bag, torch.device("cpu"), overlap_s=0.25)))
         settings = Settings(redis_url=args.redis, max_duration_s=args.seconds + 60)
         totals, scaled, floors = asyncio.run(cost_table(settings, engine, songs, args.repeat, tmp))
+        mp3_writers(floor_input(songs[0], tmp), tmp, args.pairs)
         say(f"\n## jobs at once in one worker process (vocals, fresh separations), {cores} cores")
         say("| at once | jobs a minute | speed-up over 1 | cores kept busy | load average |")
         say("|---|---|---|---|---|")
