@@ -231,9 +231,12 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server with AOF on, so a restart keeps what was queued."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: str = "always") -> None:
+        """`fsync`: "always" keeps every write across a crash (the restart tests); "everysec"
+        is the compose file's, where a write need not wait for the disk."""
         self.dir = directory
         self.port = free_port()
+        self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -242,7 +245,7 @@ class RedisServer:
 
     def start(self) -> None:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        cmd += ["--appendonly", "yes", "--appendfsync", self.fsync, "--save", ""]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":

@@ -214,8 +214,10 @@ def s3_url() -> Iterator[str]:
 
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it."""
-    server = RedisServer(tmp_path)
+    """A private Redis with a small `maxmemory` and `noeviction`, as the compose file runs it
+    (its AOF written every second: a write that waited for the disk, on a host running three
+    suites at once, outlasted a Discord handler's settling)."""
+    server = RedisServer(tmp_path, fsync="everysec")
     server.start()
     admin = redis.Redis(port=server.port)
     admin.config_set("maxmemory", 32 * 1024 * 1024)
@@ -237,11 +239,10 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
 async def env(redis_url: str) -> AsyncIterator[Any]:
     """The Discord bot running in simcord (an in-process Discord on a virtual clock), with the
     tests' settings (`testkit.dcbot`), as simcord's own `simcord_env` fixture runs one."""
-    import simcord
 
-    from testkit.dcbot import discord_bot
+    from testkit.dcbot import discord_bot, sim_env
 
-    env = simcord.Env(discord_bot(redis_url))
+    env = sim_env(discord_bot(redis_url))
     await env.start()
     try:
         yield env

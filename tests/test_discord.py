@@ -19,7 +19,7 @@ from aiohttp import web
 from bots.discord import create_bot
 from core.settings import Settings
 from testkit import ROCK, WorkerProcess, drive, make_clip, read_audio, stats_totals
-from testkit.dcbot import bot_settings, discord_bot
+from testkit.dcbot import bot_settings, discord_bot, sim_env, sim_run
 from testkit.sdr import sdr
 
 pytestmark = pytest.mark.timeout(300)
@@ -112,7 +112,7 @@ async def test_url_option_fetches_the_song(env: simcord.Env, tiny_worker: Worker
 
 async def test_private_links_are_refused_by_default(redis_url: str, song_server: str) -> None:
     settings = Settings(redis_url=redis_url)  # production default: no private addresses
-    async with simcord.run(create_bot(settings)) as env:
+    async with sim_run(create_bot(settings)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", url=f"{song_server}/Linked%20Song.flac")
         assert result.response is not None
@@ -124,7 +124,7 @@ async def test_small_upload_limit_gives_lower_bitrate_parts(
 ) -> None:
     limit = 20 * 1024  # a 3 s stem at 96 kbps is ~36 KB: two parts
     settings = bot_settings(redis_url, discord_max_upload_mb=limit / 1024 / 1024)
-    async with simcord.run(create_bot(settings)) as env:
+    async with sim_run(create_bot(settings)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(
             channel, "split", file=("long.flac", rock_short.read_bytes()), stems="vocals", format="wav"
@@ -168,7 +168,7 @@ async def test_bad_attachments_get_a_clear_message(env: simcord.Env, name: str, 
 
 
 async def test_over_duration_is_refused(redis_url: str, rock_short: Path) -> None:
-    async with simcord.run(discord_bot(redis_url, max_duration_s=2)) as env:
+    async with sim_run(discord_bot(redis_url, max_duration_s=2)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", file=("song.flac", rock_short.read_bytes()))
         assert result.response is not None and "the limit is 0:02" in result.response.content
@@ -185,7 +185,7 @@ async def test_missing_song_and_bad_stems(env: simcord.Env) -> None:
 async def test_result_after_the_token_expired_goes_to_the_channel(
     redis_url: str, tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
-    async with simcord.run(discord_bot(redis_url, delivery_poll_s=60)) as env:
+    async with sim_run(discord_bot(redis_url, delivery_poll_s=60)) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", file=("late.flac", rock_short.read_bytes()), stems="bass")
         await env.advance_time(16 * 60)  # no worker yet: the job waits past the token's 15 minutes
@@ -262,7 +262,7 @@ async def test_one_song_at_a_time_per_user(env: simcord.Env, rock_short: Path, t
 
 async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> None:
     settings = bot_settings(redis_url, admins="discord:1")
-    async with simcord.run(create_bot(settings)) as env:
+    async with sim_run(create_bot(settings)) as env:
         guild = env.create_guild("band", owner=env.create_user("owner"))
         channel = guild.create_text_channel("music")
         owner = guild.add_member(guild.owner)
@@ -284,7 +284,7 @@ async def test_bot_admins_ban_and_unban(redis_url: str, rock_short: Path) -> Non
 
 
 async def test_rate_limit_per_user(redis_url: str, rock_short: Path) -> None:
-    async with simcord.run(discord_bot(redis_url, user_rate="2/minute")) as env:
+    async with sim_run(discord_bot(redis_url, user_rate="2/minute")) as env:
         _, channel, alice = server_with_member(env)
         replies = []
         for _ in range(3):
@@ -320,7 +320,7 @@ async def test_key_tempo_and_a_follow_up_button_without_the_model(
     "link", ["http://127.0.0.1:99999/song.mp3", "http://[::1/x", "http://host:abc/", "http://[2002:a00:1::1]/a.mp3"]
 )
 async def test_malformed_links_get_one_clear_answer(redis_url: str, link: str) -> None:
-    async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
+    async with sim_run(create_bot(Settings(redis_url=redis_url))) as env:
         _, channel, alice = server_with_member(env)
         result = await alice.slash(channel, "split", url=link, stems="vocals")
         assert result.response is not None and result.response.content.startswith("⚠️")
@@ -400,7 +400,7 @@ async def test_the_mixer_link_is_shown_to_the_requester_only(
 
     secret = "studio-secret-0123456789abcdef0123456"
     settings = bot_settings(redis_url, web_url="https://studio.example.org", web_secret=secret)
-    env = simcord.Env(create_bot(settings))
+    env = sim_env(create_bot(settings))
     await env.start()
     try:
         _, channel, alice = server_with_member(env)

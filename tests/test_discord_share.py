@@ -12,7 +12,7 @@ import pytest
 import simcord
 
 from testkit import WorkerProcess, drive
-from testkit.dcbot import discord_bot
+from testkit.dcbot import discord_bot, sim_run
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,7 +78,7 @@ async def test_result_said_once_with_buttons_under_the_files_and_only_for_the_re
 async def test_private_result_after_the_token_expired_comes_by_dm_saying_why(
     redis_url: str, tiny_env: dict[str, str], rock_short: Path, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
-    async with simcord.run(discord_bot(redis_url, delivery_poll_s=60)) as env:
+    async with sim_run(discord_bot(redis_url, delivery_poll_s=60)) as env:
         channel, (alice,) = server_with(env, "alice")
         await alice.slash(channel, "split", file=("late.flac", rock_short.read_bytes()), stems="bass", private=True)
         await env.advance_time(16 * 60)  # no worker yet: the job waits past the token's 15 minutes
@@ -101,7 +101,7 @@ async def test_practice_taps_step_the_tempo_and_renders_skip_the_rate_limit(
     per-minute limit (here 1 an hour), while a new song, which runs the model, still does."""
     from testkit import make_clip
 
-    async with simcord.run(discord_bot(redis_url, user_rate="1/hour")) as env:
+    async with sim_run(discord_bot(redis_url, user_rate="1/hour")) as env:
         channel, (alice,) = server_with(env, "alice")
         first = await alice.slash(
             channel, "split", file=("song.flac", rock_short.read_bytes()), stems="vocals", tempo=80

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import simcord
 from aiohttp import web
 
 from bots.discord import create_bot
@@ -18,6 +17,7 @@ from core.domain.errors import TooManyJobs
 from core.media.downloads import BUSY, DownloadSlots
 from core.media.fetch import fetch_url
 from core.settings import Settings
+from testkit.dcbot import sim_run
 
 MB = 1_000_000
 
@@ -128,7 +128,7 @@ async def song_server(unused_tcp_port: int) -> AsyncIterator[list[str]]:
 async def test_discord_refuses_a_second_download_of_one_user(redis_url: str, song_server: list[str]) -> None:
     base = song_server.pop()
     settings = Settings(redis_url=redis_url, allow_private_urls=True)
-    async with simcord.run(create_bot(settings)) as env:
+    async with sim_run(create_bot(settings)) as env:
         guild = env.create_guild("band")
         channel = guild.create_text_channel("music")
         alice = guild.add_member(env.create_user("alice"))

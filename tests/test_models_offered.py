@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis
-import simcord
 from telegram.ext import Application
 
 from bots.discord import create_bot
@@ -23,6 +22,7 @@ from core.domain.stems import parse_stems
 from core.settings import Settings
 from testkit import MODELS, WorkerProcess
 from testkit.botapi import BotApiServer
+from testkit.dcbot import sim_run
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
 from testkit.tgbot import command as _command
@@ -100,7 +100,7 @@ async def test_discord_offers_no_six_stems_when_the_workers_cannot_load_them(
     /help leave guitar, piano and 6 out; asking for them anyway is refused without a path,
     the same way each time."""
     assert wait_for_models(redis_url) == {"htdemucs"}
-    async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
+    async with sim_run(create_bot(Settings(redis_url=redis_url))) as env:
         guild = env.create_guild("band")
         channel = guild.create_text_channel("music")
         alice = guild.add_member(env.create_user("alice"))
@@ -183,7 +183,7 @@ async def test_discord_menus_follow_the_announced_models(redis_url: str, models:
     board = await Board.connect(Settings(redis_url=redis_url))
     await board.workers.announce_models(models, 60)
     await board.close()
-    async with simcord.run(create_bot(Settings(redis_url=redis_url))) as env:
+    async with sim_run(create_bot(Settings(redis_url=redis_url))) as env:
         guild = env.create_guild("band")
         channel = guild.create_text_channel("music")
         alice = guild.add_member(env.create_user("alice"))

@@ -30,6 +30,7 @@ from core.domain.sources import Manifest, entry_key
 from core.settings import Settings
 from testkit import WorkerProcess, drive, read_audio, run_stembot, stats_totals
 from testkit.botapi import BotApiServer
+from testkit.dcbot import sim_env
 from testkit.music import groove
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
@@ -139,7 +140,7 @@ async def test_cached_renders_skip_the_models_rate_limit_but_keep_their_own(
 
 @pytest.fixture
 async def discord_env(redis_url: str) -> AsyncIterator[simcord.Env]:
-    env = simcord.Env(create_bot(Settings(redis_url=redis_url, allow_private_urls=True)))
+    env = sim_env(create_bot(Settings(redis_url=redis_url, allow_private_urls=True)))
     await env.start()
     try:
         yield env

@@ -8,12 +8,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import simcord
 
 from bots.discord import create_bot
 from core.media.artifacts import ArtifactMissing, S3ArtifactStore
 from core.settings import Settings
 from testkit import WorkerProcess, drive, read_audio, s3_settings
+from testkit.dcbot import sim_run
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,7 +73,7 @@ async def test_too_large_for_chat_becomes_a_link(
     worker_factory.append(worker)
     worker.wait_ready()
     settings = Settings(redis_url=redis_url, allow_private_urls=True, **options)  # type: ignore[arg-type]
-    async with simcord.run(create_bot(settings)) as env_:
+    async with sim_run(create_bot(settings)) as env_:
         guild = env_.create_guild("band")
         channel = guild.create_text_channel("music")
         alice = guild.add_member(env_.create_user("alice"))

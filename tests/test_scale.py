@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-import simcord
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
@@ -23,6 +22,7 @@ from core.domain.jobs import InputRef, Requester, SeparationRequest, Stage
 from core.media.artifacts import ArtifactMissing
 from core.settings import Settings
 from testkit import ROCK, RedisServer, WorkerProcess, drive, fill, make_clip, raw_redis, stembot_env
+from testkit.dcbot import sim_env
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
 
@@ -229,7 +229,7 @@ async def test_full_redis_refuses_new_songs_in_both_bots_and_finishes_accepted_o
     clip = make_clip(ROCK / "mixture.flac", tmp_path / "rock.flac", seconds=3)
     other = make_clip(ROCK / "mixture.flac", tmp_path / "later.flac", seconds=2)
     telegram = await start_bot(botapi, url)
-    env = simcord.Env(create_bot(Settings(redis_url=url)))
+    env = sim_env(create_bot(Settings(redis_url=url)))
     await env.start()
     try:
         # Accepted while there is room: one song on each bot, no worker yet.

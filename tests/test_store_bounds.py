@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis
-import simcord
 from arq.constants import in_progress_key_prefix
 
 from bots.discord import create_bot
@@ -40,6 +39,7 @@ from testkit import (
     stembot_env,
     wait_for,
 )
+from testkit.dcbot import sim_env
 from testkit.tgbot import ALICE, DM, start_bot, stop_bot
 from testkit.tgbot import audio as _audio
 
@@ -500,7 +500,7 @@ async def test_both_bots_say_when_no_worker_is_online(redis_url: str, botapi: An
     clip = make_clip(ROCK / "mixture.flac", tmp_path / "rock.flac", seconds=3)
     redis.Redis.from_url(redis_url).set("stembot:stats:cycle_seconds", "5")  # workers were here once
     telegram = await start_bot(botapi, redis_url)
-    env = simcord.Env(create_bot(Settings(redis_url=redis_url)))
+    env = sim_env(create_bot(Settings(redis_url=redis_url)))
     await env.start()
     try:
         said = "⏳ rock: no worker is online right now; your song is queued (position 1)"
