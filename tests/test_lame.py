@@ -204,24 +204,28 @@ def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path
 @pytest.mark.parametrize(
     ("fmt", "audio_filter", "has_lame", "writer"),
     [
-        ("mp3", None, True, LameWriter),
-        ("mp3", "rubberband=tempo=1.1", True, AudioWriter),  # the filter runs in ffmpeg
-        ("mp3", None, False, AudioWriter),  # a host with no libmp3lame (a static ffmpeg)
-        ("mp3 32", None, True, AudioWriter),  # frames too short for LAME's Info frame
-        ("mp3 60", None, True, AudioWriter),
-        ("mp3 64", None, True, LameWriter),
-        ("flac", None, True, AudioWriter),
-        ("wav", None, True, AudioWriter),
-        ("m4a", None, True, AudioWriter),
+        (OutputFormat("mp3"), None, True, LameWriter),
+        (OutputFormat("mp3"), "rubberband=tempo=1.1", True, AudioWriter),  # the filter runs in ffmpeg
+        (OutputFormat("mp3"), None, False, AudioWriter),  # a host with no libmp3lame (a static ffmpeg)
+        (OutputFormat("mp3", 32), None, True, AudioWriter),  # frames too short for LAME's Info frame
+        (OutputFormat("mp3", 60), None, True, AudioWriter),
+        (OutputFormat("mp3", 64), None, True, LameWriter),
+        (OutputFormat("flac"), None, True, AudioWriter),
+        (OutputFormat("wav"), None, True, AudioWriter),
+        (OutputFormat("m4a"), None, True, AudioWriter),
     ],
+    ids=str,
 )
 def test_which_encoder_makes_a_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, audio_filter: str | None, has_lame: bool, writer: type
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: OutputFormat,
+    audio_filter: str | None,
+    has_lame: bool,
+    writer: type,
 ) -> None:
-    monkeypatch.setattr(pipeline, "lame_available", lambda: has_lame)
-    name, _, kbps = fmt.partition(" ")
-    output = OutputFormat(name, int(kbps) if kbps else None)
-    made = pipeline._stem_writer(tmp_path / f"x.{name}", output, Tags(), 60, audio_filter, DEFAULT_SANDBOX)
+    monkeypatch.setattr(lame, "available", lambda: has_lame)
+    made = pipeline._stem_writer(tmp_path / f"x.{fmt.ext}", fmt, Tags(), 60, audio_filter, DEFAULT_SANDBOX)
     try:
         assert type(made) is writer
     finally:

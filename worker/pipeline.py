@@ -38,6 +38,7 @@ from core.domain.render import (
 )
 from core.domain.sources import SourceSet
 from core.domain.stems import GUIDE, GUIDE_LEVEL_DB, INSTRUMENTAL, StemOutput, StemSelection
+from core.media import lame
 from core.media.audio import (
     SAMPLE_RATE,
     AudioInfo,
@@ -51,8 +52,7 @@ from core.media.audio import (
     stream_stats,
 )
 from core.media.ffmpeg import RUBBERBAND_CPU_S_PER_MIN, Sandbox
-from core.media.lame import MIN_KBPS, LameWriter
-from core.media.lame import available as lame_available
+from core.media.lame import LameWriter
 from core.media.uploads import output_too_large
 from core.settings import Settings
 from worker.encoders import Encoder, ParallelWriter, SourceWriter, on_pcm24_grid, read_source
@@ -301,9 +301,9 @@ def _stem_writer(
     dest: Path, fmt: OutputFormat, tags: Tags, timeout_s: float, audio_filter: str | None, sandbox: Sandbox
 ) -> Encoder:
     """A file's encoder: an mp3 by LAME in this process (`core.media.lame`: no child, no pipe),
-    unless a filter (key, tempo) must run first, the bitrate is under `MIN_KBPS` or the host
+    unless a filter (key, tempo) must run first, `lame.takes` refuses the format or the host
     has no libmp3lame; every other file by an ffmpeg child."""
-    if fmt.name == "mp3" and fmt.kbps >= MIN_KBPS and audio_filter is None and lame_available():
+    if lame.takes(fmt) and audio_filter is None and lame.available():
         return LameWriter(dest, fmt, tags)
     return AudioWriter(dest, fmt, tags, timeout_s, audio_filter=audio_filter, sandbox=sandbox)
 

@@ -352,13 +352,17 @@ def write_failed(dest: Path, stderr: bytes) -> OutputFailed:
     """An encoder that could not write its file: the reason in the OS's words, no path."""
     text = stderr.decode(errors="replace").strip()
     last = text.splitlines()[-1] if text else "ffmpeg failed"
-    reason = last.rsplit(": ", 1)[-1][:200]
-    return OutputFailed(f"Could not write {dest.name}: {reason}.", detail=text[-500:])
+    return _cannot_write(dest, last.rsplit(": ", 1)[-1], detail=text[-500:])
 
 
 def os_write_failed(dest: Path, exc: OSError) -> OutputFailed:
     """`write_failed` for a file this process writes itself (ffmpeg's words are the OS's too)."""
-    return write_failed(dest, str(exc.strerror or exc).encode())
+    reason = str(exc.strerror or exc)
+    return _cannot_write(dest, reason, detail=reason)
+
+
+def _cannot_write(dest: Path, reason: str, detail: str) -> OutputFailed:
+    return OutputFailed(f"Could not write {dest.name}: {reason[:200]}.", detail=detail)
 
 
 def inspect(
@@ -536,7 +540,6 @@ class AudioWriter:
         except BaseException:
             self._log.close()
             raise
-        self.frames = 0
 
     def write(self, block: np.ndarray) -> None:
         assert self.proc.stdin is not None
@@ -548,7 +551,6 @@ class AudioWriter:
             self.proc.stdin.write(interleaved.data.cast("B"))
         except BrokenPipeError:  # the encoder died: say why, in its words
             raise self._failure() from None
-        self.frames += block.shape[-1]
 
     def _failure(self) -> OutputFailed:
         self.proc.wait()

@@ -75,6 +75,11 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+def takes(fmt: OutputFormat) -> bool:
+    """Whether this module writes files of `fmt` (mp3 of `MIN_KBPS` or more)."""
+    return fmt.name == "mp3" and fmt.kbps >= MIN_KBPS
+
+
 @functools.cache
 def available() -> bool:
     try:
@@ -108,10 +113,9 @@ class LameWriter:
     blocks (clipped to ±1 here), then `close`, or `abort` from another thread."""
 
     def __init__(self, dest: Path, fmt: OutputFormat, tags: Tags | None = None) -> None:
-        if fmt.name != "mp3" or fmt.kbps < MIN_KBPS:
+        if not takes(fmt):
             raise ValueError(f"LAME writes mp3 of {MIN_KBPS} kbit/s or more here, not {fmt.name} at {fmt.kbps}")
         self.dest = dest
-        self.frames = 0
         self._lib = library()
         self._lame: int | None = self._lib.lame_init()
         if not self._lame:
@@ -173,7 +177,6 @@ class LameWriter:
             )
             with self._writing():
                 file.write(memoryview(out)[: _checked(size, self.dest)])
-        self.frames += n
 
     def close(self) -> None:
         """The last frames, then the Info frame over the placeholder LAME wrote first. A second
