@@ -221,7 +221,7 @@ async def one_job(board: Board, engine: StubEngine, song: Path, stems: str, job_
 
 
 async def cost_table(
-    settings: Settings, engine: StubEngine, songs: list[Path], repeat: int, tmp: Path
+    settings: Settings, engine: StubEngine, songs: list[Path], repeat: int, raw_song: Path, tmp: Path
 ) -> tuple[dict[str, float], dict[str, float], list[float]]:
     """Per case, the median total CPU-s and the median of each run's figure at the targets'
     host's speed (each run scaled by the encoder alone, measured just before its round: this
@@ -232,7 +232,7 @@ async def cost_table(
     try:
         await raw.flushdb()
         await one_job(board, engine, songs[0], "vocals", "warm-up")  # imports, first allocations
-        raw_song, floors = floor_input(songs[0], tmp), []
+        floors: list[float] = []
         for r in range(repeat):
             floors.append(encoder_floor(raw_song, tmp))
             for name, stems in CASES.items():
@@ -327,8 +327,9 @@ def main() -> None:
         bag.eval()
         engine = StubEngine(stubbed(WindowedSeparator(bag, torch.device("cpu"), overlap_s=0.25)))
         settings = Settings(redis_url=args.redis, max_duration_s=args.seconds + 60)
-        totals, scaled, floors = asyncio.run(cost_table(settings, engine, songs, args.repeat, tmp))
-        mp3_writers(floor_input(songs[0], tmp), tmp, args.pairs)
+        raw_song = floor_input(songs[0], tmp)  # songs[0] decoded, for the encoders alone
+        totals, scaled, floors = asyncio.run(cost_table(settings, engine, songs, args.repeat, raw_song, tmp))
+        mp3_writers(raw_song, tmp, args.pairs)
         say(f"\n## jobs at once in one worker process (vocals, fresh separations), {cores} cores")
         say("| at once | jobs a minute | speed-up over 1 | cores kept busy | load average |")
         say("|---|---|---|---|---|")
