@@ -239,7 +239,6 @@ async def botapi(unused_tcp_port: int) -> AsyncIterator[BotApiServer]:
 async def env(redis_url: str) -> AsyncIterator[Any]:
     """The Discord bot running in simcord (an in-process Discord on a virtual clock), with the
     tests' settings (`testkit.dcbot`), as simcord's own `simcord_env` fixture runs one."""
-
     from testkit.dcbot import discord_bot, sim_env
 
     env = sim_env(discord_bot(redis_url))

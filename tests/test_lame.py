@@ -176,6 +176,23 @@ def test_a_file_that_cannot_be_written_reads_as_ffmpegs_did(tmp_path: Path) -> N
     assert not full.is_symlink() and Path("/dev/full").exists()
 
 
+@pytest.mark.parametrize(
+    "title",
+    ["x" * 10_000, "\u202eevil\u202c \u05e9\u05dc\u05d5\u05dd e\u0301\u0301\u0301 \ufeff\u200b"],
+    ids=["past-any-cap", "bidi-combining-invisible"],
+)
+def test_a_hostile_title_is_tagged_as_it_is(tmp_path: Path, title: str) -> None:
+    """Song names are cut upstream; here the tag takes whatever text it is given, whole."""
+    dest = fed(LameWriter(tmp_path / "t.mp3", OutputFormat("mp3"), Tags(title=title)), tones(RATE))
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags=title", "-of", "json", str(dest)],
+        capture_output=True,
+        check=True,
+    )
+    assert json.loads(probe.stdout)["format"]["tags"]["title"] == title
+    assert read_audio(dest).shape == (2, RATE)
+
+
 def test_an_abort_from_another_thread_stops_it_and_leaves_nothing(tmp_path: Path) -> None:
     writer = LameWriter(tmp_path / "gone.mp3", OutputFormat("mp3"))
     audio = tones(20 * RATE)
